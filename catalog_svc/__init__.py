@@ -1,0 +1,1 @@
+"""The catalog service: products, categories, prices and units sold, with listing and search."""

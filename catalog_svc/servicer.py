@@ -1,0 +1,56 @@
+"""The catalog's gRPC face: messages in, calls to the service layer, messages out."""
+
+from __future__ import annotations
+
+import grpc
+
+from catalog_svc.query import parse_list_query
+from catalog_svc.service import Catalog, Product
+from shop.catalog.v1 import catalog_pb2, catalog_pb2_grpc
+
+
+def _product_pb(product: Product) -> catalog_pb2.Product:
+    row = product.row
+    return catalog_pb2.Product(
+        sku=row.sku,
+        name=row.name,
+        description=row.description,
+        category=row.category,
+        price=row.price,
+        sales=row.sales,
+        available=product.available,
+    )
+
+
+class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
+    """Serves shop.catalog.v1.CatalogService; domain errors become statuses in the shared interceptor."""
+
+    def __init__(self, catalog: Catalog):
+        self._catalog = catalog
+
+    async def ListProducts(
+        self, request: catalog_pb2.ListProductsRequest, context: grpc.aio.ServicerContext
+    ) -> catalog_pb2.ListProductsResponse:
+        query = parse_list_query(
+            page=request.page if request.HasField("page") else None,
+            limit=request.limit if request.HasField("limit") else None,
+            sort_by=request.sort_by,
+            sort_dir=request.sort_dir,
+            category=request.category,
+            search=request.search,
+        )
+        page = await self._catalog.list_products(query)
+        return catalog_pb2.ListProductsResponse(
+            items=[_product_pb(p) for p in page.items], page=query.page, limit=query.limit, total=page.total
+        )
+
+    async def GetProduct(
+        self, request: catalog_pb2.GetProductRequest, context: grpc.aio.ServicerContext
+    ) -> catalog_pb2.Product:
+        return _product_pb(await self._catalog.get_product(request.sku))
+
+    async def BatchGetProducts(
+        self, request: catalog_pb2.BatchGetProductsRequest, context: grpc.aio.ServicerContext
+    ) -> catalog_pb2.BatchGetProductsResponse:
+        products = await self._catalog.batch_get(list(request.skus))
+        return catalog_pb2.BatchGetProductsResponse(products=[_product_pb(p) for p in products])

@@ -1,0 +1,1 @@
+"""The Envoy REST gateway: its configuration, built from the descriptor set, and its upstreams, kept in step with Consul."""

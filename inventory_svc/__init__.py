@@ -1,0 +1,1 @@
+"""The inventory service: the single owner and writer of stock, under per-SKU advisory locks."""

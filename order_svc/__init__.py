@@ -1,0 +1,1 @@
+"""The order service. Not built yet: it runs, registers and reports health, and its RPCs answer UNIMPLEMENTED."""

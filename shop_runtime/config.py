@@ -1,0 +1,92 @@
+"""Settings every service reads from its environment, once, at start."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+
+class ConfigError(RuntimeError):
+    """A required environment variable is missing or malformed."""
+
+
+def env_str(name: str, default: str | None = None) -> str:
+    """Returns the variable's value, or the default; a missing required one is a ConfigError."""
+    value = os.environ.get(name, "").strip()
+    if value:
+        return value
+    if default is None:
+        raise ConfigError(f"environment variable {name} is required but not set")
+    return default
+
+
+def env_int(name: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    """Returns the variable as an int within [minimum, maximum], or the default when unset."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"environment variable {name}={raw!r} is not an integer") from None
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise ConfigError(f"environment variable {name}={value} is outside {minimum}..{maximum}")
+    return value
+
+
+def env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
+    """Returns the variable as a float no smaller than minimum, or the default when unset."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"environment variable {name}={raw!r} is not a number") from None
+    if value < minimum:
+        raise ConfigError(f"environment variable {name}={value} is below {minimum}")
+    return value
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """How one service process is wired: its database, its port, where Consul is."""
+
+    service_name: str
+    database_url: str
+    grpc_host: str
+    grpc_port: int
+    advertise_address: str
+    consul_host: str
+    consul_port: int
+    shutdown_grace_seconds: float
+    check_interval: str
+    pool_max_size: int
+
+    @property
+    def instance_id(self) -> str:
+        """The Consul service id: unique per process, stable for its lifetime."""
+        return f"{self.service_name}-{socket.gethostname()}-{os.getpid()}"
+
+    @classmethod
+    def from_env(cls, service_name: str, default_port: int) -> "ServiceSettings":
+        """Reads the settings of `service_name`; `<NAME>_DATABASE_URL` wins over `DATABASE_URL`."""
+        prefix = service_name.upper().replace("-", "_")
+        dsn_var = f"{prefix}_DATABASE_URL" if os.environ.get(f"{prefix}_DATABASE_URL") else "DATABASE_URL"
+        consul = env_str("CONSUL_HTTP_ADDR", "127.0.0.1:8500").removeprefix("http://")
+        host, _, port = consul.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"environment variable CONSUL_HTTP_ADDR={consul!r} is not host:port")
+        return cls(
+            service_name=service_name,
+            database_url=env_str(dsn_var),
+            grpc_host=env_str("GRPC_HOST", "127.0.0.1"),
+            grpc_port=env_int("GRPC_PORT", default_port, minimum=0, maximum=65535),
+            advertise_address=env_str("ADVERTISE_ADDRESS", "127.0.0.1"),
+            consul_host=host,
+            consul_port=int(port),
+            shutdown_grace_seconds=env_float("SHUTDOWN_GRACE_SECONDS", 5.0),
+            check_interval=env_str("CONSUL_CHECK_INTERVAL", "2s"),
+            pool_max_size=env_int("DB_POOL_MAX_SIZE", 10, minimum=1, maximum=200),
+        )

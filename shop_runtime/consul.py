@@ -1,0 +1,154 @@
+"""Consul: registering this instance with a gRPC check, and watching other services' healthy instances."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+import consul
+import consul.aio
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+_LOGGER = logging.getLogger(__name__)
+
+# How long one blocking query waits for a change before Consul answers anyway.
+WATCH_WAIT = "30s"
+
+
+def connect(host: str, port: int) -> consul.aio.Consul:
+    """An asyncio Consul client for the agent at host:port."""
+    return consul.aio.Consul(host=host, port=port)
+
+
+@dataclass(frozen=True, order=True)
+class Instance:
+    """One healthy instance of a service, as Consul lists it."""
+
+    address: str
+    port: int
+    service_id: str
+
+    @property
+    def target(self) -> str:
+        """The gRPC target of the instance."""
+        return f"{self.address}:{self.port}"
+
+
+async def register(
+    client: consul.aio.Consul,
+    *,
+    name: str,
+    service_id: str,
+    address: str,
+    port: int,
+    check_interval: str = "2s",
+    retry_for: float = 30.0,
+) -> None:
+    """Registers the instance with a gRPC health check on its own port, retrying while the agent starts."""
+    check = consul.Check.grpc(
+        f"{address}:{port}", check_interval, timeout="2s", deregister="1m"
+    )
+    async for attempt in AsyncRetrying(
+        stop=stop_after_delay(retry_for),
+        wait=wait_exponential(multiplier=0.2, max=2),
+        retry=retry_if_exception_type(Exception),
+        reraise=True,
+    ):
+        with attempt:
+            await client.agent.service.register(
+                name, service_id=service_id, address=address, port=port, check=check, tags=["grpc", "v1"]
+            )
+    _LOGGER.info("registered %s as %s at %s:%s", name, service_id, address, port)
+
+
+async def deregister(client: consul.aio.Consul, service_id: str) -> None:
+    """Removes the instance from Consul; a failure is logged, since the check expires it anyway."""
+    try:
+        await client.agent.service.deregister(service_id)
+        _LOGGER.info("deregistered %s", service_id)
+    except Exception:  # the agent may be gone first on shutdown of a whole stack
+        _LOGGER.warning("could not deregister %s; its failing check will remove it", service_id, exc_info=True)
+
+
+def _instances(nodes: list[dict]) -> list[Instance]:
+    found = []
+    for node in nodes:
+        svc = node["Service"]
+        address = svc.get("Address") or node["Node"]["Address"]
+        found.append(Instance(address=address, port=int(svc["Port"]), service_id=svc["ID"]))
+    return sorted(found)
+
+
+class Discovery:
+    """The passing instances of one service, kept current by Consul blocking queries.
+
+    While Consul is unreachable the last known good list is kept, so a Consul restart
+    does not take callers down with it.
+    """
+
+    def __init__(
+        self,
+        client: consul.aio.Consul,
+        service: str,
+        on_change: Callable[[list[Instance]], None] | None = None,
+    ):
+        self._client = client
+        self.service = service
+        self._instances: list[Instance] = []
+        self._on_change = on_change
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    def instances(self) -> list[Instance]:
+        """The instances whose checks passed at the last answer from Consul."""
+        return list(self._instances)
+
+    def start(self) -> None:
+        """Starts watching in the background."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._watch(), name=f"discovery-{self.service}")
+
+    async def wait_ready(self, timeout: float) -> bool:
+        """Waits for the first answer from Consul; False if none came in time."""
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    async def stop(self) -> None:
+        """Stops watching."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _watch(self) -> None:
+        index = None
+        backoff = 0.2
+        while True:
+            try:
+                new_index, nodes = await self._client.health.service(
+                    self.service, passing=True, index=index, wait=WATCH_WAIT
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                _LOGGER.warning("watching %s in Consul failed (%s); keeping %d known instances",
+                                self.service, err, len(self._instances))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                index = None
+                continue
+            backoff = 0.2
+            # An index that goes backwards means Consul's state was reset: start over.
+            index = new_index if index is None or int(new_index) >= int(index) else None
+            found = _instances(nodes)
+            if found != self._instances or not self._ready.is_set():
+                self._instances = found
+                _LOGGER.info("%s: %d passing instance(s)", self.service, len(found))
+                if self._on_change is not None:
+                    self._on_change(found)
+            self._ready.set()

@@ -1,0 +1,82 @@
+"""The Postgres connection pool and each service's schema migrations."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
+
+_LOGGER = logging.getLogger(__name__)
+
+# First key of the two-int advisory lock that serialises migrations of one schema;
+# the second is the schema's hash. Other lock users pick other namespaces.
+MIGRATION_LOCK_NAMESPACE = 1
+
+
+async def open_pool(dsn: str, *, max_size: int = 10, timeout: float = 10.0) -> AsyncConnectionPool:
+    """Opens a pool and waits for its first connection, so a bad DSN fails at start, not at first call."""
+    pool = AsyncConnectionPool(dsn, min_size=1, max_size=max_size, open=False, name="shop")
+    try:
+        await pool.open(wait=True, timeout=timeout)
+    except Exception:
+        await pool.close()
+        raise
+    return pool
+
+
+class MigrationError(RuntimeError):
+    """An applied migration's file has changed since it was applied."""
+
+
+def _checksum(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+async def migrate(dsn: str, schema: str, directory: Path) -> list[str]:
+    """Applies the `NNNN_name.sql` files of `directory` not yet recorded in `<schema>.schema_migrations`.
+
+    Hand-written rather than yoyo or alembic because what is needed is small and specific:
+    all pending files in one transaction under a transaction-scoped advisory lock, so several
+    replicas starting at once apply each file exactly once and a failure leaves nothing behind,
+    with the bookkeeping inside the service's own schema. Returns the versions it applied.
+    """
+    files = sorted(directory.glob("*.sql")) if directory.is_dir() else []
+    schema_id = sql.Identifier(schema)
+    applied_now: list[str] = []
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        async with conn.transaction():
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (MIGRATION_LOCK_NAMESPACE, schema)
+            )
+            await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema_id))
+            await conn.execute(
+                sql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {}.schema_migrations ("
+                    " version text PRIMARY KEY, checksum text NOT NULL,"
+                    " applied_at timestamptz NOT NULL DEFAULT now())"
+                ).format(schema_id)
+            )
+            cur = await conn.execute(
+                sql.SQL("SELECT version, checksum FROM {}.schema_migrations").format(schema_id)
+            )
+            applied = dict(await cur.fetchall())
+            for path in files:
+                text = path.read_text()
+                version = path.stem
+                if version in applied:
+                    if applied[version] != _checksum(text):
+                        raise MigrationError(f"{schema} migration {path.name} changed after it was applied")
+                    continue
+                await conn.execute(text)
+                await conn.execute(
+                    sql.SQL("INSERT INTO {}.schema_migrations (version, checksum) VALUES (%s, %s)").format(schema_id),
+                    (version, _checksum(text)),
+                )
+                applied_now.append(version)
+    if applied_now:
+        _LOGGER.info("schema %s: applied migrations %s", schema, ", ".join(applied_now))
+    return applied_now

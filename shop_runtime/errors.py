@@ -1,0 +1,85 @@
+"""Domain errors and their translation into gRPC statuses with a google.rpc.ErrorInfo."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Awaitable, Callable
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+_LOGGER = logging.getLogger(__name__)
+
+# ErrorInfo.domain: the same for every service, so clients branch on `reason` alone.
+ERROR_DOMAIN = "shop"
+
+
+class ServiceError(Exception):
+    """A failure the caller must see as a status code and an upper-case reason."""
+
+    def __init__(self, code: grpc.StatusCode, reason: str, message: str, metadata: dict[str, str] | None = None):
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.metadata = {k: str(v) for k, v in (metadata or {}).items()}
+
+    def to_status(self) -> grpc.Status:
+        """The rich status: code, message and one ErrorInfo detail."""
+        info = error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN, metadata=self.metadata)
+        detail = any_pb2.Any()
+        detail.Pack(info)
+        return rpc_status.to_status(
+            status_pb2.Status(code=self.code.value[0], message=self.message, details=[detail])
+        )
+
+
+def invalid_argument(field: str, message: str) -> ServiceError:
+    """A 400: the request's `field` is malformed or out of range."""
+    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", message, {"field": field})
+
+
+def unavailable(dependency: str) -> ServiceError:
+    """A 503: a service this call needs has no healthy instance or did not answer."""
+    return ServiceError(
+        grpc.StatusCode.UNAVAILABLE, "DEPENDENCY_UNAVAILABLE", f"{dependency} is unavailable", {"service": dependency}
+    )
+
+
+def error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | None:
+    """The ErrorInfo carried by a failed call's rich status, if any."""
+    status = rpc_status.from_call(err)
+    for detail in status.details if status else ():
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return info
+    return None
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Turns a ServiceError raised by any unary handler into its rich status."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        inner = handler.unary_unary
+
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                return await inner(request, context)
+            except ServiceError as err:
+                _LOGGER.info("%s: %s %s", handler_call_details.method, err.reason, err.message)
+                await context.abort_with_status(err.to_status())
+
+        return grpc.unary_unary_rpc_method_handler(
+            wrapped,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

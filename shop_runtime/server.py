@@ -1,0 +1,205 @@
+"""A service process's life: migrate, open the pool, serve gRPC with health, register in Consul, stop gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import grpc
+import psycopg
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from psycopg_pool import AsyncConnectionPool
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from shop_runtime import consul as shop_consul
+from shop_runtime.clients import ServiceClient
+from shop_runtime.config import ConfigError, ServiceSettings
+from shop_runtime.db import migrate, open_pool
+from shop_runtime.errors import ErrorInterceptor
+from shop_runtime.logs import setup_logging
+
+_LOGGER = logging.getLogger(__name__)
+
+# How often readiness (a database round trip) is re-checked for the health service.
+READINESS_INTERVAL = 2.0
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@dataclass
+class Deps:
+    """What a service's server is built from: its pool and its view of the other services."""
+
+    pool: AsyncConnectionPool
+    consul: Any = None
+    _discoveries: list[shop_consul.Discovery] = field(default_factory=list)
+    _clients: list[ServiceClient] = field(default_factory=list)
+
+    def client(self, service: str, stub_factory: Callable[[grpc.aio.Channel], Any]) -> ServiceClient:
+        """A client of `service` that follows its passing instances in Consul."""
+        if self.consul is None:
+            raise RuntimeError(f"no Consul client to discover {service}")
+        holder: list[ServiceClient] = []
+        discovery = shop_consul.Discovery(self.consul, service, on_change=lambda found: holder[0].prune(found))
+        client = ServiceClient(discovery, stub_factory)
+        holder.append(client)
+        discovery.start()
+        self._discoveries.append(discovery)
+        self._clients.append(client)
+        return client
+
+    async def close(self) -> None:
+        """Stops discovery and closes channels; the pool and Consul client belong to the caller."""
+        await asyncio.gather(*(d.stop() for d in self._discoveries))
+        await asyncio.gather(*(c.close() for c in self._clients))
+
+
+@dataclass
+class GrpcApp:
+    """A built, not yet started, gRPC server and its health service."""
+
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    service_names: list[str]
+
+    async def set_serving(self, serving: bool) -> None:
+        """Sets the overall and every per-service health status."""
+        status = SERVING if serving else NOT_SERVING
+        for name in ["", *self.service_names]:
+            await self.health.set(name, status)
+
+
+def build_server(
+    settings: ServiceSettings,
+    servicers: Sequence[tuple[Callable[[Any, grpc.aio.Server], None], Any]],
+    service_names: Sequence[str],
+) -> GrpcApp:
+    """A server with the given servicers, the standard health service and reflection, bound to its port."""
+    server = grpc.aio.server(interceptors=[ErrorInterceptor()])
+    for add, servicer in servicers:
+        add(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
+    )
+    port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+    return GrpcApp(server=server, port=port, health=health_servicer, service_names=list(service_names))
+
+
+async def _watch_readiness(app: GrpcApp, pool: AsyncConnectionPool) -> None:
+    """Keeps the health status true to whether the database answers."""
+    serving = None
+    while True:
+        try:
+            async with pool.connection(timeout=READINESS_INTERVAL) as conn:
+                await conn.execute("SELECT 1")
+            now = True
+        except Exception as err:  # any failure to reach the database means not ready
+            now = False
+            if serving is not False:
+                _LOGGER.warning("database unreachable (%s): NOT_SERVING", err)
+        if now != serving:
+            await app.set_serving(now)
+            serving = now
+        await asyncio.sleep(READINESS_INTERVAL)
+
+
+async def _retry_database(what: Callable[[], Any], retry_for: float = 30.0) -> Any:
+    """Runs `what`, retrying while the database is still starting."""
+    async for attempt in AsyncRetrying(
+        stop=stop_after_delay(retry_for),
+        wait=wait_exponential(multiplier=0.2, max=2),
+        retry=retry_if_exception_type((psycopg.OperationalError, TimeoutError)),
+        reraise=True,
+    ):
+        with attempt:
+            return await what()
+
+
+async def serve(
+    settings: ServiceSettings,
+    *,
+    schema: str,
+    migrations: Path,
+    create_server: Callable[[ServiceSettings, Deps], GrpcApp],
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Runs one service until SIGTERM/SIGINT (or `stop`), then leaves Consul and drains in-flight calls."""
+    await _retry_database(lambda: migrate(settings.database_url, schema, migrations))
+    pool = await _retry_database(lambda: open_pool(settings.database_url, max_size=settings.pool_max_size))
+    client = shop_consul.connect(settings.consul_host, settings.consul_port)
+    deps = Deps(pool=pool, consul=client)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    app = create_server(settings, deps)
+    readiness: asyncio.Task | None = None
+    registered = False
+    try:
+        await app.server.start()
+        readiness = asyncio.create_task(_watch_readiness(app, pool), name="readiness")
+        _LOGGER.info("%s serving gRPC on %s:%s", settings.service_name, settings.grpc_host, app.port)
+        await shop_consul.register(
+            client,
+            name=settings.service_name,
+            service_id=settings.instance_id,
+            address=settings.advertise_address,
+            port=app.port,
+            check_interval=settings.check_interval,
+        )
+        registered = True
+        await stop.wait()
+        _LOGGER.info("stopping: NOT_SERVING, leaving Consul, draining for %ss", settings.shutdown_grace_seconds)
+    finally:
+        if readiness is not None:
+            readiness.cancel()
+            await asyncio.gather(readiness, return_exceptions=True)
+        await app.health.enter_graceful_shutdown()
+        if registered:
+            await shop_consul.deregister(client, settings.instance_id)
+        await app.server.stop(settings.shutdown_grace_seconds)
+        await deps.close()
+        await pool.close()
+        await client.close()
+        _LOGGER.info("%s stopped", settings.service_name)
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """What the runtime needs to know of a service to run it."""
+
+    name: str
+    default_port: int
+    schema: str
+    migrations: Path
+    create_server: Callable[[ServiceSettings, Deps], GrpcApp]
+
+    def settings(self) -> ServiceSettings:
+        """This service's settings, read from the environment."""
+        return ServiceSettings.from_env(self.name, self.default_port)
+
+    async def serve(self, settings: ServiceSettings, stop: asyncio.Event | None = None) -> None:
+        """Runs the service with `settings` until stopped."""
+        await serve(settings, schema=self.schema, migrations=self.migrations,
+                    create_server=self.create_server, stop=stop)
+
+
+def main(spec: ServiceSpec) -> None:
+    """The `python -m <service>` entry point: settings from the environment, then serve."""
+    setup_logging(spec.name)
+    try:
+        settings = spec.settings()
+    except ConfigError as err:
+        print(f"{spec.name}: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    asyncio.run(spec.serve(settings))
