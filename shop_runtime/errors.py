@@ -77,6 +77,11 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             except ServiceError as err:
                 _LOGGER.info("%s: %s %s", handler_call_details.method, err.reason, err.message)
                 await context.abort_with_status(err.to_status())
+            except NotImplementedError:
+                # The generated base servicer's answer for an RPC a service does not build yet.
+                err = ServiceError(grpc.StatusCode.UNIMPLEMENTED, "NOT_IMPLEMENTED",
+                                   f"{handler_call_details.method} is not implemented yet")
+                await context.abort_with_status(err.to_status())
 
         return grpc.unary_unary_rpc_method_handler(
             wrapped,

