@@ -9,10 +9,11 @@ from psycopg import AsyncConnection, sql
 from catalog_svc.query import ListQuery, prefix_tsquery
 
 # Sort keys of the API to SQL expressions; each has an index ending in sku for the tie-break.
+# Names compare lower-cased and byte-wise (C collation), so the order never depends on the server locale.
 _SORT_EXPRESSIONS = {
     "sales": sql.SQL("sales"),
     "price": sql.SQL("price"),
-    "name": sql.SQL("lower(name)"),
+    "name": sql.SQL("lower(name) COLLATE \"C\""),
     "newest": sql.SQL("created_at"),
 }
 

@@ -10,65 +10,47 @@ import shlex
 import sys
 import threading
 import time
-import urllib.error
 import urllib.request
 
 from honcho.manager import Manager
 
 from devstack.postgres import embedded_dsn
 from devstack.prepare import prepare
-from devstack.stack import CONSUL_DIR, ROOT, SERVICE_MODULES, Ports, suite_processes
+from devstack.stack import CONSUL_DIR, ROOT, Ports, suite_processes, wait_for_suite
 from shop_runtime.logs import setup_logging
 
 _LOGGER = logging.getLogger("devstack")
 
 
-def _get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
-
-
-def _put(url: str, body: bytes) -> None:
-    urllib.request.urlopen(urllib.request.Request(url, data=body, method="PUT"), timeout=2).read()
-
-
-def _load_kv_defaults(consul: str) -> None:
+def _load_kv_defaults(consul: str, timeout: float = 60.0) -> None:
     """Writes each default setting only where the key is missing (cas=0), so an operator's value stays."""
     defaults = json.loads((CONSUL_DIR / "kv-defaults.json").read_text())
-    for key, value in defaults.items():
-        _put(f"{consul}/v1/kv/{key}?cas=0", value.encode())
-
-
-def _passing(consul: str, service: str) -> int:
-    status, body = _get(f"{consul}/v1/health/service/{service}?passing=true")
-    return len(json.loads(body)) if status == 200 else 0
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            for key, value in defaults.items():
+                request = urllib.request.Request(f"{consul}/v1/kv/{key}?cas=0", data=value.encode(), method="PUT")
+                urllib.request.urlopen(request, timeout=2).read()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)  # the agent is still starting
 
 
 def announce(ports: Ports, deadline: float = 120.0) -> None:
-    """Once Consul, every service and the gateway answer, loads the KV defaults and says where everything is."""
-    consul = f"http://{ports.consul_addr}"
-    gateway = f"http://localhost:{ports.gateway}"
+    """Loads the KV defaults, then, once every service and the gateway answer, says where everything is."""
     start = time.monotonic()
-    kv_loaded = False
-    while time.monotonic() - start < deadline:
-        try:
-            if not kv_loaded:
-                _load_kv_defaults(consul)
-                kv_loaded = True
-            if all(_passing(consul, s) for s in SERVICE_MODULES) and _get(f"{gateway}/catalogs?limit=1")[0] == 200:
-                break
-        except (OSError, ValueError):
-            pass  # not up yet
-        time.sleep(0.5)
-    else:
+    try:
+        _load_kv_defaults(f"http://{ports.consul_addr}")
+    except OSError as err:
+        _LOGGER.error("could not write the default settings to Consul KV: %s", err)
+    if not wait_for_suite(ports, deadline):
         _LOGGER.error("the suite did not come up within %ss; see the log lines above", deadline)
         return
     print(
         f"\n  The suite is up after {time.monotonic() - start:.1f}s.\n"
-        f"    REST gateway (Envoy)   {gateway}/catalogs\n"
+        f"    REST gateway (Envoy)   http://localhost:{ports.gateway}/catalogs\n"
         f"    Consul UI and API      http://localhost:{ports.consul_http}/ui\n"
         f"    Envoy admin            http://localhost:{ports.envoy_admin}\n"
         + "".join(f"    {s:<22} grpc://127.0.0.1:{p}\n" for s, p in ports.services.items())

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import sys
+import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,3 +139,32 @@ def suite_processes(ports: Ports, dsn: str, run_dir: Path) -> list[ProcessSpec]:
         *(service_process(s, ports, dsn) for s in SERVICE_MODULES),
         *gateway_processes(ports, run_dir),
     ]
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    """Status and body of a GET; an HTTP error status is an answer, not an exception."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def passing_instances(ports: Ports, service: str) -> list[dict]:
+    """Consul's entries for the instances of `service` whose checks all pass."""
+    status, body = http_get(f"http://{ports.consul_addr}/v1/health/service/{service}?passing=true")
+    return json.loads(body) if status == 200 else []
+
+
+def wait_for_suite(ports: Ports, timeout: float, services: tuple[str, ...] = tuple(SERVICE_MODULES)) -> bool:
+    """Waits until every service has a passing instance and the gateway answers a catalog page."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if all(passing_instances(ports, s) for s in services) and \
+                    http_get(f"http://127.0.0.1:{ports.gateway}/catalogs?limit=1")[0] == 200:
+                return True
+        except (OSError, ValueError):
+            pass  # not up yet
+        time.sleep(0.3)
+    return False

@@ -21,4 +21,4 @@ CREATE INDEX products_search_idx ON catalog.products USING gin (search);
 CREATE INDEX products_created_idx ON catalog.products (created_at, sku);
 CREATE INDEX products_price_idx ON catalog.products (price, sku);
 CREATE INDEX products_sales_idx ON catalog.products (sales, sku);
-CREATE INDEX products_name_idx ON catalog.products (lower(name), sku);
+CREATE INDEX products_name_idx ON catalog.products ((lower(name) COLLATE "C"), sku);
