@@ -1,0 +1,49 @@
+"""The whole suite for the e2e tier: demo data, every service, Envoy and its Consul sync, on free ports."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from devstack.prepare import prepare
+from devstack.stack import SERVICE_MODULES, Ports, gateway_processes, service_process, wait_for_suite
+from tests.support import Proc, create_database, dsn_for
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A running suite: where its gateway is, and its database."""
+
+    ports: Ports
+    dsn: str
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.gateway}"
+
+
+@pytest.fixture(scope="session")
+def suite(pg_admin_dsn, consul, ports, log_dir, tmp_path_factory):
+    dsn = dsn_for(pg_admin_dsn, create_database(pg_admin_dsn))
+    asyncio.run(prepare(dsn))
+    specs = [*(service_process(s, ports, dsn) for s in SERVICE_MODULES),
+             *gateway_processes(ports, tmp_path_factory.mktemp("gateway"))]
+    procs = [Proc(spec, log_dir) for spec in specs]
+    try:
+        if not wait_for_suite(ports, 60):
+            logs = "\n".join(f"--- {p.name}\n{p.log()[-3000:]}" for p in procs)
+            pytest.fail(f"the suite did not come up:\n{logs}")
+        yield Suite(ports=ports, dsn=dsn)
+    finally:
+        for p in procs:
+            p.stop()
+
+
+@pytest.fixture(scope="session")
+def http(suite):
+    """An HTTP client on the gateway."""
+    with httpx.Client(base_url=suite.base_url, timeout=15) as client:
+        yield client
