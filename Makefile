@@ -8,12 +8,12 @@ PROTOS := $(shell find protos -name '*.proto' | sort)
 DESCRIPTOR := $(GEN)/shop.pb
 CONSUL_LOCAL := .tools/bin/consul
 
-.PHONY: run test setup venv proto consul unit integration e2e clean demo-data
+.PHONY: run test setup venv proto consul test-tools unit integration e2e clean demo-data
 
 run: setup
 	$(PY) -m devstack run
 
-test: setup
+test: setup test-tools
 	$(PY) -m pytest -q tests
 
 unit: setup
@@ -54,6 +54,14 @@ $(GEN)/.stamp: $(PROTOS) $(VENV)/.installed Makefile
 consul:
 	@if [ -n "$$CONSUL_BIN" ] || command -v consul >/dev/null || [ -x $(CONSUL_LOCAL) ]; then :; \
 	else bash devstack/fetch_consul.sh $(dir $(CONSUL_LOCAL)); fi
+
+# Tools only the tests use, from Debian's packages: docker-compose validates the compose file
+# without a Docker engine.
+test-tools:
+	@command -v docker-compose >/dev/null || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; \
+		else echo "install Debian's docker-compose package (needs root) to run the compose check" >&2; exit 1; fi; }
 
 demo-data: setup
 	$(PY) -m devstack.demo_data

@@ -49,6 +49,16 @@ def env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
     return value
 
 
+def _advertise_address(value: str) -> str:
+    """The address others reach this instance at; `auto` is this host's own address (containers)."""
+    if value != "auto":
+        return value
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError as err:
+        raise ConfigError(f"ADVERTISE_ADDRESS=auto: cannot resolve this host's address ({err})") from None
+
+
 @dataclass(frozen=True)
 class ServiceSettings:
     """How one service process is wired: its database, its port, where Consul is."""
@@ -83,7 +93,7 @@ class ServiceSettings:
             database_url=env_str(dsn_var),
             grpc_host=env_str("GRPC_HOST", "127.0.0.1"),
             grpc_port=env_int("GRPC_PORT", default_port, minimum=0, maximum=65535),
-            advertise_address=env_str("ADVERTISE_ADDRESS", "127.0.0.1"),
+            advertise_address=_advertise_address(env_str("ADVERTISE_ADDRESS", "127.0.0.1")),
             consul_host=host,
             consul_port=int(port),
             shutdown_grace_seconds=env_float("SHUTDOWN_GRACE_SECONDS", 5.0),
