@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable, Protocol
 
 from psycopg import AsyncConnection
 
-if TYPE_CHECKING:
-    from devstack.demo_data import DemoProduct
+
+class DemoProduct(Protocol):
+    """What a demo product gives the loader (devstack.demo_data makes them)."""
+
+    sku: str
+    name: str
+    description: str
+    category: str
+    price: int
+    sales: int
+    created_offset_seconds: int
 
 
-async def load(conn: AsyncConnection, products: Iterable["DemoProduct"]) -> int:
+async def load(conn: AsyncConnection, products: Iterable[DemoProduct]) -> int:
     """Inserts the categories and products not yet present; returns how many products were new."""
     products = list(products)
     now = datetime.now(timezone.utc)

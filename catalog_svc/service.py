@@ -12,6 +12,7 @@ from catalog_svc import repository
 from catalog_svc.query import ListQuery
 from catalog_svc.repository import ProductRow
 from shop_runtime.errors import ServiceError, invalid_argument
+from shop_runtime.validation import distinct_batch
 
 # Asks inventory for the available units of a batch of SKUs.
 AvailabilityLookup = Callable[[list[str]], Awaitable[dict[str, int]]]
@@ -66,9 +67,7 @@ class Catalog:
 
     async def batch_get(self, skus: list[str]) -> list[Product]:
         """The known products among `skus`, each once."""
-        unique = list(dict.fromkeys(skus))
-        if len(unique) > MAX_BATCH:
-            raise invalid_argument("skus", f"at most {MAX_BATCH} SKUs per call")
+        unique = distinct_batch(skus, "skus", MAX_BATCH)
         if not unique:
             return []
         async with self._pool.connection() as conn:

@@ -6,7 +6,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from inventory_svc import repository
 from inventory_svc.repository import StockRow
-from shop_runtime.errors import invalid_argument
+from shop_runtime.validation import distinct_batch
 
 MAX_BATCH = 500
 
@@ -19,9 +19,7 @@ class Inventory:
 
     async def availability(self, skus: list[str]) -> list[StockRow]:
         """The figures of each distinct SKU asked for; a SKU without stock is all zeros."""
-        unique = list(dict.fromkeys(skus))
-        if len(unique) > MAX_BATCH:
-            raise invalid_argument("skus", f"at most {MAX_BATCH} SKUs per call")
+        unique = distinct_batch(skus, "skus", MAX_BATCH)
         if not unique:
             return []
         async with self._pool.connection() as conn:

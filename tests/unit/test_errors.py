@@ -22,3 +22,14 @@ def test_helpers_pick_the_right_codes():
     err = unavailable("inventory")
     assert (err.code, err.reason, err.metadata) == (
         grpc.StatusCode.UNAVAILABLE, "DEPENDENCY_UNAVAILABLE", {"service": "inventory"})
+
+
+def test_batches_are_deduplicated_in_order_and_bounded():
+    import pytest
+    from shop_runtime.errors import ServiceError
+    from shop_runtime.validation import distinct_batch
+
+    assert distinct_batch(["b", "a", "b"], "skus", 2) == ["b", "a"]
+    with pytest.raises(ServiceError) as caught:
+        distinct_batch(["a", "b", "c"], "skus", 2)
+    assert caught.value.metadata == {"field": "skus"}
