@@ -1,9 +1,11 @@
 """Domain errors travel as a gRPC status whose ErrorInfo carries the reason and metadata."""
 
 import grpc
+import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from shop_runtime.errors import ERROR_DOMAIN, ServiceError, invalid_argument, unavailable
+from shop_runtime.validation import distinct_batch
 
 
 def test_status_carries_code_message_and_error_info():
@@ -25,10 +27,6 @@ def test_helpers_pick_the_right_codes():
 
 
 def test_batches_are_deduplicated_in_order_and_bounded():
-    import pytest
-    from shop_runtime.errors import ServiceError
-    from shop_runtime.validation import distinct_batch
-
     assert distinct_batch(["b", "a", "b"], "skus", 2) == ["b", "a"]
     with pytest.raises(ServiceError) as caught:
         distinct_batch(["a", "b", "c"], "skus", 2)
