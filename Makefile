@@ -8,13 +8,17 @@ PROTOS := $(shell find protos -name '*.proto' | sort)
 DESCRIPTOR := $(GEN)/shop.pb
 CONSUL_LOCAL := .tools/bin/consul
 
-.PHONY: run test setup venv proto consul test-tools unit integration e2e clean demo-data
+.PHONY: run test audit setup venv proto consul test-tools unit integration e2e clean demo-data
 
 run: setup
 	$(PY) -m devstack run
 
 test: setup test-tools
 	$(PY) -m pytest -q tests
+
+# Checks the stock of the local suite's database (DATABASE_URL, else the embedded one of `make run`).
+audit: setup
+	$(PY) -m devstack audit
 
 unit: setup
 	$(PY) -m pytest -q tests/unit

@@ -1,10 +1,15 @@
-"""The inventory's SQL, over the `inventory` schema only."""
+"""The inventory's SQL, over the `inventory` schema only. Every write here runs under the SKU locks its caller took."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import uuid
+from dataclasses import dataclass, replace
+from datetime import datetime
 
 from psycopg import AsyncConnection
+
+ACTIVE, COMMITTED, RELEASED, EXPIRED = "ACTIVE", "COMMITTED", "RELEASED", "EXPIRED"
 
 
 @dataclass(frozen=True)
@@ -21,9 +26,156 @@ class StockRow:
         return self.on_hand - self.reserved
 
 
-async def get_stock(conn: AsyncConnection, skus: list[str]) -> list[StockRow]:
-    """The stock rows of the SKUs that have one, in one read."""
+@dataclass(frozen=True)
+class HoldRecord:
+    """A hold as stored."""
+
+    id: str
+    owner: str
+    sku: str
+    qty: int
+    state: str
+    expires_at: datetime
+    order_id: str | None
+
+    def state_at(self, now: datetime) -> str:
+        """The state as of `now`: an active hold past its expiry counts as expired."""
+        return EXPIRED if self.state == ACTIVE and self.expires_at <= now else self.state
+
+
+def sku_lock_key(sku: str) -> int:
+    """The bigint advisory lock key of a SKU: stable across processes and versions (not Python's hash())."""
+    return int.from_bytes(hashlib.sha256(sku.encode()).digest()[:8], "big", signed=True)
+
+
+async def lock_skus(conn: AsyncConnection, skus: list[str]) -> None:
+    """Takes each SKU's transaction-scoped advisory lock, in ascending key order, so no two calls deadlock."""
+    for key in sorted({sku_lock_key(s) for s in skus}):
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+
+
+async def try_lock_sku(conn: AsyncConnection, sku: str) -> bool:
+    """Takes the SKU's lock if no one holds it; False at once otherwise."""
+    cur = await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (sku_lock_key(sku),))
+    return (await cur.fetchone())[0]
+
+
+async def move(conn: AsyncConnection, *, sku: str, reason: str, on_hand_delta: int, reserved_delta: int,
+               actor: str, now: datetime, hold_id: str | None = None, order_id: str | None = None) -> StockRow:
+    """Changes a SKU's figures and writes the ledger entry for it, in one statement."""
     cur = await conn.execute(
-        "SELECT sku, on_hand, reserved FROM inventory.stock WHERE sku = ANY(%s)", (skus,)
+        """
+        WITH s AS (
+            UPDATE inventory.stock
+               SET on_hand = on_hand + %(dh)s, reserved = reserved + %(dr)s, updated_at = %(now)s
+             WHERE sku = %(sku)s
+            RETURNING sku, on_hand, reserved
+        )
+        INSERT INTO inventory.ledger (sku, reason, on_hand_delta, reserved_delta, on_hand_after,
+                                      reserved_after, actor, hold_id, order_id, created_at)
+        SELECT sku, %(reason)s, %(dh)s, %(dr)s, on_hand, reserved, %(actor)s, %(hold)s, %(order)s, %(now)s FROM s
+        RETURNING sku, on_hand_after, reserved_after
+        """,
+        dict(dh=on_hand_delta, dr=reserved_delta, now=now, sku=sku, reason=reason, actor=actor,
+             hold=hold_id, order=order_id),
     )
-    return [StockRow(*r) for r in await cur.fetchall()]
+    row = await cur.fetchone()
+    if row is None:
+        raise LookupError(sku)
+    return StockRow(*row)
+
+
+async def reclaim_expired(conn: AsyncConnection, skus: list[str], now: datetime, actor: str) -> list[HoldRecord]:
+    """Ends the SKUs' active holds whose expiry has passed and gives their units back; the caller holds the locks."""
+    cur = await conn.execute(
+        """
+        UPDATE inventory.holds SET state = 'EXPIRED', ended_at = %(now)s
+         WHERE sku = ANY(%(skus)s) AND state = 'ACTIVE' AND expires_at <= %(now)s
+        RETURNING id::text, owner, sku, qty, state, expires_at, order_id
+        """,
+        dict(now=now, skus=skus),
+    )
+    expired = sorted((HoldRecord(*r) for r in await cur.fetchall()), key=lambda h: (h.sku, h.id))
+    for hold in expired:
+        await move(conn, sku=hold.sku, reason="EXPIRE", on_hand_delta=0, reserved_delta=-hold.qty,
+                   actor=actor, now=now, hold_id=hold.id, order_id=hold.order_id)
+    return expired
+
+
+async def stock_rows(conn: AsyncConnection, skus: list[str]) -> dict[str, StockRow]:
+    """The stored figures of the SKUs that have a row (exact once their expired holds are reclaimed)."""
+    cur = await conn.execute("SELECT sku, on_hand, reserved FROM inventory.stock WHERE sku = ANY(%s)", (skus,))
+    return {r[0]: StockRow(*r) for r in await cur.fetchall()}
+
+
+async def effective_stock(conn: AsyncConnection, skus: list[str], now: datetime) -> dict[str, StockRow]:
+    """The figures as of `now`, without a lock: holds past their expiry do not count, reclaimed or not."""
+    cur = await conn.execute(
+        """
+        SELECT s.sku, s.on_hand,
+               s.reserved - COALESCE((SELECT sum(h.qty) FROM inventory.holds h
+                                       WHERE h.sku = s.sku AND h.state = 'ACTIVE' AND h.expires_at <= %(now)s), 0)
+          FROM inventory.stock s
+         WHERE s.sku = ANY(%(skus)s)
+        """,
+        dict(skus=skus, now=now),
+    )
+    return {r[0]: StockRow(r[0], r[1], int(r[2])) for r in await cur.fetchall()}
+
+
+async def create_stock(conn: AsyncConnection, sku: str, now: datetime) -> None:
+    """Creates an empty stock row; its units arrive through a ledgered movement."""
+    await conn.execute(
+        "INSERT INTO inventory.stock (sku, on_hand, reserved, updated_at) VALUES (%s, 0, 0, %s)", (sku, now)
+    )
+
+
+async def insert_hold(conn: AsyncConnection, *, owner: str, sku: str, qty: int, expires_at: datetime,
+                      order_id: str | None, now: datetime) -> HoldRecord:
+    """Stores a new active hold (its units are taken by a separate movement)."""
+    hold = HoldRecord(str(uuid.uuid4()), owner, sku, qty, ACTIVE, expires_at, order_id)
+    await conn.execute(
+        "INSERT INTO inventory.holds (id, owner, sku, qty, state, expires_at, order_id, created_at)"
+        " VALUES (%s, %s, %s, %s, 'ACTIVE', %s, %s, %s)",
+        (hold.id, owner, sku, qty, expires_at, order_id, now),
+    )
+    return hold
+
+
+async def hold_skus(conn: AsyncConnection, ids: list[str]) -> dict[str, str]:
+    """hold id -> its SKU, for the holds that exist (a hold's SKU never changes, so this is safe before locking)."""
+    cur = await conn.execute("SELECT id::text, sku FROM inventory.holds WHERE id = ANY(%s::uuid[])", (ids,))
+    return dict(await cur.fetchall())
+
+
+async def get_holds(conn: AsyncConnection, ids: list[str]) -> dict[str, HoldRecord]:
+    """The stored holds among `ids`."""
+    cur = await conn.execute(
+        "SELECT id::text, owner, sku, qty, state, expires_at, order_id FROM inventory.holds WHERE id = ANY(%s::uuid[])",
+        (ids,),
+    )
+    return {r[0]: HoldRecord(*r) for r in await cur.fetchall()}
+
+
+async def update_hold(conn: AsyncConnection, hold: HoldRecord, now: datetime, **changes) -> HoldRecord:
+    """Writes changed fields of an active hold; an ending state also stamps ended_at."""
+    new = replace(hold, **changes)
+    await conn.execute(
+        """
+        UPDATE inventory.holds
+           SET owner = %(owner)s, qty = %(qty)s, state = %(state)s, expires_at = %(expires_at)s,
+               order_id = %(order_id)s, ended_at = CASE WHEN %(state)s = 'ACTIVE' THEN NULL ELSE %(now)s END
+         WHERE id = %(id)s AND state = 'ACTIVE'
+        """,
+        dict(owner=new.owner, qty=new.qty, state=new.state, expires_at=new.expires_at, order_id=new.order_id,
+             now=now, id=new.id),
+    )
+    return new
+
+
+async def skus_with_expired_holds(conn: AsyncConnection, now: datetime, limit: int) -> list[str]:
+    """SKUs that have an active hold past its expiry, for the sweeper."""
+    cur = await conn.execute(
+        "SELECT DISTINCT sku FROM inventory.holds WHERE state = 'ACTIVE' AND expires_at <= %s LIMIT %s", (now, limit)
+    )
+    return [r[0] for r in await cur.fetchall()]

@@ -2,22 +2,63 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from inventory_svc.service import Inventory
 from inventory_svc.servicer import InventoryServicer
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
-from shop_runtime.config import ServiceSettings
+from shop_runtime.config import ServiceSettings, env_float
 from shop_runtime.server import Deps, GrpcApp, ServiceSpec, build_server
 
+_LOGGER = logging.getLogger(__name__)
 
-def create_server(settings: ServiceSettings, deps: Deps) -> GrpcApp:
-    """The inventory server over the inventory schema."""
-    return build_server(
+
+@dataclass(frozen=True)
+class InventorySettings:
+    """The inventory's own settings."""
+
+    # How often the sweeper looks for expired holds; 0 turns it off (expiry still holds on every read and write).
+    sweep_interval_seconds: float = 1.0
+
+    @classmethod
+    def from_env(cls) -> "InventorySettings":
+        """Reads INVENTORY_SWEEP_INTERVAL_SECONDS."""
+        return cls(sweep_interval_seconds=env_float("INVENTORY_SWEEP_INTERVAL_SECONDS", 1.0))
+
+
+def sweeper(inventory: Inventory, interval: float, batch: int = 100):
+    """The background sweep: reclaims expired holds in every replica at once without stepping on the others."""
+
+    async def sweep() -> None:
+        while True:
+            try:
+                reclaimed = await inventory.sweep_once(batch)
+                if reclaimed:
+                    _LOGGER.info("sweeper reclaimed %d expired hold(s)", reclaimed)
+            except Exception:  # a failed pass must not end the sweeper; the next one retries
+                _LOGGER.exception("sweep failed")
+                reclaimed = 0
+            # A full batch means more are waiting: go again at once.
+            await asyncio.sleep(0 if reclaimed >= batch else interval)
+
+    return sweep
+
+
+def create_server(settings: ServiceSettings, deps: Deps, inventory_settings: InventorySettings | None = None) -> GrpcApp:
+    """The inventory server over the inventory schema, with its sweeper unless turned off."""
+    own = inventory_settings or InventorySettings.from_env()
+    inventory = Inventory(deps.pool, deps.clock)
+    app = build_server(
         settings,
-        [(inventory_pb2_grpc.add_InventoryServiceServicer_to_server, InventoryServicer(Inventory(deps.pool)))],
+        [(inventory_pb2_grpc.add_InventoryServiceServicer_to_server, InventoryServicer(inventory))],
         [inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"].full_name],
     )
+    if own.sweep_interval_seconds > 0:
+        app.background.append(sweeper(inventory, own.sweep_interval_seconds))
+    return app
 
 
 SPEC = ServiceSpec(

@@ -1,26 +1,98 @@
-"""The inventory's gRPC face. SetStock and GetStock are not built yet and answer UNIMPLEMENTED (inherited)."""
+"""The inventory's gRPC face: messages in, calls to the service layer, messages out."""
 
 from __future__ import annotations
 
 import grpc
+from google.protobuf import timestamp_pb2
 
-from inventory_svc.service import Inventory
+from inventory_svc.repository import HoldRecord, StockRow
+from inventory_svc.service import Inventory, Line
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+
+_STATES = {
+    "ACTIVE": inventory_pb2.HOLD_STATE_ACTIVE,
+    "COMMITTED": inventory_pb2.HOLD_STATE_COMMITTED,
+    "RELEASED": inventory_pb2.HOLD_STATE_RELEASED,
+    "EXPIRED": inventory_pb2.HOLD_STATE_EXPIRED,
+}
+
+
+def _metadata(context: grpc.aio.ServicerContext, name: str) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == name:
+            return value
+    return ""
+
+
+def actor_of(context: grpc.aio.ServicerContext) -> str:
+    """Who caused a change, for the ledger: the end user the gateway named, else the calling service."""
+    return _metadata(context, "x-shop-user-id") or _metadata(context, "x-shop-caller") or "unknown"
+
+
+def key_of(request_key: str, context: grpc.aio.ServicerContext) -> str:
+    """The idempotency key: the request's field, else the `idempotency-key` metadata."""
+    return request_key or _metadata(context, "idempotency-key")
+
+
+def hold_pb(hold: HoldRecord) -> inventory_pb2.Hold:
+    """A hold as a message."""
+    expires = timestamp_pb2.Timestamp()
+    expires.FromDatetime(hold.expires_at)
+    return inventory_pb2.Hold(hold_id=hold.id, owner=hold.owner, sku=hold.sku, qty=hold.qty,
+                              state=_STATES[hold.state], expires_at=expires, order_id=hold.order_id or "")
+
+
+def stock_pb(row: StockRow) -> inventory_pb2.StockLevel:
+    """Stock figures as a message."""
+    return inventory_pb2.StockLevel(sku=row.sku, on_hand=row.on_hand, reserved=row.reserved, available=row.available)
 
 
 class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
-    """Serves shop.inventory.v1.InventoryService."""
+    """Serves shop.inventory.v1.InventoryService; domain errors become statuses in the shared interceptor."""
 
     def __init__(self, inventory: Inventory):
         self._inventory = inventory
 
-    async def GetAvailability(
-        self, request: inventory_pb2.GetAvailabilityRequest, context: grpc.aio.ServicerContext
-    ) -> inventory_pb2.GetAvailabilityResponse:
+    async def CreateHolds(self, request, context):
+        holds = await self._inventory.create_holds(
+            request.owner, [Line(line.sku, line.qty) for line in request.lines], request.ttl_seconds,
+            key=key_of(request.idempotency_key, context), actor=actor_of(context))
+        return inventory_pb2.CreateHoldsResponse(holds=[hold_pb(h) for h in holds])
+
+    async def ResizeHold(self, request, context):
+        hold = await self._inventory.resize_hold(
+            request.hold_id, request.qty, request.ttl_seconds,
+            key=key_of(request.idempotency_key, context), actor=actor_of(context))
+        return inventory_pb2.ResizeHoldResponse(hold=hold_pb(hold))
+
+    async def ReleaseHolds(self, request, context):
+        holds = await self._inventory.release_holds(
+            list(request.hold_ids), key=key_of(request.idempotency_key, context), actor=actor_of(context))
+        return inventory_pb2.ReleaseHoldsResponse(holds=[hold_pb(h) for h in holds])
+
+    async def ExtendHolds(self, request, context):
+        holds = await self._inventory.extend_holds(
+            list(request.hold_ids), request.owner, request.order_id, request.ttl_seconds,
+            key=key_of(request.idempotency_key, context), actor=actor_of(context))
+        return inventory_pb2.ExtendHoldsResponse(holds=[hold_pb(h) for h in holds])
+
+    async def CommitHolds(self, request, context):
+        holds = await self._inventory.commit_holds(
+            list(request.hold_ids), key=key_of(request.idempotency_key, context), actor=actor_of(context))
+        return inventory_pb2.CommitHoldsResponse(holds=[hold_pb(h) for h in holds])
+
+    async def GetHolds(self, request, context):
+        holds = await self._inventory.get_holds(list(request.hold_ids))
+        return inventory_pb2.GetHoldsResponse(holds=[hold_pb(h) for h in holds])
+
+    async def GetAvailability(self, request, context):
         rows = await self._inventory.availability(list(request.skus))
-        return inventory_pb2.GetAvailabilityResponse(
-            items=[
-                inventory_pb2.StockLevel(sku=r.sku, on_hand=r.on_hand, reserved=r.reserved, available=r.available)
-                for r in rows
-            ]
-        )
+        return inventory_pb2.GetAvailabilityResponse(items=[stock_pb(r) for r in rows])
+
+    async def SetStock(self, request, context):
+        row = await self._inventory.set_stock(request.sku, request.on_hand, key=key_of("", context),
+                                              actor=actor_of(context))
+        return stock_pb(row)
+
+    async def GetStock(self, request, context):
+        return stock_pb(await self._inventory.get_stock(request.sku))

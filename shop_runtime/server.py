@@ -8,7 +8,7 @@ import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 import grpc
 import psycopg
@@ -19,6 +19,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 
 from shop_runtime import consul as shop_consul
 from shop_runtime.clients import ServiceClient
+from shop_runtime.clock import Clock, SystemClock
 from shop_runtime.config import ConfigError, ServiceSettings
 from shop_runtime.db import migrate, open_pool
 from shop_runtime.errors import ErrorInterceptor
@@ -39,6 +40,7 @@ class Deps:
 
     pool: AsyncConnectionPool
     consul: Any = None
+    clock: Clock = field(default_factory=SystemClock)
     _discoveries: list[shop_consul.Discovery] = field(default_factory=list)
     _clients: list[ServiceClient] = field(default_factory=list)
 
@@ -63,12 +65,14 @@ class Deps:
 
 @dataclass
 class GrpcApp:
-    """A built, not yet started, gRPC server and its health service."""
+    """A built, not yet started, gRPC server, its health service and its background work."""
 
     server: grpc.aio.Server
     port: int
     health: health.aio.HealthServicer
     service_names: list[str]
+    # Coroutine functions run while the server serves (e.g. sweepers), cancelled when it stops.
+    background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def set_serving(self, serving: bool) -> None:
         """Sets the overall and every per-service health status."""
@@ -143,11 +147,12 @@ async def serve(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     app = create_server(settings, deps)
-    readiness: asyncio.Task | None = None
+    tasks: list[asyncio.Task] = []
     registered = False
     try:
         await app.server.start()
-        readiness = asyncio.create_task(_watch_readiness(app, pool), name="readiness")
+        tasks.append(asyncio.create_task(_watch_readiness(app, pool), name="readiness"))
+        tasks += [asyncio.create_task(work(), name=work.__name__) for work in app.background]
         _LOGGER.info("%s serving gRPC on %s:%s", settings.service_name, settings.grpc_host, app.port)
         await shop_consul.register(
             client,
@@ -161,9 +166,9 @@ async def serve(
         await stop.wait()
         _LOGGER.info("stopping: NOT_SERVING, leaving Consul, draining for %ss", settings.shutdown_grace_seconds)
     finally:
-        if readiness is not None:
-            readiness.cancel()
-            await asyncio.gather(readiness, return_exceptions=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await app.health.enter_graceful_shutdown()
         if registered:
             await shop_consul.deregister(client, settings.instance_id)
