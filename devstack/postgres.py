@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from pathlib import Path
 
 import psycopg
@@ -35,3 +36,18 @@ def embedded_dsn(pgdata: Path) -> tuple[object, str]:
     server = start_embedded(pgdata)
     ensure_database(server.get_uri())
     return server, server.get_uri(DATABASE)
+
+
+def create_database(admin_dsn: str, prefix: str = "shop_test") -> str:
+    """Creates an empty database with a unique name; returns its name."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return name
+
+
+def dsn_for(admin_dsn: str, database: str) -> str:
+    """The DSN of `database` on the server of `admin_dsn`."""
+    info = psycopg.conninfo.conninfo_to_dict(admin_dsn)
+    info["dbname"] = database
+    return psycopg.conninfo.make_conninfo(**info)

@@ -9,7 +9,8 @@ import pytest
 
 from devstack.postgres import start_embedded
 from devstack.stack import Ports, consul_process
-from tests.support import Proc, consul_ready, create_database, dsn_for, wait_until
+from devstack.procs import Proc, consul_ready, wait_until
+from devstack.postgres import create_database, dsn_for
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,8 @@ import pytest
 
 from devstack.prepare import prepare
 from devstack.stack import SERVICE_MODULES, Ports, gateway_processes, service_process, wait_for_suite
-from tests.support import Proc, create_database, dsn_for
+from devstack.procs import Proc
+from devstack.postgres import create_database, dsn_for
 
 
 @dataclass(frozen=True)

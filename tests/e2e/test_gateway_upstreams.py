@@ -5,7 +5,7 @@ import signal
 import threading
 
 from devstack.stack import free_port, http_get, service_process
-from tests.support import Proc, wait_until
+from devstack.procs import Proc, wait_until
 
 
 def catalog_hosts(suite) -> set[int]:

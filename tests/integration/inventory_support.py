@@ -12,7 +12,7 @@ from devstack.stack import free_port, service_process
 from inventory_svc.audit import audit
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shop_runtime.errors import error_info
-from tests.support import Proc
+from devstack.procs import Proc
 
 
 @contextlib.asynccontextmanager

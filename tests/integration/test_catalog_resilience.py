@@ -10,7 +10,7 @@ from devstack.prepare import prepare
 from devstack.stack import Ports, consul_process, passing_instances, service_process
 from shop.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from shop_runtime.errors import error_info
-from tests.support import Proc, consul_ready, wait_until
+from devstack.procs import Proc, consul_ready, wait_until
 
 
 @pytest.fixture

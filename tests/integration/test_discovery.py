@@ -13,7 +13,7 @@ from shop_runtime import consul as shop_consul
 from shop_runtime.clients import ServiceClient
 from shop_runtime.consul import Discovery, Instance
 from shop_runtime.errors import ServiceError
-from tests.support import Proc, consul_ready, wait_until
+from devstack.procs import Proc, consul_ready, wait_until
 
 
 class HealthServer:

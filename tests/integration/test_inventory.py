@@ -11,7 +11,7 @@ import pytest
 from shop.inventory.v1 import inventory_pb2
 from tests.integration.inventory_support import (audit_of, availability, hold, reason, replicas, set_stock,
                                                  stored)
-from tests.support import wait_until
+from devstack.procs import wait_until
 
 ABORTED = grpc.StatusCode.ABORTED
 

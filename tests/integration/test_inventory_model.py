@@ -278,7 +278,7 @@ class InventoryMachine(RuleBasedStateMachine):
 
 @pytest.fixture(scope="module")
 def server(pg_admin_dsn):
-    from tests.support import create_database, dsn_for
+    from devstack.postgres import create_database, dsn_for
 
     global SERVER
     SERVER = InProcessInventory(dsn_for(pg_admin_dsn, create_database(pg_admin_dsn)))

@@ -14,7 +14,8 @@ from devstack.stack import passing_instances, service_process
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shop_runtime.config import ServiceSettings
 from shop_runtime.server import build_server, serve
-from tests.support import Proc, create_database, dsn_for, wait_until
+from devstack.procs import Proc, wait_until
+from devstack.postgres import create_database, dsn_for
 
 
 class SlowInventory(inventory_pb2_grpc.InventoryServiceServicer):

@@ -8,7 +8,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devstack.stack import SERVICE_MODULES, http_get, passing_instances, service_process
-from tests.support import Proc, wait_until
+from devstack.procs import Proc, wait_until
 
 
 def _entry(ports, service, service_id):

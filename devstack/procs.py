@@ -1,4 +1,4 @@
-"""Helpers the test tiers share: starting and stopping real processes, fresh databases."""
+"""Processes of the suite started one by one (tests, benchmarks), each logging to a file and stopped by its starter."""
 
 from __future__ import annotations
 
@@ -9,14 +9,11 @@ import time
 import uuid
 from pathlib import Path
 
-import psycopg
-from psycopg import sql
-
 from devstack.stack import ProcessSpec, http_get
 
 
 class Proc:
-    """A process a test started, logging to a file, stopped (and reaped) by the test."""
+    """A process started on its own, logging to a file, stopped (and reaped) by whoever started it."""
 
     def __init__(self, spec: ProcessSpec, log_dir: Path):
         self.name = spec.name
@@ -63,21 +60,6 @@ def wait_until(predicate, timeout: float, interval: float = 0.2, what: str = "co
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
-
-
-def create_database(admin_dsn: str, prefix: str = "shop_test") -> str:
-    """Creates an empty database with a unique name; returns its name."""
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    return name
-
-
-def dsn_for(admin_dsn: str, database: str) -> str:
-    """The DSN of `database` on the server of `admin_dsn`."""
-    info = psycopg.conninfo.conninfo_to_dict(admin_dsn)
-    info["dbname"] = database
-    return psycopg.conninfo.make_conninfo(**info)
 
 
 def consul_ready(http_addr: str) -> bool:
