@@ -8,7 +8,7 @@ PROTOS := $(shell find protos -name '*.proto' | sort)
 DESCRIPTOR := $(GEN)/shop.pb
 CONSUL_LOCAL := .tools/bin/consul
 
-.PHONY: run test audit setup venv proto consul test-tools unit integration e2e clean demo-data
+.PHONY: run test audit bench setup venv proto consul test-tools unit integration e2e clean demo-data
 
 run: setup
 	$(PY) -m devstack run
@@ -19,6 +19,11 @@ test: setup test-tools
 # Checks the stock of the local suite's database (DATABASE_URL, else the embedded one of `make run`).
 audit: setup
 	$(PY) -m devstack audit
+
+# Hold throughput on a hot SKU beside its two reference figures (see bench/holds.py).
+BENCH_ARGS ?=
+bench: setup
+	$(PY) -m bench.holds $(BENCH_ARGS)
 
 unit: setup
 	$(PY) -m pytest -q tests/unit

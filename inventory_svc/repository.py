@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timezone
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, AsyncCursor
 
 ACTIVE, COMMITTED, RELEASED, EXPIRED = "ACTIVE", "COMMITTED", "RELEASED", "EXPIRED"
 
@@ -60,46 +60,66 @@ async def try_lock_sku(conn: AsyncConnection, sku: str) -> bool:
     return (await cur.fetchone())[0]
 
 
+_MOVE = """
+    WITH s AS (
+        UPDATE inventory.stock
+           SET on_hand = on_hand + %(dh)s, reserved = reserved + %(dr)s, updated_at = %(now)s
+         WHERE sku = %(sku)s
+        RETURNING sku, on_hand, reserved
+    )
+    INSERT INTO inventory.ledger (sku, reason, on_hand_delta, reserved_delta, on_hand_after,
+                                  reserved_after, actor, hold_id, order_id, created_at)
+    SELECT sku, %(reason)s, %(dh)s, %(dr)s, on_hand, reserved, %(actor)s, %(hold)s, %(order)s, %(now)s FROM s
+    RETURNING sku, on_hand_after, reserved_after
+"""
+
+
 async def move(conn: AsyncConnection, *, sku: str, reason: str, on_hand_delta: int, reserved_delta: int,
-               actor: str, now: datetime, hold_id: str | None = None, order_id: str | None = None) -> StockRow:
-    """Changes a SKU's figures and writes the ledger entry for it, in one statement."""
-    cur = await conn.execute(
+               actor: str, now: datetime, hold_id: str | None = None, order_id: str | None = None) -> None:
+    """Changes a SKU's figures and writes the ledger entry for it, in one statement.
+
+    It does not wait for the answer, so in pipeline mode it goes out with the statements after it.
+    """
+    await conn.execute(_MOVE, dict(dh=on_hand_delta, dr=reserved_delta, now=now, sku=sku, reason=reason,
+                                   actor=actor, hold=hold_id, order=order_id))
+
+
+async def move_and_read(conn: AsyncConnection, **kwargs) -> StockRow:
+    """`move`, then the SKU's figures after it."""
+    await move(conn, **kwargs)
+    return (await stock_rows(conn, [kwargs["sku"]]))[kwargs["sku"]]
+
+
+async def reclaim_expired(conn: AsyncConnection, skus: list[str], now: datetime, actor: str) -> AsyncCursor:
+    """Ends the SKUs' active holds whose expiry has passed and gives their units back; the caller holds the locks.
+
+    One statement (holds, stock and one ledger entry per hold, in hold-id order) that the caller
+    need not wait for: in pipeline mode it travels with the lock before it and the read after it.
+    Its cursor's rowcount, once read, is the number of holds reclaimed.
+    """
+    return await conn.execute(
         """
-        WITH s AS (
-            UPDATE inventory.stock
-               SET on_hand = on_hand + %(dh)s, reserved = reserved + %(dr)s, updated_at = %(now)s
-             WHERE sku = %(sku)s
-            RETURNING sku, on_hand, reserved
+        WITH expired AS (
+            UPDATE inventory.holds SET state = 'EXPIRED', ended_at = %(now)s
+             WHERE sku = ANY(%(skus)s) AND state = 'ACTIVE' AND expires_at <= %(now)s
+            RETURNING id, sku, qty, order_id
+        ), per_sku AS (
+            SELECT sku, sum(qty)::int AS qty FROM expired GROUP BY sku
+        ), stock AS (
+            UPDATE inventory.stock s SET reserved = s.reserved - p.qty, updated_at = %(now)s
+              FROM per_sku p WHERE s.sku = p.sku
+            RETURNING s.sku, s.on_hand, s.reserved + p.qty AS reserved_before
         )
         INSERT INTO inventory.ledger (sku, reason, on_hand_delta, reserved_delta, on_hand_after,
                                       reserved_after, actor, hold_id, order_id, created_at)
-        SELECT sku, %(reason)s, %(dh)s, %(dr)s, on_hand, reserved, %(actor)s, %(hold)s, %(order)s, %(now)s FROM s
-        RETURNING sku, on_hand_after, reserved_after
+        SELECT e.sku, 'EXPIRE', 0, -e.qty, st.on_hand,
+               st.reserved_before - sum(e.qty) OVER (PARTITION BY e.sku ORDER BY e.id),
+               %(actor)s, e.id, e.order_id, %(now)s
+          FROM expired e JOIN stock st ON st.sku = e.sku
+         ORDER BY e.sku, e.id
         """,
-        dict(dh=on_hand_delta, dr=reserved_delta, now=now, sku=sku, reason=reason, actor=actor,
-             hold=hold_id, order=order_id),
+        dict(now=now, skus=skus, actor=actor),
     )
-    row = await cur.fetchone()
-    if row is None:
-        raise LookupError(sku)
-    return StockRow(*row)
-
-
-async def reclaim_expired(conn: AsyncConnection, skus: list[str], now: datetime, actor: str) -> list[HoldRecord]:
-    """Ends the SKUs' active holds whose expiry has passed and gives their units back; the caller holds the locks."""
-    cur = await conn.execute(
-        """
-        UPDATE inventory.holds SET state = 'EXPIRED', ended_at = %(now)s
-         WHERE sku = ANY(%(skus)s) AND state = 'ACTIVE' AND expires_at <= %(now)s
-        RETURNING id::text, owner, sku, qty, state, expires_at, order_id
-        """,
-        dict(now=now, skus=skus),
-    )
-    expired = sorted((HoldRecord(*r) for r in await cur.fetchall()), key=lambda h: (h.sku, h.id))
-    for hold in expired:
-        await move(conn, sku=hold.sku, reason="EXPIRE", on_hand_delta=0, reserved_delta=-hold.qty,
-                   actor=actor, now=now, hold_id=hold.id, order_id=hold.order_id)
-    return expired
 
 
 async def stock_rows(conn: AsyncConnection, skus: list[str]) -> dict[str, StockRow]:
@@ -133,7 +153,7 @@ async def create_stock(conn: AsyncConnection, sku: str, now: datetime) -> None:
 async def insert_hold(conn: AsyncConnection, *, owner: str, sku: str, qty: int, expires_at: datetime,
                       order_id: str | None, now: datetime) -> HoldRecord:
     """Stores a new active hold (its units are taken by a separate movement)."""
-    hold = HoldRecord(str(uuid.uuid4()), owner, sku, qty, ACTIVE, expires_at, order_id)
+    hold = HoldRecord(str(uuid.uuid4()), owner, sku, qty, ACTIVE, expires_at.astimezone(timezone.utc), order_id)
     await conn.execute(
         "INSERT INTO inventory.holds (id, owner, sku, qty, state, expires_at, order_id, created_at)"
         " VALUES (%s, %s, %s, %s, 'ACTIVE', %s, %s, %s)",

@@ -131,7 +131,10 @@ class Inventory:
                      work: Callable[[AsyncConnection, datetime], Awaitable[list[HoldRecord] | StockRow]]):
         """Runs one stock-changing transaction, replaying the stored answer for a key already used."""
         key = idempotency.check_key(key)
-        async with self._pool.connection() as conn:
+        # Pipeline mode: statements whose answers are not needed to go on are sent together, so
+        # the SKU locks are held for as few round trips as possible (lock, reclaim and read travel
+        # as one; the writes travel with the COMMIT).
+        async with self._pool.connection() as conn, conn.pipeline():
             async with conn.transaction():
                 if key:
                     stored = await idempotency.claim(conn, IDEMPOTENCY_TABLE, operation, key,
@@ -324,8 +327,8 @@ class Inventory:
                                    {"sku": sku, "reserved": row.reserved})
             if on_hand == row.on_hand:
                 return row
-            return await repo.move(conn, sku=sku, reason="ADJUST", on_hand_delta=on_hand - row.on_hand,
-                                   reserved_delta=0, actor=actor, now=now)
+            return await repo.move_and_read(conn, sku=sku, reason="ADJUST", on_hand_delta=on_hand - row.on_hand,
+                                            reserved_delta=0, actor=actor, now=now)
 
         return await self._write("set_stock", key, (sku, on_hand), work)
 
@@ -340,5 +343,5 @@ class Inventory:
                 async with conn.transaction():
                     # Another replica's sweeper, or a write for this SKU, is reclaiming it right now.
                     if await repo.try_lock_sku(conn, sku):
-                        reclaimed += len(await repo.reclaim_expired(conn, [sku], now, SWEEPER_ACTOR))
+                        reclaimed += (await repo.reclaim_expired(conn, [sku], now, SWEEPER_ACTOR)).rowcount
         return reclaimed
