@@ -8,13 +8,17 @@ PROTOS := $(shell find protos -name '*.proto' | sort)
 DESCRIPTOR := $(GEN)/shop.pb
 CONSUL_LOCAL := .tools/bin/consul
 
-.PHONY: run test audit bench setup venv proto consul test-tools unit integration e2e clean demo-data
+.PHONY: run test token audit bench setup venv proto consul test-tools unit integration e2e clean demo-data
 
 run: setup
 	$(PY) -m devstack run
 
 test: setup test-tools
 	$(PY) -m pytest -q tests
+
+# A one-hour token from the local issuer: `make token USER=alice`, `make token USER=ops ROLE=admin`.
+token: venv
+	@$(PY) -m gateway token --user "$(USER)" $(if $(ROLE),--role "$(ROLE)")
 
 # Checks the stock of the local suite's database (DATABASE_URL, else the embedded one of `make run`).
 audit: setup

@@ -16,7 +16,7 @@ from honcho.manager import Manager
 
 from devstack.postgres import embedded_dsn
 from devstack.prepare import prepare
-from devstack.stack import CONSUL_DIR, ROOT, Ports, suite_processes, wait_for_suite
+from devstack.stack import CONSUL_DIR, ROOT, SECRETS_DIR, Ports, suite_processes, wait_for_suite
 from shop_runtime.logs import setup_logging
 
 _LOGGER = logging.getLogger("devstack")
@@ -73,7 +73,7 @@ def main() -> None:
     asyncio.run(prepare(dsn))
     ports = Ports()
     manager = Manager()
-    for spec in suite_processes(ports, dsn, run_dir):
+    for spec in suite_processes(ports, dsn, run_dir, SECRETS_DIR):
         # exec: the signal honcho sends reaches the program itself, not a shell around it.
         manager.add_process(spec.name, "exec " + shlex.join(spec.argv), env=spec.env)
     threading.Thread(target=announce, args=(ports,), daemon=True, name="announce").start()

@@ -14,9 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.envoy import GatewayConfig, write_config
+from gateway.identity import ensure_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 DESCRIPTOR = ROOT / "gen" / "shop.pb"
+# The local token issuer's keys (`make token`); made on first use, never committed.
+SECRETS_DIR = ROOT / ".secrets"
 CONSUL_DIR = ROOT / "consul"
 
 # Consul service name -> the module that runs it.
@@ -118,11 +121,12 @@ def service_process(service: str, ports: Ports, dsn: str, *, port: int | None = 
     return ProcessSpec(name or service, [sys.executable, "-m", SERVICE_MODULES[service]], env)
 
 
-def gateway_processes(ports: Ports, run_dir: Path) -> list[ProcessSpec]:
-    """Envoy, configured under `run_dir`, and the process keeping its upstreams in step with Consul."""
+def gateway_processes(ports: Ports, run_dir: Path, secrets_dir: Path) -> list[ProcessSpec]:
+    """Envoy, configured under `run_dir` with the token keys of `secrets_dir`, and its upstreams' sync with Consul."""
     eds_dir = run_dir / "eds"
     config = run_dir / "envoy.json"
-    write_config(GatewayConfig("0.0.0.0", ports.gateway, ports.envoy_admin, DESCRIPTOR, eds_dir), config)
+    jwks = ensure_keys(secrets_dir)
+    write_config(GatewayConfig("0.0.0.0", ports.gateway, ports.envoy_admin, DESCRIPTOR, eds_dir, jwks), config)
     envoy = [envoy_binary(), "-c", str(config), "--disable-hot-restart", "--concurrency", "2",
              "--log-level", os.environ.get("ENVOY_LOG_LEVEL", "warn")]
     sync = [sys.executable, "-m", "gateway.sync", "--eds-dir", str(eds_dir)]
@@ -132,12 +136,12 @@ def gateway_processes(ports: Ports, run_dir: Path) -> list[ProcessSpec]:
     ]
 
 
-def suite_processes(ports: Ports, dsn: str, run_dir: Path) -> list[ProcessSpec]:
+def suite_processes(ports: Ports, dsn: str, run_dir: Path, secrets_dir: Path) -> list[ProcessSpec]:
     """Everything but Postgres: Consul, one replica of every service, Envoy and its sync."""
     return [
         consul_process(ports),
         *(service_process(s, ports, dsn) for s in SERVICE_MODULES),
-        *gateway_processes(ports, run_dir),
+        *gateway_processes(ports, run_dir, secrets_dir),
     ]
 
 

@@ -1,24 +1,39 @@
-"""`python -m gateway render`: writes Envoy's bootstrap (deployments; `make run` renders its own)."""
+"""`python -m gateway render|token`: Envoy's bootstrap for deployments, and local tokens (`make token`)."""
 
 import argparse
 from pathlib import Path
 
 from gateway.envoy import GatewayConfig, write_config
+from gateway.identity import TOKEN_TTL_SECONDS, issue_token
+
+# The local issuer's keys, beside the checkout; the same folder `make run` configures Envoy with.
+SECRETS = Path(__file__).resolve().parents[1] / ".secrets"
 
 
 def main() -> None:
-    """Renders the bootstrap to --out, with an empty EDS file per upstream under --eds-dir."""
+    """Renders the bootstrap, or prints a token."""
     parser = argparse.ArgumentParser(prog="python -m gateway", description=__doc__)
-    parser.add_argument("command", choices=["render"])
-    parser.add_argument("--descriptor", type=Path, required=True, help="the descriptor set built by `make proto`")
-    parser.add_argument("--eds-dir", type=Path, required=True, help="the folder gateway.sync writes endpoints to")
-    parser.add_argument("--out", type=Path, required=True, help="where to write the bootstrap JSON")
-    parser.add_argument("--listen", default="0.0.0.0", help="the REST listener's address")
-    parser.add_argument("--port", type=int, default=9000, help="the REST listener's port")
-    parser.add_argument("--admin-port", type=int, default=9901, help="Envoy's admin port (loopback only)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    render = sub.add_parser("render", help="write Envoy's bootstrap")
+    render.add_argument("--descriptor", type=Path, required=True, help="the descriptor set built by `make proto`")
+    render.add_argument("--eds-dir", type=Path, required=True, help="the folder gateway.sync writes endpoints to")
+    render.add_argument("--jwks", type=Path, required=True, help="the public keys tokens are checked against")
+    render.add_argument("--out", type=Path, required=True, help="where to write the bootstrap JSON")
+    render.add_argument("--listen", default="0.0.0.0", help="the REST listener's address")
+    render.add_argument("--port", type=int, default=9000, help="the REST listener's port")
+    render.add_argument("--admin-port", type=int, default=9901, help="Envoy's admin port (loopback only)")
+    token = sub.add_parser("token", help="print a token signed by the local key (made on first use)")
+    token.add_argument("--user", required=True, help="the user id, the token's `sub`")
+    token.add_argument("--role", default="", help="`admin` for the admin routes")
+    token.add_argument("--ttl", type=int, default=TOKEN_TTL_SECONDS, help="seconds the token is valid")
+    token.add_argument("--secrets", type=Path, default=SECRETS, help="where the signing key lives")
     args = parser.parse_args()
+    if args.command == "token":
+        print(issue_token(args.secrets, args.user, args.role or None, args.ttl))
+        return
     write_config(
-        GatewayConfig(args.listen, args.port, args.admin_port, args.descriptor.resolve(), args.eds_dir.resolve()),
+        GatewayConfig(args.listen, args.port, args.admin_port, args.descriptor.resolve(), args.eds_dir.resolve(),
+                      args.jwks.resolve()),
         args.out,
     )
 

@@ -9,6 +9,8 @@ from pathlib import Path
 from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 
+from gateway.identity import AUDIENCE, ISSUER
+
 # Consul service name -> the gRPC service it serves.
 UPSTREAMS = {
     "catalog": "shop.catalog.v1.CatalogService",
@@ -32,22 +34,47 @@ class GatewayConfig:
     admin_port: int
     descriptor: Path
     eds_dir: Path
+    jwks: Path
 
 
-def exposed_methods(descriptor: Path) -> dict[str, list[str]]:
-    """gRPC service -> the methods carrying a google.api.http rule; only these are routed."""
+# Paths anyone may call without a token; everything else needs one.
+PUBLIC_PREFIX = "/catalogs"
+# REST paths under this need a token whose `role` is admin.
+ADMIN_PREFIX = "/admin/"
+# Headers the gateway sets from a verified token; a client's own copies are removed first.
+USER_HEADER = "x-shop-user-id"
+ROLE_HEADER = "x-shop-role"
+
+
+@dataclass(frozen=True)
+class Method:
+    """An RPC with a REST route."""
+
+    service: str
+    name: str
+    rest_path: str
+
+    @property
+    def grpc_path(self) -> str:
+        """The path of the RPC when called as gRPC."""
+        return f"/{self.service}/{self.name}"
+
+
+def exposed_methods(descriptor: Path) -> list[Method]:
+    """The RPCs carrying a google.api.http rule; only these are routed."""
     files = descriptor_pb2.FileDescriptorSet.FromString(descriptor.read_bytes())
     wanted = set(UPSTREAMS.values())
-    found: dict[str, list[str]] = {}
+    found = []
     for file in files.file:
         for service in file.service:
             full_name = f"{file.package}.{service.name}"
             if full_name not in wanted:
                 continue
-            found[full_name] = [
-                m.name for m in service.method if m.options.HasExtension(annotations_pb2.http)
-            ]
-    return found
+            for m in service.method:
+                if m.options.HasExtension(annotations_pb2.http):
+                    rule = m.options.Extensions[annotations_pb2.http]
+                    found.append(Method(full_name, m.name, getattr(rule, rule.WhichOneof("pattern"))))
+    return sorted(found, key=lambda m: m.grpc_path)
 
 
 def _error_body(code: int, reason: str) -> dict:
@@ -65,6 +92,8 @@ def _error_body(code: int, reason: str) -> dict:
 # HTTP status of a gateway-made reply -> (gRPC code, reason) of its JSON body.
 _LOCAL_REPLIES = {
     400: (3, "INVALID_ARGUMENT"),
+    401: (16, "UNAUTHENTICATED"),
+    403: (7, "PERMISSION_DENIED"),
     404: (5, "ROUTE_NOT_FOUND"),
     405: (12, "METHOD_NOT_ALLOWED"),
     413: (3, "BODY_TOO_LARGE"),
@@ -73,17 +102,80 @@ _LOCAL_REPLIES = {
 }
 
 
-def _http_connection_manager(cfg: GatewayConfig, methods: dict[str, list[str]]) -> dict:
+def _identity_filters(cfg: GatewayConfig, methods: list[Method]) -> list[dict]:
+    """Strip client-sent identity headers, verify the token, set the headers from it, keep admin routes to admins."""
+    admin_paths = [m.grpc_path for m in methods if m.rest_path.startswith(ADMIN_PREFIX)]
+    admin_only = [{"url_path": {"path": {"prefix": ADMIN_PREFIX}}}] + [
+        {"url_path": {"path": {"exact": p}}} for p in admin_paths]
+    return [
+        {
+            "name": "envoy.filters.http.header_mutation",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+                "mutations": {"request_mutations": [{"remove": USER_HEADER}, {"remove": ROLE_HEADER}]},
+            },
+        },
+        {
+            "name": "envoy.filters.http.jwt_authn",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+                "providers": {
+                    "shop": {
+                        "issuer": ISSUER,
+                        "audiences": [AUDIENCE],
+                        "local_jwks": {"filename": str(cfg.jwks)},
+                        "forward": False,
+                        "clock_skew_seconds": 30,
+                        # A token without `exp` would never expire: refused.
+                        "require_expiration": True,
+                        "claim_to_headers": [
+                            {"header_name": USER_HEADER, "claim_name": "sub"},
+                            {"header_name": ROLE_HEADER, "claim_name": "role"},
+                        ],
+                    }
+                },
+                "rules": [
+                    {"match": {"prefix": PUBLIC_PREFIX}},
+                    {"match": {"prefix": "/"}, "requires": {"provider_name": "shop"}},
+                ],
+            },
+        },
+        {
+            "name": "envoy.filters.http.rbac",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+                "rules": {
+                    "action": "ALLOW",
+                    "policies": {
+                        "not-admin-routes": {
+                            "permissions": [{"not_rule": {"or_rules": {"rules": admin_only}}}],
+                            "principals": [{"any": True}],
+                        },
+                        # Admin RPCs are closed to everyone else by REST path and by gRPC path alike.
+                        "admins": {
+                            "permissions": [{"or_rules": {"rules": admin_only}}],
+                            "principals": [{"header": {"name": ROLE_HEADER, "string_match": {"exact": "admin"}}}],
+                        },
+                    },
+                },
+            },
+        },
+    ]
+
+
+def _http_connection_manager(cfg: GatewayConfig, methods: list[Method]) -> dict:
     cluster_of = {grpc_name: cluster for cluster, grpc_name in UPSTREAMS.items()}
     routes = [
-        {"match": {"path": f"/{service}/{method}"}, "route": {"cluster": cluster_of[service], "timeout": ROUTE_TIMEOUT}}
-        for service, names in sorted(methods.items())
-        for method in names
+        {"match": {"path": m.grpc_path}, "route": {"cluster": cluster_of[m.service], "timeout": ROUTE_TIMEOUT}}
+        for m in methods
     ]
     return {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "rest",
         "codec_type": "AUTO",
+        # Matching (tokens, admin routes) sees the path as routed: no `..`, no doubled slashes.
+        "normalize_path": True,
+        "merge_slashes": True,
         "route_config": {"name": "rest", "virtual_hosts": [{"name": "shop", "domains": ["*"], "routes": routes}]},
         "http_filters": [
             {
@@ -93,12 +185,13 @@ def _http_connection_manager(cfg: GatewayConfig, methods: dict[str, list[str]]) 
                     "max_request_bytes": MAX_REQUEST_BYTES,
                 },
             },
+            *_identity_filters(cfg, methods),
             {
                 "name": "envoy.filters.http.grpc_json_transcoder",
                 "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
                     "proto_descriptor": str(cfg.descriptor),
-                    "services": sorted(methods),
+                    "services": sorted({m.service for m in methods}),
                     "print_options": {
                         "always_print_primitive_fields": True,
                         "preserve_proto_field_names": False,

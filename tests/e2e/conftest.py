@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
 
 from devstack.prepare import prepare
+from gateway.identity import issue_token
 from devstack.stack import SERVICE_MODULES, Ports, gateway_processes, service_process, wait_for_suite
 from devstack.procs import Proc
 from devstack.postgres import create_database, dsn_for
@@ -20,24 +22,34 @@ class Suite:
 
     ports: Ports
     dsn: str
+    secrets: Path
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.ports.gateway}"
 
+    def token(self, user: str, role: str | None = None, **kw) -> str:
+        """A token from the suite's issuer."""
+        return issue_token(self.secrets, user, role, **kw)
+
+    def auth(self, user: str, role: str | None = None) -> dict[str, str]:
+        """The Authorization header of a valid token."""
+        return {"Authorization": f"Bearer {self.token(user, role)}"}
+
 
 @pytest.fixture(scope="session")
 def suite(pg_admin_dsn, consul, ports, log_dir, tmp_path_factory):
     dsn = dsn_for(pg_admin_dsn, create_database(pg_admin_dsn))
+    secrets = tmp_path_factory.mktemp("secrets")
     asyncio.run(prepare(dsn))
     specs = [*(service_process(s, ports, dsn) for s in SERVICE_MODULES),
-             *gateway_processes(ports, tmp_path_factory.mktemp("gateway"))]
+             *gateway_processes(ports, tmp_path_factory.mktemp("gateway"), secrets)]
     procs = [Proc(spec, log_dir) for spec in specs]
     try:
         if not wait_for_suite(ports, 60):
             logs = "\n".join(f"--- {p.name}\n{p.log()[-3000:]}" for p in procs)
             pytest.fail(f"the suite did not come up:\n{logs}")
-        yield Suite(ports=ports, dsn=dsn)
+        yield Suite(ports=ports, dsn=dsn, secrets=secrets)
     finally:
         for p in procs:
             p.stop()

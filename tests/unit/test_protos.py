@@ -84,7 +84,7 @@ def test_every_service_rpc_message_field_and_enum_value_has_a_comment(shop_files
 
 
 def test_gateway_routes_only_annotated_rpcs(tmp_path):
-    cfg = GatewayConfig("127.0.0.1", 9000, 9901, DESCRIPTOR, tmp_path)
+    cfg = GatewayConfig("127.0.0.1", 9000, 9901, DESCRIPTOR, tmp_path, tmp_path / "jwks.json")
     hcm = bootstrap(cfg)["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     paths = {r["match"]["path"] for r in hcm["route_config"]["virtual_hosts"][0]["routes"]}
     assert "/shop.catalog.v1.CatalogService/ListProducts" in paths
