@@ -23,6 +23,7 @@ from shop_runtime.clock import Clock, SystemClock
 from shop_runtime.config import ConfigError, ServiceSettings
 from shop_runtime.db import migrate, open_pool
 from shop_runtime.errors import ErrorInterceptor
+from shop_runtime.live_settings import LiveSettings
 from shop_runtime.logs import setup_logging
 
 _LOGGER = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ class Deps:
     pool: AsyncConnectionPool
     consul: Any = None
     clock: Clock = field(default_factory=SystemClock)
+    # Store settings from Consul KV; without Consul (tests of one service), their defaults.
+    live: LiveSettings = field(default_factory=lambda: LiveSettings(client=None))
     _discoveries: list[shop_consul.Discovery] = field(default_factory=list)
     _clients: list[ServiceClient] = field(default_factory=list)
 
@@ -59,7 +62,7 @@ class Deps:
 
     async def close(self) -> None:
         """Stops discovery and closes channels; the pool and Consul client belong to the caller."""
-        await asyncio.gather(*(d.stop() for d in self._discoveries))
+        await asyncio.gather(*(d.stop() for d in self._discoveries), self.live.stop())
         await asyncio.gather(*(c.close() for c in self._clients))
 
 
@@ -141,7 +144,8 @@ async def serve(
     await _retry_database(lambda: migrate(settings.database_url, schema, migrations))
     pool = await _retry_database(lambda: open_pool(settings.database_url, max_size=settings.pool_max_size))
     client = shop_consul.connect(settings.consul_host, settings.consul_port)
-    deps = Deps(pool=pool, consul=client)
+    deps = Deps(pool=pool, consul=client, live=LiveSettings(client))
+    deps.live.start()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
