@@ -1,1 +1,1 @@
-"""The cart service. Not built yet: it runs, registers and reports health, and its RPCs answer UNIMPLEMENTED."""
+"""The cart service: each user's cart, whose lines hold units in inventory."""

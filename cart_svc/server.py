@@ -1,23 +1,25 @@
-"""Builds the cart service's gRPC server."""
+"""Builds the cart's gRPC server from settings and dependencies."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from cart_svc.service import Carts
+from cart_svc.servicer import CartServicer
 from shop.cart.v1 import cart_pb2, cart_pb2_grpc
+from shop.catalog.v1 import catalog_pb2_grpc
+from shop.inventory.v1 import inventory_pb2_grpc
 from shop_runtime.config import ServiceSettings
 from shop_runtime.server import Deps, GrpcApp, ServiceSpec, build_server
 
 
-class CartServicer(cart_pb2_grpc.CartServiceServicer):
-    """Not built yet: every RPC answers UNIMPLEMENTED, the generated base class's answer (a 501 at the gateway)."""
-
-
 def create_server(settings: ServiceSettings, deps: Deps) -> GrpcApp:
-    """The cart server."""
+    """The cart server, holding units through inventory and naming products through the catalog."""
+    carts = Carts(deps.pool, deps.client("inventory", inventory_pb2_grpc.InventoryServiceStub),
+                  deps.client("catalog", catalog_pb2_grpc.CatalogServiceStub), deps.live, deps.clock)
     return build_server(
         settings,
-        [(cart_pb2_grpc.add_CartServiceServicer_to_server, CartServicer())],
+        [(cart_pb2_grpc.add_CartServiceServicer_to_server, CartServicer(carts))],
         [cart_pb2.DESCRIPTOR.services_by_name["CartService"].full_name],
     )
 

@@ -6,10 +6,8 @@ import re
 from dataclasses import dataclass
 
 from shop_runtime.errors import invalid_argument
+from shop_runtime.validation import page_and_limit
 
-DEFAULT_PAGE = 1
-DEFAULT_LIMIT = 10
-MAX_LIMIT = 100
 MAX_SEARCH_CHARS = 200
 MAX_SEARCH_WORDS = 12
 SORT_KEYS = ("sales", "price", "name", "newest")
@@ -50,12 +48,7 @@ def parse_list_query(
     *, page: int | None, limit: int | None, sort_by: str, sort_dir: str, category: str, search: str
 ) -> ListQuery:
     """Checks every parameter; the first bad one is an INVALID_ARGUMENT naming its field."""
-    page = DEFAULT_PAGE if page is None else page
-    limit = DEFAULT_LIMIT if limit is None else limit
-    if page < 1:
-        raise invalid_argument("page", f"page must be 1 or more, got {page}")
-    if not 1 <= limit <= MAX_LIMIT:
-        raise invalid_argument("limit", f"limit must be within 1..{MAX_LIMIT}, got {limit}")
+    page, limit = page_and_limit(page, limit)
     sort_by = sort_by or "newest"
     if sort_by not in SORT_KEYS:
         raise invalid_argument("sortBy", f"sortBy must be one of {', '.join(SORT_KEYS)}")

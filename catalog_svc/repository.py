@@ -71,3 +71,17 @@ async def get_products(conn: AsyncConnection, skus: list[str]) -> list[ProductRo
         sql.SQL("SELECT {cols} FROM catalog.products WHERE sku = ANY(%s)").format(cols=_COLUMNS), (skus,)
     )
     return [ProductRow(*r) for r in await cur.fetchall()]
+
+
+async def record_sales(conn: AsyncConnection, order_id: str, lines: list[tuple[str, int]]) -> bool:
+    """Adds an order's units to units sold unless the order was counted before; True if it was counted now."""
+    cur = await conn.execute(
+        "INSERT INTO catalog.sales_recorded (order_id) VALUES (%s) ON CONFLICT DO NOTHING RETURNING 1", (order_id,))
+    if await cur.fetchone() is None:
+        return False
+    await conn.execute(
+        "UPDATE catalog.products p SET sales = p.sales + l.qty"
+        " FROM unnest(%s::text[], %s::int[]) AS l(sku, qty) WHERE p.sku = l.sku",
+        ([sku for sku, _ in lines], [qty for _, qty in lines]),
+    )
+    return True

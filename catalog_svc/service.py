@@ -73,3 +73,12 @@ class Catalog:
         async with self._pool.connection() as conn:
             rows = await repository.get_products(conn, unique)
         return await self._with_availability(rows)
+
+    async def record_sales(self, order_id: str, lines: list[tuple[str, int]]) -> bool:
+        """Counts a paid order's units as sold, once per order."""
+        if not order_id:
+            raise invalid_argument("order_id", "order_id is required")
+        if any(qty < 1 for _, qty in lines):
+            raise invalid_argument("lines", "every quantity sold is 1 or more")
+        async with self._pool.connection() as conn, conn.transaction():
+            return await repository.record_sales(conn, order_id, lines)

@@ -54,3 +54,9 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
     ) -> catalog_pb2.BatchGetProductsResponse:
         products = await self._catalog.batch_get(list(request.skus))
         return catalog_pb2.BatchGetProductsResponse(products=[_product_pb(p) for p in products])
+
+    async def RecordSales(
+        self, request: catalog_pb2.RecordSalesRequest, context: grpc.aio.ServicerContext
+    ) -> catalog_pb2.RecordSalesResponse:
+        recorded = await self._catalog.record_sales(request.order_id, [(x.sku, x.qty) for x in request.lines])
+        return catalog_pb2.RecordSalesResponse(recorded=recorded)

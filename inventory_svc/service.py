@@ -61,6 +61,14 @@ def _not_active(hold: HoldRecord) -> ServiceError:
                         f"hold {hold.id} is {hold.state}", {"hold_id": hold.id, "state": hold.state})
 
 
+def _check_owner(holds: list[HoldRecord], owner: str) -> None:
+    """With an expected owner, every hold must still be theirs."""
+    for hold in holds:
+        if owner and hold.owner != owner:
+            raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, "HOLD_NOT_OWNED",
+                               f"hold {hold.id} no longer belongs to {owner}", {"hold_id": hold.id})
+
+
 def _sku_not_found(skus: list[str]) -> ServiceError:
     return ServiceError(grpc.StatusCode.NOT_FOUND, "SKU_NOT_FOUND", "no stock for " + ", ".join(skus),
                         {"sku": skus[0], "skus": ",".join(skus)})
@@ -197,7 +205,7 @@ class Inventory:
         return await self._write("create_holds", key, (owner, [asdict(x) for x in lines], ttl_seconds), work)
 
     async def resize_hold(self, hold_id: str, qty: int, ttl_seconds: int = 0, *, key: str = "",
-                          actor: str) -> HoldRecord:
+                          actor: str, owner: str = "") -> HoldRecord:
         """Sets an active hold's quantity (and, with a ttl, its expiry), taking or giving back the difference."""
         _check_hold_ids([hold_id])
         _check_qty(qty)
@@ -206,6 +214,7 @@ class Inventory:
 
         async def work(conn: AsyncConnection, now: datetime) -> list[HoldRecord]:
             (hold,) = await self._locked_holds(conn, [hold_id], now, actor)
+            _check_owner([hold], owner)
             if hold.state != ACTIVE:
                 raise _not_active(hold)
             delta = qty - hold.qty
@@ -218,16 +227,18 @@ class Inventory:
                                 actor=actor, now=now, hold_id=hold.id, order_id=hold.order_id)
             return [updated]
 
-        (result,) = await self._write("resize_hold", key, (hold_id, qty, ttl_seconds), work)
+        (result,) = await self._write("resize_hold", key, (hold_id, qty, ttl_seconds, owner), work)
         return result
 
-    async def _end_holds(self, operation: str, ids: list[str], state: str, key: str, actor: str) -> list[HoldRecord]:
+    async def _end_holds(self, operation: str, ids: list[str], state: str, key: str, actor: str,
+                         owner: str = "") -> list[HoldRecord]:
         """Ends active holds as RELEASED (units back) or COMMITTED (units sold), all or nothing."""
         _check_hold_ids(ids)
         reason, sold = ("COMMIT", True) if state == COMMITTED else ("RELEASE", False)
 
         async def work(conn: AsyncConnection, now: datetime) -> list[HoldRecord]:
             holds = await self._locked_holds(conn, ids, now, actor)
+            _check_owner(holds, owner)
             if inactive := [h for h in holds if h.state != ACTIVE]:
                 raise _not_active(inactive[0])
             ended = []
@@ -238,11 +249,11 @@ class Inventory:
                                 order_id=hold.order_id)
             return ended
 
-        return await self._write(operation, key, (ids,), work)
+        return await self._write(operation, key, (ids, owner), work)
 
-    async def release_holds(self, ids: list[str], *, key: str = "", actor: str) -> list[HoldRecord]:
-        """Gives the holds' units back."""
-        return await self._end_holds("release_holds", ids, RELEASED, key, actor)
+    async def release_holds(self, ids: list[str], *, key: str = "", actor: str, owner: str = "") -> list[HoldRecord]:
+        """Gives the holds' units back; with `owner`, only if they are still theirs."""
+        return await self._end_holds("release_holds", ids, RELEASED, key, actor, owner)
 
     async def commit_holds(self, ids: list[str], *, key: str = "", actor: str) -> list[HoldRecord]:
         """Sells the holds' units; refused for any hold that is not active and unexpired."""

@@ -8,6 +8,7 @@ from google.protobuf import timestamp_pb2
 from inventory_svc.repository import HoldRecord, StockRow
 from inventory_svc.service import Inventory, Line
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+from shop_runtime.calls import CALLER_METADATA, IDEMPOTENCY_METADATA, USER_METADATA, metadata_value
 
 _STATES = {
     "ACTIVE": inventory_pb2.HOLD_STATE_ACTIVE,
@@ -17,21 +18,14 @@ _STATES = {
 }
 
 
-def _metadata(context: grpc.aio.ServicerContext, name: str) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == name:
-            return value
-    return ""
-
-
 def actor_of(context: grpc.aio.ServicerContext) -> str:
     """Who caused a change, for the ledger: the end user the gateway named, else the calling service."""
-    return _metadata(context, "x-shop-user-id") or _metadata(context, "x-shop-caller") or "unknown"
+    return metadata_value(context, USER_METADATA) or metadata_value(context, CALLER_METADATA) or "unknown"
 
 
 def key_of(request_key: str, context: grpc.aio.ServicerContext) -> str:
     """The idempotency key: the request's field, else the `idempotency-key` metadata."""
-    return request_key or _metadata(context, "idempotency-key")
+    return request_key or metadata_value(context, IDEMPOTENCY_METADATA)
 
 
 def hold_pb(hold: HoldRecord) -> inventory_pb2.Hold:
@@ -62,12 +56,13 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
     async def ResizeHold(self, request, context):
         hold = await self._inventory.resize_hold(
             request.hold_id, request.qty, request.ttl_seconds,
-            key=key_of(request.idempotency_key, context), actor=actor_of(context))
+            key=key_of(request.idempotency_key, context), actor=actor_of(context), owner=request.owner)
         return inventory_pb2.ResizeHoldResponse(hold=hold_pb(hold))
 
     async def ReleaseHolds(self, request, context):
         holds = await self._inventory.release_holds(
-            list(request.hold_ids), key=key_of(request.idempotency_key, context), actor=actor_of(context))
+            list(request.hold_ids), key=key_of(request.idempotency_key, context), actor=actor_of(context),
+            owner=request.owner)
         return inventory_pb2.ReleaseHoldsResponse(holds=[hold_pb(h) for h in holds])
 
     async def ExtendHolds(self, request, context):

@@ -1,1 +1,1 @@
-"""The order service. Not built yet: it runs, registers and reports health, and its RPCs answer UNIMPLEMENTED."""
+"""The order service: checkout, payment within the window, and the buyer's orders."""

@@ -1,25 +1,59 @@
-"""Builds the order service's gRPC server."""
+"""Builds the order service's gRPC server from settings and dependencies."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from pathlib import Path
 
+from order_svc.payments import StandInProvider
+from order_svc.service import Orders
+from order_svc.servicer import OrderServicer
+from shop.cart.v1 import cart_pb2_grpc
+from shop.catalog.v1 import catalog_pb2_grpc
+from shop.inventory.v1 import inventory_pb2_grpc
 from shop.order.v1 import order_pb2, order_pb2_grpc
-from shop_runtime.config import ServiceSettings
+from shop_runtime.config import ServiceSettings, env_float
 from shop_runtime.server import Deps, GrpcApp, ServiceSpec, build_server
 
+_LOGGER = logging.getLogger(__name__)
 
-class OrderServicer(order_pb2_grpc.OrderServiceServicer):
-    """Not built yet: every RPC answers UNIMPLEMENTED, the generated base class's answer (a 501 at the gateway)."""
+
+def sweeper(orders: Orders, interval: float):
+    """Expires unpaid orders at the end of their window and delivers units sold to the catalog."""
+
+    async def sweep_orders() -> None:
+        while True:
+            try:
+                if expired := await orders.expire_due():
+                    _LOGGER.info("expired %d unpaid order(s)", expired)
+                await orders.deliver_sales()
+            except Exception:  # a failed pass must not end the sweeper; the next one retries
+                _LOGGER.exception("order sweep failed")
+            await asyncio.sleep(interval)
+
+    return sweep_orders
 
 
 def create_server(settings: ServiceSettings, deps: Deps) -> GrpcApp:
-    """The order server."""
-    return build_server(
+    """The order server over the orders schema, with the stand-in payment provider."""
+    orders = Orders(
+        deps.pool, settings.database_url,
+        cart=deps.client("cart", cart_pb2_grpc.CartServiceStub),
+        catalog=deps.client("catalog", catalog_pb2_grpc.CatalogServiceStub),
+        inventory=deps.client("inventory", inventory_pb2_grpc.InventoryServiceStub),
+        provider=StandInProvider(settings.database_url), live=deps.live, clock=deps.clock,
+    )
+    app = build_server(
         settings,
-        [(order_pb2_grpc.add_OrderServiceServicer_to_server, OrderServicer())],
+        [(order_pb2_grpc.add_OrderServiceServicer_to_server, OrderServicer(orders))],
         [order_pb2.DESCRIPTOR.services_by_name["OrderService"].full_name],
     )
+    # How often unpaid orders past their window are expired; 0 turns it off (reads still show EXPIRED).
+    interval = env_float("ORDER_SWEEP_INTERVAL_SECONDS", 1.0)
+    if interval > 0:
+        app.background.append(sweeper(orders, interval))
+    return app
 
 
 SPEC = ServiceSpec(

@@ -1,0 +1,66 @@
+"""The cart's SQL, over the `cart` schema only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from psycopg import AsyncConnection
+
+# First key of the two-int advisory lock that serialises one user's cart changes.
+USER_LOCK_NAMESPACE = 3
+
+
+@dataclass(frozen=True)
+class Line:
+    """A cart line as stored."""
+
+    sku: str
+    qty: int
+    hold_id: str
+    reserved_until: datetime
+    added_at: datetime
+
+
+async def lock_user(conn: AsyncConnection, user: str) -> None:
+    """Serialises changes to one user's cart for the rest of the transaction."""
+    await conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (USER_LOCK_NAMESPACE, user))
+
+
+async def lines(conn: AsyncConnection, user: str) -> list[Line]:
+    """The user's lines, oldest first."""
+    cur = await conn.execute(
+        "SELECT sku, qty, hold_id::text, reserved_until, added_at FROM cart.lines WHERE user_id = %s"
+        " ORDER BY added_at, sku", (user,))
+    return [Line(*r) for r in await cur.fetchall()]
+
+
+async def put_line(conn: AsyncConnection, user: str, line: Line) -> None:
+    """Creates or replaces the user's line for the SKU."""
+    await conn.execute(
+        """
+        INSERT INTO cart.lines (user_id, sku, qty, hold_id, reserved_until, added_at)
+        VALUES (%s, %s, %s, %s, %s, %s)
+        ON CONFLICT (user_id, sku) DO UPDATE
+           SET qty = EXCLUDED.qty, hold_id = EXCLUDED.hold_id, reserved_until = EXCLUDED.reserved_until
+        """,
+        (user, line.sku, line.qty, line.hold_id, line.reserved_until, line.added_at),
+    )
+
+
+async def delete_lines(conn: AsyncConnection, user: str, skus: list[str]) -> None:
+    """Removes the user's lines for the SKUs."""
+    await conn.execute("DELETE FROM cart.lines WHERE user_id = %s AND sku = ANY(%s)", (user, skus))
+
+
+async def checkout(conn: AsyncConnection, order_id: str) -> tuple[str, bytes] | None:
+    """(user, stored answer) of an earlier hand-over to `order_id`."""
+    cur = await conn.execute("SELECT user_id, response FROM cart.checkouts WHERE order_id = %s", (order_id,))
+    row = await cur.fetchone()
+    return (row[0], bytes(row[1])) if row else None
+
+
+async def record_checkout(conn: AsyncConnection, order_id: str, user: str, response: bytes) -> None:
+    """Keeps the answer of a hand-over to `order_id`."""
+    await conn.execute("INSERT INTO cart.checkouts (order_id, user_id, response) VALUES (%s, %s, %s)",
+                       (order_id, user, response))

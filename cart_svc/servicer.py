@@ -1,0 +1,47 @@
+"""The cart's gRPC face: messages in, calls to the service layer, messages out."""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from cart_svc.service import Carts, CartView
+from shop.cart.v1 import cart_pb2, cart_pb2_grpc
+from shop_runtime.calls import require_user
+from shop_runtime.errors import ServiceError
+from shop_runtime.validation import MAX_TOTAL
+
+CURRENCY = "IDR"
+
+
+def cart_pb(view: CartView) -> cart_pb2.Cart:
+    """A cart as a message."""
+    if view.total > MAX_TOTAL:  # prices rose since the lines were added
+        raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, "TOTAL_LIMIT",
+                           f"the cart totals more than {MAX_TOTAL} IDR; lower a quantity", {"max": MAX_TOTAL})
+    items = []
+    for line, product, expired in view.lines:
+        until = timestamp_pb2.Timestamp()
+        until.FromDatetime(line.reserved_until)
+        items.append(cart_pb2.CartLine(sku=line.sku, name=product.name, price=product.price, qty=line.qty,
+                                       subtotal=product.price * line.qty, reserved_until=until, expired=expired))
+    return cart_pb2.Cart(items=items, total=view.total, currency=CURRENCY)
+
+
+class CartServicer(cart_pb2_grpc.CartServiceServicer):
+    """Serves shop.cart.v1.CartService for the user the gateway named."""
+
+    def __init__(self, carts: Carts):
+        self._carts = carts
+
+    async def AddItem(self, request, context):
+        return cart_pb(await self._carts.add(require_user(context), request.sku, request.qty))
+
+    async def SetItemQuantity(self, request, context):
+        return cart_pb(await self._carts.set_quantity(require_user(context), request.sku, request.qty))
+
+    async def GetCart(self, request, context):
+        return cart_pb(await self._carts.view(require_user(context)))
+
+    async def CheckoutCart(self, request, context):
+        return await self._carts.checkout(require_user(context), request.order_id, request.ttl_seconds)

@@ -1,0 +1,58 @@
+"""The payment provider behind POST /payment: an interface, and the stand-in with fixed test tokens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import psycopg
+
+
+@dataclass(frozen=True)
+class Charge:
+    """A provider's answer to a charge."""
+
+    approved: bool
+    reason: str = ""
+
+
+class PaymentProvider(Protocol):
+    """Charges and refunds; both idempotent per payment id, as real providers' APIs are."""
+
+    async def charge(self, payment_id: str, amount: int, currency: str, method: str, token: str) -> Charge: ...
+
+    async def refund(self, payment_id: str) -> None: ...
+
+
+class StandInProvider:
+    """Approves `tok_visa`, declines everything else (`tok_declined` is the documented decline).
+
+    It keeps its books in a table of its own (orders.provider_charges), like a real provider keeps
+    its own records: a charge repeated with the same payment id is not charged again, and the tests
+    count real charges there.
+    """
+
+    APPROVED_TOKENS = frozenset({"tok_visa"})
+
+    def __init__(self, dsn: str):
+        # Its own connections, like a provider outside the service: never the pool a payment is holding.
+        self._dsn = dsn
+
+    def _books(self):
+        return psycopg.AsyncConnection.connect(self._dsn, autocommit=True)
+
+    async def charge(self, payment_id: str, amount: int, currency: str, method: str, token: str) -> Charge:
+        """Approves and books the charge once, or declines it."""
+        if token not in self.APPROVED_TOKENS:
+            return Charge(False, "card declined" if token == "tok_declined" else "unknown card token")
+        async with await self._books() as conn:
+            await conn.execute(
+                "INSERT INTO orders.provider_charges (payment_id, amount, token) VALUES (%s, %s, %s)"
+                " ON CONFLICT (payment_id) DO NOTHING", (payment_id, amount, token))
+        return Charge(True)
+
+    async def refund(self, payment_id: str) -> None:
+        """Refunds a charge, once."""
+        async with await self._books() as conn:
+            await conn.execute("UPDATE orders.provider_charges SET refunded_at = now()"
+                               " WHERE payment_id = %s AND refunded_at IS NULL", (payment_id,))

@@ -1,0 +1,176 @@
+"""The order service's SQL, over the `orders` schema only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from psycopg import AsyncConnection
+
+
+@dataclass(frozen=True)
+class Item:
+    """An order line, its price fixed at checkout."""
+
+    sku: str
+    name: str
+    price: int
+    qty: int
+    hold_id: str
+
+
+@dataclass(frozen=True)
+class OrderRecord:
+    """An order as stored."""
+
+    id: str
+    user_id: str
+    status: str
+    total: int
+    currency: str
+    pay_before: datetime
+    created_at: datetime
+    payment_id: str | None
+    paid_at: datetime | None
+    items: list[Item] = field(default_factory=list)
+
+    def status_at(self, now: datetime) -> str:
+        """The status as of `now`: an unpaid order past its window is expired, swept or not."""
+        return "EXPIRED" if self.status == "PENDING_PAYMENT" and self.pay_before <= now else self.status
+
+
+@dataclass(frozen=True)
+class PaymentAttempt:
+    """A payment attempt, under the user's idempotency key."""
+
+    request_hash: bytes
+    order_id: str
+    payment_id: str
+    state: str
+
+
+_ORDER_COLUMNS = "id::text, user_id, status, total, currency, pay_before, created_at, payment_id, paid_at"
+
+
+async def _with_items(conn: AsyncConnection, rows: list[tuple]) -> list[OrderRecord]:
+    if not rows:
+        return []
+    cur = await conn.execute(
+        "SELECT order_id::text, sku, name, price, qty, hold_id::text FROM orders.items"
+        " WHERE order_id = ANY(%s::uuid[]) ORDER BY order_id, position", ([r[0] for r in rows],))
+    items: dict[str, list[Item]] = {}
+    for order_id, *rest in await cur.fetchall():
+        items.setdefault(order_id, []).append(Item(*rest))
+    return [OrderRecord(*r, items=items.get(r[0], [])) for r in rows]
+
+
+async def get_order(conn: AsyncConnection, order_id: str, user: str, *, for_update: bool = False) -> OrderRecord | None:
+    """The user's order, optionally locked for the rest of the transaction; None for anyone else's."""
+    # NO KEY UPDATE: concurrent payments of the order take turns, while rows that merely reference it
+    # (a payment attempt written on another connection) can still be inserted.
+    lock = " FOR NO KEY UPDATE" if for_update else ""
+    cur = await conn.execute(f"SELECT {_ORDER_COLUMNS} FROM orders.orders WHERE id = %s AND user_id = %s{lock}",
+                             (order_id, user))
+    found = await _with_items(conn, [r for r in [await cur.fetchone()] if r])
+    return found[0] if found else None
+
+
+async def order_by_checkout_key(conn: AsyncConnection, user: str, key: str) -> OrderRecord | None:
+    """The order an earlier checkout with this key made."""
+    cur = await conn.execute(f"SELECT {_ORDER_COLUMNS} FROM orders.orders WHERE user_id = %s AND checkout_key = %s",
+                             (user, key))
+    found = await _with_items(conn, [r for r in [await cur.fetchone()] if r])
+    return found[0] if found else None
+
+
+async def list_orders(conn: AsyncConnection, user: str, limit: int, offset: int) -> tuple[list[OrderRecord], int]:
+    """A page of the user's orders, newest first, and how many there are."""
+    cur = await conn.execute(
+        f"SELECT {_ORDER_COLUMNS} FROM orders.orders WHERE user_id = %s ORDER BY created_at DESC, id"
+        " LIMIT %s OFFSET %s", (user, limit, offset))
+    rows = await cur.fetchall()
+    cur = await conn.execute("SELECT count(*) FROM orders.orders WHERE user_id = %s", (user,))
+    return await _with_items(conn, rows), (await cur.fetchone())[0]
+
+
+async def insert_order(conn: AsyncConnection, order: OrderRecord, checkout_key: str | None) -> None:
+    """Stores a new order and its lines; a second insert of the same id changes nothing."""
+    cur = await conn.execute(
+        "INSERT INTO orders.orders (id, user_id, status, total, currency, pay_before, created_at, checkout_key)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING RETURNING 1",
+        (order.id, order.user_id, order.status, order.total, order.currency, order.pay_before, order.created_at,
+         checkout_key))
+    if await cur.fetchone() is None:
+        return
+    async with conn.cursor() as c:
+        await c.executemany(
+            "INSERT INTO orders.items (order_id, position, sku, name, price, qty, hold_id)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            [(order.id, i, it.sku, it.name, it.price, it.qty, it.hold_id) for i, it in enumerate(order.items)])
+
+
+async def set_hold_ids(conn: AsyncConnection, order_id: str, hold_ids: list[str]) -> None:
+    """Records the holds that keep the order's lines (in line order) after they were moved or renewed."""
+    async with conn.cursor() as c:
+        await c.executemany("UPDATE orders.items SET hold_id = %s WHERE order_id = %s AND position = %s",
+                            [(h, order_id, i) for i, h in enumerate(hold_ids)])
+
+
+async def mark_paid(conn: AsyncConnection, order_id: str, payment_id: str, now: datetime) -> None:
+    """The order is paid."""
+    await conn.execute("UPDATE orders.orders SET status = 'PAID', payment_id = %s, paid_at = %s WHERE id = %s",
+                       (payment_id, now, order_id))
+
+
+async def mark_expired(conn: AsyncConnection, order_id: str) -> None:
+    """The order's window closed unpaid."""
+    await conn.execute("UPDATE orders.orders SET status = 'EXPIRED' WHERE id = %s AND status = 'PENDING_PAYMENT'",
+                       (order_id,))
+
+
+async def due_orders(conn: AsyncConnection, now: datetime, limit: int) -> list[tuple[str, str]]:
+    """(order id, user) of unpaid orders past their window that no one else is working on; locked."""
+    cur = await conn.execute(
+        "SELECT id::text, user_id FROM orders.orders WHERE status = 'PENDING_PAYMENT' AND pay_before <= %s"
+        " ORDER BY pay_before LIMIT %s FOR NO KEY UPDATE SKIP LOCKED", (now, limit))
+    return await cur.fetchall()
+
+
+async def attempt(conn: AsyncConnection, user: str, key: str) -> PaymentAttempt | None:
+    """The payment attempt made under the user's key."""
+    cur = await conn.execute(
+        "SELECT request_hash, order_id::text, payment_id, state FROM orders.payments"
+        " WHERE user_id = %s AND idempotency_key = %s", (user, key))
+    row = await cur.fetchone()
+    return PaymentAttempt(bytes(row[0]), *row[1:]) if row else None
+
+
+async def insert_attempt(conn: AsyncConnection, user: str, key: str, a: PaymentAttempt) -> None:
+    """Records a payment attempt as PENDING."""
+    await conn.execute(
+        "INSERT INTO orders.payments (user_id, idempotency_key, request_hash, order_id, payment_id, state)"
+        " VALUES (%s, %s, %s, %s, %s, 'PENDING')", (user, key, a.request_hash, a.order_id, a.payment_id))
+
+
+async def set_attempt_state(conn: AsyncConnection, payment_id: str, state: str) -> None:
+    """Ends a payment attempt."""
+    await conn.execute("UPDATE orders.payments SET state = %s WHERE payment_id = %s", (state, payment_id))
+
+
+async def add_outbox(conn: AsyncConnection, order_id: str, payload: bytes) -> None:
+    """Queues the order's units sold for the catalog."""
+    await conn.execute("INSERT INTO orders.outbox (order_id, payload) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                       (order_id, payload))
+
+
+async def pending_outbox(conn: AsyncConnection, limit: int) -> list[tuple[str, bytes]]:
+    """Undelivered outbox entries no one else is delivering; locked."""
+    cur = await conn.execute(
+        "SELECT order_id::text, payload FROM orders.outbox WHERE delivered_at IS NULL"
+        " ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED", (limit,))
+    return [(r[0], bytes(r[1])) for r in await cur.fetchall()]
+
+
+async def mark_delivered(conn: AsyncConnection, order_id: str) -> None:
+    """The catalog has the order's units sold."""
+    await conn.execute("UPDATE orders.outbox SET delivered_at = now() WHERE order_id = %s", (order_id,))

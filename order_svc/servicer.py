@@ -1,0 +1,63 @@
+"""The order service's gRPC face: messages in, calls to the service layer, messages out."""
+
+from __future__ import annotations
+
+from google.protobuf import timestamp_pb2
+
+from order_svc.repository import OrderRecord
+from order_svc.service import Orders
+from shop.order.v1 import order_pb2, order_pb2_grpc
+from shop_runtime.calls import IDEMPOTENCY_METADATA, metadata_value, require_user
+
+
+def _ts(value) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def order_pb(order: OrderRecord, now) -> order_pb2.Order:
+    """An order as a message, with its status as of `now`."""
+    message = order_pb2.Order(
+        order_id=order.id,
+        status=order_pb2.OrderStatus.Value(order.status_at(now)),
+        items=[order_pb2.OrderItem(sku=i.sku, name=i.name, price=i.price, qty=i.qty, subtotal=i.price * i.qty)
+               for i in order.items],
+        total=order.total,
+        currency=order.currency,
+        pay_before=_ts(order.pay_before),
+        created_at=_ts(order.created_at),
+    )
+    if order.payment_id:
+        message.payment_id = order.payment_id
+        message.paid_at.CopyFrom(_ts(order.paid_at))
+    return message
+
+
+class OrderServicer(order_pb2_grpc.OrderServiceServicer):
+    """Serves shop.order.v1.OrderService for the user the gateway named."""
+
+    def __init__(self, orders: Orders):
+        self._orders = orders
+
+    async def Checkout(self, request, context):
+        order = await self._orders.checkout(require_user(context), metadata_value(context, IDEMPOTENCY_METADATA))
+        return order_pb(order, self._orders.now())
+
+    async def Pay(self, request, context):
+        order = await self._orders.pay(require_user(context), metadata_value(context, IDEMPOTENCY_METADATA),
+                                       request.order_id, request.amount, request.method, request.token)
+        return order_pb(order, self._orders.now())
+
+    async def GetOrder(self, request, context):
+        return order_pb(await self._orders.get(require_user(context), request.order_id), self._orders.now())
+
+    async def ListOrders(self, request, context):
+        orders, page, limit, total = await self._orders.list(
+            require_user(context),
+            request.page if request.HasField("page") else None,
+            request.limit if request.HasField("limit") else None,
+        )
+        now = self._orders.now()
+        return order_pb2.ListOrdersResponse(items=[order_pb(o, now) for o in orders], page=page, limit=limit,
+                                            total=total)

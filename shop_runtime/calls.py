@@ -1,0 +1,43 @@
+"""Who is calling, and calls between services: user metadata in, callee errors relayed out."""
+
+from __future__ import annotations
+
+import grpc
+
+from shop_runtime.errors import ServiceError, error_info, unavailable
+
+USER_METADATA = "x-shop-user-id"
+CALLER_METADATA = "x-shop-caller"
+IDEMPOTENCY_METADATA = "idempotency-key"
+
+
+def metadata_value(context: grpc.aio.ServicerContext, name: str) -> str:
+    """The value of one metadata entry of the call, or ''."""
+    for key, value in context.invocation_metadata() or ():
+        if key == name:
+            return value
+    return ""
+
+
+def require_user(context: grpc.aio.ServicerContext) -> str:
+    """The end user the gateway verified; UNAUTHENTICATED when the call carries none."""
+    user = metadata_value(context, USER_METADATA)
+    if not user:
+        raise ServiceError(grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED", "no user on this call")
+    return user
+
+
+def outgoing(caller: str, user: str | None = None) -> list[tuple[str, str]]:
+    """Metadata of a call to another service on behalf of `user`."""
+    md = [(CALLER_METADATA, caller)]
+    if user:
+        md.append((USER_METADATA, user))
+    return md
+
+
+def relay(err: grpc.aio.AioRpcError, service: str) -> ServiceError:
+    """A callee's refusal as this service's own (same code, reason, metadata); a dead callee is UNAVAILABLE."""
+    info = error_info(err)
+    if info is None or err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return unavailable(service)
+    return ServiceError(err.code(), info.reason, err.details() or info.reason, dict(info.metadata))
