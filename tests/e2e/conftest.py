@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
 from devstack.prepare import prepare
@@ -60,3 +63,37 @@ def http(suite):
     """An HTTP client on the gateway."""
     with httpx.Client(base_url=suite.base_url, timeout=15) as client:
         yield client
+
+
+@pytest.fixture
+def audit_clean(suite):
+    """Checks the inventory audit of the suite's database."""
+    from inventory_svc.audit import audit
+
+    async def run() -> list[str]:
+        async with await psycopg.AsyncConnection.connect(suite.dsn) as conn:
+            return await audit(conn)
+
+    def check() -> list[str]:
+        # Its own thread and loop: callable from sync and async tests alike.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, run()).result()
+
+    return check
+
+
+@pytest.fixture
+def kv(suite):
+    """Sets Consul KV keys for one test and removes them after it."""
+    written: list[str] = []
+
+    def put(key: str, value: str) -> None:
+        request = urllib.request.Request(f"http://{suite.ports.consul_addr}/v1/kv/{key}", data=value.encode(),
+                                         method="PUT")
+        urllib.request.urlopen(request, timeout=5).read()
+        written.append(key)
+
+    yield put
+    for key in written:
+        request = urllib.request.Request(f"http://{suite.ports.consul_addr}/v1/kv/{key}", method="DELETE")
+        urllib.request.urlopen(request, timeout=5).read()

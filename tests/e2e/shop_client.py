@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
 import httpx
 
@@ -45,3 +46,8 @@ class Shopper:
 def reason(resp: httpx.Response) -> str:
     """The ErrorInfo reason of an error answer."""
     return resp.json()["details"][0]["reason"]
+
+
+def seconds(rfc3339: str) -> float:
+    """An RFC 3339 time of an answer as a POSIX timestamp."""
+    return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 
-import psycopg
+import grpc
 import pytest
 
 from devstack.demo_data import generate
 from devstack.stack import SERVICE_MODULES, http_get, passing_instances
+from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 
 DEMO = generate()
 BY_SKU = {p.sku: p for p in DEMO}
@@ -138,16 +139,20 @@ def test_unknown_sku_is_404_product_not_found(http):
     assert body["code"] == 5
 
 
-def test_available_is_read_live_from_inventory(http, suite):
+async def test_available_is_read_live_from_inventory(http, suite):
     p = next(p for p in DEMO if p.on_hand >= 10 and p.category == "books")
-    with psycopg.connect(suite.dsn, autocommit=True) as conn:
-        conn.execute("UPDATE inventory.stock SET reserved = on_hand - 3 WHERE sku = %s", (p.sku,))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{suite.ports.services['inventory']}") as channel:
+        stub = inventory_pb2_grpc.InventoryServiceStub(channel)
+        (held,) = (await stub.CreateHolds(inventory_pb2.CreateHoldsRequest(
+            owner="cart:catalog-test", lines=[inventory_pb2.HoldLine(sku=p.sku, qty=p.on_hand - 3)],
+            ttl_seconds=60))).holds
         try:
             assert http.get(f"/catalogs/{p.sku}").json()["available"] == 3
             listed = http.get("/catalogs", params=dict(category="books", limit=100, sortBy="price")).json()
             assert {i["sku"]: i["available"] for i in listed["items"]}.get(p.sku, 3) == 3
         finally:
-            conn.execute("UPDATE inventory.stock SET reserved = 0 WHERE sku = %s", (p.sku,))
+            await stub.ReleaseHolds(inventory_pb2.ReleaseHoldsRequest(hold_ids=[held.hold_id]))
+    assert http.get(f"/catalogs/{p.sku}").json()["available"] == p.on_hand
 
 
 @pytest.mark.parametrize("params, field", [
