@@ -8,13 +8,17 @@ PROTOS := $(shell find protos -name '*.proto' | sort)
 DESCRIPTOR := $(GEN)/shop.pb
 CONSUL_LOCAL := .tools/bin/consul
 
-.PHONY: run test token audit bench setup venv proto consul test-tools unit integration e2e clean demo-data
+.PHONY: run test openapi token audit bench setup venv proto consul test-tools unit integration e2e clean demo-data
 
 run: setup
 	$(PY) -m devstack run
 
 test: setup test-tools
 	$(PY) -m pytest -q tests
+
+# The OpenAPI document of the REST routes, generated from the protos (a test fails when it drifts).
+openapi: setup
+	$(PY) -m gateway openapi --descriptor $(DESCRIPTOR) --out docs/openapi.json
 
 # A one-hour token from the local issuer: `make token USER=alice`, `make token USER=ops ROLE=admin`.
 token: venv

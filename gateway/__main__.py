@@ -1,10 +1,11 @@
-"""`python -m gateway render|token`: Envoy's bootstrap for deployments, and local tokens (`make token`)."""
+"""`python -m gateway render|token|openapi`: Envoy's bootstrap, local tokens (`make token`), the OpenAPI document."""
 
 import argparse
 from pathlib import Path
 
 from gateway.envoy import GatewayConfig, write_config
 from gateway.identity import TOKEN_TTL_SECONDS, issue_token
+from gateway.openapi import render as render_openapi
 
 # The local issuer's keys, beside the checkout; the same folder `make run` configures Envoy with.
 SECRETS = Path(__file__).resolve().parents[1] / ".secrets"
@@ -27,7 +28,13 @@ def main() -> None:
     token.add_argument("--role", default="", help="`admin` for the admin routes")
     token.add_argument("--ttl", type=int, default=TOKEN_TTL_SECONDS, help="seconds the token is valid")
     token.add_argument("--secrets", type=Path, default=SECRETS, help="where the signing key lives")
+    spec = sub.add_parser("openapi", help="write the OpenAPI document of the REST routes")
+    spec.add_argument("--descriptor", type=Path, required=True, help="the descriptor set built by `make proto`")
+    spec.add_argument("--out", type=Path, required=True, help="where to write it")
     args = parser.parse_args()
+    if args.command == "openapi":
+        args.out.write_text(render_openapi(args.descriptor))
+        return
     if args.command == "token":
         print(issue_token(args.secrets, args.user, args.role or None, args.ttl))
         return

@@ -23,6 +23,8 @@ UPSTREAMS = {
 ROUTE_TIMEOUT = "15s"
 # Request bodies larger than this are refused with 413 before reaching a service.
 MAX_REQUEST_BYTES = 64 * 1024
+# URL and headers larger than this are refused with 431.
+MAX_HEADERS_KB = 32
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,7 @@ def _error_body(code: int, reason: str) -> dict:
 # HTTP status of a gateway-made reply -> (gRPC code, reason) of its JSON body.
 _LOCAL_REPLIES = {
     400: (3, "INVALID_ARGUMENT"),
+    431: (3, "HEADERS_TOO_LARGE"),
     401: (16, "UNAUTHENTICATED"),
     403: (7, "PERMISSION_DENIED"),
     404: (5, "ROUTE_NOT_FOUND"),
@@ -102,12 +105,37 @@ _LOCAL_REPLIES = {
 }
 
 
+# gRPC accepts only [0-9a-z-_.] in metadata names, and fails a call carrying any other with INTERNAL;
+# Envoy forwards every valid HTTP header name (`$`, `!`, `~`, ...). No Envoy option filters header
+# names by character set, so these few lines of Lua drop such headers before they reach a service.
+_DROP_NON_GRPC_HEADERS = """
+function envoy_on_request(handle)
+  local drop = {}
+  for name, _ in pairs(handle:headers()) do
+    if string.sub(name, 1, 1) ~= ":" and string.find(name, "[^0-9a-z_.%-]") then
+      table.insert(drop, name)
+    end
+  end
+  for _, name in ipairs(drop) do
+    handle:headers():remove(name)
+  end
+end
+"""
+
+
 def _identity_filters(cfg: GatewayConfig, methods: list[Method]) -> list[dict]:
     """Strip client-sent identity headers, verify the token, set the headers from it, keep admin routes to admins."""
     admin_paths = [m.grpc_path for m in methods if m.rest_path.startswith(ADMIN_PREFIX)]
     admin_only = [{"url_path": {"path": {"prefix": ADMIN_PREFIX}}}] + [
         {"url_path": {"path": {"exact": p}}} for p in admin_paths]
     return [
+        {
+            "name": "envoy.filters.http.lua",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+                "default_source_code": {"inline_string": _DROP_NON_GRPC_HEADERS},
+            },
+        },
         {
             "name": "envoy.filters.http.header_mutation",
             "typed_config": {
@@ -176,6 +204,8 @@ def _http_connection_manager(cfg: GatewayConfig, methods: list[Method]) -> dict:
         # Matching (tokens, admin routes) sees the path as routed: no `..`, no doubled slashes.
         "normalize_path": True,
         "merge_slashes": True,
+        # Refused here with 431, well below what a service's gRPC server accepts as metadata (MAX_METADATA_BYTES).
+        "max_request_headers_kb": MAX_HEADERS_KB,
         "route_config": {"name": "rest", "virtual_hosts": [{"name": "shop", "domains": ["*"], "routes": routes}]},
         "http_filters": [
             {

@@ -8,6 +8,7 @@ from google.protobuf import timestamp_pb2
 from inventory_svc.repository import HoldRecord, StockRow
 from inventory_svc.service import Inventory, Line
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+from shop_runtime.errors import invalid_argument
 from shop_runtime.calls import CALLER_METADATA, IDEMPOTENCY_METADATA, USER_METADATA, metadata_value
 
 _STATES = {
@@ -85,6 +86,8 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
         return inventory_pb2.GetAvailabilityResponse(items=[stock_pb(r) for r in rows])
 
     async def SetStock(self, request, context):
+        if not request.HasField("on_hand"):
+            raise invalid_argument("onHand", "onHand is required")
         row = await self._inventory.set_stock(request.sku, request.on_hand, key=key_of("", context),
                                               actor=actor_of(context))
         return stock_pb(row)

@@ -7,7 +7,7 @@ from google.protobuf import timestamp_pb2
 from order_svc.repository import OrderRecord
 from order_svc.service import Orders
 from shop.order.v1 import order_pb2, order_pb2_grpc
-from shop_runtime.calls import IDEMPOTENCY_METADATA, metadata_value, require_user
+from shop_runtime.calls import idempotency_key, require_user
 
 
 def _ts(value) -> timestamp_pb2.Timestamp:
@@ -41,11 +41,11 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
         self._orders = orders
 
     async def Checkout(self, request, context):
-        order = await self._orders.checkout(require_user(context), metadata_value(context, IDEMPOTENCY_METADATA))
+        order = await self._orders.checkout(require_user(context), idempotency_key(context))
         return order_pb(order, self._orders.now())
 
     async def Pay(self, request, context):
-        order = await self._orders.pay(require_user(context), metadata_value(context, IDEMPOTENCY_METADATA),
+        order = await self._orders.pay(require_user(context), idempotency_key(context),
                                        request.order_id, request.amount, request.method, request.token)
         return order_pb(order, self._orders.now())
 

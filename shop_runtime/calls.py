@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import grpc
 
-from shop_runtime.errors import ServiceError, error_info, unavailable
+from shop_runtime.errors import ServiceError, error_info, invalid_argument, unavailable
+from shop_runtime.idempotency import MAX_KEY_LENGTH as MAX_IDEMPOTENCY_KEY
 
 USER_METADATA = "x-shop-user-id"
 CALLER_METADATA = "x-shop-caller"
@@ -17,6 +18,16 @@ def metadata_value(context: grpc.aio.ServicerContext, name: str) -> str:
         if key == name:
             return value
     return ""
+
+
+def idempotency_key(context: grpc.aio.ServicerContext) -> str:
+    """The call's idempotency key, '' when absent; present, it must be one value of 1..255 characters."""
+    values = [v for k, v in context.invocation_metadata() or () if k == IDEMPOTENCY_METADATA]
+    if not values:
+        return ""
+    if len(values) > 1 or not 1 <= len(values[0]) <= MAX_IDEMPOTENCY_KEY:
+        raise invalid_argument("Idempotency-Key", f"Idempotency-Key must be one value of 1..{MAX_IDEMPOTENCY_KEY} characters")
+    return values[0]
 
 
 def require_user(context: grpc.aio.ServicerContext) -> str:

@@ -31,6 +31,10 @@ _LOGGER = logging.getLogger(__name__)
 # How often readiness (a database round trip) is re-checked for the health service.
 READINESS_INTERVAL = 2.0
 
+# Metadata a call may carry: above what the gateway lets through (32 KiB), so a request the gateway
+# accepted is never refused here for its headers (gRPC's default is 8 KiB).
+MAX_METADATA_BYTES = 64 * 1024
+
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -90,7 +94,8 @@ def build_server(
     service_names: Sequence[str],
 ) -> GrpcApp:
     """A server with the given servicers, the standard health service and reflection, bound to its port."""
-    server = grpc.aio.server(interceptors=[ErrorInterceptor()])
+    server = grpc.aio.server(interceptors=[ErrorInterceptor()],
+                             options=[("grpc.max_metadata_size", MAX_METADATA_BYTES)])
     for add, servicer in servicers:
         add(servicer, server)
     health_servicer = health.aio.HealthServicer()

@@ -1,0 +1,198 @@
+"""The OpenAPI 3 document of the REST routes, generated from the descriptor set (`make openapi`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from google.api import annotations_pb2
+from google.protobuf import descriptor_pb2
+
+from gateway.envoy import ADMIN_PREFIX, PUBLIC_PREFIX, UPSTREAMS
+
+FDP = descriptor_pb2.FieldDescriptorProto
+
+# What the protos cannot say and the services enforce: ranges, enumerations, lengths (by message.field).
+CONSTRAINTS = {
+    "ListProductsRequest.page": {"minimum": 1},
+    "ListProductsRequest.limit": {"minimum": 1, "maximum": 100},
+    # An empty string parameter counts as not given (docs/api.md).
+    "ListProductsRequest.sort_by": {"enum": ["", "sales", "price", "name", "newest"]},
+    "ListProductsRequest.sort_dir": {"enum": ["", "asc", "desc"]},
+    "ListProductsRequest.category": {"pattern": "^[a-z0-9-]{0,64}$"},
+    "ListProductsRequest.search": {"maxLength": 200},
+    "ListOrdersRequest.page": {"minimum": 1},
+    "ListOrdersRequest.limit": {"minimum": 1, "maximum": 100},
+    "AddItemRequest.qty": {"minimum": 1, "maximum": 100},
+    "AddItemRequest.sku": {"minLength": 1},
+    "SetItemQuantityRequest.qty": {"minimum": 0, "maximum": 100},
+    "SetStockRequest.on_hand": {"minimum": 0, "maximum": 1_000_000},
+}
+# Request body fields a client must send.
+REQUIRED_INPUT = {"AddItemRequest": ["sku", "qty"], "PayRequest": ["order_id", "amount", "method", "token"],
+                  "SetStockRequest": ["on_hand"]}
+# Answer fields that are absent until they apply.
+OPTIONAL_OUTPUT = {"Order.paid_at", "Order.payment_id"}
+# Statuses beyond the ones every route can answer, with the reasons behind them.
+ROUTE_ERRORS = {
+    ("get", "/catalogs/{sku}"): {"404": "PRODUCT_NOT_FOUND"},
+    ("post", "/chart"): {"404": "PRODUCT_NOT_FOUND", "409": "OUT_OF_STOCK"},
+    ("put", "/chart/{sku}/{qty}"): {"404": "PRODUCT_NOT_FOUND", "409": "OUT_OF_STOCK"},
+    ("post", "/checkout"): {"409": "OUT_OF_STOCK"},
+    ("post", "/payment"): {"404": "ORDER_NOT_FOUND", "409": "ORDER_EXPIRED, ALREADY_PAID, IDEMPOTENCY_KEY_REUSED"},
+    ("get", "/orders/{order_id}"): {"404": "ORDER_NOT_FOUND"},
+    ("put", "/admin/stock/{sku}"): {"409": "BELOW_RESERVED"},
+    ("get", "/admin/stock/{sku}"): {"404": "SKU_NOT_FOUND"},
+}
+HEADERS = {
+    ("post", "/checkout"): {"name": "Idempotency-Key", "in": "header", "required": False,
+                            "schema": {"type": "string", "minLength": 1, "maxLength": 255}},
+    ("post", "/payment"): {"name": "Idempotency-Key", "in": "header", "required": True,
+                           "schema": {"type": "string", "minLength": 1, "maxLength": 255}},
+}
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(p.title() for p in rest)
+
+
+class _Messages:
+    """Message and enum descriptors of the set, by full name."""
+
+    def __init__(self, files: descriptor_pb2.FileDescriptorSet):
+        self.messages: dict[str, descriptor_pb2.DescriptorProto] = {}
+        self.enums: dict[str, descriptor_pb2.EnumDescriptorProto] = {}
+        for f in files.file:
+            for m in f.message_type:
+                self.messages[f".{f.package}.{m.name}"] = m
+            for e in f.enum_type:
+                self.enums[f".{f.package}.{e.name}"] = e
+
+
+def _field_schema(msg: descriptor_pb2.DescriptorProto, field: FDP, types: _Messages, refs: set[str]) -> dict:
+    if field.type == FDP.TYPE_INT32:
+        schema = {"type": "integer", "format": "int32"}
+    elif field.type == FDP.TYPE_BOOL:
+        schema = {"type": "boolean"}
+    elif field.type == FDP.TYPE_STRING:
+        schema = {"type": "string"}
+    elif field.type == FDP.TYPE_ENUM:
+        schema = {"type": "string", "enum": [v.name for v in types.enums[field.type_name].value if v.number]}
+    elif field.type_name == ".google.protobuf.Timestamp":
+        schema = {"type": "string", "format": "date-time"}
+    elif field.type == FDP.TYPE_MESSAGE:
+        name = field.type_name.rsplit(".", 1)[1]
+        refs.add(field.type_name)
+        schema = {"$ref": f"#/components/schemas/{name}"}
+    else:
+        raise ValueError(f"{msg.name}.{field.name}: no OpenAPI mapping for type {field.type}")
+    schema |= CONSTRAINTS.get(f"{msg.name}.{field.name}", {})
+    if field.label == FDP.LABEL_REPEATED:
+        schema = {"type": "array", "items": schema}
+    return schema
+
+
+def _answer_schema(full_name: str, types: _Messages, schemas: dict) -> None:
+    """Adds the schema of an answer message (and the messages it holds) to `schemas`."""
+    msg = types.messages[full_name]
+    if msg.name in schemas:
+        return
+    refs: set[str] = set()
+    props = {f.json_name: _field_schema(msg, f, types, refs) for f in msg.field}
+    required = [f.json_name for f in msg.field
+                if not f.proto3_optional and f"{msg.name}.{f.name}" not in OPTIONAL_OUTPUT]
+    schemas[msg.name] = {"type": "object", "properties": props, "required": required}
+    for ref in sorted(refs):
+        _answer_schema(ref, types, schemas)
+
+
+def _error_responses(statuses: dict[str, str]) -> dict:
+    return {code: {"description": f"reason: {why}",
+                   "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+            for code, why in sorted(statuses.items())}
+
+
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["code", "message", "details"],
+    "properties": {
+        "code": {"type": "integer", "description": "The gRPC status code."},
+        "message": {"type": "string"},
+        "details": {"type": "array", "items": {
+            "type": "object",
+            "required": ["@type"],
+            "properties": {"@type": {"type": "string"}, "reason": {"type": "string"}, "domain": {"type": "string"},
+                           "metadata": {"type": "object", "additionalProperties": {"type": "string"}}},
+        }},
+    },
+}
+
+
+def build(descriptor: Path) -> dict:
+    """The OpenAPI document of every RPC with a google.api.http rule."""
+    files = descriptor_pb2.FileDescriptorSet.FromString(descriptor.read_bytes())
+    types = _Messages(files)
+    schemas: dict = {"Error": ERROR_SCHEMA}
+    paths: dict = {}
+    for f in files.file:
+        for service in f.service:
+            if f"{f.package}.{service.name}" not in UPSTREAMS.values():
+                continue
+            for method in service.method:
+                if not method.options.HasExtension(annotations_pb2.http):
+                    continue
+                rule = method.options.Extensions[annotations_pb2.http]
+                verb = rule.WhichOneof("pattern")
+                template = getattr(rule, verb)
+                request = types.messages[method.input_type]
+                path_fields = {seg[1:-1] for seg in template.split("/") if seg.startswith("{")}
+                fields = {fld.name: fld for fld in request.field}
+                refs: set[str] = set()
+                params = [{"name": _camel(name), "in": "path", "required": True,
+                           "schema": _field_schema(request, fields[name], types, refs)} for name in sorted(path_fields)]
+                if (verb, template) in HEADERS:
+                    params.append(HEADERS[(verb, template)])
+                operation: dict = {"operationId": f"{service.name}.{method.name}", "tags": [service.name]}
+                rest = [fld for fld in request.field if fld.name not in path_fields]
+                if rule.body == "*":
+                    required = [_camel(n) for n in REQUIRED_INPUT.get(request.name, [])]
+                    body = {"type": "object",
+                            "properties": {fld.json_name: _field_schema(request, fld, types, refs) for fld in rest}}
+                    if required:
+                        body["required"] = required
+                    operation["requestBody"] = {"required": True,
+                                                "content": {"application/json": {"schema": body}}}
+                else:
+                    params += [{"name": fld.json_name, "in": "query", "required": False,
+                                "schema": _field_schema(request, fld, types, refs)} for fld in rest]
+                if params:
+                    operation["parameters"] = params
+                _answer_schema(method.output_type, types, schemas)
+                answer = method.output_type.rsplit(".", 1)[1]
+                errors = {"400": "INVALID_ARGUMENT and the route's own reasons", "503": "UPSTREAM_UNAVAILABLE",
+                          "431": "HEADERS_TOO_LARGE (URL and headers over 32 KiB)"}
+                errors |= ROUTE_ERRORS.get((verb, template), {})
+                if rule.body:
+                    errors["413"] = "BODY_TOO_LARGE"
+                if not template.startswith(PUBLIC_PREFIX):
+                    operation["security"] = [{"bearer": []}]
+                    errors["401"] = "UNAUTHENTICATED"
+                    errors["403"] = "PERMISSION_DENIED" + (" (needs role admin)" if template.startswith(ADMIN_PREFIX) else "")
+                operation["responses"] = {"200": {"description": "OK", "content": {"application/json": {
+                    "schema": {"$ref": f"#/components/schemas/{answer}"}}}}} | _error_responses(errors)
+                paths.setdefault("/".join(_camel(s) for s in template.split("/")), {})[verb] = operation
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "Shop storefront REST API", "version": "1.0.0",
+                 "description": "Generated from protos/ by `make openapi`; do not edit by hand."},
+        "servers": [{"url": "http://localhost:9000"}],
+        "paths": dict(sorted(paths.items())),
+        "components": {"schemas": dict(sorted(schemas.items())),
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}},
+    }
+
+
+def render(descriptor: Path) -> str:
+    """The document as the committed file holds it."""
+    return json.dumps(build(descriptor), indent=1, sort_keys=False) + "\n"
