@@ -8,17 +8,27 @@ PROTOS := $(shell find protos -name '*.proto' | sort)
 DESCRIPTOR := $(GEN)/shop.pb
 CONSUL_LOCAL := .tools/bin/consul
 
-.PHONY: run test openapi token audit bench setup venv proto consul test-tools unit integration e2e clean demo-data
+.PHONY: run test openapi newman token audit bench setup venv proto consul test-tools unit integration e2e clean demo-data
 
 run: setup
 	$(PY) -m devstack run
 
-test: setup test-tools
+test: setup test-tools $(NEWMAN)
 	$(PY) -m pytest -q tests
 
 # The OpenAPI document of the REST routes, generated from the protos (a test fails when it drifts).
 openapi: setup
 	$(PY) -m gateway openapi --descriptor $(DESCRIPTOR) --out docs/openapi.json
+
+# The Postman collection of a full purchase, run by newman (from npm) against `make run` on :9000.
+NEWMAN := .tools/node/node_modules/.bin/newman
+newman: venv $(NEWMAN)
+	$(NEWMAN) run docs/postman_collection.json --env-var baseUrl=http://localhost:9000 \
+		--env-var token=$$($(PY) -m gateway token --user newman-shopper) \
+		--env-var adminToken=$$($(PY) -m gateway token --user newman-admin --role admin)
+
+$(NEWMAN):
+	npm install --no-audit --no-fund --silent --prefix .tools/node newman@6
 
 # A one-hour token from the local issuer: `make token USER=alice`, `make token USER=ops ROLE=admin`.
 token: venv
