@@ -8,6 +8,10 @@ from typing import Protocol
 import psycopg
 
 
+class ProviderUnavailable(Exception):
+    """The provider's answer did not arrive: the charge may or may not have happened."""
+
+
 @dataclass(frozen=True)
 class Charge:
     """A provider's answer to a charge."""
@@ -27,12 +31,16 @@ class PaymentProvider(Protocol):
 class StandInProvider:
     """Approves `tok_visa`, declines everything else (`tok_declined` is the documented decline).
 
+    `tok_timeout` charges but loses the answer the first time (ProviderUnavailable), as a provider
+    timeout or a crash right after the provider accepted would; asked again for the same payment id
+    it answers approved without charging again.
+
     It keeps its books in a table of its own (orders.provider_charges), like a real provider keeps
     its own records: a charge repeated with the same payment id is not charged again, and the tests
     count real charges there.
     """
 
-    APPROVED_TOKENS = frozenset({"tok_visa"})
+    APPROVED_TOKENS = frozenset({"tok_visa", "tok_timeout"})
 
     def __init__(self, dsn: str):
         # Its own connections, like a provider outside the service: never the pool a payment is holding.
@@ -46,9 +54,12 @@ class StandInProvider:
         if token not in self.APPROVED_TOKENS:
             return Charge(False, "card declined" if token == "tok_declined" else "unknown card token")
         async with await self._books() as conn:
-            await conn.execute(
+            cur = await conn.execute(
                 "INSERT INTO orders.provider_charges (payment_id, amount, token) VALUES (%s, %s, %s)"
-                " ON CONFLICT (payment_id) DO NOTHING", (payment_id, amount, token))
+                " ON CONFLICT (payment_id) DO NOTHING RETURNING 1", (payment_id, amount, token))
+            charged_now = await cur.fetchone() is not None
+        if token == "tok_timeout" and charged_now:
+            raise ProviderUnavailable(f"no answer for {payment_id}")
         return Charge(True)
 
     async def refund(self, payment_id: str) -> None:

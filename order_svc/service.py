@@ -12,7 +12,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from order_svc import repository as repo
-from order_svc.payments import PaymentProvider
+from order_svc.payments import PaymentProvider, ProviderUnavailable
 from order_svc.repository import Item, OrderRecord, PaymentAttempt
 from shop.cart.v1 import cart_pb2
 from shop.catalog.v1 import catalog_pb2
@@ -160,7 +160,13 @@ class Orders:
                 raise _expired(order_id)
             holds = await self._keep_units(order, attempt.payment_id, now, user)
             await repo.set_hold_ids(conn, order_uuid, holds)
-            charge = await self._provider.charge(attempt.payment_id, order.total, order.currency, method, token)
+            try:
+                charge = await self._provider.charge(attempt.payment_id, order.total, order.currency, method, token)
+            except ProviderUnavailable as err:
+                # The attempt stays PENDING: a retry with the same key asks again for the same payment id.
+                raise _error(grpc.StatusCode.UNAVAILABLE, "PAYMENT_PROVIDER_UNAVAILABLE",
+                             "the payment provider did not answer; retry with the same Idempotency-Key",
+                             order_id=order_id) from err
             if not charge.approved:
                 async with await self._side() as side:
                     await repo.set_attempt_state(side, attempt.payment_id, "DECLINED")

@@ -68,6 +68,18 @@ def test_replays_answer_the_first_answer_and_other_keys_are_refused(order, suite
     assert charges(suite, o["orderId"]) == 1
 
 
+def test_a_lost_provider_answer_retried_with_the_key_charges_once(order, suite):
+    shopper, o = order
+    key = uuid.uuid4().hex
+    lost = shopper.pay(o["orderId"], o["total"], key=key, token="tok_timeout")
+    assert lost.status_code == 503 and reason(lost) == "PAYMENT_PROVIDER_UNAVAILABLE"
+    assert shopper.order(o["orderId"]).json()["status"] == "PENDING_PAYMENT"
+    assert charges(suite, o["orderId"]) == 1, "the provider did charge; only its answer was lost"
+    retried = shopper.pay(o["orderId"], o["total"], key=key, token="tok_timeout")
+    assert retried.status_code == 200 and retried.json()["status"] == "PAID"
+    assert charges(suite, o["orderId"]) == 1
+
+
 def test_a_declined_answer_is_replayed_too(order):
     shopper, o = order
     key = uuid.uuid4().hex
