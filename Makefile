@@ -7,6 +7,7 @@ GEN := gen
 PROTOS := $(shell find protos -name '*.proto' | sort)
 DESCRIPTOR := $(GEN)/shop.pb
 CONSUL_LOCAL := .tools/bin/consul
+NEWMAN := .tools/node/node_modules/.bin/newman
 
 .PHONY: run test openapi newman token audit bench setup venv proto consul test-tools unit integration e2e clean demo-data
 
@@ -21,7 +22,6 @@ openapi: setup
 	$(PY) -m gateway openapi --descriptor $(DESCRIPTOR) --out docs/openapi.json
 
 # The Postman collection of a full purchase, run by newman (from npm) against `make run` on :9000.
-NEWMAN := .tools/node/node_modules/.bin/newman
 newman: venv $(NEWMAN)
 	$(NEWMAN) run docs/postman_collection.json --env-var baseUrl=http://localhost:9000 \
 		--env-var token=$$($(PY) -m gateway token --user newman-shopper) \

@@ -15,8 +15,9 @@ from shop_runtime.server import Deps, GrpcApp, ServiceSpec, build_server
 
 def create_server(settings: ServiceSettings, deps: Deps) -> GrpcApp:
     """The cart server, holding units through inventory and naming products through the catalog."""
-    carts = Carts(deps.pool, deps.client("inventory", inventory_pb2_grpc.InventoryServiceStub),
-                  deps.client("catalog", catalog_pb2_grpc.CatalogServiceStub), deps.live, deps.clock)
+    carts = Carts(deps.pool, deps.client("inventory", inventory_pb2_grpc.InventoryServiceStub, settings.service_name),
+                  deps.client("catalog", catalog_pb2_grpc.CatalogServiceStub, settings.service_name),
+                  deps.live, deps.clock)
     return build_server(
         settings,
         [(cart_pb2_grpc.add_CartServiceServicer_to_server, CartServicer(carts))],

@@ -16,7 +16,6 @@ from cart_svc.repository import Line
 from shop.cart.v1 import cart_pb2
 from shop.catalog.v1 import catalog_pb2
 from shop.inventory.v1 import inventory_pb2
-from shop_runtime.calls import outgoing, relay
 from shop_runtime.clients import ServiceClient
 from shop_runtime.clock import Clock
 from shop_runtime.errors import ServiceError, invalid_argument
@@ -24,8 +23,6 @@ from shop_runtime.live_settings import LiveSettings
 from shop_runtime.validation import MAX_TOTAL
 
 MAX_LINE_QTY = 100
-CALL_TIMEOUT = 5.0
-CALLER = "cart"
 # Refusals that mean a line's hold can no longer be changed, so the line needs a new one.
 _HOLD_GONE = {"HOLD_NOT_ACTIVE", "HOLD_NOT_OWNED", "HOLD_NOT_FOUND"}
 
@@ -75,19 +72,8 @@ class Carts:
     async def _products(self, skus: list[str]) -> dict[str, Product]:
         if not skus:
             return {}
-        try:
-            answer = await self._catalog.stub().BatchGetProducts(
-                catalog_pb2.BatchGetProductsRequest(skus=skus), timeout=CALL_TIMEOUT, metadata=outgoing(CALLER))
-        except grpc.aio.AioRpcError as err:
-            raise relay(err, self._catalog.service) from err
+        answer = await self._catalog.call("BatchGetProducts", catalog_pb2.BatchGetProductsRequest(skus=skus))
         return {p.sku: Product(p.name, p.price) for p in answer.products}
-
-    async def _inventory_call(self, method: str, request, user: str):
-        try:
-            return await getattr(self._inventory.stub(), method)(request, timeout=CALL_TIMEOUT,
-                                                                  metadata=outgoing(CALLER, user))
-        except grpc.aio.AioRpcError as err:
-            raise relay(err, self._inventory.service) from err
 
     async def _check_total(self, conn: AsyncConnection, user: str, sku: str, qty: int, product: Product) -> None:
         current = await repo.lines(conn, user)
@@ -104,17 +90,17 @@ class Carts:
         hold = None
         if line is not None:
             try:
-                answer = await self._inventory_call("ResizeHold", inventory_pb2.ResizeHoldRequest(
+                answer = await self._inventory.call("ResizeHold", inventory_pb2.ResizeHoldRequest(
                     hold_id=line.hold_id, qty=qty, ttl_seconds=ttl, owner=owner_of(user),
-                    idempotency_key=str(uuid.uuid4())), user)
+                    idempotency_key=str(uuid.uuid4())), user=user)
                 hold = answer.hold
             except ServiceError as err:
                 if err.reason not in _HOLD_GONE:
                     raise
         if hold is None:
-            answer = await self._inventory_call("CreateHolds", inventory_pb2.CreateHoldsRequest(
+            answer = await self._inventory.call("CreateHolds", inventory_pb2.CreateHoldsRequest(
                 owner=owner_of(user), lines=[inventory_pb2.HoldLine(sku=sku, qty=qty)], ttl_seconds=ttl,
-                idempotency_key=str(uuid.uuid4())), user)
+                idempotency_key=str(uuid.uuid4())), user=user)
             (hold,) = answer.holds
         added_at = line.added_at if line is not None else self._clock.now()
         reserved_until = hold.expires_at.ToDatetime(tzinfo=timezone.utc)
@@ -153,8 +139,8 @@ class Carts:
             line = next((x for x in await repo.lines(conn, user) if x.sku == sku), None)
             if line is not None:
                 try:
-                    await self._inventory_call("ReleaseHolds", inventory_pb2.ReleaseHoldsRequest(
-                        hold_ids=[line.hold_id], owner=owner_of(user), idempotency_key=str(uuid.uuid4())), user)
+                    await self._inventory.call("ReleaseHolds", inventory_pb2.ReleaseHoldsRequest(
+                        hold_ids=[line.hold_id], owner=owner_of(user), idempotency_key=str(uuid.uuid4())), user=user)
                 except ServiceError as err:
                     if err.reason not in _HOLD_GONE:  # an expired hold has given its units back already
                         raise
@@ -184,9 +170,9 @@ class Carts:
             lines = await repo.lines(conn, user)
             if not lines:
                 raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, "CART_EMPTY", "the cart is empty")
-            answer = await self._inventory_call("ExtendHolds", inventory_pb2.ExtendHoldsRequest(
+            answer = await self._inventory.call("ExtendHolds", inventory_pb2.ExtendHoldsRequest(
                 hold_ids=[line.hold_id for line in lines], owner=f"order:{order_id}", order_id=order_id,
-                ttl_seconds=ttl_seconds, idempotency_key=f"checkout:{order_id}"), user)
+                ttl_seconds=ttl_seconds, idempotency_key=f"checkout:{order_id}"), user=user)
             response = cart_pb2.CheckoutCartResponse(lines=[
                 cart_pb2.CheckedOutLine(sku=line.sku, qty=line.qty, hold_id=hold.hold_id,
                                         reserved_until=hold.expires_at)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,7 @@ from inventory_svc.service import Inventory
 from inventory_svc.servicer import InventoryServicer
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shop_runtime.config import ServiceSettings, env_float
-from shop_runtime.server import Deps, GrpcApp, ServiceSpec, build_server
+from shop_runtime.server import Deps, GrpcApp, ServiceSpec, build_server, periodic
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -29,22 +28,19 @@ class InventorySettings:
         return cls(sweep_interval_seconds=env_float("INVENTORY_SWEEP_INTERVAL_SECONDS", 1.0))
 
 
-def sweeper(inventory: Inventory, interval: float, batch: int = 100):
+SWEEP_BATCH = 100
+
+
+def sweeper(inventory: Inventory, interval: float):
     """The background sweep: reclaims expired holds in every replica at once without stepping on the others."""
 
-    async def sweep() -> None:
-        while True:
-            try:
-                reclaimed = await inventory.sweep_once(batch)
-                if reclaimed:
-                    _LOGGER.info("sweeper reclaimed %d expired hold(s)", reclaimed)
-            except Exception:  # a failed pass must not end the sweeper; the next one retries
-                _LOGGER.exception("sweep failed")
-                reclaimed = 0
-            # A full batch means more are waiting: go again at once.
-            await asyncio.sleep(0 if reclaimed >= batch else interval)
+    async def sweep() -> bool:
+        reclaimed = await inventory.sweep_once(SWEEP_BATCH)
+        if reclaimed:
+            _LOGGER.info("sweeper reclaimed %d expired hold(s)", reclaimed)
+        return reclaimed >= SWEEP_BATCH  # a full batch: more are waiting
 
-    return sweep
+    return periodic("inventory-sweeper", sweep, interval)
 
 
 def create_server(settings: ServiceSettings, deps: Deps, inventory_settings: InventorySettings | None = None) -> GrpcApp:

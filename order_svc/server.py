@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from shop.catalog.v1 import catalog_pb2_grpc
 from shop.inventory.v1 import inventory_pb2_grpc
 from shop.order.v1 import order_pb2, order_pb2_grpc
 from shop_runtime.config import ServiceSettings, env_float
-from shop_runtime.server import Deps, GrpcApp, ServiceSpec, build_server
+from shop_runtime.server import Deps, GrpcApp, ServiceSpec, build_server, periodic
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -22,26 +21,22 @@ _LOGGER = logging.getLogger(__name__)
 def sweeper(orders: Orders, interval: float):
     """Expires unpaid orders at the end of their window and delivers units sold to the catalog."""
 
-    async def sweep_orders() -> None:
-        while True:
-            try:
-                if expired := await orders.expire_due():
-                    _LOGGER.info("expired %d unpaid order(s)", expired)
-                await orders.deliver_sales()
-            except Exception:  # a failed pass must not end the sweeper; the next one retries
-                _LOGGER.exception("order sweep failed")
-            await asyncio.sleep(interval)
+    async def sweep() -> bool:
+        if expired := await orders.expire_due():
+            _LOGGER.info("expired %d unpaid order(s)", expired)
+        await orders.deliver_sales()
+        return False
 
-    return sweep_orders
+    return periodic("order-sweeper", sweep, interval)
 
 
 def create_server(settings: ServiceSettings, deps: Deps) -> GrpcApp:
     """The order server over the orders schema, with the stand-in payment provider."""
     orders = Orders(
         deps.pool, settings.database_url,
-        cart=deps.client("cart", cart_pb2_grpc.CartServiceStub),
-        catalog=deps.client("catalog", catalog_pb2_grpc.CatalogServiceStub),
-        inventory=deps.client("inventory", inventory_pb2_grpc.InventoryServiceStub),
+        cart=deps.client("cart", cart_pb2_grpc.CartServiceStub, settings.service_name),
+        catalog=deps.client("catalog", catalog_pb2_grpc.CatalogServiceStub, settings.service_name),
+        inventory=deps.client("inventory", inventory_pb2_grpc.InventoryServiceStub, settings.service_name),
         provider=StandInProvider(settings.database_url), live=deps.live, clock=deps.clock,
     )
     app = build_server(

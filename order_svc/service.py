@@ -18,7 +18,6 @@ from shop.cart.v1 import cart_pb2
 from shop.catalog.v1 import catalog_pb2
 from shop.inventory.v1 import inventory_pb2
 from shop_runtime import idempotency
-from shop_runtime.calls import outgoing, relay
 from shop_runtime.clients import ServiceClient
 from shop_runtime.clock import Clock
 from shop_runtime.errors import ServiceError, invalid_argument
@@ -27,9 +26,7 @@ from shop_runtime.validation import MAX_TOTAL, page_and_limit
 
 _LOGGER = logging.getLogger(__name__)
 
-CALLER = "order"
 CURRENCY = "IDR"
-CALL_TIMEOUT = 5.0
 # A payment started inside the window keeps the units this much longer while the provider answers.
 PAYMENT_GRACE_SECONDS = 60
 # Order ids of checkouts with an idempotency key derive from (user, key), so retries converge.
@@ -75,12 +72,6 @@ class Orders:
         order's lock. Not from the pool, which concurrent payments of the same order may all be waiting in."""
         return psycopg.AsyncConnection.connect(self._dsn, autocommit=True)
 
-    async def _call(self, client: ServiceClient, method: str, request, user: str | None = None):
-        try:
-            return await getattr(client.stub(), method)(request, timeout=CALL_TIMEOUT, metadata=outgoing(CALLER, user))
-        except grpc.aio.AioRpcError as err:
-            raise relay(err, client.service) from err
-
     # --- checkout -----------------------------------------------------------------------------
 
     async def checkout(self, user: str, key: str) -> OrderRecord:
@@ -94,9 +85,9 @@ class Orders:
         window = self._live.get("payment_window_seconds")
         # The window starts before the holds move, so they never run out before pay_before does.
         now = self._clock.now()
-        handed = await self._call(self._cart, "CheckoutCart",
-                                  cart_pb2.CheckoutCartRequest(order_id=order_id, ttl_seconds=window), user)
-        products = await self._call(self._catalog, "BatchGetProducts", catalog_pb2.BatchGetProductsRequest(
+        handed = await self._cart.call("CheckoutCart", cart_pb2.CheckoutCartRequest(order_id=order_id, ttl_seconds=window),
+                                       user=user)
+        products = await self._catalog.call("BatchGetProducts", catalog_pb2.BatchGetProductsRequest(
             skus=[line.sku for line in handed.lines]))
         by_sku = {p.sku: p for p in products.products}
         items = [Item(line.sku, by_sku[line.sku].name if line.sku in by_sku else line.sku,
@@ -171,8 +162,8 @@ class Orders:
                 async with await self._side() as side:
                     await repo.set_attempt_state(side, attempt.payment_id, "DECLINED")
                 raise self._declined(order_id, charge.reason)
-            await self._call(self._inventory, "CommitHolds", inventory_pb2.CommitHoldsRequest(
-                hold_ids=holds, idempotency_key=f"pay:{order_uuid}"), user)
+            await self._inventory.call("CommitHolds", inventory_pb2.CommitHoldsRequest(
+                hold_ids=holds, idempotency_key=f"pay:{order_uuid}"), user=user)
             await repo.mark_paid(conn, order_uuid, attempt.payment_id, self._clock.now())
             await repo.set_attempt_state(conn, attempt.payment_id, "SUCCEEDED")
             sales = catalog_pb2.RecordSalesRequest(order_id=order_uuid, lines=[
@@ -186,9 +177,9 @@ class Orders:
         """Keeps the order's units past the provider's answer; an order whose units are gone is expired."""
         ttl = max(1, math.ceil((order.pay_before - now).total_seconds())) + PAYMENT_GRACE_SECONDS
         try:
-            answer = await self._call(self._inventory, "ExtendHolds", inventory_pb2.ExtendHoldsRequest(
+            answer = await self._inventory.call("ExtendHolds", inventory_pb2.ExtendHoldsRequest(
                 hold_ids=[i.hold_id for i in order.items], owner=f"order:{order.id}", order_id=order.id,
-                ttl_seconds=ttl, idempotency_key=f"pay-hold:{payment_id}"), user)
+                ttl_seconds=ttl, idempotency_key=f"pay-hold:{payment_id}"), user=user)
         except ServiceError as err:
             if err.reason in ("OUT_OF_STOCK", "HOLD_NOT_ACTIVE", "HOLD_NOT_FOUND"):
                 await self._refund(payment_id)
@@ -246,7 +237,7 @@ class Orders:
                 ((order_id, user),) = due
                 order = await repo.get_order(conn, order_id, user)
                 try:
-                    await self._call(self._inventory, "ReleaseHolds", inventory_pb2.ReleaseHoldsRequest(
+                    await self._inventory.call("ReleaseHolds", inventory_pb2.ReleaseHoldsRequest(
                         hold_ids=[i.hold_id for i in order.items], owner=f"order:{order_id}",
                         idempotency_key=f"expire:{order_id}"))
                 except ServiceError as err:
@@ -263,7 +254,7 @@ class Orders:
         async with self._pool.connection() as conn, conn.transaction():
             for order_id, payload in await repo.pending_outbox(conn, limit):
                 try:
-                    await self._call(self._catalog, "RecordSales", catalog_pb2.RecordSalesRequest.FromString(payload))
+                    await self._catalog.call("RecordSales", catalog_pb2.RecordSalesRequest.FromString(payload))
                 except ServiceError as err:
                     _LOGGER.warning("units sold of order %s not delivered yet: %s", order_id, err.message)
                     break

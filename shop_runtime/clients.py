@@ -5,23 +5,28 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from typing import Callable, Generic, TypeVar
+from typing import Any, Callable, Generic, TypeVar
 
 import grpc
 
 from shop_runtime.consul import Discovery, Instance
+from shop_runtime.calls import outgoing, relay
 from shop_runtime.errors import unavailable
 
 _LOGGER = logging.getLogger(__name__)
 
 StubT = TypeVar("StubT")
 
+# How long a call to another service may take before it counts as failed.
+CALL_TIMEOUT = 5.0
+
 
 class ServiceClient(Generic[StubT]):
     """Hands out stubs of one service, each bound to the next of its passing instances."""
 
-    def __init__(self, discovery: Discovery, stub_factory: Callable[[grpc.aio.Channel], StubT]):
+    def __init__(self, discovery: Discovery, stub_factory: Callable[[grpc.aio.Channel], StubT], caller: str = ""):
         self._discovery = discovery
+        self._caller = caller
         self._stub_factory = stub_factory
         self._channels: dict[str, tuple[grpc.aio.Channel, StubT]] = {}
         self._turn = itertools.count()
@@ -38,6 +43,14 @@ class ServiceClient(Generic[StubT]):
             raise unavailable(self.service)
         instance = instances[next(self._turn) % len(instances)]
         return self._entry(instance)[1]
+
+    async def call(self, method: str, request: Any, *, user: str | None = None, timeout: float = CALL_TIMEOUT) -> Any:
+        """Calls `method` on the next passing instance on behalf of `user`; the callee's refusal is
+        raised as this service's own ServiceError, a dead callee as UNAVAILABLE."""
+        try:
+            return await getattr(self.stub(), method)(request, timeout=timeout, metadata=outgoing(self._caller, user))
+        except grpc.aio.AioRpcError as err:
+            raise relay(err, self.service) from err
 
     def _entry(self, instance: Instance) -> tuple[grpc.aio.Channel, StubT]:
         entry = self._channels.get(instance.target)

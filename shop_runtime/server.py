@@ -51,13 +51,13 @@ class Deps:
     _discoveries: list[shop_consul.Discovery] = field(default_factory=list)
     _clients: list[ServiceClient] = field(default_factory=list)
 
-    def client(self, service: str, stub_factory: Callable[[grpc.aio.Channel], Any]) -> ServiceClient:
+    def client(self, service: str, stub_factory: Callable[[grpc.aio.Channel], Any], caller: str = "") -> ServiceClient:
         """A client of `service` that follows its passing instances in Consul."""
         if self.consul is None:
             raise RuntimeError(f"no Consul client to discover {service}")
         holder: list[ServiceClient] = []
         discovery = shop_consul.Discovery(self.consul, service, on_change=lambda found: holder[0].prune(found))
-        client = ServiceClient(discovery, stub_factory)
+        client = ServiceClient(discovery, stub_factory, caller)
         holder.append(client)
         discovery.start()
         self._discoveries.append(discovery)
@@ -86,6 +86,23 @@ class GrpcApp:
         status = SERVING if serving else NOT_SERVING
         for name in ["", *self.service_names]:
             await self.health.set(name, status)
+
+
+def periodic(name: str, work: Callable[[], Awaitable[bool]], interval: float) -> Callable[[], Awaitable[None]]:
+    """Background work for GrpcApp.background: `work` every `interval` seconds, at once again when it
+    says more is waiting; a failed pass is logged and the next one tries again."""
+
+    async def loop() -> None:
+        while True:
+            try:
+                more = await work()
+            except Exception:  # one failed pass must not end the work for the process's lifetime
+                _LOGGER.exception("%s failed", name)
+                more = False
+            await asyncio.sleep(0 if more else interval)
+
+    loop.__name__ = name
+    return loop
 
 
 def build_server(
