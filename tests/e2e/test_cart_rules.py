@@ -75,3 +75,25 @@ def test_a_hold_past_the_ttl_from_consul_kv_shows_expired_and_its_units_return(h
     assert resp.status_code == 409 and reason(resp) == "OUT_OF_STOCK"
     assert [i["expired"] for i in shopper.cart()["items"]] == [True], "a refused checkout changes nothing"
 
+
+
+def test_checkout_holds_an_expired_line_again_when_its_units_are_free(http, suite, kv):
+    sku = "TO-0024"
+    admin = suite.auth("ops", "admin")
+    http.put(f"/admin/stock/{sku}", json={"onHand": 6}, headers=admin)
+    kv("shop/config/reservation_ttl_seconds", "1")
+    shopper = Shopper(http, suite)
+    deadline = time.monotonic() + 5
+    while True:  # wait for the short TTL to reach the cart service
+        line = shopper.set(sku, 2).json()["items"][0]
+        if seconds(line["reservedUntil"]) - time.time() < 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    time.sleep(1.5)
+    assert shopper.cart()["items"][0]["expired"] is True
+    assert available(http, sku) == 6
+    resp = shopper.checkout()
+    assert resp.status_code == 200, resp.text
+    assert [(i["sku"], i["qty"]) for i in resp.json()["items"]] == [(sku, 2)]
+    assert http.get(f"/admin/stock/{sku}", headers=admin).json() == {
+        "sku": sku, "onHand": 6, "reserved": 2, "available": 4}
