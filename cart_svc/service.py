@@ -170,12 +170,21 @@ class Carts:
             lines = await repo.lines(conn, user)
             if not lines:
                 raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, "CART_EMPTY", "the cart is empty")
+            # Prices are fixed, and checked, before any hold moves: a refusal leaves the cart as it was.
+            products = await self._products([line.sku for line in lines])
+            if gone := [line.sku for line in lines if line.sku not in products]:
+                raise ServiceError(grpc.StatusCode.NOT_FOUND, "PRODUCT_NOT_FOUND",
+                                   "no longer in the catalog: " + ", ".join(gone), {"sku": gone[0]})
+            if sum(products[line.sku].price * line.qty for line in lines) > MAX_TOTAL:
+                raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "TOTAL_LIMIT",
+                                   f"an order totals at most {MAX_TOTAL} IDR; lower a quantity", {"max": MAX_TOTAL})
             answer = await self._inventory.call("ExtendHolds", inventory_pb2.ExtendHoldsRequest(
                 hold_ids=[line.hold_id for line in lines], owner=f"order:{order_id}", order_id=order_id,
                 ttl_seconds=ttl_seconds, idempotency_key=f"checkout:{order_id}"), user=user)
             response = cart_pb2.CheckoutCartResponse(lines=[
                 cart_pb2.CheckedOutLine(sku=line.sku, qty=line.qty, hold_id=hold.hold_id,
-                                        reserved_until=hold.expires_at)
+                                        reserved_until=hold.expires_at, name=products[line.sku].name,
+                                        price=products[line.sku].price)
                 for line, hold in zip(lines, answer.holds)
             ])
             await repo.delete_lines(conn, user, [line.sku for line in lines])

@@ -97,7 +97,8 @@ async def insert_order(conn: AsyncConnection, order: OrderRecord, checkout_key: 
     """Stores a new order and its lines; a second insert of the same id changes nothing."""
     cur = await conn.execute(
         "INSERT INTO orders.orders (id, user_id, status, total, currency, pay_before, created_at, checkout_key)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING RETURNING 1",
+        # No conflict target: the same order id, or the same user and checkout key, arriving twice at once.
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING 1",
         (order.id, order.user_id, order.status, order.total, order.currency, order.pay_before, order.created_at,
          checkout_key))
     if await cur.fetchone() is None:
@@ -143,6 +144,13 @@ async def attempt(conn: AsyncConnection, user: str, key: str) -> PaymentAttempt 
         " WHERE user_id = %s AND idempotency_key = %s", (user, key))
     row = await cur.fetchone()
     return PaymentAttempt(bytes(row[0]), *row[1:]) if row else None
+
+
+async def pending_attempts(conn: AsyncConnection, order_id: str) -> list[str]:
+    """Payment ids of the order's attempts that may have been charged and were cut off."""
+    cur = await conn.execute("SELECT payment_id FROM orders.payments WHERE order_id = %s AND state = 'PENDING'"
+                             " ORDER BY created_at", (order_id,))
+    return [r[0] for r in await cur.fetchall()]
 
 
 async def insert_attempt(conn: AsyncConnection, user: str, key: str, a: PaymentAttempt) -> None:

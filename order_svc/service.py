@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import uuid
-from datetime import timedelta
+from datetime import timezone
 
 import grpc
 import psycopg
@@ -22,13 +23,19 @@ from shop_runtime.clients import ServiceClient
 from shop_runtime.clock import Clock
 from shop_runtime.errors import ServiceError, invalid_argument
 from shop_runtime.live_settings import LiveSettings
-from shop_runtime.validation import MAX_TOTAL, page_and_limit
+from shop_runtime.validation import page_and_limit
 
 _LOGGER = logging.getLogger(__name__)
 
 CURRENCY = "IDR"
 # A payment started inside the window keeps the units this much longer while the provider answers.
 PAYMENT_GRACE_SECONDS = 60
+# How long the provider may take before the attempt counts as unanswered (well inside the grace).
+PROVIDER_TIMEOUT_SECONDS = 15.0
+# The longest hold inventory grants.
+MAX_HOLD_SECONDS = 86_400
+# Inventory's refusals that mean an order's units are no longer held for it.
+_HOLDS_GONE = ("OUT_OF_STOCK", "HOLD_NOT_ACTIVE", "HOLD_NOT_FOUND", "HOLD_NOT_OWNED")
 # Order ids of checkouts with an idempotency key derive from (user, key), so retries converge.
 _CHECKOUT_NAMESPACE = uuid.UUID("6f1c2a3e-7d4b-4b8e-9a51-2c0d8e4f5a61")
 
@@ -44,6 +51,11 @@ def _not_found(order_id: str) -> ServiceError:
 def _expired(order_id: str) -> ServiceError:
     return _error(grpc.StatusCode.ABORTED, "ORDER_EXPIRED", "the payment window of this order has closed",
                   order_id=order_id)
+
+
+def _reused() -> ServiceError:
+    return _error(grpc.StatusCode.ABORTED, "IDEMPOTENCY_KEY_REUSED",
+                  "this idempotency key was used for a different payment")
 
 
 def _order_uuid(order_id: str) -> str | None:
@@ -83,22 +95,15 @@ class Orders:
                     return earlier
         order_id = str(uuid.uuid5(_CHECKOUT_NAMESPACE, f"{user}\x00{key}") if key else uuid.uuid4())
         window = self._live.get("payment_window_seconds")
-        # The window starts before the holds move, so they never run out before pay_before does.
         now = self._clock.now()
+        # The cart fixes names and prices and refuses what cannot be ordered before any hold moves.
         handed = await self._cart.call("CheckoutCart", cart_pb2.CheckoutCartRequest(order_id=order_id, ttl_seconds=window),
                                        user=user)
-        products = await self._catalog.call("BatchGetProducts", catalog_pb2.BatchGetProductsRequest(
-            skus=[line.sku for line in handed.lines]))
-        by_sku = {p.sku: p for p in products.products}
-        items = [Item(line.sku, by_sku[line.sku].name if line.sku in by_sku else line.sku,
-                      by_sku[line.sku].price if line.sku in by_sku else 0, line.qty, line.hold_id)
-                 for line in handed.lines]
-        total = sum(i.price * i.qty for i in items)
-        if total > MAX_TOTAL:
-            raise _error(grpc.StatusCode.INVALID_ARGUMENT, "TOTAL_LIMIT", f"an order totals at most {MAX_TOTAL} IDR",
-                         max=MAX_TOTAL)
-        order = OrderRecord(order_id, user, "PENDING_PAYMENT", total, CURRENCY, now + timedelta(seconds=window),
-                            now, None, None, items)
+        items = [Item(line.sku, line.name, line.price, line.qty, line.hold_id) for line in handed.lines]
+        # The window ends when the first hold runs out: a replayed hand-over keeps its first expiry.
+        pay_before = min(line.reserved_until.ToDatetime(tzinfo=timezone.utc) for line in handed.lines)
+        order = OrderRecord(order_id, user, "PENDING_PAYMENT", sum(i.price * i.qty for i in items), CURRENCY,
+                            pay_before, min(now, pay_before), None, None, items)
         async with self._pool.connection() as conn, conn.transaction():
             await repo.insert_order(conn, order, key or None)
             return await repo.get_order(conn, order_id, user)
@@ -106,7 +111,13 @@ class Orders:
     # --- payment ------------------------------------------------------------------------------
 
     async def pay(self, user: str, key: str, order_id: str, amount: int, method: str, token: str) -> OrderRecord:
-        """Charges the order's total and sells its held units; a key answers its first answer again."""
+        """Charges the order's total and sells its held units; a key answers its first answer again.
+
+        At most one charge stands per order: the attempt is committed before the provider is called,
+        a retry resumes it with the same payment id (charged at most once by the provider), an attempt
+        left pending under another key is refunded before a new one, and a charge whose units cannot
+        be sold is refunded.
+        """
         if not key:
             raise _error(grpc.StatusCode.INVALID_ARGUMENT, "IDEMPOTENCY_KEY_REQUIRED",
                          "POST /payment needs an Idempotency-Key header")
@@ -115,25 +126,27 @@ class Orders:
             raise _not_found(order_id)
         request_hash = idempotency.fingerprint("pay", order_uuid, amount, method, token)
         async with self._pool.connection() as conn, conn.transaction():
-            # The order's row lock makes concurrent payments of one order take turns.
+            # The order's row lock makes payments of one order (and its expiry) take turns.
             order = await repo.get_order(conn, order_uuid, user, for_update=True)
             if order is None:
                 raise _not_found(order_id)
             now = self._clock.now()
-            earlier = await repo.attempt(conn, user, key)
-            if earlier is not None:
-                if earlier.request_hash != request_hash:
-                    raise _error(grpc.StatusCode.ABORTED, "IDEMPOTENCY_KEY_REUSED",
-                                 "this idempotency key was used for a different payment")
-                if earlier.state == "SUCCEEDED":
+            attempt = await repo.attempt(conn, user, key)
+            if attempt is not None:
+                if attempt.request_hash != request_hash:
+                    raise _reused()
+                if attempt.state == "SUCCEEDED":
                     return order
-                if earlier.state == "DECLINED":
+                if attempt.state == "DECLINED":
                     raise self._declined(order_id)
-                if earlier.state == "REFUNDED" or order.status == "PAID":
-                    # An attempt cut off after charging, overtaken by another payment: give the money back.
-                    await self._refund(earlier.payment_id)
-                    raise self._already_paid(order_id) if order.status == "PAID" else _expired(order_id)
-                attempt = earlier  # cut off between the provider and here: resume it
+                if attempt.state == "REFUNDED":
+                    raise self._already_paid(order_id) if order.status == "PAID" else _error(
+                        grpc.StatusCode.ABORTED, "PAYMENT_SUPERSEDED",
+                        "this payment was cancelled and refunded; pay with a new Idempotency-Key", order_id=order_id)
+                if order.status == "PAID":  # paid under another key meanwhile: this attempt's charge goes back
+                    await self._refund(attempt.payment_id)
+                    raise self._already_paid(order_id)
+                # PENDING: cut off between the provider and here; resumed below with its own payment id.
             else:
                 if order.status == "PAID":
                     raise self._already_paid(order_id)
@@ -142,18 +155,25 @@ class Orders:
                 if amount != order.total:
                     raise _error(grpc.StatusCode.INVALID_ARGUMENT, "AMOUNT_MISMATCH",
                                  f"the order totals {order.total}, not {amount}", total=order.total)
-                attempt = PaymentAttempt(request_hash, order_uuid, f"pay_{uuid.uuid4().hex}", "PENDING")
-                # Committed before the provider is called: a crash after the charge cannot lead to a second one.
                 async with await self._side() as side:
-                    await repo.insert_attempt(side, user, key, attempt)
+                    # An earlier attempt under another key may have been charged and cut off: refund it first.
+                    for other in await repo.pending_attempts(side, order_uuid):
+                        await self._refund(other)
+                    attempt = PaymentAttempt(request_hash, order_uuid, f"pay_{uuid.uuid4().hex}", "PENDING")
+                    try:
+                        # Committed before the provider is called: a crash after the charge cannot lead to a second.
+                        await repo.insert_attempt(side, user, key, attempt)
+                    except psycopg.errors.UniqueViolation:  # the same key, at the same moment, for another order
+                        raise _reused() from None
             if order.status_at(now) == "EXPIRED":
                 await self._refund(attempt.payment_id)
                 raise _expired(order_id)
-            holds = await self._keep_units(order, attempt.payment_id, now, user)
-            await repo.set_hold_ids(conn, order_uuid, holds)
+            holds = await self._keep_units(order, attempt.payment_id, user)
             try:
-                charge = await self._provider.charge(attempt.payment_id, order.total, order.currency, method, token)
-            except ProviderUnavailable as err:
+                charge = await asyncio.wait_for(
+                    self._provider.charge(attempt.payment_id, order.total, order.currency, method, token),
+                    PROVIDER_TIMEOUT_SECONDS)
+            except (ProviderUnavailable, asyncio.TimeoutError) as err:
                 # The attempt stays PENDING: a retry with the same key asks again for the same payment id.
                 raise _error(grpc.StatusCode.UNAVAILABLE, "PAYMENT_PROVIDER_UNAVAILABLE",
                              "the payment provider did not answer; retry with the same Idempotency-Key",
@@ -162,30 +182,50 @@ class Orders:
                 async with await self._side() as side:
                     await repo.set_attempt_state(side, attempt.payment_id, "DECLINED")
                 raise self._declined(order_id, charge.reason)
-            await self._inventory.call("CommitHolds", inventory_pb2.CommitHoldsRequest(
-                hold_ids=holds, idempotency_key=f"pay:{order_uuid}"), user=user)
-            await repo.mark_paid(conn, order_uuid, attempt.payment_id, self._clock.now())
-            await repo.set_attempt_state(conn, attempt.payment_id, "SUCCEEDED")
-            sales = catalog_pb2.RecordSalesRequest(order_id=order_uuid, lines=[
-                catalog_pb2.SaleLine(sku=i.sku, qty=i.qty) for i in order.items])
-            await repo.add_outbox(conn, order_uuid, sales.SerializeToString())
+            try:
+                await self._inventory.call("CommitHolds", inventory_pb2.CommitHoldsRequest(
+                    hold_ids=holds, idempotency_key=f"pay:{order_uuid}"), user=user)
+            except ServiceError as err:
+                if err.reason not in _HOLDS_GONE:
+                    raise  # e.g. inventory unavailable: a retry with the key resumes this attempt
+                await self._refund(attempt.payment_id)
+                raise _expired(order_id) from err
+            await self._record_paid(conn, order, attempt.payment_id)
             paid = await repo.get_order(conn, order_uuid, user)
         await self.deliver_sales()
         return paid
 
-    async def _keep_units(self, order: OrderRecord, payment_id: str, now, user: str) -> list[str]:
-        """Keeps the order's units past the provider's answer; an order whose units are gone is expired."""
-        ttl = max(1, math.ceil((order.pay_before - now).total_seconds())) + PAYMENT_GRACE_SECONDS
+    async def _record_paid(self, conn, order: OrderRecord, payment_id: str) -> None:
+        """The order is paid: its status, its attempt, and its units sold queued for the catalog."""
+        await repo.mark_paid(conn, order.id, payment_id, self._clock.now())
+        await repo.set_attempt_state(conn, payment_id, "SUCCEEDED")
+        sales = catalog_pb2.RecordSalesRequest(order_id=order.id, lines=[
+            catalog_pb2.SaleLine(sku=i.sku, qty=i.qty) for i in order.items])
+        await repo.add_outbox(conn, order.id, sales.SerializeToString())
+
+    async def _keep_units(self, order: OrderRecord, payment_id: str, user: str) -> list[str]:
+        """Keeps the order's units past the provider's answer; an order whose units are gone is expired.
+
+        The time to live depends only on the stored order, so a retry of the attempt replays the same
+        (idempotent) inventory call instead of being refused as a reused key.
+        """
+        window = max(1, math.ceil((order.pay_before - order.created_at).total_seconds()))
+        ttl = min(window + PAYMENT_GRACE_SECONDS, MAX_HOLD_SECONDS)
         try:
             answer = await self._inventory.call("ExtendHolds", inventory_pb2.ExtendHoldsRequest(
                 hold_ids=[i.hold_id for i in order.items], owner=f"order:{order.id}", order_id=order.id,
                 ttl_seconds=ttl, idempotency_key=f"pay-hold:{payment_id}"), user=user)
         except ServiceError as err:
-            if err.reason in ("OUT_OF_STOCK", "HOLD_NOT_ACTIVE", "HOLD_NOT_FOUND"):
+            if err.reason in _HOLDS_GONE:
                 await self._refund(payment_id)
                 raise _expired(order.id) from err
             raise
-        return [h.hold_id for h in answer.holds]
+        holds = [h.hold_id for h in answer.holds]
+        if holds != [i.hold_id for i in order.items]:
+            # Recorded at once, on its own connection: a decline rolls the payment back, not this.
+            async with await self._side() as side:
+                await repo.set_hold_ids(side, order.id, holds)
+        return holds
 
     async def _refund(self, payment_id: str) -> None:
         await self._provider.refund(payment_id)
@@ -227,8 +267,12 @@ class Orders:
     # --- background -------------------------------------------------------------------------
 
     async def expire_due(self, limit: int = 100) -> int:
-        """Expires unpaid orders past their window and gives their units back; safe in every replica."""
-        expired = 0
+        """Ends unpaid orders past their window: units back, cut-off charges refunded; safe in every replica.
+
+        An order whose units were sold by a payment cut off before it was recorded is finished as
+        paid instead: the charge happened before the units were sold.
+        """
+        ended = 0
         for _ in range(limit):
             async with self._pool.connection() as conn, conn.transaction():
                 due = await repo.due_orders(conn, self._clock.now(), 1)
@@ -236,17 +280,28 @@ class Orders:
                     break
                 ((order_id, user),) = due
                 order = await repo.get_order(conn, order_id, user)
-                try:
-                    await self._inventory.call("ReleaseHolds", inventory_pb2.ReleaseHoldsRequest(
-                        hold_ids=[i.hold_id for i in order.items], owner=f"order:{order_id}",
-                        idempotency_key=f"expire:{order_id}"))
-                except ServiceError as err:
-                    if err.reason not in ("HOLD_NOT_ACTIVE", "HOLD_NOT_OWNED", "HOLD_NOT_FOUND"):
-                        raise
-                    # Already expired in inventory: its units are back anyway.
+                pending = await repo.pending_attempts(conn, order_id)
+                hold_ids = [i.hold_id for i in order.items]
+                found = (await self._inventory.call("GetHolds", inventory_pb2.GetHoldsRequest(hold_ids=hold_ids))).holds
+                if pending and len(found) == len(hold_ids) and all(
+                        h.state == inventory_pb2.HOLD_STATE_COMMITTED for h in found):
+                    _LOGGER.warning("order %s: units sold by payment %s, recording it as paid", order_id, pending[-1])
+                    await self._record_paid(conn, order, pending[-1])
+                    ended += 1
+                    continue
+                for hold_id in hold_ids:  # one by one: a hold that already expired does not keep the others
+                    try:
+                        await self._inventory.call("ReleaseHolds", inventory_pb2.ReleaseHoldsRequest(
+                            hold_ids=[hold_id], owner=f"order:{order_id}", idempotency_key=f"expire:{hold_id}"))
+                    except ServiceError as err:
+                        if err.reason not in _HOLDS_GONE:
+                            raise
+                        # Already expired in inventory: its units are back anyway.
+                for payment_id in pending:
+                    await self._refund(payment_id)
                 await repo.mark_expired(conn, order_id)
-                expired += 1
-        return expired
+                ended += 1
+        return ended
 
     async def deliver_sales(self, limit: int = 100) -> int:
         """Sends paid orders' units sold to the catalog (each once); what fails stays for the next pass."""

@@ -75,9 +75,57 @@ def test_a_lost_provider_answer_retried_with_the_key_charges_once(order, suite):
     assert lost.status_code == 503 and reason(lost) == "PAYMENT_PROVIDER_UNAVAILABLE"
     assert shopper.order(o["orderId"]).json()["status"] == "PENDING_PAYMENT"
     assert charges(suite, o["orderId"]) == 1, "the provider did charge; only its answer was lost"
+    time.sleep(1.2)  # a retry some time later must replay the same inventory calls, not be refused
     retried = shopper.pay(o["orderId"], o["total"], key=key, token="tok_timeout")
     assert retried.status_code == 200 and retried.json()["status"] == "PAID"
     assert charges(suite, o["orderId"]) == 1
+
+
+def test_a_cut_off_charge_under_one_key_is_refunded_when_another_key_pays(order, suite):
+    shopper, o = order
+    first_key = uuid.uuid4().hex
+    assert reason(shopper.pay(o["orderId"], o["total"], key=first_key, token="tok_timeout")) == \
+        "PAYMENT_PROVIDER_UNAVAILABLE"
+    second = shopper.pay(o["orderId"], o["total"])  # the customer clicks pay again: a new key
+    assert second.status_code == 200 and second.json()["status"] == "PAID"
+    assert charges(suite, o["orderId"]) == 1, "the cut-off charge was refunded before the new one"
+    late = shopper.pay(o["orderId"], o["total"], key=first_key, token="tok_timeout")
+    assert late.status_code == 409 and reason(late) == "ALREADY_PAID"
+    assert charges(suite, o["orderId"]) == 1
+
+
+def test_the_sweeper_finishes_a_payment_cut_off_after_selling_and_refunds_one_cut_off_before(http, suite, kv):
+    import grpc
+
+    from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+
+    sku = "BE-0016"
+    admin = suite.auth("ops", "admin")
+    http.put(f"/admin/stock/{sku}", json={"onHand": 10}, headers=admin)
+    kv("shop/config/payment_window_seconds", "2")
+    sold, unsold = Shopper(http, suite), Shopper(http, suite)
+    orders = {}
+    deadline = time.monotonic() + 5
+    for shopper in (sold, unsold):
+        while True:
+            shopper.add(sku, 1)
+            o = shopper.checkout().json()
+            if seconds(o["payBefore"]) - seconds(o["createdAt"]) < 2.5 or time.monotonic() > deadline:
+                break
+        orders[shopper.user] = o
+        assert reason(shopper.pay(o["orderId"], o["total"], token="tok_timeout")) == "PAYMENT_PROVIDER_UNAVAILABLE"
+    # `sold`'s payment got as far as selling the units, then its process died.
+    with psycopg.connect(suite.dsn) as conn:
+        holds = [r[0] for r in conn.execute("SELECT hold_id::text FROM orders.items WHERE order_id = %s",
+                                            (orders[sold.user]["orderId"],))]
+    with grpc.insecure_channel(f"127.0.0.1:{suite.ports.services['inventory']}") as channel:
+        inventory_pb2_grpc.InventoryServiceStub(channel).CommitHolds(
+            inventory_pb2.CommitHoldsRequest(hold_ids=holds, idempotency_key=f"pay:{orders[sold.user]['orderId']}"))
+    time.sleep(3.5)  # past both windows, and a sweep
+    assert sold.order(orders[sold.user]["orderId"]).json()["status"] == "PAID"
+    assert charges(suite, orders[sold.user]["orderId"]) == 1
+    assert unsold.order(orders[unsold.user]["orderId"]).json()["status"] == "EXPIRED"
+    assert charges(suite, orders[unsold.user]["orderId"]) == 0, "a charge for units never sold is refunded"
 
 
 def test_a_declined_answer_is_replayed_too(order):
