@@ -179,7 +179,8 @@ def test_payment_after_the_window_is_refused_and_the_units_are_back(http, suite,
     while seconds(o["payBefore"]) - seconds(o["createdAt"]) > 2.5 and time.monotonic() < deadline:
         time.sleep(0.2)
         o = checkout()
-    assert seconds(o["payBefore"]) - seconds(o["createdAt"]) == pytest.approx(2, abs=0.01)
+    # The window is the setting plus the hand-over of the cart (milliseconds): 2 s, not the default 900 s.
+    assert seconds(o["payBefore"]) - seconds(o["createdAt"]) == pytest.approx(2, abs=0.5)
     time.sleep(2.5)
     assert shopper.order(o["orderId"]).json()["status"] == "EXPIRED"
     resp = shopper.pay(o["orderId"], o["total"])
