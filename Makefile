@@ -9,13 +9,17 @@ DESCRIPTOR := $(GEN)/shop.pb
 CONSUL_LOCAL := .tools/bin/consul
 NEWMAN := .tools/node/node_modules/.bin/newman
 
-.PHONY: run test openapi newman token audit bench setup venv proto consul test-tools unit integration e2e clean demo-data
+.PHONY: run test lint openapi newman token audit bench setup venv proto consul test-tools unit integration e2e clean demo-data
 
 run: setup
 	$(PY) -m devstack run
 
-test: setup test-tools $(NEWMAN)
+test: setup test-tools $(NEWMAN) lint
 	$(PY) -m pytest -q tests
+
+# Names that are undefined, unused or shadowed, and syntax errors.
+lint: venv
+	$(PY) -m ruff check --quiet --select F,E9 --exclude gen .
 
 # The OpenAPI document of the REST routes, generated from the protos (a test fails when it drifts).
 openapi: setup

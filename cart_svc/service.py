@@ -185,7 +185,7 @@ class Carts:
                 cart_pb2.CheckedOutLine(sku=line.sku, qty=line.qty, hold_id=hold.hold_id,
                                         reserved_until=hold.expires_at, name=products[line.sku].name,
                                         price=products[line.sku].price)
-                for line, hold in zip(lines, answer.holds)
+                for line, hold in zip(lines, answer.holds, strict=True)
             ])
             await repo.delete_lines(conn, user, [line.sku for line in lines])
             await repo.record_checkout(conn, order_id, user, response.SerializeToString())

@@ -21,7 +21,7 @@ from shop.inventory.v1 import inventory_pb2
 from shop_runtime import idempotency
 from shop_runtime.clients import ServiceClient
 from shop_runtime.clock import Clock
-from shop_runtime.errors import ServiceError, invalid_argument
+from shop_runtime.errors import ServiceError
 from shop_runtime.live_settings import LiveSettings
 from shop_runtime.validation import page_and_limit
 

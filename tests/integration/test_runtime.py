@@ -1,8 +1,6 @@
 """The shared runtime's promises, on real Postgres and Consul: drain on stop, health that follows the database."""
 
 import asyncio
-import dataclasses
-import signal
 import socket
 import time
 
