@@ -75,9 +75,8 @@ class Carts:
         answer = await self._catalog.call("BatchGetProducts", catalog_pb2.BatchGetProductsRequest(skus=skus))
         return {p.sku: Product(p.name, p.price) for p in answer.products}
 
-    async def _check_total(self, conn: AsyncConnection, user: str, sku: str, qty: int, product: Product) -> None:
-        current = await repo.lines(conn, user)
-        others = [line for line in current if line.sku != sku]
+    async def _check_total(self, lines: list[Line], sku: str, qty: int, product: Product) -> None:
+        others = [line for line in lines if line.sku != sku]
         prices = await self._products([line.sku for line in others])
         total = product.price * qty + sum(prices[line.sku].price * line.qty for line in others if line.sku in prices)
         if total > MAX_TOTAL:
@@ -112,11 +111,12 @@ class Carts:
             raise ServiceError(grpc.StatusCode.NOT_FOUND, "PRODUCT_NOT_FOUND", f"no product {sku!r}", {"sku": sku})
         async with self._pool.connection() as conn, conn.transaction():
             await repo.lock_user(conn, user)
-            line = next((x for x in await repo.lines(conn, user) if x.sku == sku), None)
+            lines = await repo.lines(conn, user)
+            line = next((x for x in lines if x.sku == sku), None)
             qty = qty_of(line)
             if qty > MAX_LINE_QTY:
                 raise _qty_limit(qty)
-            await self._check_total(conn, user, sku, qty, product)
+            await self._check_total(lines, sku, qty, product)
             await self._hold(conn, user, sku, qty, line)
         return await self.view(user)
 

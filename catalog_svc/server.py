@@ -4,15 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import grpc
-
 from catalog_svc.service import Catalog
 from catalog_svc.servicer import CatalogServicer
 from shop.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shop_runtime.clients import ServiceClient
 from shop_runtime.config import ServiceSettings
-from shop_runtime.errors import unavailable
 from shop_runtime.server import Deps, GrpcApp, ServiceSpec, build_server
 
 # How long the catalog waits for inventory before answering UNAVAILABLE.
@@ -23,22 +20,16 @@ def availability_from(inventory: ServiceClient):
     """An availability lookup through inventory's batch RPC, tried on a second instance if the first is down."""
 
     async def lookup(skus: list[str]) -> dict[str, int]:
-        request = inventory_pb2.GetAvailabilityRequest(skus=skus)
-        for attempt in range(2):
-            try:
-                answer = await inventory.stub().GetAvailability(request, timeout=AVAILABILITY_TIMEOUT)
-                return {item.sku: item.available for item in answer.items}
-            except grpc.aio.AioRpcError as err:
-                if err.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) or attempt:
-                    raise unavailable(inventory.service) from err
-        raise AssertionError("unreachable")
+        answer = await inventory.call("GetAvailability", inventory_pb2.GetAvailabilityRequest(skus=skus),
+                                      timeout=AVAILABILITY_TIMEOUT, attempts=2)
+        return {item.sku: item.available for item in answer.items}
 
     return lookup
 
 
 def create_server(settings: ServiceSettings, deps: Deps) -> GrpcApp:
     """The catalog server, asking inventory (found through Consul) for availability."""
-    inventory = deps.client("inventory", inventory_pb2_grpc.InventoryServiceStub)
+    inventory = deps.client("inventory", inventory_pb2_grpc.InventoryServiceStub, settings.service_name)
     catalog = Catalog(deps.pool, availability_from(inventory))
     return build_server(
         settings,

@@ -64,23 +64,23 @@ async def _with_items(conn: AsyncConnection, rows: list[tuple]) -> list[OrderRec
     return [OrderRecord(*r, items=items.get(r[0], [])) for r in rows]
 
 
+async def _one_order(conn: AsyncConnection, where: str, params: tuple) -> OrderRecord | None:
+    cur = await conn.execute(f"SELECT {_ORDER_COLUMNS} FROM orders.orders WHERE {where}", params)
+    row = await cur.fetchone()
+    return (await _with_items(conn, [row]))[0] if row else None
+
+
 async def get_order(conn: AsyncConnection, order_id: str, user: str, *, for_update: bool = False) -> OrderRecord | None:
     """The user's order, optionally locked for the rest of the transaction; None for anyone else's."""
     # NO KEY UPDATE: concurrent payments of the order take turns, while rows that merely reference it
     # (a payment attempt written on another connection) can still be inserted.
     lock = " FOR NO KEY UPDATE" if for_update else ""
-    cur = await conn.execute(f"SELECT {_ORDER_COLUMNS} FROM orders.orders WHERE id = %s AND user_id = %s{lock}",
-                             (order_id, user))
-    found = await _with_items(conn, [r for r in [await cur.fetchone()] if r])
-    return found[0] if found else None
+    return await _one_order(conn, f"id = %s AND user_id = %s{lock}", (order_id, user))
 
 
 async def order_by_checkout_key(conn: AsyncConnection, user: str, key: str) -> OrderRecord | None:
     """The order an earlier checkout with this key made."""
-    cur = await conn.execute(f"SELECT {_ORDER_COLUMNS} FROM orders.orders WHERE user_id = %s AND checkout_key = %s",
-                             (user, key))
-    found = await _with_items(conn, [r for r in [await cur.fetchone()] if r])
-    return found[0] if found else None
+    return await _one_order(conn, "user_id = %s AND checkout_key = %s", (user, key))
 
 
 async def list_orders(conn: AsyncConnection, user: str, limit: int, offset: int) -> tuple[list[OrderRecord], int]:

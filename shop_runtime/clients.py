@@ -19,6 +19,8 @@ StubT = TypeVar("StubT")
 
 # How long a call to another service may take before it counts as failed.
 CALL_TIMEOUT = 5.0
+# Failures that mean the instance, not the request, is the problem.
+_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 class ServiceClient(Generic[StubT]):
@@ -44,13 +46,19 @@ class ServiceClient(Generic[StubT]):
         instance = instances[next(self._turn) % len(instances)]
         return self._entry(instance)[1]
 
-    async def call(self, method: str, request: Any, *, user: str | None = None, timeout: float = CALL_TIMEOUT) -> Any:
+    async def call(self, method: str, request: Any, *, user: str | None = None, timeout: float = CALL_TIMEOUT,
+                   attempts: int = 1) -> Any:
         """Calls `method` on the next passing instance on behalf of `user`; the callee's refusal is
-        raised as this service's own ServiceError, a dead callee as UNAVAILABLE."""
-        try:
-            return await getattr(self.stub(), method)(request, timeout=timeout, metadata=outgoing(self._caller, user))
-        except grpc.aio.AioRpcError as err:
-            raise relay(err, self.service) from err
+        raised as this service's own ServiceError, a dead callee as UNAVAILABLE. With attempts > 1, a
+        dead or silent instance is followed by the next one (for reads and idempotent calls only)."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return await getattr(self.stub(), method)(request, timeout=timeout,
+                                                          metadata=outgoing(self._caller, user))
+            except grpc.aio.AioRpcError as err:
+                if attempt == attempts or err.code() not in _RETRYABLE:
+                    raise relay(err, self.service) from err
+        raise AssertionError("attempts must be 1 or more")
 
     def _entry(self, instance: Instance) -> tuple[grpc.aio.Channel, StubT]:
         entry = self._channels.get(instance.target)
