@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+import json
 
 from psycopg import AsyncConnection
 
+from cart_svc.model import CartView, Line
+
 # First key of the two-int advisory lock that serialises one user's cart changes.
 USER_LOCK_NAMESPACE = 3
-
-
-@dataclass(frozen=True)
-class Line:
-    """A cart line as stored."""
-
-    sku: str
-    qty: int
-    hold_id: str
-    reserved_until: datetime
-    added_at: datetime
 
 
 async def lock_user(conn: AsyncConnection, user: str) -> None:
@@ -64,3 +54,23 @@ async def record_checkout(conn: AsyncConnection, order_id: str, user: str, respo
     """Keeps the answer of a hand-over to `order_id`."""
     await conn.execute("INSERT INTO cart.checkouts (order_id, user_id, response) VALUES (%s, %s, %s)",
                        (order_id, user, response))
+
+
+async def change(conn: AsyncConnection, user: str, key: str) -> tuple[bytes, CartView] | None:
+    """(request hash, first answer) of the user's change made under `key`."""
+    cur = await conn.execute("SELECT request_hash, response FROM cart.changes WHERE user_id = %s AND key = %s",
+                             (user, key))
+    row = await cur.fetchone()
+    return (bytes(row[0]), CartView.from_json(row[1])) if row else None
+
+
+async def record_change(conn: AsyncConnection, user: str, key: str, request_hash: bytes, view: CartView) -> None:
+    """Keeps the first answer of the user's change under `key`, in the change's own transaction."""
+    await conn.execute("INSERT INTO cart.changes (user_id, key, request_hash, response) VALUES (%s, %s, %s, %s)",
+                       (user, key, request_hash, json.dumps(view.to_json())))
+
+
+async def line_with_hold(conn: AsyncConnection, user: str, hold_id: str) -> bool:
+    """Whether one of the user's lines refers to the hold."""
+    cur = await conn.execute("SELECT 1 FROM cart.lines WHERE user_id = %s AND hold_id = %s", (user, hold_id))
+    return await cur.fetchone() is not None

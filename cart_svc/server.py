@@ -2,27 +2,49 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from cart_svc.service import Carts
 from cart_svc.servicer import CartServicer
+from catalog_svc import client as catalog_client
+from catalog_svc.client import CatalogClient
+from inventory_svc import client as inventory_client
+from inventory_svc.client import InventoryClient
 from shop.cart.v1 import cart_pb2, cart_pb2_grpc
-from shop.catalog.v1 import catalog_pb2_grpc
-from shop.inventory.v1 import inventory_pb2_grpc
-from shop_runtime.config import ServiceSettings
-from shop_runtime.server import Deps, GrpcApp, ServiceSpec, build_server
+from shop_runtime.config import ServiceSettings, env_float
+from shop_runtime.server import Deps, GrpcApp, ServiceSpec, build_server, periodic
+
+_LOGGER = logging.getLogger(__name__)
+
+
+def reconciler(carts: Carts, interval: float):
+    """Gives back cart holds that no cart line refers to."""
+
+    async def reconcile() -> bool:
+        if repaired := await carts.reconcile():
+            _LOGGER.info("reconciler: %d repair(s)", repaired)
+        return False
+
+    return periodic("cart-reconciler", reconcile, interval)
 
 
 def create_server(settings: ServiceSettings, deps: Deps) -> GrpcApp:
     """The cart server, holding units through inventory and naming products through the catalog."""
-    carts = Carts(deps.pool, deps.client("inventory", inventory_pb2_grpc.InventoryServiceStub, settings.service_name),
-                  deps.client("catalog", catalog_pb2_grpc.CatalogServiceStub, settings.service_name),
+    carts = Carts(deps.pool,
+                  InventoryClient(deps.client("inventory", inventory_client.STUB, settings.service_name)),
+                  CatalogClient(deps.client("catalog", catalog_client.STUB, settings.service_name)),
                   deps.live, deps.clock)
-    return build_server(
+    app = build_server(
         settings,
         [(cart_pb2_grpc.add_CartServiceServicer_to_server, CartServicer(carts))],
         [cart_pb2.DESCRIPTOR.services_by_name["CartService"].full_name],
     )
+    # How often cart holds no line refers to are looked for; 0 turns it off.
+    interval = env_float("RECONCILE_INTERVAL_SECONDS", 30.0)
+    if interval > 0:
+        app.background.append(reconciler(carts, interval))
+    return app
 
 
 SPEC = ServiceSpec(

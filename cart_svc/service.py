@@ -2,54 +2,29 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
-from dataclasses import dataclass
-from datetime import timezone
-from typing import Callable
 
 import grpc
-from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from cart_svc import repository as repo
-from cart_svc.repository import Line
+from cart_svc.model import (MAX_LINE_QTY, MISSING_PRODUCT, CartView, Line, Product, ViewLine, change_key,
+                            owner_of, user_of)
+from catalog_svc.client import CatalogClient
+from inventory_svc.client import ACTIVE, HOLD_GONE, Hold, InventoryClient
 from shop.cart.v1 import cart_pb2
-from shop.catalog.v1 import catalog_pb2
-from shop.inventory.v1 import inventory_pb2
-from shop_runtime.clients import ServiceClient
+from shop_runtime import idempotency
 from shop_runtime.clock import Clock
 from shop_runtime.errors import ServiceError, invalid_argument
 from shop_runtime.live_settings import LiveSettings
+from shop_runtime.metrics import REPAIRS
 from shop_runtime.validation import MAX_TOTAL
 
-MAX_LINE_QTY = 100
-# Refusals that mean a line's hold can no longer be changed, so the line needs a new one.
-_HOLD_GONE = {"HOLD_NOT_ACTIVE", "HOLD_NOT_OWNED", "HOLD_NOT_FOUND"}
+_LOGGER = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class Product:
-    """What the cart shows of a product: its current name and price."""
-
-    name: str
-    price: int
-
-
-@dataclass(frozen=True)
-class CartView:
-    """A user's cart with current names and prices."""
-
-    lines: list[tuple[Line, Product, bool]]  # (line, product, expired)
-
-    @property
-    def total(self) -> int:
-        """The sum of the lines' subtotals."""
-        return sum(p.price * line.qty for line, p, _ in self.lines)
-
-
-def owner_of(user: str) -> str:
-    """The inventory owner of a user's cart holds."""
-    return f"cart:{user}"
+# A cart hold nobody refers to is given back once it is this old: older than any change still under way.
+ORPHAN_AGE_SECONDS = 60
 
 
 def _qty_limit(qty: int) -> ServiceError:
@@ -58,10 +33,24 @@ def _qty_limit(qty: int) -> ServiceError:
                         {"max": MAX_LINE_QTY, "qty": qty})
 
 
-class Carts:
-    """Carts in the cart schema; their holds in inventory; names and prices from the catalog."""
+def _reused() -> ServiceError:
+    return ServiceError(grpc.StatusCode.ABORTED, "IDEMPOTENCY_KEY_REUSED",
+                        "this idempotency key was used for a different cart change")
 
-    def __init__(self, pool: AsyncConnectionPool, inventory: ServiceClient, catalog: ServiceClient,
+
+class Carts:
+    """Carts in the cart schema; their holds in inventory (the truth of a line's units); names and prices
+    from the catalog.
+
+    A change sends inventory an idempotency key derived from the change (the shopper's Idempotency-Key,
+    else one made for the request), so the inventory client's retries after a lost answer take effect
+    once; an add grows the hold by its units (decided on the hold's own quantity), so a change whose
+    answer never came back is not undone or doubled by the next one; the view and the checkout take
+    quantities from the holds; a hold made for a change that never reached its line is found by the
+    reconciler and given back.
+    """
+
+    def __init__(self, pool: AsyncConnectionPool, inventory: InventoryClient, catalog: CatalogClient,
                  live: LiveSettings, clock: Clock):
         self._pool = pool
         self._inventory = inventory
@@ -69,95 +58,121 @@ class Carts:
         self._live = live
         self._clock = clock
 
-    async def _products(self, skus: list[str]) -> dict[str, Product]:
-        if not skus:
-            return {}
-        answer = await self._catalog.call("BatchGetProducts", catalog_pb2.BatchGetProductsRequest(skus=skus))
-        return {p.sku: Product(p.name, p.price) for p in answer.products}
-
     async def _check_total(self, lines: list[Line], sku: str, qty: int, product: Product) -> None:
         others = [line for line in lines if line.sku != sku]
-        prices = await self._products([line.sku for line in others])
+        prices = await self._catalog.products([line.sku for line in others])
         total = product.price * qty + sum(prices[line.sku].price * line.qty for line in others if line.sku in prices)
         if total > MAX_TOTAL:
             raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "TOTAL_LIMIT",
                                f"a cart totals at most {MAX_TOTAL} IDR", {"max": MAX_TOTAL})
 
-    async def _hold(self, conn: AsyncConnection, user: str, sku: str, qty: int, line: Line | None) -> None:
-        """Makes the line hold exactly `qty` units: resizing its hold, or a new hold if it has none any more."""
+    async def _hold(self, user: str, sku: str, line: Line | None, change: str, *, add: int = 0,
+                    qty: int = 0) -> Hold:
+        """Makes the line hold `qty` units, or `add` more: on its hold, or a new hold if it has none any more."""
         ttl = self._live.get("reservation_ttl_seconds")
-        hold = None
         if line is not None:
             try:
-                answer = await self._inventory.call("ResizeHold", inventory_pb2.ResizeHoldRequest(
-                    hold_id=line.hold_id, qty=qty, ttl_seconds=ttl, owner=owner_of(user),
-                    idempotency_key=str(uuid.uuid4())), user=user)
-                hold = answer.hold
+                return await self._inventory.resize(line.hold_id, ttl, owner_of(user),
+                                                    change_key(user, change, "resize"), qty=qty, add=add,
+                                                    max_qty=MAX_LINE_QTY, user=user)
             except ServiceError as err:
-                if err.reason not in _HOLD_GONE:
+                if err.reason == "QTY_LIMIT":
+                    raise _qty_limit(int(err.metadata.get("qty", 0))) from None
+                if err.reason not in HOLD_GONE:
                     raise
-        if hold is None:
-            answer = await self._inventory.call("CreateHolds", inventory_pb2.CreateHoldsRequest(
-                owner=owner_of(user), lines=[inventory_pb2.HoldLine(sku=sku, qty=qty)], ttl_seconds=ttl,
-                idempotency_key=str(uuid.uuid4())), user=user)
-            (hold,) = answer.holds
-        added_at = line.added_at if line is not None else self._clock.now()
-        reserved_until = hold.expires_at.ToDatetime(tzinfo=timezone.utc)
-        await repo.put_line(conn, user, Line(sku, qty, hold.hold_id, reserved_until, added_at))
+        # No line, or its hold expired or ended: the whole line is held anew.
+        units = qty or add + (line.qty if line is not None else 0)
+        if units > MAX_LINE_QTY:
+            raise _qty_limit(units)
+        (hold,) = await self._inventory.hold(owner_of(user), {sku: units}, ttl, change_key(user, change, "create"),
+                                             user=user)
+        return hold
 
-    async def _change(self, user: str, sku: str, qty_of: Callable[[Line | None], int]) -> CartView:
-        product = (await self._products([sku])).get(sku)
+    async def _change(self, user: str, sku: str, key: str, request_hash: bytes, *, add: int = 0,
+                      qty: int = 0) -> CartView:
+        key = idempotency.check_key(key)
+        product = (await self._catalog.products([sku])).get(sku)
         if product is None:
             raise ServiceError(grpc.StatusCode.NOT_FOUND, "PRODUCT_NOT_FOUND", f"no product {sku!r}", {"sku": sku})
         async with self._pool.connection() as conn, conn.transaction():
             await repo.lock_user(conn, user)
+            if key and (earlier := await repo.change(conn, user, key)) is not None:
+                stored_hash, view = earlier
+                if stored_hash != request_hash:
+                    raise _reused()
+                return view
             lines = await repo.lines(conn, user)
             line = next((x for x in lines if x.sku == sku), None)
-            qty = qty_of(line)
-            if qty > MAX_LINE_QTY:
-                raise _qty_limit(qty)
-            await self._check_total(lines, sku, qty, product)
-            await self._hold(conn, user, sku, qty, line)
-        return await self.view(user)
+            wanted = qty or add + (line.qty if line else 0)
+            if wanted > MAX_LINE_QTY:
+                raise _qty_limit(wanted)
+            await self._check_total(lines, sku, wanted, product)
+            hold = await self._hold(user, sku, line, key or uuid.uuid4().hex, add=add, qty=qty)
+            added_at = line.added_at if line is not None else self._clock.now()
+            await repo.put_line(conn, user, Line(sku, hold.qty, hold.hold_id, hold.expires_at, added_at))
+            view = await self._view(await repo.lines(conn, user), {hold.hold_id: hold})
+            if key:
+                await repo.record_change(conn, user, key, request_hash, view)
+        return view
 
-    async def add(self, user: str, sku: str, qty: int) -> CartView:
-        """Adds `qty` units of `sku`, holding them; the line grows if it exists."""
+    async def add(self, user: str, sku: str, qty: int, key: str = "") -> CartView:
+        """Adds `qty` units of `sku`, holding them; the line grows if it exists. A key replays its first answer."""
         if not 1 <= qty <= MAX_LINE_QTY:
             raise invalid_argument("qty", f"qty must be within 1..{MAX_LINE_QTY}")
         if not sku:
             raise invalid_argument("sku", "sku is required")
-        return await self._change(user, sku, lambda line: qty + (line.qty if line else 0))
+        return await self._change(user, sku, key, idempotency.fingerprint("add", sku, qty), add=qty)
 
-    async def set_quantity(self, user: str, sku: str, qty: int) -> CartView:
+    async def set_quantity(self, user: str, sku: str, qty: int, key: str = "") -> CartView:
         """Sets the line to exactly `qty` units; 0 removes it and gives its units back."""
         if not 0 <= qty <= MAX_LINE_QTY:
             raise invalid_argument("qty", f"qty must be within 0..{MAX_LINE_QTY}")
         if qty > 0:
-            return await self._change(user, sku, lambda line: qty)
+            return await self._change(user, sku, key, idempotency.fingerprint("set", sku, qty), qty=qty)
+        key = idempotency.check_key(key)
+        request_hash = idempotency.fingerprint("set", sku, 0)
         async with self._pool.connection() as conn, conn.transaction():
             await repo.lock_user(conn, user)
+            if key and (earlier := await repo.change(conn, user, key)) is not None:
+                if earlier[0] != request_hash:
+                    raise _reused()
+                return earlier[1]
             line = next((x for x in await repo.lines(conn, user) if x.sku == sku), None)
             if line is not None:
                 try:
-                    await self._inventory.call("ReleaseHolds", inventory_pb2.ReleaseHoldsRequest(
-                        hold_ids=[line.hold_id], owner=owner_of(user), idempotency_key=str(uuid.uuid4())), user=user)
+                    await self._inventory.release([line.hold_id], owner_of(user),
+                                                  change_key(user, key or uuid.uuid4().hex, "release"), user=user)
                 except ServiceError as err:
-                    if err.reason not in _HOLD_GONE:  # an expired hold has given its units back already
+                    if err.reason not in HOLD_GONE:  # an expired hold has given its units back already
                         raise
                 await repo.delete_lines(conn, user, [sku])
-        return await self.view(user)
+            view = await self._view(await repo.lines(conn, user))
+            if key:
+                await repo.record_change(conn, user, key, request_hash, view)
+        return view
 
     async def view(self, user: str) -> CartView:
-        """The cart with current names and prices; a line past its hold's expiry is marked expired."""
+        """The cart: units and expiry from the holds, current names and prices from the catalog."""
         async with self._pool.connection() as conn:
             lines = await repo.lines(conn, user)
-        products = await self._products([line.sku for line in lines])
-        now = self._clock.now()
-        missing = Product(name="", price=0)  # a product since removed from the catalog
-        return CartView([(line, products.get(line.sku, missing), line.reserved_until <= now) for line in lines])
+        return await self._view(lines)
 
-    async def checkout(self, user: str, order_id: str, ttl_seconds: int) -> cart_pb2.CheckoutCartResponse:
-        """Moves every line's hold to the order and empties the cart, or changes nothing."""
+    async def _view(self, lines: list[Line], known: dict[str, Hold] | None = None) -> CartView:
+        known = known or {}
+        holds = dict(known) | await self._inventory.holds([x.hold_id for x in lines if x.hold_id not in known])
+        products = await self._catalog.products([line.sku for line in lines])
+        shown = []
+        for line in lines:
+            hold = holds.get(line.hold_id)
+            qty, until, active = (hold.qty, hold.expires_at, hold.state == ACTIVE) if hold else \
+                (line.qty, line.reserved_until, False)
+            shown.append(ViewLine(line.sku, products.get(line.sku, MISSING_PRODUCT), qty, until, not active))
+        return CartView(shown)
+
+    async def checkout(self, user: str, order_id: str, ttl_seconds: int,
+                       replay_only: bool = False) -> cart_pb2.CheckoutCartResponse:
+        """Moves every line's hold to the order and empties the cart, or changes nothing; the units handed
+        over are the holds' own. The same order id answers the same, however often it is sent."""
         if not order_id:
             raise invalid_argument("order_id", "order_id is required")
         async with self._pool.connection() as conn, conn.transaction():
@@ -167,26 +182,58 @@ class Carts:
                 if owner != user:
                     raise invalid_argument("order_id", "this order id belongs to another cart")
                 return cart_pb2.CheckoutCartResponse.FromString(stored)
+            if replay_only:
+                raise ServiceError(grpc.StatusCode.NOT_FOUND, "CHECKOUT_NOT_FOUND",
+                                   f"no cart was handed over to order {order_id}", {"order_id": order_id})
             lines = await repo.lines(conn, user)
             if not lines:
                 raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, "CART_EMPTY", "the cart is empty")
             # Prices are fixed, and checked, before any hold moves: a refusal leaves the cart as it was.
-            products = await self._products([line.sku for line in lines])
+            products = await self._catalog.products([line.sku for line in lines])
             if gone := [line.sku for line in lines if line.sku not in products]:
                 raise ServiceError(grpc.StatusCode.NOT_FOUND, "PRODUCT_NOT_FOUND",
                                    "no longer in the catalog: " + ", ".join(gone), {"sku": gone[0]})
             if sum(products[line.sku].price * line.qty for line in lines) > MAX_TOTAL:
                 raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "TOTAL_LIMIT",
                                    f"an order totals at most {MAX_TOTAL} IDR; lower a quantity", {"max": MAX_TOTAL})
-            answer = await self._inventory.call("ExtendHolds", inventory_pb2.ExtendHoldsRequest(
-                hold_ids=[line.hold_id for line in lines], owner=f"order:{order_id}", order_id=order_id,
-                ttl_seconds=ttl_seconds, idempotency_key=f"checkout:{order_id}"), user=user)
+            holds = await self._inventory.extend([line.hold_id for line in lines], f"order:{order_id}", order_id,
+                                                 ttl_seconds, f"checkout:{order_id}", user=user)
             response = cart_pb2.CheckoutCartResponse(lines=[
-                cart_pb2.CheckedOutLine(sku=line.sku, qty=line.qty, hold_id=hold.hold_id,
-                                        reserved_until=hold.expires_at, name=products[line.sku].name,
-                                        price=products[line.sku].price)
-                for line, hold in zip(lines, answer.holds, strict=True)
+                cart_pb2.CheckedOutLine(sku=line.sku, qty=hold.qty, hold_id=hold.hold_id,
+                                        name=products[line.sku].name, price=products[line.sku].price)
+                for line, hold in zip(lines, holds, strict=True)
             ])
+            for message, hold in zip(response.lines, holds, strict=True):
+                message.reserved_until.FromDatetime(hold.expires_at)
             await repo.delete_lines(conn, user, [line.sku for line in lines])
             await repo.record_checkout(conn, order_id, user, response.SerializeToString())
             return response
+
+    async def reconcile(self, limit: int = 200) -> int:
+        """Gives back cart holds that no line refers to (a change cut off between inventory and the cart);
+        safe in every replica: each hold is judged under its user's lock and released with one key."""
+        repaired = 0
+        after = ""
+        while True:
+            page = await self._inventory.active_holds("cart:", ORPHAN_AGE_SECONDS, after, limit)
+            for hold in page:
+                user = user_of(hold.owner)
+                if user is None:
+                    continue
+                async with self._pool.connection() as conn, conn.transaction():
+                    await repo.lock_user(conn, user)
+                    if await repo.line_with_hold(conn, user, hold.hold_id):
+                        continue
+                    try:
+                        await self._inventory.release([hold.hold_id], hold.owner, f"reconcile:{hold.hold_id}")
+                    except ServiceError as err:
+                        if err.reason not in HOLD_GONE:
+                            raise
+                        continue
+                _LOGGER.warning("repair: released cart hold %s (%d x %s of %s) that no cart line refers to",
+                                hold.hold_id, hold.qty, hold.sku, user)
+                REPAIRS.labels("cart", "orphan_cart_hold").inc()
+                repaired += 1
+            if len(page) < limit:
+                return repaired
+            after = page[-1].hold_id

@@ -5,9 +5,10 @@ from __future__ import annotations
 import grpc
 from google.protobuf import timestamp_pb2
 
-from cart_svc.service import Carts, CartView
+from cart_svc.model import CartView
+from cart_svc.service import Carts
 from shop.cart.v1 import cart_pb2, cart_pb2_grpc
-from shop_runtime.calls import require_user
+from shop_runtime.calls import idempotency_key, require_user
 from shop_runtime.errors import ServiceError
 from shop_runtime.validation import MAX_TOTAL
 
@@ -20,11 +21,11 @@ def cart_pb(view: CartView) -> cart_pb2.Cart:
         raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, "TOTAL_LIMIT",
                            f"the cart totals more than {MAX_TOTAL} IDR; lower a quantity", {"max": MAX_TOTAL})
     items = []
-    for line, product, expired in view.lines:
+    for line in view.lines:
         until = timestamp_pb2.Timestamp()
         until.FromDatetime(line.reserved_until)
-        items.append(cart_pb2.CartLine(sku=line.sku, name=product.name, price=product.price, qty=line.qty,
-                                       subtotal=product.price * line.qty, reserved_until=until, expired=expired))
+        items.append(cart_pb2.CartLine(sku=line.sku, name=line.product.name, price=line.product.price, qty=line.qty,
+                                       subtotal=line.subtotal, reserved_until=until, expired=line.expired))
     return cart_pb2.Cart(items=items, total=view.total, currency=CURRENCY)
 
 
@@ -35,13 +36,16 @@ class CartServicer(cart_pb2_grpc.CartServiceServicer):
         self._carts = carts
 
     async def AddItem(self, request, context):
-        return cart_pb(await self._carts.add(require_user(context), request.sku, request.qty))
+        return cart_pb(await self._carts.add(require_user(context), request.sku, request.qty,
+                                             idempotency_key(context)))
 
     async def SetItemQuantity(self, request, context):
-        return cart_pb(await self._carts.set_quantity(require_user(context), request.sku, request.qty))
+        return cart_pb(await self._carts.set_quantity(require_user(context), request.sku, request.qty,
+                                                      idempotency_key(context)))
 
     async def GetCart(self, request, context):
         return cart_pb(await self._carts.view(require_user(context)))
 
     async def CheckoutCart(self, request, context):
-        return await self._carts.checkout(require_user(context), request.order_id, request.ttl_seconds)
+        return await self._carts.checkout(require_user(context), request.order_id, request.ttl_seconds,
+                                          request.replay_only)

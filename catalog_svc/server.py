@@ -7,8 +7,8 @@ from pathlib import Path
 from catalog_svc.service import Catalog
 from catalog_svc.servicer import CatalogServicer
 from shop.catalog.v1 import catalog_pb2, catalog_pb2_grpc
-from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
-from shop_runtime.clients import ServiceClient
+from inventory_svc import client as inventory_client
+from inventory_svc.client import InventoryClient
 from shop_runtime.config import ServiceSettings
 from shop_runtime.server import Deps, GrpcApp, ServiceSpec, build_server
 
@@ -16,20 +16,18 @@ from shop_runtime.server import Deps, GrpcApp, ServiceSpec, build_server
 AVAILABILITY_TIMEOUT = 2.0
 
 
-def availability_from(inventory: ServiceClient):
-    """An availability lookup through inventory's batch RPC, tried on a second instance if the first is down."""
+def availability_from(inventory: InventoryClient):
+    """An availability lookup through inventory's batch RPC, tried on another instance if the first is down."""
 
     async def lookup(skus: list[str]) -> dict[str, int]:
-        answer = await inventory.call("GetAvailability", inventory_pb2.GetAvailabilityRequest(skus=skus),
-                                      timeout=AVAILABILITY_TIMEOUT, attempts=2)
-        return {item.sku: item.available for item in answer.items}
+        return await inventory.availability(skus, timeout=AVAILABILITY_TIMEOUT)
 
     return lookup
 
 
 def create_server(settings: ServiceSettings, deps: Deps) -> GrpcApp:
     """The catalog server, asking inventory (found through Consul) for availability."""
-    inventory = deps.client("inventory", inventory_pb2_grpc.InventoryServiceStub, settings.service_name)
+    inventory = InventoryClient(deps.client("inventory", inventory_client.STUB, settings.service_name))
     catalog = Catalog(deps.pool, availability_from(inventory))
     return build_server(
         settings,

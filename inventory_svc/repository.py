@@ -4,43 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 
 from psycopg import AsyncConnection, AsyncCursor
 
-ACTIVE, COMMITTED, RELEASED, EXPIRED = "ACTIVE", "COMMITTED", "RELEASED", "EXPIRED"
+from inventory_svc.model import ACTIVE, COMMITTED, EXPIRED, RELEASED, HoldRecord, StockRow
 
-
-@dataclass(frozen=True)
-class StockRow:
-    """The stock figures of one SKU."""
-
-    sku: str
-    on_hand: int
-    reserved: int
-
-    @property
-    def available(self) -> int:
-        """Units a buyer can hold now."""
-        return self.on_hand - self.reserved
-
-
-@dataclass(frozen=True)
-class HoldRecord:
-    """A hold as stored."""
-
-    id: str
-    owner: str
-    sku: str
-    qty: int
-    state: str
-    expires_at: datetime
-    order_id: str | None
-
-    def state_at(self, now: datetime) -> str:
-        """The state as of `now`: an active hold past its expiry counts as expired."""
-        return EXPIRED if self.state == ACTIVE and self.expires_at <= now else self.state
+# The records live in the model; named here too for the callers of this module's functions.
+__all__ = ["ACTIVE", "COMMITTED", "EXPIRED", "RELEASED", "HoldRecord", "StockRow"]
 
 
 def sku_lock_key(sku: str) -> int:
@@ -191,6 +163,39 @@ async def update_hold(conn: AsyncConnection, hold: HoldRecord, now: datetime, **
              now=now, id=new.id),
     )
     return new
+
+
+async def link_replacement(conn: AsyncConnection, expired_id: str, replacement_id: str) -> None:
+    """Remembers that an expired hold's units are held again by `replacement_id` (ExtendHolds)."""
+    await conn.execute("UPDATE inventory.holds SET replaced_by = %s WHERE id = %s AND state = 'EXPIRED'",
+                       (replacement_id, expired_id))
+
+
+async def replacements(conn: AsyncConnection, ids: list[str]) -> dict[str, str]:
+    """expired hold id -> the id of the newest hold that holds its units again, for those replaced."""
+    cur = await conn.execute(
+        """
+        WITH RECURSIVE chain(start, id, depth) AS (
+            SELECT id, replaced_by, 1 FROM inventory.holds WHERE id = ANY(%s::uuid[]) AND replaced_by IS NOT NULL
+            UNION ALL
+            SELECT c.start, h.replaced_by, c.depth + 1
+              FROM chain c JOIN inventory.holds h ON h.id = c.id WHERE h.replaced_by IS NOT NULL AND c.depth < 100
+        )
+        SELECT DISTINCT ON (start) start::text, id::text FROM chain ORDER BY start, depth DESC
+        """, (ids,))
+    return dict(await cur.fetchall())
+
+
+async def active_holds(conn: AsyncConnection, owner_prefix: str, made_before: datetime, after: str | None,
+                       limit: int) -> list[HoldRecord]:
+    """Active holds whose owner starts with `owner_prefix`, made before `made_before`, by id after `after`."""
+    cur = await conn.execute(
+        "SELECT id::text, owner, sku, qty, state, expires_at, order_id FROM inventory.holds"
+        " WHERE state = 'ACTIVE' AND starts_with(owner, %s) AND created_at <= %s AND (%s::uuid IS NULL OR id > %s::uuid)"
+        " ORDER BY id LIMIT %s",
+        (owner_prefix, made_before, after, after, limit),
+    )
+    return [HoldRecord(*r) for r in await cur.fetchall()]
 
 
 async def skus_with_expired_holds(conn: AsyncConnection, now: datetime, limit: int) -> list[str]:

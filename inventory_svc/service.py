@@ -14,7 +14,7 @@ from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool
 
 from inventory_svc import repository as repo
-from inventory_svc.repository import ACTIVE, COMMITTED, EXPIRED, RELEASED, HoldRecord, StockRow
+from inventory_svc.model import ACTIVE, COMMITTED, EXPIRED, RELEASED, HoldRecord, StockRow
 from shop_runtime import idempotency
 from shop_runtime.clock import Clock
 from shop_runtime.errors import ServiceError, invalid_argument
@@ -136,8 +136,12 @@ class Inventory:
         self._clock = clock
 
     async def _write(self, operation: str, key: str, args: tuple,
-                     work: Callable[[AsyncConnection, datetime], Awaitable[list[HoldRecord] | StockRow]]):
-        """Runs one stock-changing transaction, replaying the stored answer for a key already used."""
+                     work: Callable[[AsyncConnection], Awaitable[list[HoldRecord] | StockRow]]):
+        """Runs one stock-changing transaction, replaying the stored answer for a key already used.
+
+        `work` takes its SKU locks first and then reads the time (`_locked_now`): every decision of
+        expiry is made by the database's clock, at an instant when no one else can change those SKUs.
+        """
         key = idempotency.check_key(key)
         # Pipeline mode: statements whose answers are not needed to go on are sent together, so
         # the SKU locks are held for as few round trips as possible (lock, reclaim and read travel
@@ -149,22 +153,28 @@ class Inventory:
                                                      idempotency.fingerprint(operation, *args))
                     if stored is not None:
                         return _decode(stored)
-                result = await work(conn, self._clock.now())
+                result = await work(conn)
                 if key:
                     await idempotency.record(conn, IDEMPOTENCY_TABLE, operation, key, _encode(result))
                 return result
 
-    async def _locked_holds(self, conn: AsyncConnection, ids: list[str], now: datetime,
-                            actor: str) -> list[HoldRecord]:
+    async def _locked_now(self, conn: AsyncConnection, skus: list[str], actor: str) -> datetime:
+        """Locks the SKUs, reads the time after the locks, and reclaims their holds expired by then."""
+        await repo.lock_skus(conn, skus)
+        now = await self._clock.db_now(conn)
+        await repo.reclaim_expired(conn, sorted(set(skus)), now, actor)
+        return now
+
+    async def _locked_holds(self, conn: AsyncConnection, ids: list[str],
+                            actor: str) -> tuple[list[HoldRecord], datetime]:
         """Locks the SKUs of the holds, reclaims their expired holds, and returns the holds as they now are."""
         skus = await repo.hold_skus(conn, ids)
         missing = [i for i in ids if i not in skus]
         if missing:
             raise _hold_not_found(missing[0])
-        await repo.lock_skus(conn, list(skus.values()))
-        await repo.reclaim_expired(conn, sorted(set(skus.values())), now, actor)
+        now = await self._locked_now(conn, list(skus.values()), actor)
         holds = await repo.get_holds(conn, ids)
-        return [holds[i] for i in ids]
+        return [holds[i] for i in ids], now
 
     @staticmethod
     def _short(rows: dict[str, StockRow], wanted: dict[str, int]) -> dict[str, int]:
@@ -183,10 +193,9 @@ class Inventory:
             _check_text(line.sku, "sku")
             _check_qty(line.qty)
 
-        async def work(conn: AsyncConnection, now: datetime) -> list[HoldRecord]:
+        async def work(conn: AsyncConnection) -> list[HoldRecord]:
             skus = [line.sku for line in lines]
-            await repo.lock_skus(conn, skus)
-            await repo.reclaim_expired(conn, skus, now, actor)
+            now = await self._locked_now(conn, skus, actor)
             rows = await repo.stock_rows(conn, skus)
             if missing := [s for s in skus if s not in rows]:
                 raise _sku_not_found(missing)
@@ -205,29 +214,39 @@ class Inventory:
         return await self._write("create_holds", key, (owner, [asdict(x) for x in lines], ttl_seconds), work)
 
     async def resize_hold(self, hold_id: str, qty: int, ttl_seconds: int = 0, *, key: str = "",
-                          actor: str, owner: str = "") -> HoldRecord:
-        """Sets an active hold's quantity (and, with a ttl, its expiry), taking or giving back the difference."""
+                          actor: str, owner: str = "", add: int = 0, max_qty: int = 0) -> HoldRecord:
+        """Sets an active hold's quantity, or grows it by `add` (and, with a ttl, sets its expiry), taking or
+        giving back the difference; with max_qty, never above it (QTY_LIMIT)."""
         _check_hold_ids([hold_id])
-        _check_qty(qty)
+        if add:
+            _check_qty(add, "add_qty")
+        else:
+            _check_qty(qty)
         if ttl_seconds:
             _check_ttl(ttl_seconds)
 
-        async def work(conn: AsyncConnection, now: datetime) -> list[HoldRecord]:
-            (hold,) = await self._locked_holds(conn, [hold_id], now, actor)
+        async def work(conn: AsyncConnection) -> list[HoldRecord]:
+            (hold,), now = await self._locked_holds(conn, [hold_id], actor)
             _check_owner([hold], owner)
             if hold.state != ACTIVE:
                 raise _not_active(hold)
-            delta = qty - hold.qty
+            target = hold.qty + add if add else qty
+            if max_qty and target > max_qty:
+                raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, "QTY_LIMIT",
+                                   f"a hold of this caller holds at most {max_qty} units, this one would hold {target}",
+                                   {"max": max_qty, "qty": target})
+            _check_qty(target)
+            delta = target - hold.qty
             if delta > 0 and (short := self._short(await repo.stock_rows(conn, [hold.sku]), {hold.sku: delta})):
                 raise out_of_stock(short)
             expires_at = now + timedelta(seconds=ttl_seconds) if ttl_seconds else hold.expires_at
-            updated = await repo.update_hold(conn, hold, now, qty=qty, expires_at=expires_at)
+            updated = await repo.update_hold(conn, hold, now, qty=target, expires_at=expires_at)
             if delta:
                 await repo.move(conn, sku=hold.sku, reason="RESIZE", on_hand_delta=0, reserved_delta=delta,
                                 actor=actor, now=now, hold_id=hold.id, order_id=hold.order_id)
             return [updated]
 
-        (result,) = await self._write("resize_hold", key, (hold_id, qty, ttl_seconds, owner), work)
+        (result,) = await self._write("resize_hold", key, (hold_id, qty, ttl_seconds, owner, add, max_qty), work)
         return result
 
     async def _end_holds(self, operation: str, ids: list[str], state: str, key: str, actor: str,
@@ -236,8 +255,8 @@ class Inventory:
         _check_hold_ids(ids)
         reason, sold = ("COMMIT", True) if state == COMMITTED else ("RELEASE", False)
 
-        async def work(conn: AsyncConnection, now: datetime) -> list[HoldRecord]:
-            holds = await self._locked_holds(conn, ids, now, actor)
+        async def work(conn: AsyncConnection) -> list[HoldRecord]:
+            holds, now = await self._locked_holds(conn, ids, actor)
             _check_owner(holds, owner)
             if inactive := [h for h in holds if h.state != ACTIVE]:
                 raise _not_active(inactive[0])
@@ -267,8 +286,14 @@ class Inventory:
         _check_text(order_id, "order_id")
         _check_ttl(ttl_seconds)
 
-        async def work(conn: AsyncConnection, now: datetime) -> list[HoldRecord]:
-            holds = await self._locked_holds(conn, ids, now, actor)
+        async def work(conn: AsyncConnection) -> list[HoldRecord]:
+            # An expired hold already held again for this order stands for its replacement: a retry
+            # of the move, with whatever key, extends the replacement instead of holding the units twice.
+            named = await repo.replacements(conn, ids)
+            current = [named.get(i, i) for i in ids]
+            holds, now = await self._locked_holds(conn, current, actor)
+            if moved := [h for i, h in zip(ids, holds) if i in named and h.order_id != order_id]:
+                raise _not_active(replace(moved[0], state=EXPIRED))
             if ended := [h for h in holds if h.state in (COMMITTED, RELEASED)]:
                 raise _not_active(ended[0])
             again: dict[str, int] = {}
@@ -286,6 +311,7 @@ class Inventory:
                     continue
                 new = await repo.insert_hold(conn, owner=owner, sku=h.sku, qty=h.qty, expires_at=expires_at,
                                              order_id=order_id, now=now)
+                await repo.link_replacement(conn, h.id, new.id)
                 await repo.move(conn, sku=h.sku, reason="HOLD", on_hand_delta=0, reserved_delta=h.qty,
                                 actor=actor, now=now, hold_id=new.id, order_id=order_id)
                 result.append(new)
@@ -296,10 +322,24 @@ class Inventory:
     async def get_holds(self, ids: list[str]) -> list[HoldRecord]:
         """The holds among `ids`, with their state as of now."""
         ids = _check_uuids(distinct_batch(ids, "hold_ids", MAX_BATCH))
-        now = self._clock.now()
         async with self._pool.connection() as conn:
             found = await repo.get_holds(conn, ids)
+            now = await self._clock.db_now(conn)
         return [replace(found[i], state=found[i].state_at(now)) for i in ids if i in found]
+
+    async def active_holds(self, owner_prefix: str, min_age_seconds: int, after: str, limit: int) -> list[HoldRecord]:
+        """A page of active holds of owners starting with `owner_prefix`, made min_age_seconds ago or earlier."""
+        _check_text(owner_prefix, "owner_prefix")
+        if not 1 <= limit <= MAX_BATCH:
+            raise invalid_argument("limit", f"limit must be within 1..{MAX_BATCH}")
+        if not 0 <= min_age_seconds <= MAX_TTL_SECONDS:
+            raise invalid_argument("min_age_seconds", f"min_age_seconds must be within 0..{MAX_TTL_SECONDS}")
+        if after:
+            _check_uuids([after])
+        async with self._pool.connection() as conn:
+            now = await self._clock.db_now(conn)
+            return await repo.active_holds(conn, owner_prefix, now - timedelta(seconds=min_age_seconds),
+                                           after or None, limit)
 
     async def availability(self, skus: list[str]) -> list[StockRow]:
         """The figures of each distinct SKU asked for, as of now; a SKU without stock is all zeros."""
@@ -307,14 +347,14 @@ class Inventory:
         if not unique:
             return []
         async with self._pool.connection() as conn:
-            found = await repo.effective_stock(conn, unique, self._clock.now())
+            found = await repo.effective_stock(conn, unique, await self._clock.db_now(conn))
         return [found.get(sku, StockRow(sku, 0, 0)) for sku in unique]
 
     async def get_stock(self, sku: str) -> StockRow:
         """One SKU's figures as of now; NOT_FOUND (SKU_NOT_FOUND) without a stock row."""
         _check_text(sku, "sku")
         async with self._pool.connection() as conn:
-            found = await repo.effective_stock(conn, [sku], self._clock.now())
+            found = await repo.effective_stock(conn, [sku], await self._clock.db_now(conn))
         if sku not in found:
             raise _sku_not_found([sku])
         return found[sku]
@@ -325,9 +365,8 @@ class Inventory:
         if not 0 <= on_hand <= MAX_ON_HAND:
             raise invalid_argument("onHand", f"onHand must be within 0..{MAX_ON_HAND}")
 
-        async def work(conn: AsyncConnection, now: datetime) -> StockRow:
-            await repo.lock_skus(conn, [sku])
-            await repo.reclaim_expired(conn, [sku], now, actor)
+        async def work(conn: AsyncConnection) -> StockRow:
+            now = await self._locked_now(conn, [sku], actor)
             row = (await repo.stock_rows(conn, [sku])).get(sku)
             if row is None:
                 await repo.create_stock(conn, sku, now)
@@ -345,14 +384,14 @@ class Inventory:
 
     async def sweep_once(self, limit: int = 100) -> int:
         """Reclaims expired holds of up to `limit` SKUs; a SKU whose lock is taken is left to its holder."""
-        now = self._clock.now()
         async with self._pool.connection() as conn:
-            skus = await repo.skus_with_expired_holds(conn, now, limit)
+            skus = await repo.skus_with_expired_holds(conn, await self._clock.db_now(conn), limit)
         reclaimed = 0
         for sku in skus:
             async with self._pool.connection() as conn:
                 async with conn.transaction():
                     # Another replica's sweeper, or a write for this SKU, is reclaiming it right now.
                     if await repo.try_lock_sku(conn, sku):
+                        now = await self._clock.db_now(conn)
                         reclaimed += (await repo.reclaim_expired(conn, [sku], now, SWEEPER_ACTOR)).rowcount
         return reclaimed

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 from google.protobuf import timestamp_pb2
 
-from inventory_svc.repository import HoldRecord, StockRow
+from inventory_svc.model import HoldRecord, StockRow
 from inventory_svc.service import Inventory, Line
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shop_runtime.errors import invalid_argument
@@ -57,7 +57,8 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
     async def ResizeHold(self, request, context):
         hold = await self._inventory.resize_hold(
             request.hold_id, request.qty, request.ttl_seconds,
-            key=key_of(request.idempotency_key, context), actor=actor_of(context), owner=request.owner)
+            key=key_of(request.idempotency_key, context), actor=actor_of(context), owner=request.owner,
+            add=request.add_qty, max_qty=request.max_qty)
         return inventory_pb2.ResizeHoldResponse(hold=hold_pb(hold))
 
     async def ReleaseHolds(self, request, context):
@@ -80,6 +81,11 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
     async def GetHolds(self, request, context):
         holds = await self._inventory.get_holds(list(request.hold_ids))
         return inventory_pb2.GetHoldsResponse(holds=[hold_pb(h) for h in holds])
+
+    async def ListHolds(self, request, context):
+        holds = await self._inventory.active_holds(request.owner_prefix, request.min_age_seconds,
+                                                   request.after_hold_id, request.limit)
+        return inventory_pb2.ListHoldsResponse(holds=[hold_pb(h) for h in holds])
 
     async def GetAvailability(self, request, context):
         rows = await self._inventory.availability(list(request.skus))

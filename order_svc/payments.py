@@ -27,6 +27,10 @@ class PaymentProvider(Protocol):
 
     async def refund(self, payment_id: str) -> None: ...
 
+    async def charged(self, payment_id: str) -> bool:
+        """Whether a charge under this payment id stands (charged and not refunded)."""
+        ...
+
 
 class StandInProvider:
     """Approves `tok_visa`, declines everything else (`tok_declined` is the documented decline).
@@ -67,3 +71,10 @@ class StandInProvider:
         async with await self._books() as conn:
             await conn.execute("UPDATE orders.provider_charges SET refunded_at = now()"
                                " WHERE payment_id = %s AND refunded_at IS NULL", (payment_id,))
+
+    async def charged(self, payment_id: str) -> bool:
+        """Whether the payment id was charged and not refunded, from the provider's own books."""
+        async with await self._books() as conn:
+            cur = await conn.execute("SELECT 1 FROM orders.provider_charges WHERE payment_id = %s"
+                                     " AND refunded_at IS NULL", (payment_id,))
+            return await cur.fetchone() is not None

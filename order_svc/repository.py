@@ -2,51 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import datetime
 
 from psycopg import AsyncConnection
 
-
-@dataclass(frozen=True)
-class Item:
-    """An order line, its price fixed at checkout."""
-
-    sku: str
-    name: str
-    price: int
-    qty: int
-    hold_id: str
-
-
-@dataclass(frozen=True)
-class OrderRecord:
-    """An order as stored."""
-
-    id: str
-    user_id: str
-    status: str
-    total: int
-    currency: str
-    pay_before: datetime
-    created_at: datetime
-    payment_id: str | None
-    paid_at: datetime | None
-    items: list[Item] = field(default_factory=list)
-
-    def status_at(self, now: datetime) -> str:
-        """The status as of `now`: an unpaid order past its window is expired, swept or not."""
-        return "EXPIRED" if self.status == "PENDING_PAYMENT" and self.pay_before <= now else self.status
-
-
-@dataclass(frozen=True)
-class PaymentAttempt:
-    """A payment attempt, under the user's idempotency key."""
-
-    request_hash: bytes
-    order_id: str
-    payment_id: str
-    state: str
+from order_svc.model import Item, OrderRecord, PaymentAttempt
 
 
 _ORDER_COLUMNS = "id::text, user_id, status, total, currency, pay_before, created_at, payment_id, paid_at"
@@ -135,6 +95,58 @@ async def due_orders(conn: AsyncConnection, now: datetime, limit: int) -> list[t
         "SELECT id::text, user_id FROM orders.orders WHERE status = 'PENDING_PAYMENT' AND pay_before <= %s"
         " ORDER BY pay_before LIMIT %s FOR NO KEY UPDATE SKIP LOCKED", (now, limit))
     return await cur.fetchall()
+
+
+async def lock_order(conn: AsyncConnection, order_id: str) -> OrderRecord | None:
+    """The order, locked for the rest of the transaction, unless someone (a payment) is working on it."""
+    cur = await conn.execute("SELECT user_id FROM orders.orders WHERE id = %s FOR NO KEY UPDATE SKIP LOCKED",
+                             (order_id,))
+    row = await cur.fetchone()
+    return await get_order(conn, order_id, row[0]) if row else None
+
+
+async def orders_with_stale_attempts(conn: AsyncConnection, now: datetime, min_age_seconds: int,
+                                     limit: int) -> list[str]:
+    """Orders with a payment attempt left PENDING for min_age_seconds or more: cut off, charged or not."""
+    cur = await conn.execute(
+        "SELECT DISTINCT order_id::text FROM orders.payments WHERE state = 'PENDING'"
+        " AND created_at <= %s - make_interval(secs => %s) LIMIT %s", (now, min_age_seconds, limit))
+    return [r[0] for r in await cur.fetchall()]
+
+
+async def add_checkout(conn: AsyncConnection, order_id: str, user: str, key: str | None) -> None:
+    """Records, before the cart is asked, that a checkout to `order_id` is under way."""
+    await conn.execute("INSERT INTO orders.checkouts (order_id, user_id, checkout_key) VALUES (%s, %s, %s)"
+                       " ON CONFLICT DO NOTHING", (order_id, user, key))
+
+
+async def unfinished_checkouts(conn: AsyncConnection, now: datetime, min_age_seconds: int,
+                               limit: int) -> list[tuple[str, str, str | None]]:
+    """(order id, user, key) of checkouts under way for min_age_seconds or more with no order yet; locked."""
+    cur = await conn.execute(
+        "SELECT c.order_id::text, c.user_id, c.checkout_key FROM orders.checkouts c"
+        " WHERE c.created_at <= %s - make_interval(secs => %s)"
+        " AND NOT EXISTS (SELECT 1 FROM orders.orders o WHERE o.id = c.order_id)"
+        " ORDER BY c.created_at LIMIT %s FOR UPDATE SKIP LOCKED", (now, min_age_seconds, limit))
+    return await cur.fetchall()
+
+
+async def drop_checkout(conn: AsyncConnection, order_id: str) -> None:
+    """Forgets a checkout that never took the cart."""
+    await conn.execute("DELETE FROM orders.checkouts WHERE order_id = %s", (order_id,))
+
+
+async def checkouts_among(conn: AsyncConnection, order_ids: list[str]) -> set[str]:
+    """The ids among `order_ids` that a checkout was started for."""
+    cur = await conn.execute("SELECT order_id::text FROM orders.checkouts WHERE order_id = ANY(%s::uuid[])",
+                             (order_ids,))
+    return {r[0] for r in await cur.fetchall()}
+
+
+async def orders_by_id(conn: AsyncConnection, order_ids: list[str]) -> dict[str, str]:
+    """order id -> status, for the ids that are orders."""
+    cur = await conn.execute("SELECT id::text, status FROM orders.orders WHERE id = ANY(%s::uuid[])", (order_ids,))
+    return dict(await cur.fetchall())
 
 
 async def attempt(conn: AsyncConnection, user: str, key: str) -> PaymentAttempt | None:

@@ -8,9 +8,12 @@ from pathlib import Path
 from order_svc.payments import StandInProvider
 from order_svc.service import Orders
 from order_svc.servicer import OrderServicer
-from shop.cart.v1 import cart_pb2_grpc
-from shop.catalog.v1 import catalog_pb2_grpc
-from shop.inventory.v1 import inventory_pb2_grpc
+from cart_svc import client as cart_client
+from cart_svc.client import CartClient
+from catalog_svc import client as catalog_client
+from catalog_svc.client import CatalogClient
+from inventory_svc import client as inventory_client
+from inventory_svc.client import InventoryClient
 from shop.order.v1 import order_pb2, order_pb2_grpc
 from shop_runtime.config import ServiceSettings, env_float
 from shop_runtime.server import Deps, GrpcApp, ServiceSpec, build_server, periodic
@@ -30,13 +33,24 @@ def sweeper(orders: Orders, interval: float):
     return periodic("order-sweeper", sweep, interval)
 
 
+def reconciler(orders: Orders, interval: float):
+    """Finishes cut-off checkouts, settles cut-off payments, gives back order holds nobody keeps."""
+
+    async def reconcile() -> bool:
+        if repaired := await orders.reconcile():
+            _LOGGER.info("reconciler: %d repair(s)", repaired)
+        return False
+
+    return periodic("order-reconciler", reconcile, interval)
+
+
 def create_server(settings: ServiceSettings, deps: Deps) -> GrpcApp:
     """The order server over the orders schema, with the stand-in payment provider."""
     orders = Orders(
         deps.pool, settings.database_url,
-        cart=deps.client("cart", cart_pb2_grpc.CartServiceStub, settings.service_name),
-        catalog=deps.client("catalog", catalog_pb2_grpc.CatalogServiceStub, settings.service_name),
-        inventory=deps.client("inventory", inventory_pb2_grpc.InventoryServiceStub, settings.service_name),
+        cart=CartClient(deps.client("cart", cart_client.STUB, settings.service_name)),
+        catalog=CatalogClient(deps.client("catalog", catalog_client.STUB, settings.service_name)),
+        inventory=InventoryClient(deps.client("inventory", inventory_client.STUB, settings.service_name)),
         provider=StandInProvider(settings.database_url), live=deps.live, clock=deps.clock,
     )
     app = build_server(
@@ -48,6 +62,10 @@ def create_server(settings: ServiceSettings, deps: Deps) -> GrpcApp:
     interval = env_float("ORDER_SWEEP_INTERVAL_SECONDS", 1.0)
     if interval > 0:
         app.background.append(sweeper(orders, interval))
+    # How often what crashes and lost answers left behind is looked for; 0 turns it off.
+    reconcile_every = env_float("RECONCILE_INTERVAL_SECONDS", 30.0)
+    if reconcile_every > 0:
+        app.background.append(reconciler(orders, reconcile_every))
     return app
 
 

@@ -4,40 +4,41 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import uuid
-from datetime import timezone
+from dataclasses import replace
 
 import grpc
 import psycopg
 from psycopg_pool import AsyncConnectionPool
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
+from cart_svc.client import CHECKOUT_NOT_FOUND, CartClient, HandedLine
+from catalog_svc.client import CatalogClient
+from inventory_svc.client import HOLD_GONE, OUT_OF_STOCK, InventoryClient
 from order_svc import repository as repo
-from order_svc.payments import PaymentProvider, ProviderUnavailable
-from order_svc.repository import Item, OrderRecord, PaymentAttempt
-from shop.cart.v1 import cart_pb2
+from order_svc.model import (DECLINED, EXPIRED, PAID, PENDING, PENDING_PAYMENT, REFUNDED, SUCCEEDED, Item,
+                             OrderRecord, PaymentAttempt, sold)
+from order_svc.payments import Charge, PaymentProvider, ProviderUnavailable
 from shop.catalog.v1 import catalog_pb2
-from shop.inventory.v1 import inventory_pb2
-from shop_runtime import idempotency
-from shop_runtime.clients import ServiceClient
+from shop_runtime import faults, idempotency
+from shop_runtime.clients import TRANSIENT
 from shop_runtime.clock import Clock
 from shop_runtime.errors import ServiceError
 from shop_runtime.live_settings import LiveSettings
+from shop_runtime.metrics import REPAIRS
 from shop_runtime.validation import page_and_limit
 
 _LOGGER = logging.getLogger(__name__)
 
 CURRENCY = "IDR"
-# A payment started inside the window keeps the units this much longer while the provider answers.
-PAYMENT_GRACE_SECONDS = 60
 # How long the provider may take before the attempt counts as unanswered (well inside the grace).
 PROVIDER_TIMEOUT_SECONDS = 15.0
-# The longest hold inventory grants.
-MAX_HOLD_SECONDS = 86_400
 # Inventory's refusals that mean an order's units are no longer held for it.
-_HOLDS_GONE = ("OUT_OF_STOCK", "HOLD_NOT_ACTIVE", "HOLD_NOT_FOUND", "HOLD_NOT_OWNED")
+_HOLDS_GONE = HOLD_GONE | {OUT_OF_STOCK}
 # Order ids of checkouts with an idempotency key derive from (user, key), so retries converge.
 _CHECKOUT_NAMESPACE = uuid.UUID("6f1c2a3e-7d4b-4b8e-9a51-2c0d8e4f5a61")
+# What a reconciler leaves alone: checkouts and payments younger than this may still be under way.
+RECONCILE_AGE_SECONDS = 60
 
 
 def _error(code: grpc.StatusCode, reason: str, message: str, **metadata) -> ServiceError:
@@ -58,6 +59,20 @@ def _reused() -> ServiceError:
                   "this idempotency key was used for a different payment")
 
 
+def _provider_unavailable(order_id: str) -> ServiceError:
+    return _error(grpc.StatusCode.UNAVAILABLE, "PAYMENT_PROVIDER_UNAVAILABLE",
+                  "the payment provider did not answer; retry with the same Idempotency-Key", order_id=order_id)
+
+
+def _declined(order_id: str, why: str = "card declined") -> ServiceError:
+    return _error(grpc.StatusCode.INVALID_ARGUMENT, "PAYMENT_DECLINED",
+                  f"the payment was declined ({why}); the order stays payable until pay_before", order_id=order_id)
+
+
+def _already_paid(order_id: str) -> ServiceError:
+    return _error(grpc.StatusCode.ABORTED, "ALREADY_PAID", "this order is paid already", order_id=order_id)
+
+
 def _order_uuid(order_id: str) -> str | None:
     try:
         return str(uuid.UUID(order_id))
@@ -65,11 +80,27 @@ def _order_uuid(order_id: str) -> str | None:
         return None
 
 
-class Orders:
-    """Orders in the orders schema; their units held and sold through inventory, taken from the cart."""
+def _order_of(order_id: str, user: str, lines: list[HandedLine], now) -> OrderRecord:
+    """The order a hand-over of the cart makes: the lines' units, names and prices as handed over."""
+    items = [Item(x.sku, x.name, x.price, x.qty, x.hold_id) for x in lines]
+    # The window ends when the first hold runs out: a replayed hand-over keeps its first expiry.
+    pay_before = min(x.reserved_until for x in lines)
+    return OrderRecord(order_id, user, PENDING_PAYMENT, sum(i.price * i.qty for i in items), CURRENCY,
+                       pay_before, min(now, pay_before), None, None, items)
 
-    def __init__(self, pool: AsyncConnectionPool, dsn: str, cart: ServiceClient, catalog: ServiceClient,
-                 inventory: ServiceClient, provider: PaymentProvider, live: LiveSettings, clock: Clock):
+
+class Orders:
+    """Orders in the orders schema; their units held and sold through inventory, taken from the cart.
+
+    Every step that crosses to another service carries a key derived from the order or the payment
+    attempt, so a retry after a lost answer is the same step: the hand-over is keyed by the order id,
+    keeping the units by the attempt's payment id, selling them by the order id, the provider's
+    charge and refund by the payment id. What a crash between steps leaves is settled by `settle`
+    (at the next payment, the window's end, or the reconciler): units sold mean the order is paid.
+    """
+
+    def __init__(self, pool: AsyncConnectionPool, dsn: str, cart: CartClient, catalog: CatalogClient,
+                 inventory: InventoryClient, provider: PaymentProvider, live: LiveSettings, clock: Clock):
         self._pool = pool
         self._dsn = dsn
         self._cart = cart
@@ -92,21 +123,25 @@ class Orders:
         if key:
             async with self._pool.connection() as conn:
                 if (earlier := await repo.order_by_checkout_key(conn, user, key)) is not None:
-                    return earlier
+                    return await self._as_of_now(conn, earlier)
         order_id = str(uuid.uuid5(_CHECKOUT_NAMESPACE, f"{user}\x00{key}") if key else uuid.uuid4())
         window = self._live.get("payment_window_seconds")
-        now = self._clock.now()
-        # The cart fixes names and prices and refuses what cannot be ordered before any hold moves.
-        handed = await self._cart.call("CheckoutCart", cart_pb2.CheckoutCartRequest(order_id=order_id, ttl_seconds=window),
-                                       user=user)
-        items = [Item(line.sku, line.name, line.price, line.qty, line.hold_id) for line in handed.lines]
-        # The window ends when the first hold runs out: a replayed hand-over keeps its first expiry.
-        pay_before = min(line.reserved_until.ToDatetime(tzinfo=timezone.utc) for line in handed.lines)
-        order = OrderRecord(order_id, user, "PENDING_PAYMENT", sum(i.price * i.qty for i in items), CURRENCY,
-                            pay_before, min(now, pay_before), None, None, items)
+        async with self._pool.connection() as conn:
+            # Stored before the cart is asked: a hand-over whose order is never stored is found and finished.
+            async with conn.transaction():
+                await repo.add_checkout(conn, order_id, user, key or None)
+        try:
+            # The cart fixes names and prices and refuses what cannot be ordered before any hold moves.
+            lines = await self._cart.hand_over(user, order_id, window)
+        except ServiceError as err:
+            if err.code not in TRANSIENT:  # refused: the cart was not handed over
+                async with self._pool.connection() as conn, conn.transaction():
+                    await repo.drop_checkout(conn, order_id)
+            raise
+        order = _order_of(order_id, user, lines, self._clock.now())
         async with self._pool.connection() as conn, conn.transaction():
             await repo.insert_order(conn, order, key or None)
-            return await repo.get_order(conn, order_id, user)
+            return await self._as_of_now(conn, await repo.get_order(conn, order_id, user))
 
     # --- payment ------------------------------------------------------------------------------
 
@@ -115,8 +150,8 @@ class Orders:
 
         At most one charge stands per order: the attempt is committed before the provider is called,
         a retry resumes it with the same payment id (charged at most once by the provider), an attempt
-        left pending under another key is refunded before a new one, and a charge whose units cannot
-        be sold is refunded.
+        left pending under another key is first settled (its units sold: the order is paid by it) or
+        refunded before a new one, and a charge whose units cannot be sold is refunded.
         """
         if not key:
             raise _error(grpc.StatusCode.INVALID_ARGUMENT, "IDEMPOTENCY_KEY_REQUIRED",
@@ -126,122 +161,148 @@ class Orders:
             raise _not_found(order_id)
         request_hash = idempotency.fingerprint("pay", order_uuid, amount, method, token)
         async with self._pool.connection() as conn, conn.transaction():
-            # The order's row lock makes payments of one order (and its expiry) take turns.
+            # The order's row lock makes payments of one order (and its expiry, and the reconciler) take turns.
             order = await repo.get_order(conn, order_uuid, user, for_update=True)
             if order is None:
                 raise _not_found(order_id)
-            now = self._clock.now()
             attempt = await repo.attempt(conn, user, key)
             if attempt is not None:
                 if attempt.request_hash != request_hash:
                     raise _reused()
-                if attempt.state == "SUCCEEDED":
-                    return order
-                if attempt.state == "DECLINED":
-                    raise self._declined(order_id)
-                if attempt.state == "REFUNDED":
-                    raise self._already_paid(order_id) if order.status == "PAID" else _error(
+                if attempt.state == SUCCEEDED:
+                    return await self._as_of_now(conn, order)
+                if attempt.state == DECLINED:
+                    raise _declined(order_id)
+                if attempt.state == REFUNDED:
+                    raise _already_paid(order_id) if order.status == PAID else _error(
                         grpc.StatusCode.ABORTED, "PAYMENT_SUPERSEDED",
                         "this payment was cancelled and refunded; pay with a new Idempotency-Key", order_id=order_id)
-                if order.status == "PAID":  # paid under another key meanwhile: this attempt's charge goes back
-                    await self._refund(attempt.payment_id)
-                    raise self._already_paid(order_id)
-                # PENDING: cut off between the provider and here; resumed below with its own payment id.
-            else:
-                if order.status == "PAID":
-                    raise self._already_paid(order_id)
-                if order.status_at(now) == "EXPIRED":
+            # An earlier attempt may have sold the units and been cut off before it said so: then the
+            # order is paid by that attempt, whichever key it came with.
+            if order.status == PENDING_PAYMENT and await self.settle(conn, order):
+                order = await repo.get_order(conn, order_uuid, user)
+                if attempt is not None and attempt.payment_id == order.payment_id:
+                    return await self._as_of_now(conn, order)
+            if order.status == PAID:
+                if attempt is not None:  # paid under another key meanwhile: this attempt's charge goes back
+                    await self._refund(attempt.payment_id, order_id)
+                raise _already_paid(order_id)
+            now = await self._clock.db_now(conn)
+            if attempt is None:
+                if order.status_at(now) == EXPIRED:
                     raise _expired(order_id)
                 if amount != order.total:
                     raise _error(grpc.StatusCode.INVALID_ARGUMENT, "AMOUNT_MISMATCH",
                                  f"the order totals {order.total}, not {amount}", total=order.total)
+                # Earlier attempts under other keys, cut off without selling: any charge of theirs goes back.
+                for other in await repo.pending_attempts(conn, order_uuid):
+                    await self._refund(other, order_id)
+                attempt = PaymentAttempt(request_hash, order_uuid, f"pay_{uuid.uuid4().hex}", PENDING)
                 async with await self._side() as side:
-                    # An earlier attempt under another key may have been charged and cut off: refund it first.
-                    for other in await repo.pending_attempts(side, order_uuid):
-                        await self._refund(other)
-                    attempt = PaymentAttempt(request_hash, order_uuid, f"pay_{uuid.uuid4().hex}", "PENDING")
                     try:
                         # Committed before the provider is called: a crash after the charge cannot lead to a second.
                         await repo.insert_attempt(side, user, key, attempt)
                     except psycopg.errors.UniqueViolation:  # the same key, at the same moment, for another order
                         raise _reused() from None
-            if order.status_at(now) == "EXPIRED":
-                await self._refund(attempt.payment_id)
+            if order.status_at(now) == EXPIRED:
+                await self._refund(attempt.payment_id, order_id)
                 raise _expired(order_id)
             holds = await self._keep_units(order, attempt.payment_id, user)
             try:
-                charge = await asyncio.wait_for(
-                    self._provider.charge(attempt.payment_id, order.total, order.currency, method, token),
-                    PROVIDER_TIMEOUT_SECONDS)
+                charge = await self._charge(attempt.payment_id, order, method, token)
             except (ProviderUnavailable, asyncio.TimeoutError) as err:
                 # The attempt stays PENDING: a retry with the same key asks again for the same payment id.
-                raise _error(grpc.StatusCode.UNAVAILABLE, "PAYMENT_PROVIDER_UNAVAILABLE",
-                             "the payment provider did not answer; retry with the same Idempotency-Key",
-                             order_id=order_id) from err
+                raise _provider_unavailable(order_id) from err
             if not charge.approved:
                 async with await self._side() as side:
-                    await repo.set_attempt_state(side, attempt.payment_id, "DECLINED")
-                raise self._declined(order_id, charge.reason)
+                    await repo.set_attempt_state(side, attempt.payment_id, DECLINED)
+                raise _declined(order_id, charge.reason)
             try:
-                await self._inventory.call("CommitHolds", inventory_pb2.CommitHoldsRequest(
-                    hold_ids=holds, idempotency_key=f"pay:{order_uuid}"), user=user)
+                await self._inventory.commit(holds, f"pay:{order_uuid}", user=user)
             except ServiceError as err:
                 if err.reason not in _HOLDS_GONE:
                     raise  # e.g. inventory unavailable: a retry with the key resumes this attempt
-                await self._refund(attempt.payment_id)
+                await self._refund(attempt.payment_id, order_id)
                 raise _expired(order_id) from err
             await self._record_paid(conn, order, attempt.payment_id)
-            paid = await repo.get_order(conn, order_uuid, user)
+            paid = await self._as_of_now(conn, await repo.get_order(conn, order_uuid, user))
         await self.deliver_sales()
         return paid
+
+    async def settle(self, conn, order: OrderRecord) -> bool:
+        """Finishes an unpaid order whose units a cut-off payment attempt sold: as paid by the attempt the
+        provider charged (other charges refunded). False, changing nothing, when its units are not sold.
+        The caller holds the order's row lock."""
+        pending = await repo.pending_attempts(conn, order.id)
+        if not pending:
+            return False
+        found = await self._inventory.holds(order.hold_ids)
+        if not sold([found[h].state for h in order.hold_ids if h in found], len(order.hold_ids)):
+            return False
+        charged = [p for p in pending if await self._provider.charged(p)]
+        if not charged:
+            _LOGGER.error("order %s: units sold but no pending attempt is charged; recording %s", order.id, pending[-1])
+        payer = charged[0] if charged else pending[-1]
+        for other in charged[1:]:
+            await self._refund(other, order.id)
+        await self._record_paid(conn, order, payer)
+        _LOGGER.warning("repair: order %s had its units sold by payment %s, cut off before it was recorded;"
+                        " recorded as paid", order.id, payer)
+        REPAIRS.labels("order", "sold_order_recorded_paid").inc()
+        return True
 
     async def _record_paid(self, conn, order: OrderRecord, payment_id: str) -> None:
         """The order is paid: its status, its attempt, and its units sold queued for the catalog."""
         await repo.mark_paid(conn, order.id, payment_id, self._clock.now())
-        await repo.set_attempt_state(conn, payment_id, "SUCCEEDED")
+        await repo.set_attempt_state(conn, payment_id, SUCCEEDED)
         sales = catalog_pb2.RecordSalesRequest(order_id=order.id, lines=[
-            catalog_pb2.SaleLine(sku=i.sku, qty=i.qty) for i in order.items])
+            catalog_pb2.SaleLine(sku=sku, qty=qty) for sku, qty in order.units.items()])
         await repo.add_outbox(conn, order.id, sales.SerializeToString())
 
     async def _keep_units(self, order: OrderRecord, payment_id: str, user: str) -> list[str]:
-        """Keeps the order's units past the provider's answer; an order whose units are gone is expired.
-
-        The time to live depends only on the stored order, so a retry of the attempt replays the same
-        (idempotent) inventory call instead of being refused as a reused key.
-        """
-        window = max(1, math.ceil((order.pay_before - order.created_at).total_seconds()))
-        ttl = min(window + PAYMENT_GRACE_SECONDS, MAX_HOLD_SECONDS)
+        """Keeps the order's units past the provider's answer; an order whose units are gone is expired."""
         try:
-            answer = await self._inventory.call("ExtendHolds", inventory_pb2.ExtendHoldsRequest(
-                hold_ids=[i.hold_id for i in order.items], owner=f"order:{order.id}", order_id=order.id,
-                ttl_seconds=ttl, idempotency_key=f"pay-hold:{payment_id}"), user=user)
+            kept = await self._inventory.extend(order.hold_ids, f"order:{order.id}", order.id,
+                                                order.payment_hold_seconds(), f"pay-hold:{payment_id}", user=user)
         except ServiceError as err:
             if err.reason in _HOLDS_GONE:
-                await self._refund(payment_id)
+                await self._refund(payment_id, order.id)
                 raise _expired(order.id) from err
             raise
-        holds = [h.hold_id for h in answer.holds]
-        if holds != [i.hold_id for i in order.items]:
+        holds = [h.hold_id for h in kept]
+        if holds != order.hold_ids:
             # Recorded at once, on its own connection: a decline rolls the payment back, not this.
             async with await self._side() as side:
                 await repo.set_hold_ids(side, order.id, holds)
         return holds
 
-    async def _refund(self, payment_id: str) -> None:
-        await self._provider.refund(payment_id)
+    async def _charge(self, payment_id: str, order: OrderRecord, method: str, token: str) -> Charge:
+        return await asyncio.wait_for(faults.around(
+            "order", "provider", "charge",
+            lambda: self._provider.charge(payment_id, order.total, order.currency, method, token),
+            ProviderUnavailable), PROVIDER_TIMEOUT_SECONDS)
+
+    async def _refund(self, payment_id: str, order_id: str) -> None:
+        """Refunds an attempt (the provider refunds once per payment id, so a lost answer is asked again)."""
+        try:
+            async for attempt in AsyncRetrying(stop=stop_after_attempt(3), reraise=True,
+                                               wait=wait_exponential_jitter(initial=0.1, max=1.0),
+                                               retry=retry_if_exception_type((ProviderUnavailable,
+                                                                              asyncio.TimeoutError))):
+                with attempt:
+                    await asyncio.wait_for(faults.around("order", "provider", "refund",
+                                                         lambda: self._provider.refund(payment_id),
+                                                         ProviderUnavailable), PROVIDER_TIMEOUT_SECONDS)
+        except (ProviderUnavailable, asyncio.TimeoutError) as err:
+            raise _provider_unavailable(order_id) from err
         async with await self._side() as side:
-            await repo.set_attempt_state(side, payment_id, "REFUNDED")
-
-    @staticmethod
-    def _declined(order_id: str, why: str = "card declined") -> ServiceError:
-        return _error(grpc.StatusCode.INVALID_ARGUMENT, "PAYMENT_DECLINED",
-                      f"the payment was declined ({why}); the order stays payable until pay_before", order_id=order_id)
-
-    @staticmethod
-    def _already_paid(order_id: str) -> ServiceError:
-        return _error(grpc.StatusCode.ABORTED, "ALREADY_PAID", "this order is paid already", order_id=order_id)
+            await repo.set_attempt_state(side, payment_id, REFUNDED)
 
     # --- reading ------------------------------------------------------------------------------
+
+    async def _as_of_now(self, conn, order: OrderRecord) -> OrderRecord:
+        """The order with its status as of the database's now (an unpaid order past its window is EXPIRED)."""
+        return replace(order, status=order.status_at(await self._clock.db_now(conn)))
 
     async def get(self, user: str, order_id: str) -> OrderRecord:
         """One of the user's orders; anyone else's is NOT_FOUND, exactly like a missing one."""
@@ -249,20 +310,17 @@ class Orders:
             raise _not_found(order_id)
         async with self._pool.connection() as conn:
             order = await repo.get_order(conn, order_uuid, user)
-        if order is None:
-            raise _not_found(order_id)
-        return order
+            if order is None:
+                raise _not_found(order_id)
+            return await self._as_of_now(conn, order)
 
     async def list(self, user: str, page: int | None, limit: int | None) -> tuple[list[OrderRecord], int, int, int]:
         """A page of the user's orders, newest first: (orders, page, limit, total)."""
         page, limit = page_and_limit(page, limit)
         async with self._pool.connection() as conn:
             orders, total = await repo.list_orders(conn, user, limit, (page - 1) * limit)
-        return orders, page, limit, total
-
-    def now(self):
-        """The service's clock."""
-        return self._clock.now()
+            now = await self._clock.db_now(conn)
+        return [replace(o, status=o.status_at(now)) for o in orders], page, limit, total
 
     # --- background -------------------------------------------------------------------------
 
@@ -275,41 +333,106 @@ class Orders:
         ended = 0
         for _ in range(limit):
             async with self._pool.connection() as conn, conn.transaction():
-                due = await repo.due_orders(conn, self._clock.now(), 1)
+                due = await repo.due_orders(conn, await self._clock.db_now(conn), 1)
                 if not due:
                     break
                 ((order_id, user),) = due
                 order = await repo.get_order(conn, order_id, user)
-                pending = await repo.pending_attempts(conn, order_id)
-                hold_ids = [i.hold_id for i in order.items]
-                found = (await self._inventory.call("GetHolds", inventory_pb2.GetHoldsRequest(hold_ids=hold_ids))).holds
-                if pending and len(found) == len(hold_ids) and all(
-                        h.state == inventory_pb2.HOLD_STATE_COMMITTED for h in found):
-                    _LOGGER.warning("order %s: units sold by payment %s, recording it as paid", order_id, pending[-1])
-                    await self._record_paid(conn, order, pending[-1])
-                    ended += 1
+                ended += 1
+                if await self.settle(conn, order):
                     continue
-                for hold_id in hold_ids:  # one by one: a hold that already expired does not keep the others
+                for hold_id in order.hold_ids:  # one by one: a hold that already expired does not keep the others
                     try:
-                        await self._inventory.call("ReleaseHolds", inventory_pb2.ReleaseHoldsRequest(
-                            hold_ids=[hold_id], owner=f"order:{order_id}", idempotency_key=f"expire:{hold_id}"))
+                        await self._inventory.release([hold_id], f"order:{order_id}", f"expire:{hold_id}")
                     except ServiceError as err:
                         if err.reason not in _HOLDS_GONE:
                             raise
                         # Already expired in inventory: its units are back anyway.
-                for payment_id in pending:
-                    await self._refund(payment_id)
+                for payment_id in await repo.pending_attempts(conn, order_id):
+                    await self._refund(payment_id, order_id)
                 await repo.mark_expired(conn, order_id)
-                ended += 1
         return ended
+
+    async def reconcile(self) -> int:
+        """Repairs what a crash or a lost answer between steps left behind; safe in every replica (each
+        order is taken under its row lock, skipping those someone is working on). Returns the repairs."""
+        return await self._finish_checkouts() + await self._settle_attempts() + await self._release_orphans()
+
+    async def _finish_checkouts(self) -> int:
+        """Checkouts cut off after the cart handed its lines over: their order is stored from the hand-over."""
+        repaired = 0
+        async with self._pool.connection() as conn, conn.transaction():
+            now = await self._clock.db_now(conn)
+            for order_id, user, key in await repo.unfinished_checkouts(conn, now, RECONCILE_AGE_SECONDS, 50):
+                try:
+                    lines = await self._cart.hand_over(user, order_id, 1, replay_only=True)
+                except ServiceError as err:
+                    if err.reason != CHECKOUT_NOT_FOUND:
+                        raise
+                    await repo.drop_checkout(conn, order_id)  # the cart was never handed over
+                    continue
+                await repo.insert_order(conn, _order_of(order_id, user, lines, now), key)
+                _LOGGER.warning("repair: checkout %s of %s took the cart but stored no order; order stored",
+                                order_id, user)
+                REPAIRS.labels("order", "checkout_finished").inc()
+                repaired += 1
+        return repaired
+
+    async def _settle_attempts(self) -> int:
+        """Payment attempts cut off and left pending: settled as paid if they sold the units, else refunded."""
+        repaired = 0
+        async with self._pool.connection() as conn:
+            stale = await repo.orders_with_stale_attempts(conn, await self._clock.db_now(conn),
+                                                          RECONCILE_AGE_SECONDS, 50)
+        for order_id in stale:
+            async with self._pool.connection() as conn, conn.transaction():
+                order = await repo.lock_order(conn, order_id)
+                if order is None:  # a payment of it is under way
+                    continue
+                if order.status == PENDING_PAYMENT and await self.settle(conn, order):
+                    repaired += 1
+                    continue
+                for payment_id in await repo.pending_attempts(conn, order_id):
+                    await self._refund(payment_id, order_id)
+                    _LOGGER.warning("repair: payment %s of order %s was cut off without selling; refunded",
+                                    payment_id, order_id)
+                    REPAIRS.labels("order", "cut_off_payment_refunded").inc()
+                    repaired += 1
+        return repaired
+
+    async def _release_orphans(self) -> int:
+        """Order holds whose order is not awaiting payment and no checkout is finishing: units back."""
+        repaired = 0
+        holds = await self._inventory.active_holds("order:", RECONCILE_AGE_SECONDS)
+        if not holds:
+            return 0
+        async with self._pool.connection() as conn:
+            ids = list({h.order_id for h in holds if _order_uuid(h.order_id)})
+            statuses = await repo.orders_by_id(conn, ids)
+            under_way = await repo.checkouts_among(conn, ids) - set(statuses)
+        for hold in holds:
+            if statuses.get(hold.order_id) == PENDING_PAYMENT or hold.order_id in under_way:
+                continue
+            try:
+                await self._inventory.release([hold.hold_id], hold.owner, f"reconcile:{hold.hold_id}")
+            except ServiceError as err:
+                if err.reason not in _HOLDS_GONE:
+                    raise
+                continue
+            _LOGGER.warning("repair: released hold %s of order %s (%s), which no order awaiting payment keeps",
+                            hold.hold_id, hold.order_id, statuses.get(hold.order_id, "no such order"))
+            REPAIRS.labels("order", "orphan_order_hold").inc()
+            repaired += 1
+        return repaired
 
     async def deliver_sales(self, limit: int = 100) -> int:
         """Sends paid orders' units sold to the catalog (each once); what fails stays for the next pass."""
         delivered = 0
         async with self._pool.connection() as conn, conn.transaction():
             for order_id, payload in await repo.pending_outbox(conn, limit):
+                sales = catalog_pb2.RecordSalesRequest.FromString(payload)
                 try:
-                    await self._catalog.call("RecordSales", catalog_pb2.RecordSalesRequest.FromString(payload))
+                    await self._catalog.record_sales(sales.order_id, {x.sku: x.qty for x in sales.lines})
                 except ServiceError as err:
                     _LOGGER.warning("units sold of order %s not delivered yet: %s", order_id, err.message)
                     break

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from google.protobuf import timestamp_pb2
 
-from order_svc.repository import OrderRecord
+from order_svc.model import OrderRecord
 from order_svc.service import Orders
 from shop.order.v1 import order_pb2, order_pb2_grpc
 from shop_runtime.calls import idempotency_key, require_user
@@ -16,11 +16,11 @@ def _ts(value) -> timestamp_pb2.Timestamp:
     return ts
 
 
-def order_pb(order: OrderRecord, now) -> order_pb2.Order:
-    """An order as a message, with its status as of `now`."""
+def order_pb(order: OrderRecord) -> order_pb2.Order:
+    """An order as a message (the service layer gives its status as of now)."""
     message = order_pb2.Order(
         order_id=order.id,
-        status=order_pb2.OrderStatus.Value(order.status_at(now)),
+        status=order_pb2.OrderStatus.Value(order.status),
         items=[order_pb2.OrderItem(sku=i.sku, name=i.name, price=i.price, qty=i.qty, subtotal=i.price * i.qty)
                for i in order.items],
         total=order.total,
@@ -41,16 +41,14 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
         self._orders = orders
 
     async def Checkout(self, request, context):
-        order = await self._orders.checkout(require_user(context), idempotency_key(context))
-        return order_pb(order, self._orders.now())
+        return order_pb(await self._orders.checkout(require_user(context), idempotency_key(context)))
 
     async def Pay(self, request, context):
-        order = await self._orders.pay(require_user(context), idempotency_key(context),
-                                       request.order_id, request.amount, request.method, request.token)
-        return order_pb(order, self._orders.now())
+        return order_pb(await self._orders.pay(require_user(context), idempotency_key(context),
+                                               request.order_id, request.amount, request.method, request.token))
 
     async def GetOrder(self, request, context):
-        return order_pb(await self._orders.get(require_user(context), request.order_id), self._orders.now())
+        return order_pb(await self._orders.get(require_user(context), request.order_id))
 
     async def ListOrders(self, request, context):
         orders, page, limit, total = await self._orders.list(
@@ -58,6 +56,5 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
             request.page if request.HasField("page") else None,
             request.limit if request.HasField("limit") else None,
         )
-        now = self._orders.now()
-        return order_pb2.ListOrdersResponse(items=[order_pb(o, now) for o in orders], page=page, limit=limit,
+        return order_pb2.ListOrdersResponse(items=[order_pb(o) for o in orders], page=page, limit=limit,
                                             total=total)

@@ -1,4 +1,4 @@
-"""Clients of other services: one channel per healthy instance, calls spread round-robin."""
+"""Clients of other services: one channel per healthy instance, calls spread round-robin, idempotent calls retried."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import logging
 from typing import Any, Callable, Generic, TypeVar
 
 import grpc
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
+from shop_runtime import deadlines, faults
 from shop_runtime.consul import Discovery, Instance
 from shop_runtime.calls import outgoing, relay
 from shop_runtime.errors import unavailable
@@ -17,10 +19,20 @@ _LOGGER = logging.getLogger(__name__)
 
 StubT = TypeVar("StubT")
 
-# How long a call to another service may take before it counts as failed.
-CALL_TIMEOUT = 5.0
-# Failures that mean the instance, not the request, is the problem.
-_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+# Failures after which the same request may be sent again: the instance, not the request, failed,
+# or the answer was lost. The callee may have done the work: only idempotent calls are repeated.
+TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def _transient(err: BaseException) -> bool:
+    if not isinstance(err, grpc.aio.AioRpcError) or err.code() not in TRANSIENT:
+        return False
+    left = deadlines.remaining()
+    return left is None or left > deadlines.MIN_ATTEMPT
+
+
+def _lost(why: str) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details=why)
 
 
 class ServiceClient(Generic[StubT]):
@@ -46,19 +58,38 @@ class ServiceClient(Generic[StubT]):
         instance = instances[next(self._turn) % len(instances)]
         return self._entry(instance)[1]
 
-    async def call(self, method: str, request: Any, *, user: str | None = None, timeout: float = CALL_TIMEOUT,
-                   attempts: int = 1) -> Any:
-        """Calls `method` on the next passing instance on behalf of `user`; the callee's refusal is
-        raised as this service's own ServiceError, a dead callee as UNAVAILABLE. With attempts > 1, a
-        dead or silent instance is followed by the next one (for reads and idempotent calls only)."""
-        for attempt in range(1, attempts + 1):
-            try:
-                return await getattr(self.stub(), method)(request, timeout=timeout,
-                                                          metadata=outgoing(self._caller, user))
-            except grpc.aio.AioRpcError as err:
-                if attempt == attempts or err.code() not in _RETRYABLE:
-                    raise relay(err, self.service) from err
-        raise AssertionError("attempts must be 1 or more")
+    async def call(self, method: str, request: Any, *, user: str | None = None, idempotent: bool = False,
+                   timeout: float = deadlines.ATTEMPT_TIMEOUT) -> Any:
+        """Calls `method` on the next passing instance on behalf of `user`.
+
+        The callee's refusal is raised as this service's own ServiceError, a dead or silent callee as
+        UNAVAILABLE. An idempotent call (a read, or a write carrying its idempotency key) that failed
+        in transit is sent again, the same request to the next instance, with backoff, a few times
+        and within the current handler's deadline. Typed clients (e.g. inventory_svc.client) wrap
+        this; services do not call it with method names themselves.
+        """
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(deadlines.ATTEMPTS if idempotent else 1),
+            wait=wait_exponential_jitter(initial=0.05, max=0.5),
+            retry=retry_if_exception(_transient),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await self._once(method, request, user, deadlines.attempt_timeout(timeout))
+        except grpc.aio.AioRpcError as err:
+            raise relay(err, self.service) from err
+        raise AssertionError("unreachable: tenacity either returned or raised")
+
+    async def _once(self, method: str, request: Any, user: str | None, timeout: float) -> Any:
+        if timeout <= deadlines.MIN_ATTEMPT:
+            raise grpc.aio.AioRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                       details="no time left for this call")
+        stub = self.stub()
+        return await faults.around(
+            self._caller, self.service, method,
+            lambda: getattr(stub, method)(request, timeout=timeout, metadata=outgoing(self._caller, user)), _lost)
 
     def _entry(self, instance: Instance) -> tuple[grpc.aio.Channel, StubT]:
         entry = self._channels.get(instance.target)

@@ -1,4 +1,4 @@
-"""Time as the services see it: the system clock, or a manual one that tests move forward."""
+"""Time as the services see it: expiry decided by the database's clock, or a manual one that tests move forward."""
 
 from __future__ import annotations
 
@@ -6,19 +6,31 @@ import threading
 from datetime import datetime, timedelta, timezone
 from typing import Protocol
 
+from psycopg import AsyncConnection
+
 
 class Clock(Protocol):
-    """Tells the current time, timezone-aware in UTC."""
+    """Tells the time: `now` for stamps, `db_now` for decisions of expiry."""
 
     def now(self) -> datetime: ...
 
+    async def db_now(self, conn: AsyncConnection) -> datetime: ...
+
 
 class SystemClock:
-    """The machine's clock."""
+    """The database's clock for every decision of expiry, so replicas on several hosts agree; the machine's for stamps."""
 
     def now(self) -> datetime:
-        """Now, in UTC."""
+        """Now by this machine, in UTC: for stamps that decide nothing (when a line was added)."""
         return datetime.now(timezone.utc)
+
+    async def db_now(self, conn: AsyncConnection) -> datetime:
+        """Now by the database, read at this point of the transaction (after the locks taken before it).
+
+        clock_timestamp(), not now(): now() is the transaction's start, before any lock was waited for.
+        """
+        cur = await conn.execute("SELECT clock_timestamp()")
+        return (await cur.fetchone())[0]
 
 
 class ManualClock:
@@ -32,6 +44,10 @@ class ManualClock:
         """The time it was set to."""
         with self._lock:
             return self._now
+
+    async def db_now(self, conn: AsyncConnection) -> datetime:
+        """The time it was set to, whatever the database says."""
+        return self.now()
 
     def advance(self, seconds: float) -> None:
         """Moves the clock forward."""

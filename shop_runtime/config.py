@@ -73,6 +73,8 @@ class ServiceSettings:
     shutdown_grace_seconds: float
     check_interval: str
     pool_max_size: int
+    # Where /metrics is served (Prometheus); 0: not served.
+    metrics_port: int = 0
 
     @property
     def instance_id(self) -> str:
@@ -99,4 +101,5 @@ class ServiceSettings:
             shutdown_grace_seconds=env_float("SHUTDOWN_GRACE_SECONDS", 5.0),
             check_interval=env_str("CONSUL_CHECK_INTERVAL", "2s"),
             pool_max_size=env_int("DB_POOL_MAX_SIZE", 10, minimum=1, maximum=200),
+            metrics_port=env_int("METRICS_PORT", 0, minimum=0, maximum=65535),
         )

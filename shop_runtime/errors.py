@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any, Awaitable, Callable
 
@@ -9,6 +10,8 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
+
+from shop_runtime import deadlines
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -59,7 +62,33 @@ def error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | None:
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Turns a ServiceError raised by any unary handler into its rich status."""
+    """Runs every unary handler to its end, under its deadline, and turns a ServiceError into its rich status.
+
+    A handler whose caller went away (a shopper's request abandoned, a caller's deadline passed)
+    is not cut off halfway: its work goes on, detached, until it is done, so a step either
+    finishes or, if it fails, rolls back as a whole. Its caller's retry with the same idempotency
+    key then finds the step done (or waits for it) instead of doing it twice.
+    """
+
+    def __init__(self) -> None:
+        self._detached: set[asyncio.Task] = set()
+
+    async def drain(self, timeout: float) -> None:
+        """Waits (up to `timeout`) for handlers whose callers went away to finish their work."""
+        if self._detached:
+            _LOGGER.info("waiting for %d detached handler(s) to finish", len(self._detached))
+            await asyncio.wait(list(self._detached), timeout=timeout)
+
+    def _detach(self, method: str, task: asyncio.Task) -> None:
+        _LOGGER.info("%s: the caller went away; finishing the work anyway", method)
+        self._detached.add(task)
+
+        def done(t: asyncio.Task) -> None:
+            self._detached.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                _LOGGER.error("%s: detached work failed", method, exc_info=t.exception())
+
+        task.add_done_callback(done)
 
     async def intercept_service(
         self,
@@ -70,18 +99,33 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or handler.unary_unary is None:
             return handler
         inner = handler.unary_unary
+        method = handler_call_details.method
 
-        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def run(request: Any, context: grpc.aio.ServicerContext) -> tuple[Any, ServiceError | None]:
+            token = deadlines.begin(method, context.time_remaining())
             try:
-                return await inner(request, context)
+                return await inner(request, context), None
             except ServiceError as err:
-                _LOGGER.info("%s: %s %s", handler_call_details.method, err.reason, err.message)
-                await context.abort_with_status(err.to_status())
+                return None, err
             except NotImplementedError:
                 # The generated base servicer's answer for an RPC a service does not build yet.
-                err = ServiceError(grpc.StatusCode.UNIMPLEMENTED, "NOT_IMPLEMENTED",
-                                   f"{handler_call_details.method} is not implemented yet")
+                return None, ServiceError(grpc.StatusCode.UNIMPLEMENTED, "NOT_IMPLEMENTED",
+                                          f"{method} is not implemented yet")
+            finally:
+                deadlines.end(token)
+
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            work = asyncio.ensure_future(run(request, context))
+            try:
+                response, err = await asyncio.shield(work)
+            except asyncio.CancelledError:
+                if not work.done():
+                    self._detach(method, work)
+                raise
+            if err is not None:
+                _LOGGER.info("%s: %s %s", method, err.reason, err.message)
                 await context.abort_with_status(err.to_status())
+            return response
 
         return grpc.unary_unary_rpc_method_handler(
             wrapped,

@@ -18,6 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from shop_runtime import consul as shop_consul
+from shop_runtime import metrics
 from shop_runtime.clients import ServiceClient
 from shop_runtime.clock import Clock, SystemClock
 from shop_runtime.config import ConfigError, ServiceSettings
@@ -78,6 +79,8 @@ class GrpcApp:
     port: int
     health: health.aio.HealthServicer
     service_names: list[str]
+    # Handlers keep working when their caller goes away; stopping waits for them (see ErrorInterceptor).
+    interceptor: ErrorInterceptor = field(default_factory=ErrorInterceptor)
     # Coroutine functions run while the server serves (e.g. sweepers), cancelled when it stops.
     background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
@@ -111,7 +114,8 @@ def build_server(
     service_names: Sequence[str],
 ) -> GrpcApp:
     """A server with the given servicers, the standard health service and reflection, bound to its port."""
-    server = grpc.aio.server(interceptors=[ErrorInterceptor()],
+    interceptor = ErrorInterceptor()
+    server = grpc.aio.server(interceptors=[interceptor],
                              options=[("grpc.max_metadata_size", MAX_METADATA_BYTES)])
     for add, servicer in servicers:
         add(servicer, server)
@@ -121,7 +125,8 @@ def build_server(
         [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
     )
     port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
-    return GrpcApp(server=server, port=port, health=health_servicer, service_names=list(service_names))
+    return GrpcApp(server=server, port=port, health=health_servicer, service_names=list(service_names),
+                   interceptor=interceptor)
 
 
 async def _watch_readiness(app: GrpcApp, pool: AsyncConnectionPool) -> None:
@@ -173,6 +178,7 @@ async def serve(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     app = create_server(settings, deps)
+    metrics.serve(settings.metrics_port)
     tasks: list[asyncio.Task] = []
     registered = False
     try:
@@ -199,6 +205,7 @@ async def serve(
         if registered:
             await shop_consul.deregister(client, settings.instance_id)
         await app.server.stop(settings.shutdown_grace_seconds)
+        await app.interceptor.drain(settings.shutdown_grace_seconds)
         await deps.close()
         await pool.close()
         await client.close()

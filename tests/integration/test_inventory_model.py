@@ -88,6 +88,8 @@ class ModelHold:
     qty: int
     state: str
     expires_at: datetime
+    # The hold that holds an expired hold's units again for its order, once ExtendHolds did so.
+    replaced_by: str | None = None
 
 
 def reason(err: grpc.RpcError) -> str:
@@ -201,6 +203,9 @@ class InventoryMachine(RuleBasedStateMachine):
 
     @rule(target=holds, hold_id=holds, ttl=st.integers(1, 30))
     def extend(self, hold_id, ttl):
+        named = hold_id
+        while self.model[hold_id].replaced_by:  # an expired hold held again stands for its replacement
+            hold_id = self.model[hold_id].replaced_by
         h, state = self.model[hold_id], self.state(hold_id)
         request = inventory_pb2.ExtendHoldsRequest(hold_ids=[hold_id], owner="order:o", order_id="o", ttl_seconds=ttl)
         rehold_ok = state == "EXPIRED" and h.qty <= self.available(h.sku)
@@ -218,8 +223,9 @@ class InventoryMachine(RuleBasedStateMachine):
             assert new.hold_id == hold_id
             h.expires_at = expires_at
             return multiple()
-        assert new.hold_id != hold_id, "an expired hold must not come back to life"
+        assert new.hold_id not in (hold_id, named), "an expired hold must not come back to life"
         h.state = "EXPIRED"
+        h.replaced_by = new.hold_id
         self.model[new.hold_id] = ModelHold(h.sku, h.qty, "ACTIVE", expires_at)
         return new.hold_id
 

@@ -1,0 +1,43 @@
+"""The cart as the order service sees it: the hand-over of a cart to an order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from shop.cart.v1 import cart_pb2, cart_pb2_grpc
+from shop_runtime.clients import ServiceClient
+
+CART_EMPTY = "CART_EMPTY"
+CHECKOUT_NOT_FOUND = "CHECKOUT_NOT_FOUND"
+
+# The service's stub, for Deps.client.
+STUB = cart_pb2_grpc.CartServiceStub
+
+
+@dataclass(frozen=True)
+class HandedLine:
+    """A cart line handed to an order: its units, the hold that keeps them, its name and price."""
+
+    sku: str
+    qty: int
+    hold_id: str
+    reserved_until: datetime
+    name: str
+    price: int
+
+
+class CartClient:
+    """Calls the cart."""
+
+    def __init__(self, service: ServiceClient):
+        self._service = service
+
+    async def hand_over(self, user: str, order_id: str, ttl_seconds: int, *,
+                        replay_only: bool = False) -> list[HandedLine]:
+        """Hands the user's cart to `order_id` (the order id is the idempotency key: a retry answers the
+        same); with replay_only, only an earlier hand-over is answered (CHECKOUT_NOT_FOUND if none)."""
+        answer = await self._service.call("CheckoutCart", cart_pb2.CheckoutCartRequest(
+            order_id=order_id, ttl_seconds=ttl_seconds, replay_only=replay_only), user=user, idempotent=True)
+        return [HandedLine(x.sku, x.qty, x.hold_id, x.reserved_until.ToDatetime(tzinfo=timezone.utc), x.name, x.price)
+                for x in answer.lines]

@@ -1,0 +1,88 @@
+"""The cart's records and the rules about them that need no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+MAX_LINE_QTY = 100
+
+
+@dataclass(frozen=True)
+class Line:
+    """A cart line as the cart records it: the SKU, the hold that keeps its units, and the cart's last word
+    on that hold (qty and reserved_until). The hold in inventory is the truth: the cart shows and checks
+    out the hold's own quantity, which differs from `qty` only after a change whose answer was lost."""
+
+    sku: str
+    qty: int
+    hold_id: str
+    reserved_until: datetime
+    added_at: datetime
+
+
+@dataclass(frozen=True)
+class Product:
+    """What the cart shows of a product: its current name and price."""
+
+    name: str
+    price: int
+
+
+# A product since removed from the catalog.
+MISSING_PRODUCT = Product(name="", price=0)
+
+
+@dataclass(frozen=True)
+class ViewLine:
+    """A line as the shopper sees it: units and expiry from the hold, name and price from the catalog."""
+
+    sku: str
+    product: Product
+    qty: int
+    reserved_until: datetime
+    expired: bool
+
+    @property
+    def subtotal(self) -> int:
+        """price times qty."""
+        return self.product.price * self.qty
+
+
+@dataclass(frozen=True)
+class CartView:
+    """A user's cart with current names and prices."""
+
+    lines: list[ViewLine]
+
+    @property
+    def total(self) -> int:
+        """The sum of the lines' subtotals."""
+        return sum(line.subtotal for line in self.lines)
+
+    def to_json(self) -> dict:
+        """The view as stored for the replay of an idempotent change."""
+        return {"lines": [{"sku": x.sku, "name": x.product.name, "price": x.product.price, "qty": x.qty,
+                           "reserved_until": x.reserved_until.isoformat(), "expired": x.expired} for x in self.lines]}
+
+    @classmethod
+    def from_json(cls, doc: dict) -> "CartView":
+        """A view stored by to_json."""
+        return cls([ViewLine(x["sku"], Product(x["name"], x["price"]), x["qty"],
+                             datetime.fromisoformat(x["reserved_until"]), x["expired"]) for x in doc["lines"]])
+
+
+def owner_of(user: str) -> str:
+    """The inventory owner of a user's cart holds."""
+    return f"cart:{user}"
+
+
+def user_of(owner: str) -> str | None:
+    """The user whose cart holds an owner's units; None for an owner that is not a cart."""
+    return owner.removeprefix("cart:") if owner.startswith("cart:") else None
+
+
+def change_key(user: str, change: str, step: str) -> str:
+    """The inventory idempotency key of one step of a cart change: the same change (a retry, with the
+    shopper's own Idempotency-Key) sends the same key, a new change a new one."""
+    return f"cart:{user}:{change}:{step}"

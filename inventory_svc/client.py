@@ -1,0 +1,108 @@
+"""The inventory as its callers see it: typed calls, the refusals they branch on, retries with the same key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+from shop_runtime.clients import ServiceClient
+
+# Refusals that mean a hold can no longer be changed by its caller: it ended, expired or moved on.
+HOLD_GONE = frozenset({"HOLD_NOT_ACTIVE", "HOLD_NOT_OWNED", "HOLD_NOT_FOUND"})
+OUT_OF_STOCK = "OUT_OF_STOCK"
+QTY_LIMIT = "QTY_LIMIT"
+ACTIVE, COMMITTED, RELEASED, EXPIRED = "ACTIVE", "COMMITTED", "RELEASED", "EXPIRED"
+
+# The service's stub, for Deps.client.
+STUB = inventory_pb2_grpc.InventoryServiceStub
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A hold as inventory reports it now."""
+
+    hold_id: str
+    owner: str
+    sku: str
+    qty: int
+    state: str  # ACTIVE, COMMITTED, RELEASED or EXPIRED (an active hold past its expiry is EXPIRED)
+    expires_at: datetime
+    order_id: str
+
+    @classmethod
+    def of(cls, m: inventory_pb2.Hold) -> "Hold":
+        """The record of a message."""
+        return cls(m.hold_id, m.owner, m.sku, m.qty, inventory_pb2.HoldState.Name(m.state).removeprefix("HOLD_STATE_"),
+                   m.expires_at.ToDatetime(tzinfo=timezone.utc), m.order_id)
+
+
+def _holds(messages) -> list[Hold]:
+    return [Hold.of(m) for m in messages]
+
+
+class InventoryClient:
+    """Calls inventory. Writes carry an idempotency key derived from the caller's business operation,
+    so a write whose answer was lost is sent again (same request, same key) and takes effect once."""
+
+    def __init__(self, service: ServiceClient):
+        self._service = service
+
+    async def hold(self, owner: str, lines: dict[str, int], ttl_seconds: int, key: str, *,
+                   user: str | None = None) -> list[Hold]:
+        """Holds every line's units for `owner`, all or nothing; OUT_OF_STOCK when any is short."""
+        answer = await self._service.call("CreateHolds", inventory_pb2.CreateHoldsRequest(
+            owner=owner, lines=[inventory_pb2.HoldLine(sku=s, qty=q) for s, q in lines.items()],
+            ttl_seconds=ttl_seconds, idempotency_key=key), user=user, idempotent=bool(key))
+        return _holds(answer.holds)
+
+    async def resize(self, hold_id: str, ttl_seconds: int, owner: str, key: str, *, qty: int = 0, add: int = 0,
+                     max_qty: int = 0, user: str | None = None) -> Hold:
+        """Sets an active hold of `owner` to `qty` units, or grows it by `add`, until now + ttl, never above
+        max_qty (QTY_LIMIT); HOLD_GONE reasons when the hold is no longer the owner's active hold."""
+        answer = await self._service.call("ResizeHold", inventory_pb2.ResizeHoldRequest(
+            hold_id=hold_id, qty=qty, add_qty=add, max_qty=max_qty, ttl_seconds=ttl_seconds, owner=owner,
+            idempotency_key=key), user=user, idempotent=bool(key))
+        return Hold.of(answer.hold)
+
+    async def release(self, hold_ids: list[str], owner: str, key: str, *, user: str | None = None) -> list[Hold]:
+        """Gives the units of active holds of `owner` back, all or nothing."""
+        answer = await self._service.call("ReleaseHolds", inventory_pb2.ReleaseHoldsRequest(
+            hold_ids=hold_ids, owner=owner, idempotency_key=key), user=user, idempotent=bool(key))
+        return _holds(answer.holds)
+
+    async def extend(self, hold_ids: list[str], owner: str, order_id: str, ttl_seconds: int, key: str, *,
+                     user: str | None = None) -> list[Hold]:
+        """Moves holds to an order until now + ttl (an expired one held again), all or nothing."""
+        answer = await self._service.call("ExtendHolds", inventory_pb2.ExtendHoldsRequest(
+            hold_ids=hold_ids, owner=owner, order_id=order_id, ttl_seconds=ttl_seconds, idempotency_key=key),
+            user=user, idempotent=bool(key))
+        return _holds(answer.holds)
+
+    async def commit(self, hold_ids: list[str], key: str, *, user: str | None = None) -> list[Hold]:
+        """Sells the units of active holds, all or nothing; HOLD_NOT_ACTIVE when any is not active."""
+        answer = await self._service.call("CommitHolds", inventory_pb2.CommitHoldsRequest(
+            hold_ids=hold_ids, idempotency_key=key), user=user, idempotent=bool(key))
+        return _holds(answer.holds)
+
+    async def holds(self, hold_ids: list[str]) -> dict[str, Hold]:
+        """The holds among `hold_ids` as they are now, by id; unknown ids are absent."""
+        if not hold_ids:
+            return {}
+        answer = await self._service.call("GetHolds", inventory_pb2.GetHoldsRequest(hold_ids=hold_ids),
+                                          idempotent=True)
+        return {h.hold_id: h for h in _holds(answer.holds)}
+
+    async def active_holds(self, owner_prefix: str, min_age_seconds: int, after: str = "",
+                           limit: int = 200) -> list[Hold]:
+        """A page of active holds whose owner starts with `owner_prefix`, made at least min_age_seconds ago."""
+        answer = await self._service.call("ListHolds", inventory_pb2.ListHoldsRequest(
+            owner_prefix=owner_prefix, min_age_seconds=min_age_seconds, after_hold_id=after, limit=limit),
+            idempotent=True)
+        return _holds(answer.holds)
+
+    async def availability(self, skus: list[str], timeout: float) -> dict[str, int]:
+        """Units available now per SKU."""
+        answer = await self._service.call("GetAvailability", inventory_pb2.GetAvailabilityRequest(skus=skus),
+                                          idempotent=True, timeout=timeout)
+        return {item.sku: item.available for item in answer.items}
