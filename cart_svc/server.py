@@ -5,14 +5,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from cart_svc.service import Carts
+from cart_svc.service import ORPHAN_AGE_SECONDS, Carts
 from cart_svc.servicer import CartServicer
 from catalog_svc import client as catalog_client
 from catalog_svc.client import CatalogClient
 from inventory_svc import client as inventory_client
 from inventory_svc.client import InventoryClient
 from shop.cart.v1 import cart_pb2, cart_pb2_grpc
-from shop_runtime.config import ServiceSettings, env_float
+from shop_runtime.config import ServiceSettings, env_float, env_int
 from shop_runtime.server import Deps, GrpcApp, ServiceSpec, build_server, periodic
 
 _LOGGER = logging.getLogger(__name__)
@@ -34,7 +34,9 @@ def create_server(settings: ServiceSettings, deps: Deps) -> GrpcApp:
     carts = Carts(deps.pool,
                   InventoryClient(deps.client("inventory", inventory_client.STUB, settings.service_name)),
                   CatalogClient(deps.client("catalog", catalog_client.STUB, settings.service_name)),
-                  deps.live, deps.clock)
+                  deps.live, deps.clock,
+                  # How old a hold must be before the reconciler judges it (younger ones may be mid-change).
+                  reconcile_age_seconds=env_int("RECONCILE_MIN_AGE_SECONDS", ORPHAN_AGE_SECONDS, minimum=0))
     app = build_server(
         settings,
         [(cart_pb2_grpc.add_CartServiceServicer_to_server, CartServicer(carts))],

@@ -51,7 +51,8 @@ class Carts:
     """
 
     def __init__(self, pool: AsyncConnectionPool, inventory: InventoryClient, catalog: CatalogClient,
-                 live: LiveSettings, clock: Clock):
+                 live: LiveSettings, clock: Clock, reconcile_age_seconds: int = ORPHAN_AGE_SECONDS):
+        self._reconcile_age = reconcile_age_seconds
         self._pool = pool
         self._inventory = inventory
         self._catalog = catalog
@@ -215,7 +216,7 @@ class Carts:
         repaired = 0
         after = ""
         while True:
-            page = await self._inventory.active_holds("cart:", ORPHAN_AGE_SECONDS, after, limit)
+            page = await self._inventory.active_holds("cart:", self._reconcile_age, after, limit)
             for hold in page:
                 user = user_of(hold.owner)
                 if user is None:

@@ -10,6 +10,7 @@ from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 
 from gateway.identity import AUDIENCE, ISSUER
+from shop_runtime import deadlines
 
 # Consul service name -> the gRPC service it serves.
 UPSTREAMS = {
@@ -19,8 +20,6 @@ UPSTREAMS = {
     "order": "shop.order.v1.OrderService",
 }
 
-# How long a REST call may take end to end before the gateway answers 504.
-ROUTE_TIMEOUT = "15s"
 # Request bodies larger than this are refused with 413 before reaching a service.
 MAX_REQUEST_BYTES = 64 * 1024
 # URL and headers larger than this are refused with 431.
@@ -194,7 +193,10 @@ def _identity_filters(cfg: GatewayConfig, methods: list[Method]) -> list[dict]:
 def _http_connection_manager(cfg: GatewayConfig, methods: list[Method]) -> dict:
     cluster_of = {grpc_name: cluster for cluster, grpc_name in UPSTREAMS.items()}
     routes = [
-        {"match": {"path": m.grpc_path}, "route": {"cluster": cluster_of[m.service], "timeout": ROUTE_TIMEOUT}}
+        # How long a REST call may take before the gateway answers 504: longer than the worst case of the
+        # work behind it (its budget), so a client is never told "timeout" while its payment goes on.
+        {"match": {"path": m.grpc_path},
+         "route": {"cluster": cluster_of[m.service], "timeout": deadlines.route_timeout(m.grpc_path)}}
         for m in methods
     ]
     return {

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from order_svc.payments import StandInProvider
-from order_svc.service import Orders
+from order_svc.service import RECONCILE_AGE_SECONDS, Orders
 from order_svc.servicer import OrderServicer
 from cart_svc import client as cart_client
 from cart_svc.client import CartClient
@@ -15,7 +15,7 @@ from catalog_svc.client import CatalogClient
 from inventory_svc import client as inventory_client
 from inventory_svc.client import InventoryClient
 from shop.order.v1 import order_pb2, order_pb2_grpc
-from shop_runtime.config import ServiceSettings, env_float
+from shop_runtime.config import ServiceSettings, env_float, env_int
 from shop_runtime.server import Deps, GrpcApp, ServiceSpec, build_server, periodic
 
 _LOGGER = logging.getLogger(__name__)
@@ -52,6 +52,8 @@ def create_server(settings: ServiceSettings, deps: Deps) -> GrpcApp:
         catalog=CatalogClient(deps.client("catalog", catalog_client.STUB, settings.service_name)),
         inventory=InventoryClient(deps.client("inventory", inventory_client.STUB, settings.service_name)),
         provider=StandInProvider(settings.database_url), live=deps.live, clock=deps.clock,
+        # How old a checkout or payment must be before the reconciler judges it (younger ones may be under way).
+        reconcile_age_seconds=env_int("RECONCILE_MIN_AGE_SECONDS", RECONCILE_AGE_SECONDS, minimum=0),
     )
     app = build_server(
         settings,

@@ -100,7 +100,9 @@ class Orders:
     """
 
     def __init__(self, pool: AsyncConnectionPool, dsn: str, cart: CartClient, catalog: CatalogClient,
-                 inventory: InventoryClient, provider: PaymentProvider, live: LiveSettings, clock: Clock):
+                 inventory: InventoryClient, provider: PaymentProvider, live: LiveSettings, clock: Clock,
+                 reconcile_age_seconds: int = RECONCILE_AGE_SECONDS):
+        self._reconcile_age = reconcile_age_seconds
         self._pool = pool
         self._dsn = dsn
         self._cart = cart
@@ -160,6 +162,14 @@ class Orders:
         if (order_uuid := _order_uuid(order_id)) is None:
             raise _not_found(order_id)
         request_hash = idempotency.fingerprint("pay", order_uuid, amount, method, token)
+        async with self._pool.connection() as conn:
+            # An earlier attempt may have sold the units and been cut off before it said so: then the
+            # order is paid by that attempt, whichever key it came with. Settled (and committed) first,
+            # so whatever this call answers, the order's state is true.
+            async with conn.transaction():
+                order = await repo.get_order(conn, order_uuid, user, for_update=True)
+                if order is not None and order.status == PENDING_PAYMENT:
+                    await self.settle(conn, order)
         async with self._pool.connection() as conn, conn.transaction():
             # The order's row lock makes payments of one order (and its expiry, and the reconciler) take turns.
             order = await repo.get_order(conn, order_uuid, user, for_update=True)
@@ -177,12 +187,6 @@ class Orders:
                     raise _already_paid(order_id) if order.status == PAID else _error(
                         grpc.StatusCode.ABORTED, "PAYMENT_SUPERSEDED",
                         "this payment was cancelled and refunded; pay with a new Idempotency-Key", order_id=order_id)
-            # An earlier attempt may have sold the units and been cut off before it said so: then the
-            # order is paid by that attempt, whichever key it came with.
-            if order.status == PENDING_PAYMENT and await self.settle(conn, order):
-                order = await repo.get_order(conn, order_uuid, user)
-                if attempt is not None and attempt.payment_id == order.payment_id:
-                    return await self._as_of_now(conn, order)
             if order.status == PAID:
                 if attempt is not None:  # paid under another key meanwhile: this attempt's charge goes back
                     await self._refund(attempt.payment_id, order_id)
@@ -286,7 +290,7 @@ class Orders:
         """Refunds an attempt (the provider refunds once per payment id, so a lost answer is asked again)."""
         try:
             async for attempt in AsyncRetrying(stop=stop_after_attempt(3), reraise=True,
-                                               wait=wait_exponential_jitter(initial=0.1, max=1.0),
+                                               wait=wait_exponential_jitter(multiplier=0.1, max=1.0, jitter=0.1),
                                                retry=retry_if_exception_type((ProviderUnavailable,
                                                                               asyncio.TimeoutError))):
                 with attempt:
@@ -363,7 +367,7 @@ class Orders:
         repaired = 0
         async with self._pool.connection() as conn, conn.transaction():
             now = await self._clock.db_now(conn)
-            for order_id, user, key in await repo.unfinished_checkouts(conn, now, RECONCILE_AGE_SECONDS, 50):
+            for order_id, user, key in await repo.unfinished_checkouts(conn, now, self._reconcile_age, 50):
                 try:
                     lines = await self._cart.hand_over(user, order_id, 1, replay_only=True)
                 except ServiceError as err:
@@ -383,7 +387,7 @@ class Orders:
         repaired = 0
         async with self._pool.connection() as conn:
             stale = await repo.orders_with_stale_attempts(conn, await self._clock.db_now(conn),
-                                                          RECONCILE_AGE_SECONDS, 50)
+                                                          self._reconcile_age, 50)
         for order_id in stale:
             async with self._pool.connection() as conn, conn.transaction():
                 order = await repo.lock_order(conn, order_id)
@@ -403,7 +407,7 @@ class Orders:
     async def _release_orphans(self) -> int:
         """Order holds whose order is not awaiting payment and no checkout is finishing: units back."""
         repaired = 0
-        holds = await self._inventory.active_holds("order:", RECONCILE_AGE_SECONDS)
+        holds = await self._inventory.active_holds("order:", self._reconcile_age)
         if not holds:
             return 0
         async with self._pool.connection() as conn:

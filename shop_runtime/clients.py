@@ -70,7 +70,7 @@ class ServiceClient(Generic[StubT]):
         """
         retrying = AsyncRetrying(
             stop=stop_after_attempt(deadlines.ATTEMPTS if idempotent else 1),
-            wait=wait_exponential_jitter(initial=0.05, max=0.5),
+            wait=wait_exponential_jitter(multiplier=0.05, max=0.5, jitter=0.05),
             retry=retry_if_exception(_transient),
             reraise=True,
         )

@@ -42,12 +42,11 @@ def route_timeout(method: str) -> str:
     return f"{math.ceil(budget(method) + GATEWAY_MARGIN)}s"
 
 
-def begin(method: str, caller_remaining: float | None) -> contextvars.Token:
-    """Starts the deadline of a handler: its budget, or sooner when its caller gave less time."""
-    seconds = budget(method)
-    if caller_remaining is not None:
-        seconds = min(seconds, max(caller_remaining, 0.0))
-    return _DEADLINE.set(asyncio.get_running_loop().time() + seconds)
+def begin(method: str) -> contextvars.Token:
+    """Starts the deadline of a handler: its own budget. Not its caller's deadline: a handler whose caller
+    gave up still finishes its step (see shop_runtime.errors.ErrorInterceptor), and the budgets nest by
+    construction (a callee's budget is below the time its caller allows for the call, retries included)."""
+    return _DEADLINE.set(asyncio.get_running_loop().time() + budget(method))
 
 
 def end(token: contextvars.Token) -> None:

@@ -102,7 +102,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
 
         async def run(request: Any, context: grpc.aio.ServicerContext) -> tuple[Any, ServiceError | None]:
-            token = deadlines.begin(method, context.time_remaining())
+            token = deadlines.begin(method)
             try:
                 return await inner(request, context), None
             except ServiceError as err:

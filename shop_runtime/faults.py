@@ -9,13 +9,14 @@ services in their own process set them directly.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from dataclasses import dataclass
 from typing import Awaitable, Callable, TypeVar
 
 T = TypeVar("T")
 
-BEFORE, AFTER = "before", "after"
+BEFORE, AFTER, SLOW = "before", "after", "slow"
 
 
 @dataclass
@@ -28,6 +29,8 @@ class Rule:
     when: str
     times: int = 1
     hits: int = 0
+    # For SLOW: how long the call waits before it goes out (a slow network, a busy callee).
+    seconds: float = 0.0
 
 
 _RULES: list[Rule] = []
@@ -39,6 +42,14 @@ def cut(caller: str, callee: str, method: str, when: str, times: int = 1) -> Rul
     if when not in (BEFORE, AFTER):
         raise ValueError(f"when must be {BEFORE!r} or {AFTER!r}")
     rule = Rule(caller, callee, method, when, times)
+    with _LOCK:
+        _RULES.append(rule)
+    return rule
+
+
+def slow(caller: str, callee: str, method: str, seconds: float, times: int = 1) -> Rule:
+    """Adds a rule that delays the next `times` calls by `seconds`, so a test can cut off what is under way."""
+    rule = Rule(caller, callee, method, SLOW, times, seconds=seconds)
     with _LOCK:
         _RULES.append(rule)
     return rule
@@ -66,6 +77,9 @@ async def around(caller: str, callee: str, method: str, call: Callable[[], Await
     """Runs `call`, unless a rule cuts it off: then `lost(why)` is raised before or after it ran."""
     rule = _take(caller, callee, method)
     if rule is None:
+        return await call()
+    if rule.when == SLOW:
+        await asyncio.sleep(rule.seconds)
         return await call()
     if rule.when == BEFORE:
         raise lost(f"{caller} -> {callee}.{method} cut off before it arrived (fault injection)")

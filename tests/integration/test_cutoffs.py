@@ -1,0 +1,285 @@
+"""Every step of a purchase that crosses services, cut off on purpose before and after the callee commits.
+
+Each case cuts one call between services (all of its caller's retries, so the shopper sees the
+failure), then the shopper clicks again with the same Idempotency-Key, or with a new one. Each ends
+with what the shopper sees matching what inventory holds, at most one charge standing per order, and
+the suite-wide audit clean after a reconciler pass. The services run in this process (real gRPC,
+real Postgres, real Consul) so the cut-offs can be placed exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+
+import grpc
+import pytest
+
+from devstack.postgres import create_database, dsn_for
+from devstack.prepare import prepare
+from devstack.procs import Proc, consul_ready, wait_until
+from devstack.stack import Ports, consul_process
+from shop.inventory.v1 import inventory_pb2
+from shop.order.v1 import order_pb2
+from shop_runtime import deadlines, faults
+from shop_runtime.metrics import REPAIRS
+from suite_audit.checks import audit_dsn
+from tests.integration.purchase_support import (Shopper, charges_standing, held_for_cart, reason, rows,
+                                                running_suite)
+
+BEFORE, AFTER = faults.BEFORE, faults.AFTER
+# Demo SKUs no other test of this module uses, one per test.
+_SKUS = itertools.count(1)
+
+
+def fresh_sku() -> str:
+    return f"BO-{next(_SKUS) + 100:04d}"
+
+
+@pytest.fixture(scope="module")
+async def suite(pg_admin_dsn, log_dir):
+    dsn = dsn_for(pg_admin_dsn, create_database(pg_admin_dsn))
+    await prepare(dsn)
+    ports = Ports.free()
+    consul = Proc(consul_process(ports), log_dir)
+    try:
+        wait_until(lambda: consul_ready(ports.consul_addr), 30, what="consul")
+        async with running_suite(dsn, ports.consul_addr) as running:
+            yield running
+    finally:
+        consul.stop()
+
+
+@pytest.fixture(autouse=True)
+def no_faults_left():
+    yield
+    faults.clear()
+
+
+async def settled(suite, sku: str | None = None) -> None:
+    """A reconciler pass, then the suite-wide audit must be clean."""
+    await suite.reconcile()
+    assert audit_dsn(suite.dsn) == []
+
+
+async def cart_shows_what_is_held(shopper: Shopper) -> dict[str, int]:
+    cart = await shopper.cart()
+    shown = {line.sku: line.qty for line in cart.items if not line.expired}
+    assert shown == held_for_cart(shopper.suite.dsn, shopper.user), "the cart must show exactly what is held"
+    return shown
+
+
+def cut_all(caller: str, callee: str, method: str, when: str) -> faults.Rule:
+    """Cuts every attempt the caller makes, so the failure reaches the shopper."""
+    return faults.cut(caller, callee, method, when, times=deadlines.ATTEMPTS)
+
+
+# --- cart -> inventory ---------------------------------------------------------------------------
+
+# (operation, inventory method, line before, the change) -> units on the line after the retry, by
+# (when cut, which key the shopper retried with).
+CART_CASES = {
+    "add to a line": ("ResizeHold", 1, ("add", 2), {(BEFORE, "same"): 3, (BEFORE, "new"): 3,
+                                                     (AFTER, "same"): 3, (AFTER, "new"): 5}),
+    "add a new line": ("CreateHolds", 0, ("add", 2), {(BEFORE, "same"): 2, (BEFORE, "new"): 2,
+                                                       (AFTER, "same"): 2, (AFTER, "new"): 2}),
+    "set a line": ("ResizeHold", 1, ("set", 4), {(BEFORE, "same"): 4, (BEFORE, "new"): 4,
+                                                  (AFTER, "same"): 4, (AFTER, "new"): 4}),
+    "remove a line": ("ReleaseHolds", 1, ("set", 0), {(BEFORE, "same"): 0, (BEFORE, "new"): 0,
+                                                       (AFTER, "same"): 0, (AFTER, "new"): 0}),
+}
+
+
+@pytest.mark.parametrize("retry", ["same", "new"])
+@pytest.mark.parametrize("when", [BEFORE, AFTER])
+@pytest.mark.parametrize("case", list(CART_CASES))
+async def test_a_cart_change_cut_off_between_cart_and_inventory(suite, case, when, retry):
+    method, before, (op, qty), expected = CART_CASES[case]
+    sku = fresh_sku()
+    await suite.set_stock(sku, 20)
+    shopper = Shopper(suite)
+    if before:
+        await shopper.add(sku, before, key=uuid.uuid4().hex)
+    change = shopper.add if op == "add" else shopper.set
+    rule = cut_all("cart", "inventory", method, when)
+    key = uuid.uuid4().hex
+    with pytest.raises(grpc.aio.AioRpcError) as lost:
+        await change(sku, qty, key=key)
+    assert lost.value.code() == grpc.StatusCode.UNAVAILABLE and rule.hits == deadlines.ATTEMPTS
+    faults.clear()
+    answer = await change(sku, qty, key=key if retry == "same" else uuid.uuid4().hex)
+    units = expected[(when, retry)]
+    assert {line.sku: line.qty for line in answer.items} == ({sku: units} if units else {})
+    repairs = REPAIRS.labels("cart", "orphan_cart_hold")._value.get()
+    await settled(suite)
+    if (case, when, retry) == ("add a new line", AFTER, "new"):
+        # The first add's hold reached no line: the reconciler gave it back.
+        assert REPAIRS.labels("cart", "orphan_cart_hold")._value.get() == repairs + 1
+    assert await cart_shows_what_is_held(shopper) == ({sku: units} if units else {})
+    stock = await suite.stock(sku)
+    assert (stock.on_hand, stock.reserved) == (20, units)
+
+
+async def test_a_keyed_add_replays_its_first_answer_and_refuses_another_request(suite):
+    sku = fresh_sku()
+    await suite.set_stock(sku, 20)
+    shopper = Shopper(suite)
+    key = uuid.uuid4().hex
+    first = await shopper.add(sku, 2, key=key)
+    again = await shopper.add(sku, 2, key=key)
+    assert again == first and (await suite.stock(sku)).reserved == 2
+    with pytest.raises(grpc.aio.AioRpcError) as reused:
+        await shopper.add(sku, 3, key=key)
+    assert reused.value.code() == grpc.StatusCode.ABORTED and reason(reused.value) == "IDEMPOTENCY_KEY_REUSED"
+    await settled(suite)
+
+
+async def test_an_abandoned_add_finishes_its_step(suite):
+    """The shopper's request is cut off while the cart waits for inventory: the cart finishes the change."""
+    sku = fresh_sku()
+    await suite.set_stock(sku, 20)
+    shopper = Shopper(suite)
+    faults.slow("cart", "inventory", "CreateHolds", 0.5)
+    with pytest.raises(grpc.aio.AioRpcError) as gone:
+        await shopper.add(sku, 2, key=uuid.uuid4().hex, timeout=0.1)
+    assert gone.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    await asyncio.sleep(1.0)
+    assert await cart_shows_what_is_held(shopper) == {sku: 2}
+    await settled(suite)
+
+
+# --- order -> cart (the hand-over at checkout) -------------------------------------------------------
+
+@pytest.mark.parametrize("retry", ["same", "new"])
+@pytest.mark.parametrize("when", [BEFORE, AFTER])
+async def test_a_checkout_cut_off_between_order_and_cart(suite, when, retry):
+    sku = fresh_sku()
+    await suite.set_stock(sku, 20)
+    shopper = Shopper(suite)
+    await shopper.add(sku, 2)
+    rule = cut_all("order", "cart", "CheckoutCart", when)
+    key = uuid.uuid4().hex
+    with pytest.raises(grpc.aio.AioRpcError) as lost:
+        await shopper.checkout(key)
+    assert lost.value.code() == grpc.StatusCode.UNAVAILABLE and rule.hits == deadlines.ATTEMPTS
+    faults.clear()
+    try:
+        await shopper.checkout(key if retry == "same" else uuid.uuid4().hex)
+    except grpc.aio.AioRpcError as err:
+        # The cart was handed over to the first order: it is empty now, and that order is finished.
+        assert (when, retry) == (AFTER, "new") and reason(err) == "CART_EMPTY", reason(err)
+    await settled(suite)
+    (order,) = await shopper.orders()
+    assert order.status == order_pb2.PENDING_PAYMENT and [(i.sku, i.qty) for i in order.items] == [(sku, 2)]
+    assert (await shopper.cart()).items == []
+    paid = await shopper.pay(order, uuid.uuid4().hex)
+    assert paid.status == order_pb2.PAID and charges_standing(suite.dsn, order.order_id) == 1
+    await settled(suite)
+    stock = await suite.stock(sku)
+    assert (stock.on_hand, stock.reserved) == (18, 0)
+
+
+async def test_an_abandoned_checkout_without_a_key_leaves_one_order(suite):
+    sku = fresh_sku()
+    await suite.set_stock(sku, 20)
+    shopper = Shopper(suite)
+    await shopper.add(sku, 1)
+    faults.cut("order", "cart", "CheckoutCart", AFTER, times=deadlines.ATTEMPTS)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await shopper.checkout()
+    await settled(suite)
+    (order,) = await shopper.orders()
+    assert order.status == order_pb2.PENDING_PAYMENT
+    assert rows(suite.dsn, "SELECT sum(qty) FROM inventory.holds WHERE order_id = %s AND state = 'ACTIVE'",
+                order.order_id) == [(1,)]
+
+
+# --- order -> inventory and order -> provider (payment) ----------------------------------------------
+
+PAY_STEPS = [("inventory", "ExtendHolds"), ("inventory", "CommitHolds"), ("provider", "charge")]
+
+
+@pytest.mark.parametrize("retry", ["same", "new"])
+@pytest.mark.parametrize("when", [BEFORE, AFTER])
+@pytest.mark.parametrize("callee,method", PAY_STEPS)
+async def test_a_payment_cut_off_between_order_and_its_callees(suite, callee, method, when, retry):
+    sku = fresh_sku()
+    await suite.set_stock(sku, 20)
+    shopper = Shopper(suite)
+    await shopper.add(sku, 3)
+    order = await shopper.checkout(uuid.uuid4().hex)
+    # The provider's charge is not retried by the order service (a lost charge answer is the shopper's
+    # 503): one cut reaches the shopper. Inventory calls are retried: every attempt is cut.
+    rule = faults.cut("order", callee, method, when, times=1 if callee == "provider" else deadlines.ATTEMPTS)
+    key = uuid.uuid4().hex
+    with pytest.raises(grpc.aio.AioRpcError) as lost:
+        await shopper.pay(order, key)
+    assert lost.value.code() == grpc.StatusCode.UNAVAILABLE and rule.hits >= 1
+    faults.clear()
+    try:
+        paid = await shopper.pay(order, key if retry == "same" else uuid.uuid4().hex)
+        assert paid.status == order_pb2.PAID
+    except grpc.aio.AioRpcError as err:
+        # The first attempt sold the units before its answer was lost: the order is paid by it.
+        assert (method, when, retry) == ("CommitHolds", AFTER, "new") and reason(err) == "ALREADY_PAID", reason(err)
+    (final,) = await shopper.orders()
+    assert final.status == order_pb2.PAID, "a charged order whose units were sold is PAID, never refunded and expired"
+    assert charges_standing(suite.dsn, order.order_id) == 1
+    await settled(suite)
+    stock = await suite.stock(sku)
+    assert (stock.on_hand, stock.reserved) == (17, 0)
+
+
+async def test_a_refund_whose_answer_is_lost_is_asked_again(suite):
+    sku = fresh_sku()
+    await suite.set_stock(sku, 20)
+    shopper = Shopper(suite)
+    await shopper.add(sku, 1)
+    order = await shopper.checkout(uuid.uuid4().hex)
+    faults.cut("order", "provider", "charge", AFTER)  # charged, answer lost: the attempt stays pending
+    with pytest.raises(grpc.aio.AioRpcError):
+        await shopper.pay(order, uuid.uuid4().hex)
+    faults.cut("order", "provider", "refund", AFTER, times=3)  # the new attempt's refund of it: lost three times
+    with pytest.raises(grpc.aio.AioRpcError) as lost:
+        await shopper.pay(order, uuid.uuid4().hex)
+    assert reason(lost.value) == "PAYMENT_PROVIDER_UNAVAILABLE"
+    faults.clear()
+    paid = await shopper.pay(order, uuid.uuid4().hex)
+    assert paid.status == order_pb2.PAID and charges_standing(suite.dsn, order.order_id) == 1
+    await settled(suite)
+
+
+async def test_an_abandoned_payment_finishes_and_its_retry_answers_paid(suite):
+    sku = fresh_sku()
+    await suite.set_stock(sku, 20)
+    shopper = Shopper(suite)
+    await shopper.add(sku, 2)
+    order = await shopper.checkout(uuid.uuid4().hex)
+    faults.slow("order", "inventory", "CommitHolds", 0.5)
+    key = uuid.uuid4().hex
+    with pytest.raises(grpc.aio.AioRpcError) as gone:
+        await shopper.pay(order, key, timeout=0.2)
+    assert gone.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    again = await shopper.pay(order, key)  # waits for the first to finish, then answers its answer
+    assert again.status == order_pb2.PAID and charges_standing(suite.dsn, order.order_id) == 1
+    await settled(suite)
+
+
+# --- inventory's own guard ------------------------------------------------------------------------
+
+async def test_an_expired_hold_moved_twice_is_held_once(suite):
+    sku = fresh_sku()
+    await suite.set_stock(sku, 10)
+    (hold,) = (await suite.inventory.CreateHolds(inventory_pb2.CreateHoldsRequest(
+        owner="cart:x", lines=[inventory_pb2.HoldLine(sku=sku, qty=4)], ttl_seconds=1), timeout=10)).holds
+    await asyncio.sleep(1.2)
+    moved = []
+    for key in ("first", "second", ""):
+        (new,) = (await suite.inventory.ExtendHolds(inventory_pb2.ExtendHoldsRequest(
+            hold_ids=[hold.hold_id], owner="order:o1", order_id="o1", ttl_seconds=60,
+            idempotency_key=f"{key}-{hold.hold_id}" if key else ""), timeout=10)).holds
+        moved.append(new.hold_id)
+    assert len(set(moved)) == 1 and moved[0] != hold.hold_id
+    assert (await suite.stock(sku)).reserved == 4, "naming the expired hold again must not hold its units twice"
+    await suite.inventory.ReleaseHolds(inventory_pb2.ReleaseHoldsRequest(hold_ids=moved[:1]), timeout=10)
