@@ -102,7 +102,8 @@ class InventoryClient:
         return _holds(answer.holds)
 
     async def availability(self, skus: list[str], timeout: float) -> dict[str, int]:
-        """Units available now per SKU."""
+        """Units available now per SKU; a silent instance is left for one other, no more (a listing
+        is better refused fast than answered late)."""
         answer = await self._service.call("GetAvailability", inventory_pb2.GetAvailabilityRequest(skus=skus),
-                                          idempotent=True, timeout=timeout)
+                                          idempotent=True, timeout=timeout, attempts=2)
         return {item.sku: item.available for item in answer.items}

@@ -20,7 +20,7 @@ from order_svc.model import (DECLINED, EXPIRED, PAID, PENDING, PENDING_PAYMENT, 
                              OrderRecord, PaymentAttempt, sold)
 from order_svc.payments import Charge, PaymentProvider, ProviderUnavailable
 from shop.catalog.v1 import catalog_pb2
-from shop_runtime import faults, idempotency
+from shop_runtime import deadlines, faults, idempotency
 from shop_runtime.clients import TRANSIENT
 from shop_runtime.clock import Clock
 from shop_runtime.errors import ServiceError
@@ -284,7 +284,7 @@ class Orders:
         return await asyncio.wait_for(faults.around(
             "order", "provider", "charge",
             lambda: self._provider.charge(payment_id, order.total, order.currency, method, token),
-            ProviderUnavailable), PROVIDER_TIMEOUT_SECONDS)
+            ProviderUnavailable), deadlines.attempt_timeout(PROVIDER_TIMEOUT_SECONDS))
 
     async def _refund(self, payment_id: str, order_id: str) -> None:
         """Refunds an attempt (the provider refunds once per payment id, so a lost answer is asked again)."""
@@ -296,7 +296,8 @@ class Orders:
                 with attempt:
                     await asyncio.wait_for(faults.around("order", "provider", "refund",
                                                          lambda: self._provider.refund(payment_id),
-                                                         ProviderUnavailable), PROVIDER_TIMEOUT_SECONDS)
+                                                         ProviderUnavailable),
+                                           deadlines.attempt_timeout(PROVIDER_TIMEOUT_SECONDS))
         except (ProviderUnavailable, asyncio.TimeoutError) as err:
             raise _provider_unavailable(order_id) from err
         async with await self._side() as side:

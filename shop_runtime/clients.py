@@ -59,7 +59,7 @@ class ServiceClient(Generic[StubT]):
         return self._entry(instance)[1]
 
     async def call(self, method: str, request: Any, *, user: str | None = None, idempotent: bool = False,
-                   timeout: float = deadlines.ATTEMPT_TIMEOUT) -> Any:
+                   timeout: float = deadlines.ATTEMPT_TIMEOUT, attempts: int = deadlines.ATTEMPTS) -> Any:
         """Calls `method` on the next passing instance on behalf of `user`.
 
         The callee's refusal is raised as this service's own ServiceError, a dead or silent callee as
@@ -69,7 +69,7 @@ class ServiceClient(Generic[StubT]):
         this; services do not call it with method names themselves.
         """
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(deadlines.ATTEMPTS if idempotent else 1),
+            stop=stop_after_attempt(attempts if idempotent else 1),
             wait=wait_exponential_jitter(multiplier=0.05, max=0.5, jitter=0.05),
             retry=retry_if_exception(_transient),
             reraise=True,
