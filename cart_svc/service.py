@@ -12,7 +12,7 @@ from cart_svc import repository as repo
 from cart_svc.model import (MAX_LINE_QTY, MISSING_PRODUCT, CartView, Line, Product, ViewLine, change_key,
                             owner_of, user_of)
 from catalog_svc.client import CatalogClient
-from inventory_svc.client import ACTIVE, HOLD_GONE, Hold, InventoryClient
+from inventory_svc.client import ACTIVE, COMMITTED, EXPIRED, HOLD_GONE, RELEASED, Hold, InventoryClient
 from shop.cart.v1 import cart_pb2
 from shop_runtime import idempotency
 from shop_runtime.clock import Clock
@@ -36,6 +36,13 @@ def _qty_limit(qty: int) -> ServiceError:
 def _reused() -> ServiceError:
     return ServiceError(grpc.StatusCode.ABORTED, "IDEMPOTENCY_KEY_REUSED",
                         "this idempotency key was used for a different cart change")
+
+
+def _dead(hold: Hold) -> bool:
+    """Whether a line's hold was ended by a change whose answer was lost (given back, or sold): the line's
+    units are no longer the cart's. (A hold moved to an order the cart never recorded, its hand-over cut
+    off, still keeps the line's units: the next checkout moves it on.)"""
+    return hold.state in (RELEASED, COMMITTED)
 
 
 class Carts:
@@ -81,7 +88,11 @@ class Carts:
                     raise _qty_limit(int(err.metadata.get("qty", 0))) from None
                 if err.reason not in HOLD_GONE:
                     raise
-        # No line, or its hold expired or ended: the whole line is held anew.
+                if err.metadata.get("state") != EXPIRED:
+                    # Released or sold by an earlier change whose answer was lost, or moved on: the line's
+                    # units are not the cart's any more, so only what this change asks for is held.
+                    line = None
+        # No line, or its hold expired: the whole line is held anew.
         units = qty or add + (line.qty if line is not None else 0)
         if units > MAX_LINE_QTY:
             raise _qty_limit(units)
@@ -165,9 +176,14 @@ class Carts:
         shown = []
         for line in lines:
             hold = holds.get(line.hold_id)
-            qty, until, active = (hold.qty, hold.expires_at, hold.state == ACTIVE) if hold else \
-                (line.qty, line.reserved_until, False)
-            shown.append(ViewLine(line.sku, products.get(line.sku, MISSING_PRODUCT), qty, until, not active))
+            if hold is None:
+                shown.append(ViewLine(line.sku, products.get(line.sku, MISSING_PRODUCT), line.qty,
+                                      line.reserved_until, True))
+            elif _dead(hold):
+                continue  # the line's units were given back or sold by a change whose answer was lost
+            else:
+                shown.append(ViewLine(line.sku, products.get(line.sku, MISSING_PRODUCT), hold.qty,
+                                      hold.expires_at, hold.state != ACTIVE))
         return CartView(shown)
 
     async def checkout(self, user: str, order_id: str, ttl_seconds: int,
@@ -187,6 +203,12 @@ class Carts:
                 raise ServiceError(grpc.StatusCode.NOT_FOUND, "CHECKOUT_NOT_FOUND",
                                    f"no cart was handed over to order {order_id}", {"order_id": order_id})
             lines = await repo.lines(conn, user)
+            # Lines whose units an earlier change (its answer lost) gave back or that went elsewhere are
+            # not the cart's any more: they are dropped, not handed over.
+            holds = await self._inventory.holds([line.hold_id for line in lines])
+            if dead := [line.sku for line in lines if line.hold_id in holds and _dead(holds[line.hold_id])]:
+                await repo.delete_lines(conn, user, dead)
+                lines = [line for line in lines if line.sku not in dead]
             if not lines:
                 raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, "CART_EMPTY", "the cart is empty")
             # Prices are fixed, and checked, before any hold moves: a refusal leaves the cart as it was.

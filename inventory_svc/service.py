@@ -287,13 +287,11 @@ class Inventory:
         _check_ttl(ttl_seconds)
 
         async def work(conn: AsyncConnection) -> list[HoldRecord]:
-            # An expired hold already held again for this order stands for its replacement: a retry
-            # of the move, with whatever key, extends the replacement instead of holding the units twice.
+            # An expired hold already held again stands for its replacement: a retry of the move, with
+            # whatever key, moves the replacement (as it would move a hold still active) instead of
+            # holding the units twice.
             named = await repo.replacements(conn, ids)
-            current = [named.get(i, i) for i in ids]
-            holds, now = await self._locked_holds(conn, current, actor)
-            if moved := [h for i, h in zip(ids, holds) if i in named and h.order_id != order_id]:
-                raise _not_active(replace(moved[0], state=EXPIRED))
+            holds, now = await self._locked_holds(conn, [named.get(i, i) for i in ids], actor)
             if ended := [h for h in holds if h.state in (COMMITTED, RELEASED)]:
                 raise _not_active(ended[0])
             again: dict[str, int] = {}

@@ -180,6 +180,46 @@ async def test_a_checkout_cut_off_between_order_and_cart(suite, when, retry):
     assert (stock.on_hand, stock.reserved) == (18, 0)
 
 
+@pytest.mark.parametrize("retry", ["same", "new"])
+async def test_a_hand_over_cut_off_between_cart_and_inventory(suite, retry):
+    """The cart's move of its holds to the order loses every answer (the cart rolls back, the order
+    service's retries too): the shopper's retry still ends with one order holding the units."""
+    sku = fresh_sku()
+    await suite.set_stock(sku, 20)
+    shopper = Shopper(suite)
+    await shopper.add(sku, 2)
+    rule = faults.cut("cart", "inventory", "ExtendHolds", AFTER, times=deadlines.ATTEMPTS ** 2)
+    key = uuid.uuid4().hex
+    with pytest.raises(grpc.aio.AioRpcError) as lost:
+        await shopper.checkout(key)
+    assert lost.value.code() == grpc.StatusCode.UNAVAILABLE and rule.hits == deadlines.ATTEMPTS ** 2
+    faults.clear()
+    order = await shopper.checkout(key if retry == "same" else uuid.uuid4().hex)
+    assert [(i.sku, i.qty) for i in order.items] == [(sku, 2)]
+    await settled(suite)
+    assert [o.order_id for o in await shopper.orders()] == [order.order_id]
+    assert (await shopper.cart()).items == []
+    assert (await suite.stock(sku)).reserved == 2
+
+
+async def test_a_removal_whose_answer_was_lost_is_not_shown_or_checked_out(suite):
+    kept, removed = fresh_sku(), fresh_sku()
+    await suite.set_stock(kept, 20)
+    await suite.set_stock(removed, 20)
+    shopper = Shopper(suite)
+    await shopper.add(kept, 1)
+    await shopper.add(removed, 1)
+    faults.cut("cart", "inventory", "ReleaseHolds", AFTER, times=deadlines.ATTEMPTS)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await shopper.set(removed, 0)
+    faults.clear()
+    assert await cart_shows_what_is_held(shopper) == {kept: 1}
+    order = await shopper.checkout()
+    assert [(i.sku, i.qty) for i in order.items] == [(kept, 1)]
+    assert (await suite.stock(removed)).reserved == 0
+    await settled(suite)
+
+
 async def test_an_abandoned_checkout_without_a_key_leaves_one_order(suite):
     sku = fresh_sku()
     await suite.set_stock(sku, 20)
