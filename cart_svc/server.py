@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from cart_svc.service import ORPHAN_AGE_SECONDS, Carts
@@ -13,20 +12,7 @@ from inventory_svc import client as inventory_client
 from inventory_svc.client import InventoryClient
 from shop.cart.v1 import cart_pb2, cart_pb2_grpc
 from shop_runtime.config import ServiceSettings, env_float, env_int
-from shop_runtime.server import Deps, GrpcApp, ServiceSpec, build_server, periodic
-
-_LOGGER = logging.getLogger(__name__)
-
-
-def reconciler(carts: Carts, interval: float):
-    """Gives back cart holds that no cart line refers to."""
-
-    async def reconcile() -> bool:
-        if repaired := await carts.reconcile():
-            _LOGGER.info("reconciler: %d repair(s)", repaired)
-        return False
-
-    return periodic("cart-reconciler", reconcile, interval)
+from shop_runtime.server import Deps, GrpcApp, ServiceSpec, build_server, reconciler
 
 
 def create_server(settings: ServiceSettings, deps: Deps) -> GrpcApp:
@@ -45,7 +31,7 @@ def create_server(settings: ServiceSettings, deps: Deps) -> GrpcApp:
     # How often cart holds no line refers to are looked for; 0 turns it off.
     interval = env_float("RECONCILE_INTERVAL_SECONDS", 30.0)
     if interval > 0:
-        app.background.append(reconciler(carts, interval))
+        app.background.append(reconciler("cart", carts.reconcile, interval))
     return app
 
 

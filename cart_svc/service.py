@@ -18,7 +18,7 @@ from shop_runtime import idempotency
 from shop_runtime.clock import Clock
 from shop_runtime.errors import ServiceError, invalid_argument
 from shop_runtime.live_settings import LiveSettings
-from shop_runtime.metrics import REPAIRS
+from shop_runtime import metrics
 from shop_runtime.validation import MAX_TOTAL
 
 _LOGGER = logging.getLogger(__name__)
@@ -151,12 +151,9 @@ class Carts:
                 return earlier[1]
             line = next((x for x in await repo.lines(conn, user) if x.sku == sku), None)
             if line is not None:
-                try:
-                    await self._inventory.release([line.hold_id], owner_of(user),
-                                                  change_key(user, key or uuid.uuid4().hex, "release"), user=user)
-                except ServiceError as err:
-                    if err.reason not in HOLD_GONE:  # an expired hold has given its units back already
-                        raise
+                # A hold that expired or ended has given its units back already.
+                await self._inventory.release_if_held(line.hold_id, owner_of(user),
+                                                      change_key(user, key or uuid.uuid4().hex, "release"), user=user)
                 await repo.delete_lines(conn, user, [sku])
             view = await self._view(await repo.lines(conn, user))
             if key:
@@ -245,17 +242,11 @@ class Carts:
                     continue
                 async with self._pool.connection() as conn, conn.transaction():
                     await repo.lock_user(conn, user)
-                    if await repo.line_with_hold(conn, user, hold.hold_id):
+                    if await repo.line_with_hold(conn, user, hold.hold_id) or not await \
+                            self._inventory.release_if_held(hold.hold_id, hold.owner, f"reconcile:{hold.hold_id}"):
                         continue
-                    try:
-                        await self._inventory.release([hold.hold_id], hold.owner, f"reconcile:{hold.hold_id}")
-                    except ServiceError as err:
-                        if err.reason not in HOLD_GONE:
-                            raise
-                        continue
-                _LOGGER.warning("repair: released cart hold %s (%d x %s of %s) that no cart line refers to",
-                                hold.hold_id, hold.qty, hold.sku, user)
-                REPAIRS.labels("cart", "orphan_cart_hold").inc()
+                metrics.repaired("cart", "orphan_cart_hold", "released hold %s (%d x %s of %s), no cart line refers to it",
+                                 hold.hold_id, hold.qty, hold.sku, user)
                 repaired += 1
             if len(page) < limit:
                 return repaired

@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shop_runtime.clients import ServiceClient
+from shop_runtime.errors import ServiceError
 
 # Refusals that mean a hold can no longer be changed by its caller: it ended, expired or moved on.
 HOLD_GONE = frozenset({"HOLD_NOT_ACTIVE", "HOLD_NOT_OWNED", "HOLD_NOT_FOUND"})
@@ -70,6 +71,17 @@ class InventoryClient:
         answer = await self._service.call("ReleaseHolds", inventory_pb2.ReleaseHoldsRequest(
             hold_ids=hold_ids, owner=owner, idempotency_key=key), user=user, idempotent=bool(key))
         return _holds(answer.holds)
+
+    async def release_if_held(self, hold_id: str, owner: str, key: str, *, user: str | None = None) -> bool:
+        """Gives one hold's units back if it is still `owner`'s active hold; False (nothing done) when it
+        has ended, expired or moved on, so its units are not the caller's to give back any more."""
+        try:
+            await self.release([hold_id], owner, key, user=user)
+        except ServiceError as err:
+            if err.reason not in HOLD_GONE:
+                raise
+            return False
+        return True
 
     async def extend(self, hold_ids: list[str], owner: str, order_id: str, ttl_seconds: int, key: str, *,
                      user: str | None = None) -> list[Hold]:

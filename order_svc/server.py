@@ -16,7 +16,7 @@ from inventory_svc import client as inventory_client
 from inventory_svc.client import InventoryClient
 from shop.order.v1 import order_pb2, order_pb2_grpc
 from shop_runtime.config import ServiceSettings, env_float, env_int
-from shop_runtime.server import Deps, GrpcApp, ServiceSpec, build_server, periodic
+from shop_runtime.server import Deps, GrpcApp, ServiceSpec, build_server, periodic, reconciler
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -31,17 +31,6 @@ def sweeper(orders: Orders, interval: float):
         return False
 
     return periodic("order-sweeper", sweep, interval)
-
-
-def reconciler(orders: Orders, interval: float):
-    """Finishes cut-off checkouts, settles cut-off payments, gives back order holds nobody keeps."""
-
-    async def reconcile() -> bool:
-        if repaired := await orders.reconcile():
-            _LOGGER.info("reconciler: %d repair(s)", repaired)
-        return False
-
-    return periodic("order-reconciler", reconcile, interval)
 
 
 def create_server(settings: ServiceSettings, deps: Deps) -> GrpcApp:
@@ -67,7 +56,7 @@ def create_server(settings: ServiceSettings, deps: Deps) -> GrpcApp:
     # How often what crashes and lost answers left behind is looked for; 0 turns it off.
     reconcile_every = env_float("RECONCILE_INTERVAL_SECONDS", 30.0)
     if reconcile_every > 0:
-        app.background.append(reconciler(orders, reconcile_every))
+        app.background.append(reconciler("order", orders.reconcile, reconcile_every))
     return app
 
 

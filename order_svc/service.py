@@ -25,7 +25,7 @@ from shop_runtime.clients import TRANSIENT
 from shop_runtime.clock import Clock
 from shop_runtime.errors import ServiceError
 from shop_runtime.live_settings import LiveSettings
-from shop_runtime.metrics import REPAIRS
+from shop_runtime import metrics
 from shop_runtime.validation import page_and_limit
 
 _LOGGER = logging.getLogger(__name__)
@@ -250,9 +250,9 @@ class Orders:
         for other in charged[1:]:
             await self._refund(other, order.id)
         await self._record_paid(conn, order, payer)
-        _LOGGER.warning("repair: order %s had its units sold by payment %s, cut off before it was recorded;"
-                        " recorded as paid", order.id, payer)
-        REPAIRS.labels("order", "sold_order_recorded_paid").inc()
+        metrics.repaired("order", "sold_order_recorded_paid",
+                         "order %s had its units sold by payment %s, cut off before it said so; recorded as paid",
+                         order.id, payer)
         return True
 
     async def _record_paid(self, conn, order: OrderRecord, payment_id: str) -> None:
@@ -347,12 +347,7 @@ class Orders:
                 if await self.settle(conn, order):
                     continue
                 for hold_id in order.hold_ids:  # one by one: a hold that already expired does not keep the others
-                    try:
-                        await self._inventory.release([hold_id], f"order:{order_id}", f"expire:{hold_id}")
-                    except ServiceError as err:
-                        if err.reason not in _HOLDS_GONE:
-                            raise
-                        # Already expired in inventory: its units are back anyway.
+                    await self._inventory.release_if_held(hold_id, f"order:{order_id}", f"expire:{hold_id}")
                 for payment_id in await repo.pending_attempts(conn, order_id):
                     await self._refund(payment_id, order_id)
                 await repo.mark_expired(conn, order_id)
@@ -377,9 +372,8 @@ class Orders:
                     await repo.drop_checkout(conn, order_id)  # the cart was never handed over
                     continue
                 await repo.insert_order(conn, _order_of(order_id, user, lines, now), key)
-                _LOGGER.warning("repair: checkout %s of %s took the cart but stored no order; order stored",
-                                order_id, user)
-                REPAIRS.labels("order", "checkout_finished").inc()
+                metrics.repaired("order", "checkout_finished", "checkout %s of %s took the cart but stored no order;"
+                                 " order stored", order_id, user)
                 repaired += 1
         return repaired
 
@@ -399,9 +393,8 @@ class Orders:
                     continue
                 for payment_id in await repo.pending_attempts(conn, order_id):
                     await self._refund(payment_id, order_id)
-                    _LOGGER.warning("repair: payment %s of order %s was cut off without selling; refunded",
-                                    payment_id, order_id)
-                    REPAIRS.labels("order", "cut_off_payment_refunded").inc()
+                    metrics.repaired("order", "cut_off_payment_refunded",
+                                     "payment %s of order %s was cut off without selling; refunded", payment_id, order_id)
                     repaired += 1
         return repaired
 
@@ -416,17 +409,12 @@ class Orders:
             statuses = await repo.orders_by_id(conn, ids)
             under_way = await repo.checkouts_among(conn, ids) - set(statuses)
         for hold in holds:
-            if statuses.get(hold.order_id) == PENDING_PAYMENT or hold.order_id in under_way:
+            if statuses.get(hold.order_id) == PENDING_PAYMENT or hold.order_id in under_way or not await \
+                    self._inventory.release_if_held(hold.hold_id, hold.owner, f"reconcile:{hold.hold_id}"):
                 continue
-            try:
-                await self._inventory.release([hold.hold_id], hold.owner, f"reconcile:{hold.hold_id}")
-            except ServiceError as err:
-                if err.reason not in _HOLDS_GONE:
-                    raise
-                continue
-            _LOGGER.warning("repair: released hold %s of order %s (%s), which no order awaiting payment keeps",
-                            hold.hold_id, hold.order_id, statuses.get(hold.order_id, "no such order"))
-            REPAIRS.labels("order", "orphan_order_hold").inc()
+            metrics.repaired("order", "orphan_order_hold", "released hold %s of order %s (%s), which no order"
+                             " awaiting payment keeps", hold.hold_id, hold.order_id,
+                             statuses.get(hold.order_id, "no such order"))
             repaired += 1
         return repaired
 

@@ -13,6 +13,12 @@ REPAIRS = Counter("shop_reconciler_repairs", "Repairs made by a reconciler, by s
                   ["service", "kind"])
 
 
+def repaired(service: str, kind: str, message: str, *args) -> None:
+    """Records one repair of a reconciler: a log line (the message, lazily formatted) and a count."""
+    _LOGGER.warning("repair (%s/%s): " + message, service, kind, *args)
+    REPAIRS.labels(service, kind).inc()
+
+
 def serve(port: int) -> None:
     """Serves /metrics on `port` (0: not at all)."""
     if port:

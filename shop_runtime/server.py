@@ -108,6 +108,18 @@ def periodic(name: str, work: Callable[[], Awaitable[bool]], interval: float) ->
     return loop
 
 
+def reconciler(service: str, reconcile: Callable[[], Awaitable[int]],
+               interval: float) -> Callable[[], Awaitable[None]]:
+    """Background work for GrpcApp.background: a reconciler pass every `interval` seconds, its repairs logged."""
+
+    async def work() -> bool:
+        if repaired := await reconcile():
+            _LOGGER.info("%s reconciler: %d repair(s)", service, repaired)
+        return False
+
+    return periodic(f"{service}-reconciler", work, interval)
+
+
 def build_server(
     settings: ServiceSettings,
     servicers: Sequence[tuple[Callable[[Any, grpc.aio.Server], None], Any]],
