@@ -9,7 +9,7 @@ DESCRIPTOR := $(GEN)/shop.pb
 CONSUL_LOCAL := .tools/bin/consul
 NEWMAN := .tools/node/node_modules/.bin/newman
 
-.PHONY: run test lint openapi newman token audit bench setup venv proto consul test-tools unit integration e2e clean demo-data
+.PHONY: run test lint openapi newman token audit bench setup venv proto consul test-tools unit integration e2e crowd clean demo-data
 
 run: setup
 	$(PY) -m devstack run
@@ -55,6 +55,18 @@ integration: setup
 
 e2e: setup
 	$(PY) -m pytest -q tests/e2e
+
+# The crowd test (tests/e2e/test_crowd_cutoffs.py) RUNS times in a row, each with its own suite and seed,
+# stopping at the first failure: `make crowd RUNS=50`; CROWD_SEED=<seed> replays one run's scripts.
+RUNS ?= 20
+crowd: setup
+	@passed=0; for run in $$(seq 1 $(RUNS)); do \
+		echo "crowd: run $$run of $(RUNS)"; \
+		if ! $(PY) -m pytest -q -s tests/e2e/test_crowd_cutoffs.py; then \
+			echo "crowd: $$passed of $(RUNS) run(s) passed; run $$run failed"; exit 1; \
+		fi; \
+		passed=$$((passed + 1)); \
+	done; echo "crowd: all $$passed of $(RUNS) run(s) passed"
 
 setup: venv proto consul
 
