@@ -23,7 +23,7 @@ from shop_runtime.clients import ServiceClient
 from shop_runtime.clock import Clock, SystemClock
 from shop_runtime.config import ConfigError, ServiceSettings
 from shop_runtime.db import migrate, open_pool
-from shop_runtime.errors import ErrorInterceptor
+from shop_runtime.errors import ErrorInterceptor, ServiceError
 from shop_runtime.live_settings import LiveSettings
 from shop_runtime.logs import setup_logging
 
@@ -99,6 +99,9 @@ def periodic(name: str, work: Callable[[], Awaitable[bool]], interval: float) ->
         while True:
             try:
                 more = await work()
+            except ServiceError as err:  # e.g. a service it needs is not found yet: expected, no traceback
+                _LOGGER.warning("%s: pass not done (%s: %s); next in %ss", name, err.reason, err.message, interval)
+                more = False
             except Exception:  # one failed pass must not end the work for the process's lifetime
                 _LOGGER.exception("%s failed", name)
                 more = False
