@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from cart_svc.model import owner_of
 from shop.cart.v1 import cart_pb2, cart_pb2_grpc
 from shop_runtime.clients import ServiceClient
 
@@ -25,6 +26,11 @@ class HandedLine:
     reserved_until: datetime
     name: str
     price: int
+
+
+def cart_owner(user: str) -> str:
+    """The inventory owner of the user's cart holds."""
+    return owner_of(user)
 
 
 class CartClient:

@@ -88,12 +88,10 @@ class Carts:
                     raise _qty_limit(int(err.metadata.get("qty", 0))) from None
                 if err.reason not in HOLD_GONE:
                     raise
-                if err.metadata.get("state") != EXPIRED:
-                    # Released or sold by an earlier change whose answer was lost, or moved on: the line's
-                    # units are not the cart's any more, so only what this change asks for is held.
-                    line = None
-        # No line, or its hold expired: the whole line is held anew.
-        units = qty or add + (line.qty if line is not None else 0)
+        # No line, or its hold expired (the line's units are held anew, as many as its hold had), or its hold
+        # was released or sold by a change whose answer was lost, or moved on (only what is asked is held).
+        expired = (await self._inventory.holds([line.hold_id])).get(line.hold_id) if line is not None else None
+        units = qty or add + (expired.qty if expired is not None and expired.state == EXPIRED else 0)
         if units > MAX_LINE_QTY:
             raise _qty_limit(units)
         (hold,) = await self._inventory.hold(owner_of(user), {sku: units}, ttl, change_key(user, change, "create"),
@@ -115,10 +113,9 @@ class Carts:
                 return view
             lines = await repo.lines(conn, user)
             line = next((x for x in lines if x.sku == sku), None)
-            wanted = qty or add + (line.qty if line else 0)
-            if wanted > MAX_LINE_QTY:
-                raise _qty_limit(wanted)
-            await self._check_total(lines, sku, wanted, product)
+            # The line limit is decided on the hold's own quantity, by inventory (max_qty) or in _hold; the
+            # cap on the total, on the cart's record of its lines.
+            await self._check_total(lines, sku, min(qty or add + (line.qty if line else 0), MAX_LINE_QTY), product)
             hold = await self._hold(user, sku, line, key or uuid.uuid4().hex, add=add, qty=qty)
             added_at = line.added_at if line is not None else self._clock.now()
             await repo.put_line(conn, user, Line(sku, hold.qty, hold.hold_id, hold.expires_at, added_at))

@@ -83,16 +83,24 @@ CHECKS: list[tuple[str, str]] = [
 ]
 
 
+async def run_checks(conn: AsyncConnection) -> list[str]:
+    """Every violation of the inventory rules, one line each, read in the caller's transaction.
+
+    Taking the snapshot is the caller's part, so a wider audit can run these checks in its own.
+    """
+    violations = []
+    for query, wording in CHECKS:
+        cur = await conn.execute(query)
+        violations += [wording.format(*row) for row in await cur.fetchall()]
+    return violations
+
+
 async def audit(conn: AsyncConnection) -> list[str]:
     """Every violation of the inventory rules found in the database, one line each."""
-    violations = []
     async with conn.transaction():
         # One snapshot for all checks, so a concurrent write cannot look like a violation.
         await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        for query, wording in CHECKS:
-            cur = await conn.execute(query)
-            violations += [wording.format(*row) for row in await cur.fetchall()]
-    return violations
+        return await run_checks(conn)
 
 
 async def run(dsn: str) -> int:

@@ -84,11 +84,12 @@ class InventoryClient:
         return True
 
     async def extend(self, hold_ids: list[str], owner: str, order_id: str, ttl_seconds: int, key: str, *,
-                     user: str | None = None) -> list[Hold]:
-        """Moves holds to an order until now + ttl (an expired one held again), all or nothing."""
+                     from_owner: str = "", user: str | None = None) -> list[Hold]:
+        """Moves holds to an owner and order (empty: none) until now + ttl (an expired one held again), all or
+        nothing; with from_owner, only holds still that owner's (else HOLD_NOT_OWNED)."""
         answer = await self._service.call("ExtendHolds", inventory_pb2.ExtendHoldsRequest(
-            hold_ids=hold_ids, owner=owner, order_id=order_id, ttl_seconds=ttl_seconds, idempotency_key=key),
-            user=user, idempotent=bool(key))
+            hold_ids=hold_ids, owner=owner, order_id=order_id, ttl_seconds=ttl_seconds, idempotency_key=key,
+            from_owner=from_owner), user=user, idempotent=bool(key))
         return _holds(answer.holds)
 
     async def commit(self, hold_ids: list[str], key: str, *, user: str | None = None) -> list[Hold]:

@@ -279,11 +279,13 @@ class Inventory:
         return await self._end_holds("commit_holds", ids, COMMITTED, key, actor)
 
     async def extend_holds(self, ids: list[str], owner: str, order_id: str, ttl_seconds: int, *, key: str = "",
-                           actor: str) -> list[HoldRecord]:
-        """Moves holds to `owner`/`order_id` until now + ttl; expired ones are held anew if their units are free."""
+                           actor: str, from_owner: str = "") -> list[HoldRecord]:
+        """Moves holds to `owner`/`order_id` (empty: no order) until now + ttl; expired ones are held anew if
+        their units are free; with from_owner, only holds still that owner's."""
         _check_hold_ids(ids)
         _check_text(owner, "owner")
-        _check_text(order_id, "order_id")
+        if order_id:
+            _check_text(order_id, "order_id")
         _check_ttl(ttl_seconds)
 
         async def work(conn: AsyncConnection) -> list[HoldRecord]:
@@ -292,6 +294,7 @@ class Inventory:
             # holding the units twice.
             named = await repo.replacements(conn, ids)
             holds, now = await self._locked_holds(conn, [named.get(i, i) for i in ids], actor)
+            _check_owner(holds, from_owner)
             if ended := [h for h in holds if h.state in (COMMITTED, RELEASED)]:
                 raise _not_active(ended[0])
             again: dict[str, int] = {}
@@ -304,18 +307,18 @@ class Inventory:
             result = []
             for h in holds:
                 if h.state == ACTIVE:
-                    result.append(await repo.update_hold(conn, h, now, owner=owner, order_id=order_id,
+                    result.append(await repo.update_hold(conn, h, now, owner=owner, order_id=order_id or None,
                                                          expires_at=expires_at))
                     continue
                 new = await repo.insert_hold(conn, owner=owner, sku=h.sku, qty=h.qty, expires_at=expires_at,
-                                             order_id=order_id, now=now)
+                                             order_id=order_id or None, now=now)
                 await repo.link_replacement(conn, h.id, new.id)
                 await repo.move(conn, sku=h.sku, reason="HOLD", on_hand_delta=0, reserved_delta=h.qty,
-                                actor=actor, now=now, hold_id=new.id, order_id=order_id)
+                                actor=actor, now=now, hold_id=new.id, order_id=order_id or None)
                 result.append(new)
             return result
 
-        return await self._write("extend_holds", key, (ids, owner, order_id, ttl_seconds), work)
+        return await self._write("extend_holds", key, (ids, owner, order_id, ttl_seconds, from_owner), work)
 
     async def get_holds(self, ids: list[str]) -> list[HoldRecord]:
         """The holds among `ids`, with their state as of now."""

@@ -70,7 +70,7 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
     async def ExtendHolds(self, request, context):
         holds = await self._inventory.extend_holds(
             list(request.hold_ids), request.owner, request.order_id, request.ttl_seconds,
-            key=key_of(request.idempotency_key, context), actor=actor_of(context))
+            key=key_of(request.idempotency_key, context), actor=actor_of(context), from_owner=request.from_owner)
         return inventory_pb2.ExtendHoldsResponse(holds=[hold_pb(h) for h in holds])
 
     async def CommitHolds(self, request, context):

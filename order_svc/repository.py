@@ -136,13 +136,6 @@ async def drop_checkout(conn: AsyncConnection, order_id: str) -> None:
     await conn.execute("DELETE FROM orders.checkouts WHERE order_id = %s", (order_id,))
 
 
-async def checkouts_among(conn: AsyncConnection, order_ids: list[str]) -> set[str]:
-    """The ids among `order_ids` that a checkout was started for."""
-    cur = await conn.execute("SELECT order_id::text FROM orders.checkouts WHERE order_id = ANY(%s::uuid[])",
-                             (order_ids,))
-    return {r[0] for r in await cur.fetchall()}
-
-
 async def orders_by_id(conn: AsyncConnection, order_ids: list[str]) -> dict[str, str]:
     """order id -> status, for the ids that are orders."""
     cur = await conn.execute("SELECT id::text, status FROM orders.orders WHERE id = ANY(%s::uuid[])", (order_ids,))

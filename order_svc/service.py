@@ -12,7 +12,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from cart_svc.client import CHECKOUT_NOT_FOUND, CartClient, HandedLine
+from cart_svc.client import CHECKOUT_NOT_FOUND, CartClient, HandedLine, cart_owner
 from catalog_svc.client import CatalogClient
 from inventory_svc.client import HOLD_GONE, OUT_OF_STOCK, InventoryClient
 from order_svc import repository as repo
@@ -369,13 +369,33 @@ class Orders:
                 except ServiceError as err:
                     if err.reason != CHECKOUT_NOT_FOUND:
                         raise
-                    await repo.drop_checkout(conn, order_id)  # the cart was never handed over
+                    # The cart never recorded a hand-over. If its move of the holds reached inventory (the
+                    # answer lost, the cart rolled back), the holds still keep the cart's lines: back they go.
+                    repaired += await self._give_back(order_id, user)
+                    await repo.drop_checkout(conn, order_id)
                     continue
                 await repo.insert_order(conn, _order_of(order_id, user, lines, now), key)
                 metrics.repaired("order", "checkout_finished", "checkout %s of %s took the cart but stored no order;"
                                  " order stored", order_id, user)
                 repaired += 1
         return repaired
+
+    async def _give_back(self, order_id: str, user: str) -> int:
+        """Moves holds a cut-off hand-over took to `order_id` back to the user's cart; 1 if there were any."""
+        owner = f"order:{order_id}"
+        moved = [h.hold_id for h in await self._inventory.active_holds(owner, 0) if h.owner == owner]
+        if not moved:
+            return 0
+        try:
+            await self._inventory.extend(moved, cart_owner(user), "", self._live.get("reservation_ttl_seconds"),
+                                         f"undo-checkout:{order_id}", from_owner=owner)
+        except ServiceError as err:
+            if err.reason not in _HOLDS_GONE:
+                raise
+            return 0  # moved on meanwhile (a new checkout took them, or they ended): not ours to give back
+        metrics.repaired("order", "checkout_undone", "checkout %s of %s moved %d hold(s) but the cart never"
+                         " recorded it; holds given back to the cart", order_id, user, len(moved))
+        return 1
 
     async def _settle_attempts(self) -> int:
         """Payment attempts cut off and left pending: settled as paid if they sold the units, else refunded."""
@@ -399,17 +419,16 @@ class Orders:
         return repaired
 
     async def _release_orphans(self) -> int:
-        """Order holds whose order is not awaiting payment and no checkout is finishing: units back."""
+        """Holds still active for an order that has ended (paid or expired): units back. (Holds of an order
+        never stored belong to a checkout that `_finish_checkouts` finishes or gives back to the cart.)"""
         repaired = 0
         holds = await self._inventory.active_holds("order:", self._reconcile_age)
         if not holds:
             return 0
         async with self._pool.connection() as conn:
-            ids = list({h.order_id for h in holds if _order_uuid(h.order_id)})
-            statuses = await repo.orders_by_id(conn, ids)
-            under_way = await repo.checkouts_among(conn, ids) - set(statuses)
+            statuses = await repo.orders_by_id(conn, list({h.order_id for h in holds if _order_uuid(h.order_id)}))
         for hold in holds:
-            if statuses.get(hold.order_id) == PENDING_PAYMENT or hold.order_id in under_way or not await \
+            if statuses.get(hold.order_id) not in (PAID, EXPIRED) or not await \
                     self._inventory.release_if_held(hold.hold_id, hold.owner, f"reconcile:{hold.hold_id}"):
                 continue
             metrics.repaired("order", "orphan_order_hold", "released hold %s of order %s (%s), which no order"

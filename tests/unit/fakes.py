@@ -238,10 +238,11 @@ class FakeInventory(_Losses):
         return True
 
     async def extend(self, hold_ids: list[str], owner: str, order_id: str, ttl_seconds: int, key: str, *,
-                     user: str | None = None) -> list[Hold]:
+                     from_owner: str = "", user: str | None = None) -> list[Hold]:
         def work() -> list[Hold]:
             # An expired hold already held again stands for its replacement.
             holds = self._find([self._newest(i) for i in hold_ids])
+            self._check_owner(holds, from_owner)
             self._check_active([h for h in holds if h.state != EXPIRED])
             again: dict[str, int] = {}
             for h in holds:
@@ -261,7 +262,7 @@ class FakeInventory(_Losses):
             return result
 
         return await self._write("extend", key, dict(hold_ids=list(hold_ids), owner=owner, order_id=order_id,
-                                                     ttl=ttl_seconds), work)
+                                                     ttl=ttl_seconds, from_owner=from_owner), work)
 
     async def commit(self, hold_ids: list[str], key: str, *, user: str | None = None) -> list[Hold]:
         def work() -> list[Hold]:

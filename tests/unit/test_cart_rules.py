@@ -273,8 +273,6 @@ async def test_an_expired_line_shows_expired_and_a_new_add_holds_it_again(world)
     assert world.inventory.available("A") == 7
 
 
-@pytest.mark.xfail(strict=True, reason="an add to an expired line re-holds the cart's record of the line (Line.qty) "
-                                       "plus the add, not the expired hold's quantity the view showed")
 async def test_an_add_to_an_expired_line_adds_on_top_of_what_its_hold_had(world):
     await world.carts.add(USER, "A", 2, "k1")
     world.inventory.lose_next("resize", after=True)
@@ -287,8 +285,6 @@ async def test_an_add_to_an_expired_line_adds_on_top_of_what_its_hold_had(world)
     assert [(x.sku, x.qty) for x in view.lines] == [("A", 6)]
 
 
-@pytest.mark.xfail(strict=True, reason="the cart checks the line limit on its own record of the line before "
-                                       "inventory decides on the hold's quantity, so a valid add is refused")
 async def test_an_add_is_not_refused_on_the_carts_stale_record(big):
     await big.carts.add(USER, "A", 5, "k1")
     big.inventory.lose_next("resize", after=True)
