@@ -38,7 +38,7 @@ $(NEWMAN):
 token: venv
 	@$(PY) -m gateway token --user "$(USER)" $(if $(ROLE),--role "$(ROLE)")
 
-# Checks the stock of the local suite's database (DATABASE_URL, else the embedded one of `make run`).
+# The suite audit (suite_audit) of the local suite's database (DATABASE_URL, else the embedded one of `make run`).
 audit: setup
 	$(PY) -m devstack audit
 

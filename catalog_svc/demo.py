@@ -31,10 +31,11 @@ async def load(conn: AsyncConnection, products: Iterable[DemoProduct]) -> int:
         )
         before = await (await cur.execute("SELECT count(*) FROM catalog.products")).fetchone()
         await cur.executemany(
-            "INSERT INTO catalog.products (sku, name, description, category, price, sales, created_at)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (sku) DO NOTHING",
+            # A demo product's units sold come from no order of this suite: all of them are imported.
+            "INSERT INTO catalog.products (sku, name, description, category, price, sales, sales_imported, created_at)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (sku) DO NOTHING",
             [
-                (p.sku, p.name, p.description, p.category, p.price, p.sales,
+                (p.sku, p.name, p.description, p.category, p.price, p.sales, p.sales,
                  now - timedelta(seconds=p.created_offset_seconds))
                 for p in products
             ],

@@ -74,14 +74,26 @@ async def get_products(conn: AsyncConnection, skus: list[str]) -> list[ProductRo
 
 
 async def record_sales(conn: AsyncConnection, order_id: str, lines: list[tuple[str, int]]) -> bool:
-    """Adds an order's units to units sold unless the order was counted before; True if it was counted now."""
+    """Adds an order's units to units sold, and keeps them per SKU in sales_lines, unless the order was
+    counted before; True if it was counted now. A SKU named twice counts the sum of its quantities."""
     cur = await conn.execute(
         "INSERT INTO catalog.sales_recorded (order_id) VALUES (%s) ON CONFLICT DO NOTHING RETURNING 1", (order_id,))
     if await cur.fetchone() is None:
         return False
+    units: dict[str, int] = {}
+    for sku, qty in lines:
+        units[sku] = units.get(sku, 0) + qty
+    # Summed per SKU first: sales_lines keeps one row per SKU, and an UPDATE ... FROM applies only one of
+    # several rows matching the same product. The counts grow by exactly the lines written.
     await conn.execute(
-        "UPDATE catalog.products p SET sales = p.sales + l.qty"
-        " FROM unnest(%s::text[], %s::int[]) AS l(sku, qty) WHERE p.sku = l.sku",
-        ([sku for sku, _ in lines], [qty for _, qty in lines]),
+        """
+        WITH added AS (
+            INSERT INTO catalog.sales_lines (order_id, sku, qty)
+            SELECT %s, sku, qty FROM unnest(%s::text[], %s::int[]) AS l(sku, qty)
+            RETURNING sku, qty
+        )
+        UPDATE catalog.products p SET sales = p.sales + a.qty FROM added a WHERE p.sku = a.sku
+        """,
+        (order_id, list(units), list(units.values())),
     )
     return True

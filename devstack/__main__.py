@@ -1,4 +1,4 @@
-"""`python -m devstack run|audit`: the local suite (`make run`), and the stock audit of its database (`make audit`)."""
+"""`python -m devstack run|audit`: the local suite (`make run`), and the suite audit of its database (`make audit`)."""
 
 import argparse
 import asyncio
@@ -13,12 +13,12 @@ def main() -> None:
     """Dispatches the sub-command."""
     parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__)
     parser.add_argument("command", choices=["run", "audit"],
-                        help="run: the whole suite in the foreground; audit: check the stock of its database")
+                        help="run: the whole suite in the foreground; audit: check its database across all services")
     args = parser.parse_args()
     if args.command == "run":
         run.main()
         return
-    from inventory_svc.audit import run as audit
+    from suite_audit.checks import run as audit
 
     # The database of `make run`: DATABASE_URL, else the embedded server's data in .run/.
     dsn = os.environ.get("DATABASE_URL", "").strip()
