@@ -26,6 +26,7 @@ import httpx
 import psycopg
 import pytest
 
+from suite_audit.checks import audit_dsn
 from tests.e2e.shop_client import seconds
 
 SKU = "HO-0138"  # the hot item; no other test uses it
@@ -399,16 +400,7 @@ async def test_a_crowd_that_abandons_requests_and_clicks_again_keeps_the_books(s
                 break
             await asyncio.sleep(0.5)
 
-    try:
-        from suite_audit.checks import audit_dsn
-    except ModuleNotFoundError as err:
-        # TODO: suite_audit is being written by another engineer; once it lands, import it unconditionally
-        # (drop this try) so a missing audit fails the test instead of being skipped.
-        if err.name not in ("suite_audit", "suite_audit.checks"):
-            raise
-        suite_findings = None
-    else:
-        suite_findings = await asyncio.to_thread(audit_dsn, suite.dsn)
+    suite_findings = await asyncio.to_thread(audit_dsn, suite.dsn)
     inventory_findings = await asyncio.to_thread(audit_clean)
 
     summary = (f"crowd: seed={seed} shoppers={SHOPPERS} requests={tally.requests} cut_off={tally.cut_off} "
@@ -419,8 +411,7 @@ async def test_a_crowd_that_abandons_requests_and_clicks_again_keeps_the_books(s
     print(summary)
     print(f"crowd: shopped in {shopped - started:.1f} s, settled {settled - shopped:.1f} s later; "
           f"outcomes={dict(tally.outcomes.most_common())} answers={dict(tally.reasons.most_common())} "
-          f"orders={dict(statuses)} catalog sales +{sales_after - sales_before}"
-          + ("" if suite_findings is not None else "; suite_audit not available yet, its audit was skipped"))
+          f"orders={dict(statuses)} catalog sales +{sales_after - sales_before}")
     print("crowd: answer times (median/max ms) " + " ".join(
         f"{step}={1000 * statistics.median(xs):.0f}/{1000 * max(xs):.0f}"
         for step, xs in sorted(tally.latency.items())))
