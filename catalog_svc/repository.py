@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from psycopg import AsyncConnection, sql
 
+from catalog_svc.model import ProductRow
 from catalog_svc.query import ListQuery, prefix_tsquery
 
 # Sort keys of the API to SQL expressions; each has an index ending in sku for the tie-break.
@@ -18,18 +17,6 @@ _SORT_EXPRESSIONS = {
 }
 
 _COLUMNS = sql.SQL("sku, name, description, category, price, sales")
-
-
-@dataclass(frozen=True)
-class ProductRow:
-    """A product as stored; availability is not the catalog's to store."""
-
-    sku: str
-    name: str
-    description: str
-    category: str
-    price: int
-    sales: int
 
 
 def _filters(query: ListQuery) -> tuple[sql.Composable, list]:

@@ -10,7 +10,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from catalog_svc import repository
 from catalog_svc.query import ListQuery
-from catalog_svc.repository import ProductRow
+from catalog_svc.model import ProductRow
 from shop_runtime.errors import ServiceError, invalid_argument
 from shop_runtime.validation import distinct_batch
 

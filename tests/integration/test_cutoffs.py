@@ -23,6 +23,7 @@ from devstack.stack import Ports, consul_process
 from shop.inventory.v1 import inventory_pb2
 from shop.order.v1 import order_pb2
 from shop_runtime import deadlines, faults
+from shop_runtime.errors import ServiceError
 from shop_runtime.metrics import REPAIRS
 from suite_audit.checks import audit_dsn
 from tests.integration.purchase_support import (Shopper, charges_standing, held_for_cart, reason, rows,
@@ -328,3 +329,28 @@ async def test_an_expired_hold_moved_twice_is_held_once(suite):
     assert len(set(moved)) == 1 and moved[0] != hold.hold_id
     assert (await suite.stock(sku)).reserved == 4, "naming the expired hold again must not hold its units twice"
     await suite.inventory.ReleaseHolds(inventory_pb2.ReleaseHoldsRequest(hold_ids=moved[:1]), timeout=10)
+
+
+@pytest.mark.parametrize("when", [BEFORE, AFTER])
+async def test_an_expiry_whose_release_is_cut_off_is_done_once_by_the_next_pass(suite, when):
+    sku = fresh_sku()
+    await suite.set_stock(sku, 20)
+    shopper = Shopper(suite)
+    await shopper.add(sku, 3)
+    order = await shopper.checkout(uuid.uuid4().hex)
+    # The window has run out (its holds still run a little longer, as after a payment's grace).
+    rows(suite.dsn, "UPDATE orders.orders SET pay_before = clock_timestamp() - interval '1 second'"
+                    " WHERE id = %s RETURNING 1", order.order_id)
+    # The sweeper here is the test's own replica of the order service (its calls go out as "test-replica").
+    faults.cut("test-replica", "inventory", "ReleaseHolds", when, times=deadlines.ATTEMPTS)
+    with pytest.raises(ServiceError) as lost:
+        await suite.orders.expire_due()
+    assert lost.value.reason == "DEPENDENCY_UNAVAILABLE"
+    assert rows(suite.dsn, "SELECT status FROM orders.orders WHERE id = %s", order.order_id) == [("PENDING_PAYMENT",)]
+    faults.clear()
+    assert await suite.orders.expire_due() >= 1
+    (final,) = await shopper.orders()
+    assert final.status == order_pb2.EXPIRED
+    stock = await suite.stock(sku)
+    assert (stock.on_hand, stock.reserved) == (20, 0)
+    await settled(suite)
