@@ -12,11 +12,12 @@ from typing import Any, Awaitable, Callable
 
 import grpc
 import psycopg
+import pytest
 
 from cart_svc.client import CART_EMPTY, CHECKOUT_NOT_FOUND, HandedLine
 from cart_svc.model import CartView, Line
 from catalog_svc.client import Product
-from inventory_svc.client import ACTIVE, COMMITTED, EXPIRED, HOLD_GONE, RELEASED, Hold
+from inventory_svc.client import ACTIVE, COMMITTED, EXPIRED, RELEASED, Hold, InventoryClient
 from order_svc.model import PAID, PENDING, PENDING_PAYMENT, OrderRecord, PaymentAttempt
 from order_svc.payments import Charge, ProviderUnavailable
 from shop_runtime.clock import ManualClock
@@ -228,14 +229,8 @@ class FakeInventory(_Losses):
 
         return await self._write("release", key, dict(hold_ids=list(hold_ids), owner=owner), work)
 
-    async def release_if_held(self, hold_id: str, owner: str, key: str, *, user: str | None = None) -> bool:
-        try:
-            await self.release([hold_id], owner, key, user=user)
-        except ServiceError as err:
-            if err.reason not in HOLD_GONE:
-                raise
-            return False
-        return True
+    # The real client's: it only calls release() and reads the refusal.
+    release_if_held = InventoryClient.release_if_held
 
     async def extend(self, hold_ids: list[str], owner: str, order_id: str, ttl_seconds: int, key: str, *,
                      from_owner: str = "", user: str | None = None) -> list[Hold]:
@@ -638,3 +633,20 @@ class FakeOrderRepository(_Tables):
 
     async def mark_delivered(self, conn, order_id):
         self._put(conn, self.outbox, order_id, (self.outbox[order_id][0], True))
+
+
+async def refused(reason: str, call) -> ServiceError:
+    """The ServiceError `call` raises, which must have `reason`."""
+    with pytest.raises(ServiceError) as caught:
+        await call
+    assert caught.value.reason == reason, caught.value.message
+    return caught.value
+
+
+def assert_fakes_match(*pairs: tuple[type, type]) -> None:
+    """Each fake offers every public async method of its real counterpart, with the same parameters."""
+    for fake, real in pairs:
+        theirs, ours = public_async_methods(real), public_async_methods(fake)
+        assert set(theirs) <= set(ours), f"{fake.__name__} lacks {set(theirs) - set(ours)}"
+        for name, signature in theirs.items():
+            assert list(ours[name].parameters) == list(signature.parameters), f"{fake.__name__}.{name}"

@@ -13,10 +13,9 @@ from catalog_svc.client import CatalogClient, Product
 from inventory_svc.client import ACTIVE, EXPIRED, RELEASED, InventoryClient
 from shop.cart.v1 import cart_pb2
 from shop_runtime.clock import ManualClock
-from shop_runtime.errors import ServiceError
 from shop_runtime.live_settings import LiveSettings
-from tests.unit.fakes import (FakeCartRepository, FakeCatalog, FakeInventory, FakePool, install,
-                              public_async_methods)
+from tests.unit.fakes import (FakeCartRepository, FakeCatalog, FakeInventory, FakePool, assert_fakes_match, install,
+                              refused)
 
 USER = "alice"
 TTL = LiveSettings(None).get("reservation_ttl_seconds")
@@ -55,19 +54,8 @@ def big(monkeypatch) -> World:
     return World(monkeypatch, {"A": 1_000})
 
 
-async def refused(reason: str, call) -> ServiceError:
-    with pytest.raises(ServiceError) as caught:
-        await call
-    assert caught.value.reason == reason, caught.value.message
-    return caught.value
-
-
 def test_the_fakes_offer_what_the_real_clients_do():
-    for fake, real in ((FakeInventory, InventoryClient), (FakeCatalog, CatalogClient)):
-        theirs, ours = public_async_methods(real), public_async_methods(fake)
-        assert set(theirs) <= set(ours), f"{fake.__name__} lacks {set(theirs) - set(ours)}"
-        for name, signature in theirs.items():
-            assert list(ours[name].parameters) == list(signature.parameters), f"{fake.__name__}.{name}"
+    assert_fakes_match((FakeInventory, InventoryClient), (FakeCatalog, CatalogClient))
 
 
 # --- adding and setting ---------------------------------------------------------------------------

@@ -18,11 +18,11 @@ from order_svc.model import DECLINED, EXPIRED, PAID, PENDING, PENDING_PAYMENT, R
 from order_svc.payments import PaymentProvider
 from order_svc.service import Orders
 from shop_runtime.clock import ManualClock
-from shop_runtime.errors import ServiceError
 from shop_runtime.live_settings import LiveSettings
 from tests.unit.fakes import (FakeCart, FakeCartRepository, FakeCatalog, FakeConnection, FakeInventory,
+                              assert_fakes_match, refused,
                               FakeOrderRepository,
-                              FakePool, FakeProvider, install, public_async_methods)
+                              FakePool, FakeProvider, install)
 
 USER = "alice"
 WINDOW = LiveSettings(None).get("payment_window_seconds")
@@ -74,19 +74,8 @@ def world(monkeypatch) -> World:
     return World(monkeypatch)
 
 
-async def refused(reason: str, call) -> ServiceError:
-    with pytest.raises(ServiceError) as caught:
-        await call
-    assert caught.value.reason == reason, caught.value.message
-    return caught.value
-
-
 def test_the_fakes_offer_what_the_real_clients_do():
-    for fake, real in ((FakeCart, CartClient), (FakeProvider, PaymentProvider)):
-        theirs, ours = public_async_methods(real), public_async_methods(fake)
-        assert set(theirs) <= set(ours), f"{fake.__name__} lacks {set(theirs) - set(ours)}"
-        for name, signature in theirs.items():
-            assert list(ours[name].parameters) == list(signature.parameters), f"{fake.__name__}.{name}"
+    assert_fakes_match((FakeCart, CartClient), (FakeProvider, PaymentProvider))
 
 
 # --- checkout -------------------------------------------------------------------------------------
