@@ -11,8 +11,9 @@ NEWMAN := .tools/node/node_modules/.bin/newman
 
 .PHONY: run test lint openapi newman token audit bench setup venv proto consul test-tools unit integration e2e crowd clean demo-data
 
+# `make run DEMO_PRODUCTS=100000` loads a larger demo catalog (default 2,400; products already there stay).
 run: setup
-	$(PY) -m devstack run
+	$(if $(DEMO_PRODUCTS),DEMO_PRODUCTS=$(DEMO_PRODUCTS)) $(PY) -m devstack run
 
 test: setup test-tools $(NEWMAN) lint
 	$(PY) -m pytest -q tests

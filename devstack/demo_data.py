@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-__all__ = ["CATEGORIES", "DemoProduct", "generate"]
+__all__ = ["CATEGORIES", "MAX_COUNT", "DemoProduct", "generate"]
 
 
 @dataclass(frozen=True)
@@ -113,6 +113,8 @@ _EXTRAS = (
 _MODEL_LETTERS = "ABCDEFGHKMNPRSTVXZ"
 _MIN_PRICE, _MAX_PRICE = 5_000, 25_000_000
 _MAX_OFFSET = 365 * 24 * 3600
+# SKUs are numbered from 0001 per category; past 9999 they simply grow a digit (EL-10000).
+MAX_COUNT = 100_000
 
 
 def _parse_nouns(spec: str) -> list[tuple[str, int, int, tuple[str, ...]]]:
@@ -161,8 +163,8 @@ def _name(rng: random.Random, brand: str, adj: str, noun: str, suffixes: list[st
 
 def generate(count: int = 2400, seed: int = 1212) -> list[DemoProduct]:
     """Return `count` products spread round-robin over CATEGORIES; same arguments give the same list."""
-    if count < 0 or count > 9999 * len(CATEGORIES):
-        raise ValueError(f"count must be between 0 and {9999 * len(CATEGORIES)}, got {count}")
+    if count < 0 or count > MAX_COUNT:
+        raise ValueError(f"count must be between 0 and {MAX_COUNT}, got {count}")
     rng = random.Random(seed)
     parsed = {
         cat: (prefix, brands.split("|"), _parse_nouns(nouns), mats.split("|"), feats.split("|"),

