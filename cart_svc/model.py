@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -84,5 +85,7 @@ def user_of(owner: str) -> str | None:
 
 def change_key(user: str, change: str, step: str) -> str:
     """The inventory idempotency key of one step of a cart change: the same change (a retry, with the
-    shopper's own Idempotency-Key) sends the same key, a new change a new one."""
-    return f"cart:{user}:{change}:{step}"
+    shopper's own Idempotency-Key) sends the same key, a new change a new one. A digest of the user and
+    the change, so a shopper's key of any allowed length (255) still makes a key inventory takes."""
+    digest = hashlib.sha256("\x00".join((user, change)).encode()).hexdigest()
+    return f"cart:{digest}:{step}"

@@ -88,10 +88,24 @@ class Carts:
                     raise _qty_limit(int(err.metadata.get("qty", 0))) from None
                 if err.reason not in HOLD_GONE:
                     raise
+        gone = (await self._inventory.holds([line.hold_id])).get(line.hold_id) if line is not None else None
+        if gone is not None and gone.state == ACTIVE and gone.owner.startswith("order:"):
+            # Moved to an order by a checkout cut off inside this cart (which never recorded it, so that order
+            # was never stored): still the line's units. Taken back, then changed as asked.
+            try:
+                await self._inventory.extend([gone.hold_id], owner_of(user), "", ttl,
+                                             change_key(user, change, "take-back"), from_owner=gone.owner, user=user)
+                return await self._inventory.resize(gone.hold_id, ttl, owner_of(user),
+                                                    change_key(user, change, "resize-back"), qty=qty, add=add,
+                                                    max_qty=MAX_LINE_QTY, user=user)
+            except ServiceError as err:
+                if err.reason == "QTY_LIMIT":
+                    raise _qty_limit(int(err.metadata.get("qty", 0))) from None
+                if err.reason not in HOLD_GONE:
+                    raise
         # No line, or its hold expired (the line's units are held anew, as many as its hold had), or its hold
-        # was released or sold by a change whose answer was lost, or moved on (only what is asked is held).
-        expired = (await self._inventory.holds([line.hold_id])).get(line.hold_id) if line is not None else None
-        units = qty or add + (expired.qty if expired is not None and expired.state == EXPIRED else 0)
+        # was released or sold by a change whose answer was lost (only what is asked is held).
+        units = qty or add + (gone.qty if gone is not None and gone.state == EXPIRED else 0)
         if units > MAX_LINE_QTY:
             raise _qty_limit(units)
         (hold,) = await self._inventory.hold(owner_of(user), {sku: units}, ttl, change_key(user, change, "create"),
@@ -119,7 +133,8 @@ class Carts:
             hold = await self._hold(user, sku, line, key or uuid.uuid4().hex, add=add, qty=qty)
             added_at = line.added_at if line is not None else self._clock.now()
             await repo.put_line(conn, user, Line(sku, hold.qty, hold.hold_id, hold.expires_at, added_at))
-            view = await self._view(await repo.lines(conn, user), {hold.hold_id: hold})
+            # Read afresh: a replayed step answers the hold as it was then, the view shows it as it is.
+            view = await self._view(await repo.lines(conn, user))
             if key:
                 await repo.record_change(conn, user, key, request_hash, view)
         return view

@@ -92,10 +92,11 @@ class InventoryClient:
             from_owner=from_owner), user=user, idempotent=bool(key))
         return _holds(answer.holds)
 
-    async def commit(self, hold_ids: list[str], key: str, *, user: str | None = None) -> list[Hold]:
-        """Sells the units of active holds, all or nothing; HOLD_NOT_ACTIVE when any is not active."""
+    async def commit(self, hold_ids: list[str], key: str, *, owner: str = "", user: str | None = None) -> list[Hold]:
+        """Sells the units of active holds (of `owner`, when given), all or nothing; HOLD_NOT_ACTIVE when any
+        is not active, HOLD_NOT_OWNED when any has moved to another owner."""
         answer = await self._service.call("CommitHolds", inventory_pb2.CommitHoldsRequest(
-            hold_ids=hold_ids, idempotency_key=key), user=user, idempotent=bool(key))
+            hold_ids=hold_ids, idempotency_key=key, owner=owner), user=user, idempotent=bool(key))
         return _holds(answer.holds)
 
     async def holds(self, hold_ids: list[str]) -> dict[str, Hold]:

@@ -274,9 +274,9 @@ class Inventory:
         """Gives the holds' units back; with `owner`, only if they are still theirs."""
         return await self._end_holds("release_holds", ids, RELEASED, key, actor, owner)
 
-    async def commit_holds(self, ids: list[str], *, key: str = "", actor: str) -> list[HoldRecord]:
-        """Sells the holds' units; refused for any hold that is not active and unexpired."""
-        return await self._end_holds("commit_holds", ids, COMMITTED, key, actor)
+    async def commit_holds(self, ids: list[str], *, key: str = "", actor: str, owner: str = "") -> list[HoldRecord]:
+        """Sells the holds' units; refused for any hold that is not active and unexpired (or not `owner`'s)."""
+        return await self._end_holds("commit_holds", ids, COMMITTED, key, actor, owner)
 
     async def extend_holds(self, ids: list[str], owner: str, order_id: str, ttl_seconds: int, *, key: str = "",
                            actor: str, from_owner: str = "") -> list[HoldRecord]:
@@ -292,8 +292,16 @@ class Inventory:
             # An expired hold already held again stands for its replacement: a retry of the move, with
             # whatever key, moves the replacement (as it would move a hold still active) instead of
             # holding the units twice.
+            # Read under the SKUs' locks (a replacement holds the same SKU), so two moves at once cannot both
+            # find the expired hold unreplaced.
+            skus = await repo.hold_skus(conn, ids)
+            if missing := [i for i in ids if i not in skus]:
+                raise _hold_not_found(missing[0])
+            now = await self._locked_now(conn, list(skus.values()), actor)
             named = await repo.replacements(conn, ids)
-            holds, now = await self._locked_holds(conn, [named.get(i, i) for i in ids], actor)
+            current = [named.get(i, i) for i in ids]
+            found = await repo.get_holds(conn, current)
+            holds = [found[i] for i in current]
             _check_owner(holds, from_owner)
             if ended := [h for h in holds if h.state in (COMMITTED, RELEASED)]:
                 raise _not_active(ended[0])

@@ -75,7 +75,8 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
 
     async def CommitHolds(self, request, context):
         holds = await self._inventory.commit_holds(
-            list(request.hold_ids), key=key_of(request.idempotency_key, context), actor=actor_of(context))
+            list(request.hold_ids), key=key_of(request.idempotency_key, context), actor=actor_of(context),
+            owner=request.owner)
         return inventory_pb2.CommitHoldsResponse(holds=[hold_pb(h) for h in holds])
 
     async def GetHolds(self, request, context):

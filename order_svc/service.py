@@ -21,7 +21,6 @@ from order_svc.model import (DECLINED, EXPIRED, PAID, PENDING, PENDING_PAYMENT, 
 from order_svc.payments import Charge, PaymentProvider, ProviderUnavailable
 from shop.catalog.v1 import catalog_pb2
 from shop_runtime import deadlines, faults, idempotency
-from shop_runtime.clients import TRANSIENT
 from shop_runtime.clock import Clock
 from shop_runtime.errors import ServiceError
 from shop_runtime.live_settings import LiveSettings
@@ -37,6 +36,9 @@ PROVIDER_TIMEOUT_SECONDS = 15.0
 _HOLDS_GONE = HOLD_GONE | {OUT_OF_STOCK}
 # Order ids of checkouts with an idempotency key derive from (user, key), so retries converge.
 _CHECKOUT_NAMESPACE = uuid.UUID("6f1c2a3e-7d4b-4b8e-9a51-2c0d8e4f5a61")
+# The cart's refusals of a hand-over that leave the cart as it was (anything else is left to the reconciler,
+# which asks the cart what happened).
+_NOT_HANDED_OVER = frozenset({"CART_EMPTY", "OUT_OF_STOCK", "PRODUCT_NOT_FOUND", "TOTAL_LIMIT", "INVALID_ARGUMENT"})
 # What a reconciler leaves alone: checkouts and payments younger than this may still be under way.
 RECONCILE_AGE_SECONDS = 60
 
@@ -71,6 +73,19 @@ def _declined(order_id: str, why: str = "card declined") -> ServiceError:
 
 def _already_paid(order_id: str) -> ServiceError:
     return _error(grpc.StatusCode.ABORTED, "ALREADY_PAID", "this order is paid already", order_id=order_id)
+
+
+class _SoldMeanwhile(Exception):
+    """The order's units were sold by an earlier attempt while this one (`payment_id`) was starting."""
+
+    def __init__(self, payment_id: str):
+        super().__init__(payment_id)
+        self.payment_id = payment_id
+
+
+def _attempt_owner(order_id: str, payment_id: str) -> str:
+    """The inventory owner of an order's holds while a payment attempt holds them (its commit requires it)."""
+    return f"order:{order_id}/{payment_id}"
 
 
 def _order_uuid(order_id: str) -> str | None:
@@ -136,7 +151,7 @@ class Orders:
             # The cart fixes names and prices and refuses what cannot be ordered before any hold moves.
             lines = await self._cart.hand_over(user, order_id, window)
         except ServiceError as err:
-            if err.code not in TRANSIENT:  # refused: the cart was not handed over
+            if err.reason in _NOT_HANDED_OVER:  # refused before any hold moved: nothing to finish or give back
                 async with self._pool.connection() as conn, conn.transaction():
                     await repo.drop_checkout(conn, order_id)
             raise
@@ -170,6 +185,21 @@ class Orders:
                 order = await repo.get_order(conn, order_uuid, user, for_update=True)
                 if order is not None and order.status == PENDING_PAYMENT:
                     await self.settle(conn, order)
+        try:
+            paid = await self._pay(user, key, order_uuid, order_id, request_hash, amount, method, token)
+        except _SoldMeanwhile as sold_by_another:
+            # An earlier attempt's commit landed while this one was taking the units over: it paid.
+            async with self._pool.connection() as conn, conn.transaction():
+                order = await repo.get_order(conn, order_uuid, user, for_update=True)
+                if order.status == PENDING_PAYMENT:
+                    await self.settle(conn, order)
+            await self._refund(sold_by_another.payment_id, order_id)  # this attempt charged nothing yet
+            raise _already_paid(order_id) from None
+        await self.deliver_sales()
+        return paid
+
+    async def _pay(self, user: str, key: str, order_uuid: str, order_id: str, request_hash: bytes, amount: int,
+                   method: str, token: str) -> OrderRecord:
         async with self._pool.connection() as conn, conn.transaction():
             # The order's row lock makes payments of one order (and its expiry, and the reconciler) take turns.
             order = await repo.get_order(conn, order_uuid, user, for_update=True)
@@ -198,9 +228,6 @@ class Orders:
                 if amount != order.total:
                     raise _error(grpc.StatusCode.INVALID_ARGUMENT, "AMOUNT_MISMATCH",
                                  f"the order totals {order.total}, not {amount}", total=order.total)
-                # Earlier attempts under other keys, cut off without selling: any charge of theirs goes back.
-                for other in await repo.pending_attempts(conn, order_uuid):
-                    await self._refund(other, order_id)
                 attempt = PaymentAttempt(request_hash, order_uuid, f"pay_{uuid.uuid4().hex}", PENDING)
                 async with await self._side() as side:
                     try:
@@ -212,6 +239,11 @@ class Orders:
                 await self._refund(attempt.payment_id, order_id)
                 raise _expired(order_id)
             holds = await self._keep_units(order, attempt.payment_id, user)
+            # The units are this attempt's now: an earlier attempt cut off (its commit perhaps still on its
+            # way) can no longer sell them, so any charge of its goes back.
+            for other in await repo.pending_attempts(conn, order_uuid):
+                if other != attempt.payment_id:
+                    await self._refund(other, order_id)
             try:
                 charge = await self._charge(attempt.payment_id, order, method, token)
             except (ProviderUnavailable, asyncio.TimeoutError) as err:
@@ -222,16 +254,15 @@ class Orders:
                     await repo.set_attempt_state(side, attempt.payment_id, DECLINED)
                 raise _declined(order_id, charge.reason)
             try:
-                await self._inventory.commit(holds, f"pay:{order_uuid}", user=user)
+                await self._inventory.commit(holds, f"pay:{attempt.payment_id}",
+                                             owner=_attempt_owner(order_uuid, attempt.payment_id), user=user)
             except ServiceError as err:
                 if err.reason not in _HOLDS_GONE:
                     raise  # e.g. inventory unavailable: a retry with the key resumes this attempt
                 await self._refund(attempt.payment_id, order_id)
                 raise _expired(order_id) from err
             await self._record_paid(conn, order, attempt.payment_id)
-            paid = await self._as_of_now(conn, await repo.get_order(conn, order_uuid, user))
-        await self.deliver_sales()
-        return paid
+            return await self._as_of_now(conn, await repo.get_order(conn, order_uuid, user))
 
     async def settle(self, conn, order: OrderRecord) -> bool:
         """Finishes an unpaid order whose units a cut-off payment attempt sold: as paid by the attempt the
@@ -264,11 +295,14 @@ class Orders:
         await repo.add_outbox(conn, order.id, sales.SerializeToString())
 
     async def _keep_units(self, order: OrderRecord, payment_id: str, user: str) -> list[str]:
-        """Keeps the order's units past the provider's answer; an order whose units are gone is expired."""
+        """Moves the order's units to this attempt (only its commit can sell them) and keeps them past the
+        provider's answer; an order whose units are gone is expired, one whose units are sold was paid."""
         try:
-            kept = await self._inventory.extend(order.hold_ids, f"order:{order.id}", order.id,
+            kept = await self._inventory.extend(order.hold_ids, _attempt_owner(order.id, payment_id), order.id,
                                                 order.payment_hold_seconds(), f"pay-hold:{payment_id}", user=user)
         except ServiceError as err:
+            if err.metadata.get("state") == "COMMITTED":
+                raise _SoldMeanwhile(payment_id) from err
             if err.reason in _HOLDS_GONE:
                 await self._refund(payment_id, order.id)
                 raise _expired(order.id) from err
@@ -344,10 +378,12 @@ class Orders:
                 ((order_id, user),) = due
                 order = await repo.get_order(conn, order_id, user)
                 ended += 1
+                # Released first, whoever holds them now: once released, no attempt's commit still on its way
+                # can sell them, so what is sold now is all that ever will be.
+                for hold_id in order.hold_ids:  # one by one: a hold that already expired does not keep the others
+                    await self._inventory.release_if_held(hold_id, "", f"expire:{hold_id}")
                 if await self.settle(conn, order):
                     continue
-                for hold_id in order.hold_ids:  # one by one: a hold that already expired does not keep the others
-                    await self._inventory.release_if_held(hold_id, f"order:{order_id}", f"expire:{hold_id}")
                 for payment_id in await repo.pending_attempts(conn, order_id):
                     await self._refund(payment_id, order_id)
                 await repo.mark_expired(conn, order_id)
@@ -398,7 +434,8 @@ class Orders:
         return 1
 
     async def _settle_attempts(self) -> int:
-        """Payment attempts cut off and left pending: settled as paid if they sold the units, else refunded."""
+        """Payment attempts cut off and left pending: settled as paid if they sold the units; refunded once
+        their order has ended (paid by another attempt, or expired)."""
         repaired = 0
         async with self._pool.connection() as conn:
             stale = await repo.orders_with_stale_attempts(conn, await self._clock.db_now(conn),
@@ -408,8 +445,10 @@ class Orders:
                 order = await repo.lock_order(conn, order_id)
                 if order is None:  # a payment of it is under way
                     continue
-                if order.status == PENDING_PAYMENT and await self.settle(conn, order):
-                    repaired += 1
+                if order.status == PENDING_PAYMENT:
+                    # Sold: paid by it. Not sold: left for the order's next payment, which takes the units over
+                    # before refunding it, or for the end of its window (a commit may still be on its way).
+                    repaired += await self.settle(conn, order)
                     continue
                 for payment_id in await repo.pending_attempts(conn, order_id):
                     await self._refund(payment_id, order_id)
@@ -421,21 +460,21 @@ class Orders:
     async def _release_orphans(self) -> int:
         """Holds still active for an order that has ended (paid or expired): units back. (Holds of an order
         never stored belong to a checkout that `_finish_checkouts` finishes or gives back to the cart.)"""
-        repaired = 0
-        holds = await self._inventory.active_holds("order:", self._reconcile_age)
-        if not holds:
-            return 0
-        async with self._pool.connection() as conn:
-            statuses = await repo.orders_by_id(conn, list({h.order_id for h in holds if _order_uuid(h.order_id)}))
-        for hold in holds:
-            if statuses.get(hold.order_id) not in (PAID, EXPIRED) or not await \
-                    self._inventory.release_if_held(hold.hold_id, hold.owner, f"reconcile:{hold.hold_id}"):
-                continue
-            metrics.repaired("order", "orphan_order_hold", "released hold %s of order %s (%s), which no order"
-                             " awaiting payment keeps", hold.hold_id, hold.order_id,
-                             statuses.get(hold.order_id, "no such order"))
-            repaired += 1
-        return repaired
+        repaired, after, limit = 0, "", 200
+        while True:
+            holds = await self._inventory.active_holds("order:", self._reconcile_age, after, limit)
+            async with self._pool.connection() as conn:
+                statuses = await repo.orders_by_id(conn, list({h.order_id for h in holds if _order_uuid(h.order_id)}))
+            for hold in holds:
+                if statuses.get(hold.order_id) not in (PAID, EXPIRED) or not await \
+                        self._inventory.release_if_held(hold.hold_id, hold.owner, f"reconcile:{hold.hold_id}"):
+                    continue
+                metrics.repaired("order", "orphan_order_hold", "released hold %s of order %s (%s), which no"
+                                 " order awaiting payment keeps", hold.hold_id, hold.order_id, statuses[hold.order_id])
+                repaired += 1
+            if len(holds) < limit:
+                return repaired
+            after = holds[-1].hold_id
 
     async def deliver_sales(self, limit: int = 100) -> int:
         """Sends paid orders' units sold to the catalog (each once); what fails stays for the next pass."""

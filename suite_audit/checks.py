@@ -112,7 +112,9 @@ CHECKS: list[Check] = [
                             WHERE c.hold_id = h.id AND c.sku = h.sku AND h.owner = 'cart:' || c.user_id)
            AND NOT EXISTS (SELECT 1 FROM orders.items i JOIN orders.orders o ON o.id = i.order_id
                             WHERE i.hold_id = h.id AND i.sku = h.sku AND i.qty = h.qty
-                              AND o.status = 'PENDING_PAYMENT' AND h.owner = 'order:' || o.id::text)
+                              AND o.status = 'PENDING_PAYMENT'
+                              -- the order's own, or one of its payment attempts' (order:<id>/<payment id>)
+                              AND (h.owner = 'order:' || o.id::text OR starts_with(h.owner, 'order:' || o.id::text || '/')))
          ORDER BY h.sku, h.id
         """,
         "{0}: active hold {1} of {2} unit(s) for {3} until {4} belongs to no cart line and no order awaiting payment",

@@ -14,12 +14,14 @@ import itertools
 import uuid
 
 import grpc
+import psycopg
 import pytest
 
 from devstack.postgres import create_database, dsn_for
 from devstack.prepare import prepare
 from devstack.procs import Proc, consul_ready, wait_until
 from devstack.stack import Ports, consul_process
+from inventory_svc.repository import sku_lock_key
 from shop.inventory.v1 import inventory_pb2
 from shop.order.v1 import order_pb2
 from shop_runtime import deadlines, faults
@@ -354,3 +356,147 @@ async def test_an_expiry_whose_release_is_cut_off_is_done_once_by_the_next_pass(
     stock = await suite.stock(sku)
     assert (stock.on_hand, stock.reserved) == (20, 0)
     await settled(suite)
+
+
+# --- found by a second review: races with work still under way, long keys, stale replays ------------------
+
+async def sku_locked(dsn: str, sku: str) -> psycopg.AsyncConnection:
+    """A connection holding the SKU's advisory lock (as a long stock write under flash-sale load would)."""
+    conn = await psycopg.AsyncConnection.connect(dsn)
+    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (sku_lock_key(sku),))
+    return conn
+
+
+async def waiters(dsn: str, n: int) -> None:
+    """Until n sessions wait for an advisory lock."""
+    for _ in range(200):
+        if rows(dsn, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")[0][0] >= n:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"fewer than {n} waiters")
+
+
+# --- F2: ExtendHolds reads the replacement link before the SKU lock --------------------------------
+
+async def test_an_expired_hold_moved_twice_at_once_is_held_once(suite):
+    sku = fresh_sku()
+    await suite.set_stock(sku, 10)
+    (hold,) = (await suite.inventory.CreateHolds(inventory_pb2.CreateHoldsRequest(
+        owner="cart:x", lines=[inventory_pb2.HoldLine(sku=sku, qty=4)], ttl_seconds=1), timeout=10)).holds
+    await asyncio.sleep(1.2)
+    lock = await sku_locked(suite.dsn, sku)
+
+    def move(key: str):
+        return suite.inventory.ExtendHolds(inventory_pb2.ExtendHoldsRequest(
+            hold_ids=[hold.hold_id], owner="order:o1", order_id="o1", ttl_seconds=60,
+            idempotency_key=f"{key}-{hold.hold_id}"), timeout=10)
+
+    first, second = asyncio.ensure_future(move("first")), asyncio.ensure_future(move("second"))
+    await waiters(suite.dsn, 2)
+    await lock.commit()
+    await lock.close()
+    a, b = await first, await second
+    reserved = (await suite.stock(sku)).reserved
+    for h in {a.holds[0].hold_id, b.holds[0].hold_id}:  # leave nothing for the other tests' audits
+        await suite.inventory.ReleaseHolds(inventory_pb2.ReleaseHoldsRequest(hold_ids=[h]), timeout=10)
+    assert (a.holds[0].hold_id == b.holds[0].hold_id, reserved) == (True, 4), \
+        f"two replacements {a.holds[0].hold_id} and {b.holds[0].hold_id} of one 4-unit hold: reserved={reserved}"
+
+
+# --- F1: a commit abandoned by a timed-out attempt lands after a new key refunded that attempt -------
+
+async def test_a_late_commit_of_an_abandoned_attempt_leaves_the_order_paid(suite):
+    sku = fresh_sku()
+    await suite.set_stock(sku, 20)
+    shopper = Shopper(suite)
+    await shopper.add(sku, 3)
+    order = await shopper.checkout(uuid.uuid4().hex)
+    # Attempt A: charged, then its CommitHolds waits on the SKU's lock (a busy SKU in a flash sale) longer
+    # than the order service's three 4 s attempts; inventory keeps the abandoned commit going (detached).
+    faults.slow("order", "inventory", "CommitHolds", 1.0)
+    a = asyncio.ensure_future(shopper.pay(order, "key-A"))
+    for _ in range(100):
+        if rows(suite.dsn, "SELECT count(*) FROM orders.provider_charges c JOIN orders.payments p USING (payment_id)"
+                           " WHERE p.order_id = %s", order.order_id)[0][0]:
+            break
+        await asyncio.sleep(0.02)
+    lock = await sku_locked(suite.dsn, sku)
+    with pytest.raises(grpc.aio.AioRpcError) as lost:
+        await a
+    assert lost.value.code() == grpc.StatusCode.UNAVAILABLE  # the shopper is told to retry
+    # The shopper pays again with a new key; A's commit is still waiting in inventory.
+    b = asyncio.ensure_future(shopper.pay(order, "key-B"))
+    await waiters(suite.dsn, 2)  # A's abandoned commit, then B's ExtendHolds
+    await lock.commit()
+    await lock.close()
+    outcome = None
+    try:
+        outcome = (await b).status
+    except grpc.aio.AioRpcError as err:
+        outcome = reason(err)
+    await asyncio.sleep(0.5)
+    states = rows(suite.dsn, "SELECT h.state FROM inventory.holds h JOIN orders.items i ON i.hold_id = h.id"
+                             " WHERE i.order_id = %s", order.order_id)
+    status = rows(suite.dsn, "SELECT status FROM orders.orders WHERE id = %s", order.order_id)[0][0]
+    await suite.reconcile()
+    await suite.orders.expire_due()
+    status_after = rows(suite.dsn, "SELECT status FROM orders.orders WHERE id = %s", order.order_id)[0][0]
+    violations = audit_dsn(suite.dsn)
+    assert (status_after, charges_standing(suite.dsn, order.order_id), violations) == ("PAID", 1, []), (
+        f"B answered {outcome}; holds {states}; order {status} -> {status_after} after reconcile and expiry;"
+        f" charges standing {charges_standing(suite.dsn, order.order_id)}; audit {violations}")
+
+
+# --- F4: an add to a line whose hold a cut-off hand-over moved drops the line's units ------------------
+
+async def test_an_add_after_a_cut_off_hand_over_adds_on_top_of_the_line(suite):
+    sku = fresh_sku()
+    await suite.set_stock(sku, 20)
+    shopper = Shopper(suite)
+    await shopper.add(sku, 2)
+    faults.cut("cart", "inventory", "ExtendHolds", AFTER, times=deadlines.ATTEMPTS ** 2)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await shopper.checkout(uuid.uuid4().hex)
+    faults.clear()
+    before = {x.sku: x.qty for x in (await shopper.cart()).items}
+    assert before == {sku: 2}  # the cart still shows the line (its hold went to the cut-off order)
+    answer = await shopper.add(sku, 1)
+    shown = {x.sku: x.qty for x in answer.items}
+    for _ in range(2):
+        await suite.reconcile()
+    after = {x.sku: x.qty for x in (await shopper.cart()).items}
+    assert (shown, after) == ({sku: 3}, {sku: 3}), (
+        f"cart showed {before}; an add of 1 answered {shown}; after reconciler passes it shows {after}"
+        f" (held for the cart: {held_for_cart(suite.dsn, shopper.user)})")
+
+
+# --- F5: a valid long Idempotency-Key is refused ---------------------------------------------------------
+
+async def test_a_255_character_idempotency_key_is_accepted(suite):
+    sku = fresh_sku()
+    await suite.set_stock(sku, 20)
+    shopper = Shopper(suite)
+    key = "k" * 250  # API.md: Idempotency-Key of 1..255 characters
+    try:
+        answer = await shopper.add(sku, 1, key=key)
+    except grpc.aio.AioRpcError as err:
+        pytest.fail(f"POST /chart with a {len(key)}-character key: {err.code().name} {reason(err)} {err.details()}")
+    assert [(x.sku, x.qty) for x in answer.items] == [(sku, 1)]
+
+
+# --- F9: a replayed add answers a stale quantity ---------------------------------------------------------
+
+async def test_a_replayed_add_answers_what_is_held(suite):
+    sku = fresh_sku()
+    await suite.set_stock(sku, 20)
+    shopper = Shopper(suite)
+    await shopper.add(sku, 1)
+    faults.cut("cart", "inventory", "ResizeHold", AFTER, times=deadlines.ATTEMPTS)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await shopper.add(sku, 2, key="K")  # inventory grew the hold to 3; the answer was lost
+    faults.clear()
+    await shopper.set(sku, 5)  # then the shopper sets the line to 5
+    answer = await shopper.add(sku, 2, key="K")  # and the lost add's retry
+    shown = {x.sku: x.qty for x in answer.items}
+    held = held_for_cart(suite.dsn, shopper.user)
+    assert shown == held, f"the retried add answers {shown}, inventory holds {held} for the cart"

@@ -259,16 +259,17 @@ class FakeInventory(_Losses):
         return await self._write("extend", key, dict(hold_ids=list(hold_ids), owner=owner, order_id=order_id,
                                                      ttl=ttl_seconds, from_owner=from_owner), work)
 
-    async def commit(self, hold_ids: list[str], key: str, *, user: str | None = None) -> list[Hold]:
+    async def commit(self, hold_ids: list[str], key: str, *, owner: str = "", user: str | None = None) -> list[Hold]:
         def work() -> list[Hold]:
             holds = self._find(hold_ids)
+            self._check_owner(holds, owner)
             self._check_active(holds)
             for h in holds:
                 h.state = COMMITTED
                 self.on_hand[h.sku] -= h.qty
             return [h.record() for h in holds]
 
-        return await self._write("commit", key, dict(hold_ids=list(hold_ids)), work)
+        return await self._write("commit", key, dict(hold_ids=list(hold_ids), owner=owner), work)
 
     async def holds(self, hold_ids: list[str]) -> dict[str, Hold]:
         if not hold_ids:  # as the client: no call at all
