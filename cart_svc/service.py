@@ -78,16 +78,21 @@ class Carts:
                     qty: int = 0) -> Hold:
         """Makes the line hold `qty` units, or `add` more: on its hold, or a new hold if it has none any more."""
         ttl = self._live.get("reservation_ttl_seconds")
-        if line is not None:
+
+        async def resize(hold_id: str, step: str) -> Hold | None:
+            """The hold resized as asked; None when it is no longer the cart's active hold."""
             try:
-                return await self._inventory.resize(line.hold_id, ttl, owner_of(user),
-                                                    change_key(user, change, "resize"), qty=qty, add=add,
-                                                    max_qty=MAX_LINE_QTY, user=user)
+                return await self._inventory.resize(hold_id, ttl, owner_of(user), change_key(user, change, step),
+                                                    qty=qty, add=add, max_qty=MAX_LINE_QTY, user=user)
             except ServiceError as err:
                 if err.reason == "QTY_LIMIT":
                     raise _qty_limit(int(err.metadata.get("qty", 0))) from None
                 if err.reason not in HOLD_GONE:
                     raise
+                return None
+
+        if line is not None and (resized := await resize(line.hold_id, "resize")) is not None:
+            return resized
         gone = (await self._inventory.holds([line.hold_id])).get(line.hold_id) if line is not None else None
         if gone is not None and gone.state == ACTIVE and gone.owner.startswith("order:"):
             # Moved to an order by a checkout cut off inside this cart (which never recorded it, so that order
@@ -95,14 +100,12 @@ class Carts:
             try:
                 await self._inventory.extend([gone.hold_id], owner_of(user), "", ttl,
                                              change_key(user, change, "take-back"), from_owner=gone.owner, user=user)
-                return await self._inventory.resize(gone.hold_id, ttl, owner_of(user),
-                                                    change_key(user, change, "resize-back"), qty=qty, add=add,
-                                                    max_qty=MAX_LINE_QTY, user=user)
             except ServiceError as err:
-                if err.reason == "QTY_LIMIT":
-                    raise _qty_limit(int(err.metadata.get("qty", 0))) from None
                 if err.reason not in HOLD_GONE:
                     raise
+            else:
+                if (resized := await resize(gone.hold_id, "resize-back")) is not None:
+                    return resized
         # No line, or its hold expired (the line's units are held anew, as many as its hold had), or its hold
         # was released or sold by a change whose answer was lost (only what is asked is held).
         units = qty or add + (gone.qty if gone is not None and gone.state == EXPIRED else 0)
