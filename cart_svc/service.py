@@ -181,9 +181,8 @@ class Carts:
             lines = await repo.lines(conn, user)
         return await self._view(lines)
 
-    async def _view(self, lines: list[Line], known: dict[str, Hold] | None = None) -> CartView:
-        known = known or {}
-        holds = dict(known) | await self._inventory.holds([x.hold_id for x in lines if x.hold_id not in known])
+    async def _view(self, lines: list[Line]) -> CartView:
+        holds = await self._inventory.holds([x.hold_id for x in lines])
         products = await self._catalog.products([line.sku for line in lines])
         shown = []
         for line in lines:

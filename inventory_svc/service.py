@@ -165,14 +165,19 @@ class Inventory:
         await repo.reclaim_expired(conn, sorted(set(skus)), now, actor)
         return now
 
-    async def _locked_holds(self, conn: AsyncConnection, ids: list[str],
-                            actor: str) -> tuple[list[HoldRecord], datetime]:
-        """Locks the SKUs of the holds, reclaims their expired holds, and returns the holds as they now are."""
+    async def _locked_holds(self, conn: AsyncConnection, ids: list[str], actor: str, *,
+                            replaced: bool = False) -> tuple[list[HoldRecord], datetime]:
+        """Locks the SKUs of the holds, reclaims their expired holds, and returns the holds as they now are;
+        with `replaced`, an expired hold held again stands for its replacement (read under the same locks,
+        since a replacement holds the same SKU)."""
         skus = await repo.hold_skus(conn, ids)
         missing = [i for i in ids if i not in skus]
         if missing:
             raise _hold_not_found(missing[0])
         now = await self._locked_now(conn, list(skus.values()), actor)
+        if replaced:
+            named = await repo.replacements(conn, ids)
+            ids = [named.get(i, i) for i in ids]
         holds = await repo.get_holds(conn, ids)
         return [holds[i] for i in ids], now
 
@@ -291,17 +296,8 @@ class Inventory:
         async def work(conn: AsyncConnection) -> list[HoldRecord]:
             # An expired hold already held again stands for its replacement: a retry of the move, with
             # whatever key, moves the replacement (as it would move a hold still active) instead of
-            # holding the units twice.
-            # Read under the SKUs' locks (a replacement holds the same SKU), so two moves at once cannot both
-            # find the expired hold unreplaced.
-            skus = await repo.hold_skus(conn, ids)
-            if missing := [i for i in ids if i not in skus]:
-                raise _hold_not_found(missing[0])
-            now = await self._locked_now(conn, list(skus.values()), actor)
-            named = await repo.replacements(conn, ids)
-            current = [named.get(i, i) for i in ids]
-            found = await repo.get_holds(conn, current)
-            holds = [found[i] for i in current]
+            # holding the units twice; read under the locks, so two moves at once cannot both find it unreplaced.
+            holds, now = await self._locked_holds(conn, ids, actor, replaced=True)
             _check_owner(holds, from_owner)
             if ended := [h for h in holds if h.state in (COMMITTED, RELEASED)]:
                 raise _not_active(ended[0])

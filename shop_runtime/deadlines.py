@@ -44,8 +44,10 @@ def route_timeout(method: str) -> str:
 
 def begin(method: str) -> contextvars.Token:
     """Starts the deadline of a handler: its own budget. Not its caller's deadline: a handler whose caller
-    gave up still finishes its step (see shop_runtime.errors.ErrorInterceptor), and the budgets nest by
-    construction (a callee's budget is below the time its caller allows for the call, retries included)."""
+    gave up still finishes its step (see shop_runtime.errors.ErrorInterceptor). A callee may therefore
+    outlive one attempt of its caller; the caller's next attempt carries the same idempotency key and
+    waits for, or replays, the step still under way, and a step that must not land late is fenced by
+    the callee itself (e.g. a payment attempt's holds, which only that attempt can sell)."""
     return _DEADLINE.set(asyncio.get_running_loop().time() + budget(method))
 
 

@@ -41,15 +41,15 @@ def cut(caller: str, callee: str, method: str, when: str, times: int = 1) -> Rul
     """Adds a rule; returns it, so a test can read how many calls it cut (`hits`)."""
     if when not in (BEFORE, AFTER):
         raise ValueError(f"when must be {BEFORE!r} or {AFTER!r}")
-    rule = Rule(caller, callee, method, when, times)
-    with _LOCK:
-        _RULES.append(rule)
-    return rule
+    return _add(Rule(caller, callee, method, when, times))
 
 
 def slow(caller: str, callee: str, method: str, seconds: float, times: int = 1) -> Rule:
     """Adds a rule that delays the next `times` calls by `seconds`, so a test can cut off what is under way."""
-    rule = Rule(caller, callee, method, SLOW, times, seconds=seconds)
+    return _add(Rule(caller, callee, method, SLOW, times, seconds=seconds))
+
+
+def _add(rule: Rule) -> Rule:
     with _LOCK:
         _RULES.append(rule)
     return rule
