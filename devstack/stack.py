@@ -110,14 +110,17 @@ def consul_process(ports: Ports) -> ProcessSpec:
 
 
 def service_process(service: str, ports: Ports, dsn: str, *, port: int | None = None, name: str | None = None,
-                    **extra: str) -> ProcessSpec:
-    """One replica of `service` (port 0 lets the OS pick; Consul learns the real one)."""
-    env = _env(
-        DATABASE_URL=dsn,
-        GRPC_PORT=str(ports.services[service] if port is None else port),
-        CONSUL_HTTP_ADDR=ports.consul_addr,
+                    workers: int | str = 1, **extra: str) -> ProcessSpec:
+    """One replica of `service` (port 0 lets the OS pick; Consul learns the real one), with `workers`
+    worker processes (WORKERS: the first on `port`, the others on free ports). One worker by default,
+    whatever the caller's environment says, so a test that signals a replica's pid signals the server."""
+    env = _env(**{
+        "DATABASE_URL": dsn,
+        "GRPC_PORT": str(ports.services[service] if port is None else port),
+        "CONSUL_HTTP_ADDR": ports.consul_addr,
+        "WORKERS": str(workers),
         **extra,
-    )
+    })
     return ProcessSpec(name or service, [sys.executable, "-m", SERVICE_MODULES[service]], env)
 
 
@@ -136,11 +139,12 @@ def gateway_processes(ports: Ports, run_dir: Path, secrets_dir: Path) -> list[Pr
     ]
 
 
-def suite_processes(ports: Ports, dsn: str, run_dir: Path, secrets_dir: Path) -> list[ProcessSpec]:
-    """Everything but Postgres: Consul, one replica of every service, Envoy and its sync."""
+def suite_processes(ports: Ports, dsn: str, run_dir: Path, secrets_dir: Path,
+                    workers: int = 1) -> list[ProcessSpec]:
+    """Everything but Postgres: Consul, one replica of every service with `workers` workers, Envoy and its sync."""
     return [
         consul_process(ports),
-        *(service_process(s, ports, dsn) for s in SERVICE_MODULES),
+        *(service_process(s, ports, dsn, workers=workers) for s in SERVICE_MODULES),
         *gateway_processes(ports, run_dir, secrets_dir),
     ]
 
@@ -160,12 +164,15 @@ def passing_instances(ports: Ports, service: str) -> list[dict]:
     return json.loads(body) if status == 200 else []
 
 
-def wait_for_suite(ports: Ports, timeout: float, services: tuple[str, ...] = tuple(SERVICE_MODULES)) -> bool:
-    """Waits until every service has a passing instance and the gateway answers a catalog page."""
+def wait_for_suite(ports: Ports, timeout: float, services: tuple[str, ...] = tuple(SERVICE_MODULES),
+                   instances: int | dict[str, int] = 1) -> bool:
+    """Waits until every service has `instances` passing instances (a number for all, or one per
+    service) and the gateway answers a catalog page."""
+    wanted = instances if isinstance(instances, dict) else dict.fromkeys(services, instances)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if all(passing_instances(ports, s) for s in services) and \
+            if all(len(passing_instances(ports, s)) >= wanted.get(s, 1) for s in services) and \
                     http_get(f"http://127.0.0.1:{ports.gateway}/catalogs?limit=1")[0] == 200:
                 return True
         except (OSError, ValueError):

@@ -59,6 +59,46 @@ def _advertise_address(value: str) -> str:
         raise ConfigError(f"ADVERTISE_ADDRESS=auto: cannot resolve this host's address ({err})") from None
 
 
+# Most worker processes one service may run: far above any core count this suite is sized for, low
+# enough that a typo (WORKERS=100) fails loudly instead of starting a hundred processes.
+MAX_WORKERS = 64
+
+# Postgres connections one service may hold across all its workers, unless DB_POOL_MAX_SIZE sets
+# each pool: four services at this budget stay well under the max_connections the local Postgres
+# runs with (devstack/postgres.py), leaving room for the order service's side connections.
+DB_CONNECTIONS = 20
+
+# The smallest pool a worker gets from the budget: one connection for requests beside the one
+# the readiness check and the background passes may hold.
+MIN_POOL_SIZE = 2
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which containers and taskset narrow)."""
+    return len(os.sched_getaffinity(0))
+
+
+def parse_workers(raw: str, name: str = "WORKERS") -> int:
+    """A worker count: a positive integer, or `auto` for one per usable core; empty is 1."""
+    raw = raw.strip().lower()
+    if not raw:
+        return 1
+    if raw == "auto":
+        return max(1, min(usable_cores(), MAX_WORKERS))
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"environment variable {name}={raw!r} is neither a positive integer nor 'auto'") from None
+    if not 1 <= value <= MAX_WORKERS:
+        raise ConfigError(f"environment variable {name}={value} is outside 1..{MAX_WORKERS}")
+    return value
+
+
+def pool_size_for(budget: int, workers: int) -> int:
+    """Each worker's pool size: the service's connection budget shared by its workers."""
+    return max(MIN_POOL_SIZE, budget // workers)
+
+
 @dataclass(frozen=True)
 class ServiceSettings:
     """How one service process is wired: its database, its port, where Consul is."""
@@ -75,6 +115,15 @@ class ServiceSettings:
     pool_max_size: int
     # Where /metrics is served (Prometheus); 0: not served.
     metrics_port: int = 0
+    # Worker processes of this service (WORKERS); 1: this process serves, more: it supervises them.
+    workers: int = 1
+    # Which worker this process is (1..workers) when a supervisor started it; 0 when it runs alone.
+    worker_index: int = 0
+
+    @property
+    def process_name(self) -> str:
+        """The name its log lines carry: the service, and the worker's number when it is one of several."""
+        return f"{self.service_name}.{self.worker_index}" if self.worker_index else self.service_name
 
     @property
     def instance_id(self) -> str:
@@ -87,6 +136,11 @@ class ServiceSettings:
         prefix = service_name.upper().replace("-", "_")
         dsn_var = f"{prefix}_DATABASE_URL" if os.environ.get(f"{prefix}_DATABASE_URL") else "DATABASE_URL"
         consul = env_str("CONSUL_HTTP_ADDR", "127.0.0.1:8500").removeprefix("http://")
+        workers = parse_workers(os.environ.get("WORKERS", ""))
+        if os.environ.get("DB_POOL_MAX_SIZE", "").strip():
+            pool_max_size = env_int("DB_POOL_MAX_SIZE", 10, minimum=1, maximum=200)
+        else:
+            pool_max_size = pool_size_for(env_int("DB_CONNECTIONS", DB_CONNECTIONS, minimum=1, maximum=10_000), workers)
         host, _, port = consul.rpartition(":")
         if not host or not port.isdigit():
             raise ConfigError(f"environment variable CONSUL_HTTP_ADDR={consul!r} is not host:port")
@@ -100,6 +154,9 @@ class ServiceSettings:
             consul_port=int(port),
             shutdown_grace_seconds=env_float("SHUTDOWN_GRACE_SECONDS", 5.0),
             check_interval=env_str("CONSUL_CHECK_INTERVAL", "2s"),
-            pool_max_size=env_int("DB_POOL_MAX_SIZE", 10, minimum=1, maximum=200),
+            pool_max_size=pool_max_size,
             metrics_port=env_int("METRICS_PORT", 0, minimum=0, maximum=65535),
+            workers=workers,
+            # Set by the supervisor for the processes it starts (shop_runtime.server), not by hand.
+            worker_index=env_int("WORKER_INDEX", 0, minimum=0, maximum=MAX_WORKERS),
         )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import shlex
 import signal
 import sys
 from dataclasses import dataclass, field
@@ -11,9 +13,11 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Sequence
 
 import grpc
+import honcho.manager
 import psycopg
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from honcho.printer import Printer
 from psycopg_pool import AsyncConnectionPool
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
@@ -35,6 +39,12 @@ READINESS_INTERVAL = 2.0
 # Metadata a call may carry: above what the gateway lets through (32 KiB), so a request the gateway
 # accepted is never refused here for its headers (gRPC's default is 8 KiB).
 MAX_METADATA_BYTES = 64 * 1024
+
+# How often a worker checks that the supervisor that started it is still there.
+PARENT_CHECK_INTERVAL = 1.0
+
+# The exit codes honcho's Manager reports when it stopped its processes on SIGINT/SIGTERM.
+_STOPPED_ON_SIGNAL = (130, 143)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -162,6 +172,19 @@ async def _watch_readiness(app: GrpcApp, pool: AsyncConnectionPool) -> None:
         await asyncio.sleep(READINESS_INTERVAL)
 
 
+async def _watch_parent(stop: asyncio.Event, parent: int) -> None:
+    """Stops this worker, gracefully, once the process that started it is gone.
+
+    honcho starts each worker in a session of its own, so a SIGKILL of the supervisor's process group
+    (a test's last resort, an OOM kill) does not reach the workers; without this they would live on as
+    orphans still registered in Consul. Polling the parent's pid needs no platform-specific prctl.
+    """
+    while os.getppid() == parent:
+        await asyncio.sleep(PARENT_CHECK_INTERVAL)
+    _LOGGER.warning("the supervisor (pid %s) is gone: stopping", parent)
+    stop.set()
+
+
 async def _retry_database(what: Callable[[], Any], retry_for: float = 30.0) -> Any:
     """Runs `what`, retrying while the database is still starting."""
     async for attempt in AsyncRetrying(
@@ -183,6 +206,7 @@ async def serve(
     stop: asyncio.Event | None = None,
 ) -> None:
     """Runs one service until SIGTERM/SIGINT (or `stop`), then leaves Consul and drains in-flight calls."""
+    parent = os.getppid()
     await _retry_database(lambda: migrate(settings.database_url, schema, migrations))
     pool = await _retry_database(lambda: open_pool(settings.database_url, max_size=settings.pool_max_size))
     client = shop_consul.connect(settings.consul_host, settings.consul_port)
@@ -200,6 +224,8 @@ async def serve(
         await app.server.start()
         tasks.append(asyncio.create_task(_watch_readiness(app, pool), name="readiness"))
         tasks += [asyncio.create_task(work(), name=work.__name__) for work in app.background]
+        if settings.worker_index:
+            tasks.append(asyncio.create_task(_watch_parent(stop, parent), name="parent"))
         _LOGGER.info("%s serving gRPC on %s:%s", settings.service_name, settings.grpc_host, app.port)
         await shop_consul.register(
             client,
@@ -247,12 +273,53 @@ class ServiceSpec:
                     create_server=self.create_server, stop=stop)
 
 
+def worker_env(settings: ServiceSettings, index: int) -> dict[str, str]:
+    """The environment of worker `index` (1..workers): this process's, made into one full instance."""
+    env = dict(os.environ)
+    env.update(
+        WORKERS="1",
+        WORKER_INDEX=str(index),
+        # The first worker takes the service's own port, so whatever is configured with it still
+        # reaches the service; the others take any free port, which they register in Consul.
+        GRPC_PORT=str(settings.grpc_port if index == 1 else 0),
+        # The pool size derived here from the service's budget and the worker count, not again there.
+        DB_POOL_MAX_SIZE=str(settings.pool_max_size),
+        METRICS_PORT=str(settings.metrics_port + index - 1 if settings.metrics_port else 0),
+    )
+    return env
+
+
+def supervise(settings: ServiceSettings) -> int:
+    """Runs `settings.workers` copies of this process's own command as workers until SIGTERM/SIGINT, which
+    each of them gets to stop gracefully; when one worker ends, the others are stopped too. Returns the
+    exit code: 0 for a stop asked for by a signal, else that of the worker that ended first."""
+    # Every worker may take its full drain (server stop, then handlers) before honcho kills it; its
+    # own wait (5 s, counted from the first worker's exit) is a module setting honcho reads at stop.
+    honcho.manager.KILL_WAIT = max(honcho.manager.KILL_WAIT, 2 * settings.shutdown_grace_seconds + 5)
+    # Workers' lines already name the worker (`catalog.2`); honcho's own prefix would only repeat it.
+    manager = honcho.manager.Manager(printer=Printer(sys.stderr, prefix=False))
+    command = "exec " + shlex.join([sys.executable, *sys.orig_argv[1:]])
+    for index in range(1, settings.workers + 1):
+        manager.add_process(f"{settings.service_name}.{index}", command, env=worker_env(settings, index))
+    _LOGGER.info("%s: %d workers, each with a pool of up to %d connections", settings.service_name,
+                 settings.workers, settings.pool_max_size)
+    manager.loop()
+    code = manager.returncode
+    if code in _STOPPED_ON_SIGNAL:
+        return 0
+    # A worker killed by a signal reports minus its number; a shell's convention is 128 plus it.
+    return 128 - code if code < 0 else code
+
+
 def main(spec: ServiceSpec) -> None:
-    """The `python -m <service>` entry point: settings from the environment, then serve."""
-    setup_logging(spec.name)
+    """The `python -m <service>` entry point: settings from the environment, then serve; with WORKERS
+    above 1, that many worker processes of the same command instead, each a full instance."""
     try:
         settings = spec.settings()
     except ConfigError as err:
         print(f"{spec.name}: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    setup_logging(settings.process_name)
+    if settings.workers > 1:
+        raise SystemExit(supervise(settings))
     asyncio.run(spec.serve(settings))
