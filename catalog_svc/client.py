@@ -31,8 +31,10 @@ class CatalogClient:
         """Current names and prices by SKU; unknown SKUs are absent."""
         if not skus:
             return {}
-        answer = await self._service.call("BatchGetProducts", catalog_pb2.BatchGetProductsRequest(skus=skus),
-                                          idempotent=True)
+        # The BASIC view: names and prices without asking inventory, which the catalog would otherwise do.
+        answer = await self._service.call(
+            "BatchGetProducts", catalog_pb2.BatchGetProductsRequest(skus=skus, view=catalog_pb2.PRODUCT_VIEW_BASIC),
+            idempotent=True)
         return {p.sku: Product(p.name, p.price) for p in answer.products}
 
     async def record_sales(self, order_id: str, lines: dict[str, int]) -> bool:

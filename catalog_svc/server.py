@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from catalog_svc.service import Catalog
@@ -9,7 +10,7 @@ from catalog_svc.servicer import CatalogServicer
 from shop.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from inventory_svc import client as inventory_client
 from inventory_svc.client import InventoryClient
-from shop_runtime.config import ServiceSettings
+from shop_runtime.config import ServiceSettings, env_float, env_int
 from shop_runtime.server import Deps, GrpcApp, ServiceSpec, build_server
 
 # How long the catalog waits for inventory before answering UNAVAILABLE.
@@ -25,10 +26,29 @@ def availability_from(inventory: InventoryClient):
     return lookup
 
 
-def create_server(settings: ServiceSettings, deps: Deps) -> GrpcApp:
+@dataclass(frozen=True)
+class CatalogSettings:
+    """The catalog's own settings."""
+
+    # How long a product page's or a listing's answer (with its availability and units sold) is kept and
+    # served again by this process; 0 turns the cache off, so every read asks the database and inventory.
+    cache_seconds: float = 1.0
+    # The most answers kept, per kind (product pages, listings, match counts); the least recently used go.
+    cache_entries: int = 1000
+
+    @classmethod
+    def from_env(cls) -> "CatalogSettings":
+        """Reads CATALOG_CACHE_SECONDS and CATALOG_CACHE_ENTRIES."""
+        return cls(cache_seconds=env_float("CATALOG_CACHE_SECONDS", cls.cache_seconds),
+                   cache_entries=env_int("CATALOG_CACHE_ENTRIES", cls.cache_entries, minimum=1, maximum=1_000_000))
+
+
+def create_server(settings: ServiceSettings, deps: Deps, catalog_settings: CatalogSettings | None = None) -> GrpcApp:
     """The catalog server, asking inventory (found through Consul) for availability."""
+    own = catalog_settings or CatalogSettings.from_env()
     inventory = InventoryClient(deps.client("inventory", inventory_client.STUB, settings.service_name))
-    catalog = Catalog(deps.pool, availability_from(inventory))
+    catalog = Catalog(deps.pool, availability_from(inventory), cache_seconds=own.cache_seconds,
+                      cache_entries=own.cache_entries)
     return build_server(
         settings,
         [(catalog_pb2_grpc.add_CatalogServiceServicer_to_server, CatalogServicer(catalog))],

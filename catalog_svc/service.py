@@ -1,7 +1,8 @@
-"""The catalog's rules: listing and lookup, joined with live availability from inventory."""
+"""The catalog's rules: listing and lookup, joined with availability from inventory, briefly cached."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
@@ -9,6 +10,7 @@ import grpc
 from psycopg_pool import AsyncConnectionPool
 
 from catalog_svc import repository
+from catalog_svc.cache import AnswerCache, Fresh, Timer
 from catalog_svc.query import ListQuery
 from catalog_svc.model import ProductRow
 from shop_runtime.errors import ServiceError, invalid_argument
@@ -22,7 +24,7 @@ MAX_BATCH = 500
 
 @dataclass(frozen=True)
 class Product:
-    """A product with the units a buyer can hold right now."""
+    """A product with the units a buyer could hold when it was read (0 when inventory was not asked)."""
 
     row: ProductRow
     available: int
@@ -37,11 +39,23 @@ class ProductPage:
 
 
 class Catalog:
-    """Reads products from the catalog schema and asks inventory, once per call, what is available."""
+    """Reads products from the catalog schema and asks inventory, once per call, what is available.
 
-    def __init__(self, pool: AsyncConnectionPool, availability: AvailabilityLookup):
+    With `cache_seconds` above 0, the answers of product pages and listings (availability and units sold
+    included) are kept that long from when their reads began, per process, and concurrent readers of one
+    page share one read: a flash-sale crowd on one product costs a database query and an inventory call
+    per `cache_seconds`, not per reader. BatchGetProducts is never cached: checkout fixes its prices.
+    """
+
+    def __init__(self, pool: AsyncConnectionPool, availability: AvailabilityLookup, *, cache_seconds: float = 0.0,
+                 cache_entries: int = 1000, timer: Timer = time.monotonic):
         self._pool = pool
         self._availability = availability
+        # GetProduct by SKU; ListProducts by the whole validated query; match counts by filter, which the
+        # listings of one filter in every order and page share (a count is most of a broad search's cost).
+        self._products: AnswerCache[str, Product] = AnswerCache(cache_seconds, cache_entries, timer)
+        self._pages: AnswerCache[ListQuery, ProductPage] = AnswerCache(cache_seconds, cache_entries, timer)
+        self._counts: AnswerCache[tuple, int] = AnswerCache(cache_seconds, cache_entries, timer)
 
     async def _with_availability(self, rows: list[ProductRow]) -> list[Product]:
         available = await self._availability([r.sku for r in rows]) if rows else {}
@@ -49,29 +63,47 @@ class Catalog:
 
     async def list_products(self, query: ListQuery) -> ProductPage:
         """The page of products `query` asks for; an unknown category is an INVALID_ARGUMENT."""
+        return (await self._pages.get_composed(query, lambda: self._load_page(query))).value
+
+    async def _load_page(self, query: ListQuery) -> Fresh[ProductPage]:
+        started = self._pages.now()
+        total = await self._counts.get((query.category, query.words), lambda: self._count(query))
+        rows: list[ProductRow] = []
+        if query.offset < total.value:  # a page past the last match needs no read
+            async with self._pool.connection() as conn:
+                rows = await repository.list_page(conn, query, total.value)
+        page = ProductPage(items=await self._with_availability(rows), total=total.value)
+        # As old as its oldest part: a count kept from before this load began ages the page with it.
+        return Fresh(page, min(started, total.as_of))
+
+    async def _count(self, query: ListQuery) -> int:
         async with self._pool.connection() as conn:
             if query.category is not None and not await repository.category_exists(conn, query.category):
                 raise invalid_argument("category", f"unknown category {query.category!r}")
-            rows, total = await repository.list_products(conn, query)
-        return ProductPage(items=await self._with_availability(rows), total=total)
+            return await repository.count_products(conn, query)
 
     async def get_product(self, sku: str) -> Product:
         """One product; NOT_FOUND with reason PRODUCT_NOT_FOUND when the SKU is unknown."""
         if not sku:
             raise invalid_argument("sku", "sku is required")
+        return (await self._products.get(sku, lambda: self._load_product(sku))).value
+
+    async def _load_product(self, sku: str) -> Product:
         async with self._pool.connection() as conn:
             rows = await repository.get_products(conn, [sku])
         if not rows:
             raise ServiceError(grpc.StatusCode.NOT_FOUND, "PRODUCT_NOT_FOUND", f"no product {sku!r}", {"sku": sku})
         return (await self._with_availability(rows))[0]
 
-    async def batch_get(self, skus: list[str]) -> list[Product]:
-        """The known products among `skus`, each once."""
+    async def batch_get(self, skus: list[str], *, with_availability: bool) -> list[Product]:
+        """The known products among `skus`, each once; without availability (0), inventory is not asked."""
         unique = distinct_batch(skus, "skus", MAX_BATCH)
         if not unique:
             return []
         async with self._pool.connection() as conn:
             rows = await repository.get_products(conn, unique)
+        if not with_availability:
+            return [Product(row=r, available=0) for r in rows]
         return await self._with_availability(rows)
 
     async def record_sales(self, order_id: str, lines: list[tuple[str, int]]) -> bool:

@@ -7,6 +7,14 @@ import grpc
 from catalog_svc.query import parse_list_query
 from catalog_svc.service import Catalog, Product
 from shop.catalog.v1 import catalog_pb2, catalog_pb2_grpc
+from shop_runtime.errors import invalid_argument
+
+# Views of BatchGetProducts to whether inventory is asked; UNSPECIFIED is BASIC (AIP-157).
+_WITH_AVAILABILITY = {
+    catalog_pb2.PRODUCT_VIEW_UNSPECIFIED: False,
+    catalog_pb2.PRODUCT_VIEW_BASIC: False,
+    catalog_pb2.PRODUCT_VIEW_FULL: True,
+}
 
 
 def _product_pb(product: Product) -> catalog_pb2.Product:
@@ -52,7 +60,10 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
     async def BatchGetProducts(
         self, request: catalog_pb2.BatchGetProductsRequest, context: grpc.aio.ServicerContext
     ) -> catalog_pb2.BatchGetProductsResponse:
-        products = await self._catalog.batch_get(list(request.skus))
+        # proto3 enums are open: a number no value names arrives as itself.
+        if request.view not in _WITH_AVAILABILITY:
+            raise invalid_argument("view", f"unknown product view {request.view}")
+        products = await self._catalog.batch_get(list(request.skus), with_availability=_WITH_AVAILABILITY[request.view])
         return catalog_pb2.BatchGetProductsResponse(products=[_product_pb(p) for p in products])
 
     async def RecordSales(
