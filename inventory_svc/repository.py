@@ -9,10 +9,12 @@ from datetime import datetime, timezone
 
 from psycopg import AsyncConnection, AsyncCursor
 
-from inventory_svc.model import ACTIVE, COMMITTED, EXPIRED, RELEASED, HoldRecord, StockRow
+from inventory_svc.model import ACTIVE, COMMITTED, COUNTED, EXPIRED, RELEASED, HoldRecord, StockRow, StockTake
 
 # The records live in the model; named here too for the callers of this module's functions.
 __all__ = ["ACTIVE", "COMMITTED", "EXPIRED", "RELEASED", "HoldRecord", "StockRow"]
+
+_HOLD_COLUMNS = "id::text, owner, sku, qty, state, expires_at, order_id, buyer"
 
 
 def sku_lock_key(sku: str) -> int:
@@ -123,13 +125,14 @@ async def create_stock(conn: AsyncConnection, sku: str, now: datetime) -> None:
 
 
 async def insert_hold(conn: AsyncConnection, *, owner: str, sku: str, qty: int, expires_at: datetime,
-                      order_id: str | None, now: datetime) -> HoldRecord:
+                      order_id: str | None, now: datetime, buyer: str | None = None) -> HoldRecord:
     """Stores a new active hold (its units are taken by a separate movement)."""
-    hold = HoldRecord(str(uuid.uuid4()), owner, sku, qty, ACTIVE, expires_at.astimezone(timezone.utc), order_id)
+    hold = HoldRecord(str(uuid.uuid4()), owner, sku, qty, ACTIVE, expires_at.astimezone(timezone.utc), order_id,
+                      buyer)
     await conn.execute(
-        "INSERT INTO inventory.holds (id, owner, sku, qty, state, expires_at, order_id, created_at)"
-        " VALUES (%s, %s, %s, %s, 'ACTIVE', %s, %s, %s)",
-        (hold.id, owner, sku, qty, expires_at, order_id, now),
+        "INSERT INTO inventory.holds (id, owner, sku, qty, state, expires_at, order_id, created_at, buyer)"
+        " VALUES (%s, %s, %s, %s, 'ACTIVE', %s, %s, %s, %s)",
+        (hold.id, owner, sku, qty, expires_at, order_id, now, buyer),
     )
     return hold
 
@@ -142,10 +145,7 @@ async def hold_skus(conn: AsyncConnection, ids: list[str]) -> dict[str, str]:
 
 async def get_holds(conn: AsyncConnection, ids: list[str]) -> dict[str, HoldRecord]:
     """The stored holds among `ids`."""
-    cur = await conn.execute(
-        "SELECT id::text, owner, sku, qty, state, expires_at, order_id FROM inventory.holds WHERE id = ANY(%s::uuid[])",
-        (ids,),
-    )
+    cur = await conn.execute(f"SELECT {_HOLD_COLUMNS} FROM inventory.holds WHERE id = ANY(%s::uuid[])", (ids,))
     return {r[0]: HoldRecord(*r) for r in await cur.fetchall()}
 
 
@@ -190,7 +190,7 @@ async def active_holds(conn: AsyncConnection, owner_prefix: str, made_before: da
                        limit: int) -> list[HoldRecord]:
     """Active holds whose owner starts with `owner_prefix`, made before `made_before`, by id after `after`."""
     cur = await conn.execute(
-        "SELECT id::text, owner, sku, qty, state, expires_at, order_id FROM inventory.holds"
+        f"SELECT {_HOLD_COLUMNS} FROM inventory.holds"
         " WHERE state = 'ACTIVE' AND starts_with(owner, %s) AND created_at <= %s AND (%s::uuid IS NULL OR id > %s::uuid)"
         " ORDER BY id LIMIT %s",
         (owner_prefix, made_before, after, after, limit),
@@ -204,3 +204,86 @@ async def skus_with_expired_holds(conn: AsyncConnection, now: datetime, limit: i
         "SELECT DISTINCT sku FROM inventory.holds WHERE state = 'ACTIVE' AND expires_at <= %s LIMIT %s", (now, limit)
     )
     return [r[0] for r in await cur.fetchall()]
+
+
+async def buyer_units(conn: AsyncConnection, skus: list[str], buyers: list[str]) -> dict[tuple[str, str], int]:
+    """(sku, buyer) -> units held for or sold to the buyer; read under the SKUs' locks, after their reclaim."""
+    if not buyers:
+        return {}
+    cur = await conn.execute(
+        "SELECT sku, buyer, sum(qty)::int FROM inventory.holds"
+        " WHERE sku = ANY(%s) AND buyer = ANY(%s) AND state = ANY(%s) GROUP BY sku, buyer",
+        (skus, buyers, list(COUNTED)))
+    return {(sku, buyer): units for sku, buyer, units in await cur.fetchall()}
+
+
+async def take_stock(conn: AsyncConnection, skus: list[str], hold_ids: list[str], buyers: list[str],
+                     now: datetime) -> StockTake:
+    """What a transaction holding the SKUs' locks (their expired holds reclaimed) starts from: their figures,
+    the holds its calls name, and the units the buyers its calls name already have (with the buyers of those
+    holds). The three reads travel in one round trip in pipeline mode."""
+    stock = await conn.execute("SELECT sku, on_hand, reserved FROM inventory.stock WHERE sku = ANY(%s)", (skus,))
+    holds = await conn.execute(f"SELECT {_HOLD_COLUMNS} FROM inventory.holds WHERE id = ANY(%s::uuid[])",
+                               (hold_ids,))
+    units = None
+    if buyers is not None:
+        units = await conn.execute(
+            "SELECT sku, buyer, sum(qty)::int FROM inventory.holds"
+            " WHERE sku = ANY(%(skus)s) AND state = ANY(%(counted)s)"
+            "   AND buyer IN (SELECT unnest(%(buyers)s::text[])"
+            "                 UNION SELECT buyer FROM inventory.holds WHERE id = ANY(%(ids)s::uuid[]))"
+            " GROUP BY sku, buyer",
+            dict(skus=skus, counted=list(COUNTED), buyers=buyers, ids=hold_ids))
+    return StockTake(
+        now=now,
+        stock={r[0]: StockRow(*r) for r in await stock.fetchall()},
+        holds={r[0]: HoldRecord(*r) for r in await holds.fetchall()},
+        buyer_units={(sku, buyer): n for sku, buyer, n in await units.fetchall()} if units is not None else {},
+    )
+
+
+async def write_take(conn: AsyncConnection, take: StockTake) -> None:
+    """Writes what a transaction's calls decided: new holds, changed holds, each touched SKU's final figures, and
+    one ledger entry per movement in the order decided. Nothing is waited for: in pipeline mode it all travels
+    with the COMMIT."""
+    now = take.now
+    new = list(take.new_holds.values())
+    if new:
+        await conn.execute(
+            "INSERT INTO inventory.holds (id, owner, sku, qty, state, expires_at, order_id, created_at, buyer)"
+            " SELECT id, owner, sku, qty, 'ACTIVE', expires_at, order_id, %s, buyer"
+            "   FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::int[], %s::timestamptz[], %s::text[], %s::text[])"
+            "     AS n(id, owner, sku, qty, expires_at, order_id, buyer)",
+            (now, [h.id for h in new], [h.owner for h in new], [h.sku for h in new], [h.qty for h in new],
+             [h.expires_at for h in new], [h.order_id for h in new], [h.buyer for h in new]))
+        # A hold made and ended within the same transaction is written made, then changed below.
+    changed = list(take.changed.values()) + [h for h in new if h.state != ACTIVE]
+    if changed:
+        await conn.execute(
+            "UPDATE inventory.holds h"
+            "   SET owner = c.owner, qty = c.qty, state = c.state, expires_at = c.expires_at, order_id = c.order_id,"
+            "       ended_at = CASE WHEN c.state = 'ACTIVE' THEN NULL ELSE %s::timestamptz END"
+            "  FROM unnest(%s::uuid[], %s::text[], %s::int[], %s::text[], %s::timestamptz[], %s::text[])"
+            "    AS c(id, owner, qty, state, expires_at, order_id)"
+            " WHERE h.id = c.id AND h.state = 'ACTIVE'",
+            (now, [h.id for h in changed], [h.owner for h in changed], [h.qty for h in changed],
+             [h.state for h in changed], [h.expires_at for h in changed], [h.order_id for h in changed]))
+    if not take.ledger:
+        return
+    touched = {m.sku: m for m in take.ledger}  # the last movement of each SKU has its final figures
+    await conn.execute(
+        "UPDATE inventory.stock s SET on_hand = f.on_hand, reserved = f.reserved, updated_at = %s"
+        "  FROM unnest(%s::text[], %s::int[], %s::int[]) AS f(sku, on_hand, reserved) WHERE s.sku = f.sku",
+        (now, list(touched), [m.on_hand_after for m in touched.values()],
+         [m.reserved_after for m in touched.values()]))
+    moves = take.ledger
+    await conn.execute(
+        "INSERT INTO inventory.ledger (sku, reason, on_hand_delta, reserved_delta, on_hand_after, reserved_after,"
+        "                              actor, hold_id, order_id, created_at)"
+        " SELECT sku, reason, dh, dr, oh, r, actor, hold_id, order_id, %s"
+        "   FROM unnest(%s::text[], %s::text[], %s::int[], %s::int[], %s::int[], %s::int[], %s::text[], %s::uuid[],"
+        "               %s::text[]) WITH ORDINALITY AS m(sku, reason, dh, dr, oh, r, actor, hold_id, order_id, n)"
+        "  ORDER BY n",
+        (now, [m.sku for m in moves], [m.reason for m in moves], [m.on_hand_delta for m in moves],
+         [m.reserved_delta for m in moves], [m.on_hand_after for m in moves], [m.reserved_after for m in moves],
+         [m.actor for m in moves], [m.hold_id for m in moves], [m.order_id for m in moves]))

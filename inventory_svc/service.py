@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Awaitable, Callable
 
+import cachetools
 import grpc
 from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool
 
 from inventory_svc import repository as repo
-from inventory_svc.model import ACTIVE, COMMITTED, EXPIRED, RELEASED, HoldRecord, StockRow
+from inventory_svc.coalescer import Coalescer
+from inventory_svc.model import (ACTIVE, COMMITTED, EXPIRED, RELEASED, HoldRecord, StockRow, StockTake, check_owner,
+                                 check_qty, hold_not_found, not_active, out_of_stock, purchase_limit, sku_not_found)
 from shop_runtime import idempotency
 from shop_runtime.clock import Clock
 from shop_runtime.errors import ServiceError, invalid_argument
@@ -24,12 +28,15 @@ _LOGGER = logging.getLogger(__name__)
 
 MAX_BATCH = 500
 MAX_LINES = 100
-MAX_QTY = 10_000
 MAX_TTL_SECONDS = 86_400
 MAX_ON_HAND = 1_000_000
 MAX_OWNER = 200
 IDEMPOTENCY_TABLE = sql.Identifier("inventory", "idempotency")
 SWEEPER_ACTOR = "inventory-sweeper"
+# The most calls one coalesced transaction decides; the rest wait for the next one.
+MAX_CALLS_PER_TRANSACTION = 200
+# How many hold -> SKU lookups a process remembers (a hold's SKU never changes).
+HOLD_SKU_CACHE = 100_000
 
 
 @dataclass(frozen=True)
@@ -40,47 +47,29 @@ class Line:
     qty: int
 
 
-# --- errors -------------------------------------------------------------------------------------
+@dataclass
+class _Call:
+    """One stock-changing call on its way into a transaction: its idempotency key and what it decides there."""
 
-def out_of_stock(short: dict[str, int]) -> ServiceError:
-    """ABORTED/OUT_OF_STOCK naming every short SKU; the first one's available units in `available`."""
-    first = next(iter(short))
-    return ServiceError(
-        grpc.StatusCode.ABORTED, "OUT_OF_STOCK",
-        "not enough units available: " + ", ".join(f"{s} has {n}" for s, n in short.items()),
-        {"sku": first, "available": short[first], "skus": ",".join(short)},
-    )
-
-
-def _hold_not_found(hold_id: str) -> ServiceError:
-    return ServiceError(grpc.StatusCode.NOT_FOUND, "HOLD_NOT_FOUND", f"no hold {hold_id}", {"hold_id": hold_id})
-
-
-def _not_active(hold: HoldRecord) -> ServiceError:
-    return ServiceError(grpc.StatusCode.FAILED_PRECONDITION, "HOLD_NOT_ACTIVE",
-                        f"hold {hold.id} is {hold.state}", {"hold_id": hold.id, "state": hold.state})
+    operation: str
+    key: str
+    fingerprint: bytes
+    actor: str
+    skus: list[str]
+    # Existing holds it names, read under the locks; buyers whose units it counts (None: no limit asked).
+    hold_ids: list[str]
+    buyers: list[str] | None
+    decide: Callable[[StockTake], list[HoldRecord]]
+    future: asyncio.Future = field(default=None)  # type: ignore[assignment]
 
 
-def _check_owner(holds: list[HoldRecord], owner: str) -> None:
-    """With an expected owner, every hold must still be theirs."""
-    for hold in holds:
-        if owner and hold.owner != owner:
-            raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, "HOLD_NOT_OWNED",
-                               f"hold {hold.id} no longer belongs to {owner}", {"hold_id": hold.id})
-
-
-def _sku_not_found(skus: list[str]) -> ServiceError:
-    return ServiceError(grpc.StatusCode.NOT_FOUND, "SKU_NOT_FOUND", "no stock for " + ", ".join(skus),
-                        {"sku": skus[0], "skus": ",".join(skus)})
+def batch_failed() -> ServiceError:
+    """UNAVAILABLE: the transaction a call was decided in did not commit; nothing of it took effect."""
+    return ServiceError(grpc.StatusCode.UNAVAILABLE, "STOCK_WRITE_FAILED",
+                        "the stock change could not be written and did not take effect; retry with the same key")
 
 
 # --- validation ---------------------------------------------------------------------------------
-
-def _check_qty(qty: int, field: str = "qty") -> int:
-    if not 1 <= qty <= MAX_QTY:
-        raise invalid_argument(field, f"{field} must be within 1..{MAX_QTY}")
-    return qty
-
 
 def _check_ttl(ttl: int) -> int:
     if not 1 <= ttl <= MAX_TTL_SECONDS:
@@ -92,6 +81,12 @@ def _check_text(value: str, field: str, maximum: int = MAX_OWNER) -> str:
     if not 1 <= len(value) <= maximum:
         raise invalid_argument(field, f"{field} must be 1..{maximum} characters")
     return value
+
+
+def _check_limit(limit: int) -> int:
+    if limit < 0:
+        raise invalid_argument("max_units_per_buyer", "max_units_per_buyer must be 0 (no limit) or more")
+    return limit
 
 
 def _check_uuids(ids: list[str]) -> list[str]:
@@ -118,22 +113,178 @@ def _check_hold_ids(ids: list[str]) -> list[str]:
 def _encode(result: list[HoldRecord] | StockRow) -> bytes:
     if isinstance(result, StockRow):
         return json.dumps({"stock": asdict(result)}).encode()
-    return json.dumps({"holds": [asdict(h) | {"expires_at": h.expires_at.isoformat()} for h in result]}).encode()
+    return json.dumps({"holds": [{k: v for k, v in asdict(h).items() if k != "replayed"}
+                                 | {"expires_at": h.expires_at.isoformat()} for h in result]}).encode()
 
 
 def _decode(data: bytes) -> list[HoldRecord] | StockRow:
+    """A stored answer; its holds are marked `replayed` (as they were when first answered)."""
     doc = json.loads(data)
     if "stock" in doc:
         return StockRow(**doc["stock"])
-    return [HoldRecord(**(h | {"expires_at": datetime.fromisoformat(h["expires_at"])})) for h in doc["holds"]]
+    return [HoldRecord(**(h | {"expires_at": datetime.fromisoformat(h["expires_at"]), "replayed": True}))
+            for h in doc["holds"]]
 
 
 class Inventory:
-    """Stock, holds and the ledger of the inventory schema; the only writer of stock."""
+    """Stock, holds and the ledger of the inventory schema; the only writer of stock.
 
-    def __init__(self, pool: AsyncConnectionPool, clock: Clock):
+    Holds, resizes, releases and sales go through one transaction runner (`_decide`), which coalesces
+    concurrent calls on the same SKU (inventory_svc.coalescer) and decides them against a StockTake
+    (inventory_svc.model); moves to an order and admin stock changes run one transaction per call.
+    """
+
+    def __init__(self, pool: AsyncConnectionPool, clock: Clock, *, max_calls: int = MAX_CALLS_PER_TRANSACTION):
         self._pool = pool
         self._clock = clock
+        self._coalescer: Coalescer[_Call] = Coalescer(self._decide, max_calls)
+        self._hold_skus: cachetools.LRUCache[str, str] = cachetools.LRUCache(HOLD_SKU_CACHE)
+
+    @property
+    def coalescer(self) -> Coalescer:
+        """The transactions run so far and the calls they decided (for metrics)."""
+        return self._coalescer
+
+    # --- the coalesced writes -------------------------------------------------------------------
+
+    async def _submit(self, operation: str, key: str, args: tuple, actor: str, skus: list[str],
+                      decide: Callable[[StockTake], list[HoldRecord]], *, hold_ids: list[str] = (),
+                      buyers: list[str] | None = None) -> list[HoldRecord]:
+        key = idempotency.check_key(key)
+        call = _Call(operation, key, idempotency.fingerprint(operation, *args) if key else b"", actor, skus,
+                     list(hold_ids), buyers, decide)
+        return await self._coalescer.submit(skus, call)
+
+    async def _decide(self, skus: list[str], calls: list[_Call]) -> None:
+        """One transaction: claims the calls' keys, locks the SKUs, reclaims their expired holds, decides each call in
+        order against what it finds, writes the end result and commits; then answers each call. A failure of the
+        transaction fails its calls (and only them) with STOCK_WRITE_FAILED."""
+        answers: dict[int, list[HoldRecord] | ServiceError] = {}
+        try:
+            # Pipeline mode: the statements whose answers are not needed to go on travel together: the key claims
+            # in one round trip, the lock, clock, reclaim and reads in one, the writes with the COMMIT.
+            async with self._pool.connection() as conn, conn.pipeline():
+                async with conn.transaction():
+                    keyed = [c for c in calls if c.key]
+                    stored = await idempotency.claim_many(
+                        conn, IDEMPOTENCY_TABLE, [(c.operation, c.key, c.fingerprint) for c in keyed]) if keyed else {}
+                    now = await self._locked_now(conn, skus, calls[0].actor)
+                    buyers = [b for c in calls if c.buyers is not None for b in c.buyers]
+                    needs_units = any(c.buyers is not None for c in calls)
+                    take = await repo.take_stock(conn, skus, [h for c in calls for h in c.hold_ids],
+                                                 buyers if needs_units else None, now)
+                    recorded: list[tuple[str, str, bytes]] = []
+                    refused: list[tuple[str, str]] = []
+                    for i, call in enumerate(calls):
+                        earlier = stored.get((call.operation, call.key)) if call.key else None
+                        if earlier is not None:
+                            digest, response = earlier
+                            answers[i] = (_decode(response) if digest == call.fingerprint
+                                          else idempotency.reused(call.operation))
+                            continue
+                        try:
+                            holds = call.decide(take)
+                        except ServiceError as err:
+                            answers[i] = err
+                            if call.key:
+                                refused.append((call.operation, call.key))
+                            continue
+                        answers[i] = holds
+                        if call.key:
+                            recorded.append((call.operation, call.key, _encode(holds)))
+                    await repo.write_take(conn, take)
+                    await idempotency.record_many(conn, IDEMPOTENCY_TABLE, recorded, refused)
+        except Exception:
+            _LOGGER.exception("stock transaction for %s (%d call(s)) failed; none of them took effect",
+                              ",".join(skus), len(calls))
+            answers = {i: batch_failed() for i in range(len(calls))}
+        for i, call in enumerate(calls):
+            if call.future.done():  # its waiter is gone (the process is stopping)
+                continue
+            answer = answers[i]
+            if isinstance(answer, ServiceError):
+                call.future.set_exception(answer)
+            else:
+                for hold in answer:
+                    self._hold_skus[hold.id] = hold.sku
+                call.future.set_result(answer)
+
+    async def _skus_of(self, ids: list[str]) -> dict[str, str]:
+        """hold id -> SKU (a hold's SKU never changes, so remembered); HOLD_NOT_FOUND for an unknown hold."""
+        found = {i: self._hold_skus[i] for i in ids if i in self._hold_skus}
+        if missing := [i for i in ids if i not in found]:
+            async with self._pool.connection() as conn:
+                found |= await repo.hold_skus(conn, missing)
+            for i in missing:
+                if i not in found:
+                    raise hold_not_found(i)
+                self._hold_skus[i] = found[i]
+        return found
+
+    async def create_holds(self, owner: str, lines: list[Line], ttl_seconds: int, *, key: str = "", actor: str,
+                           buyer: str = "", max_units_per_buyer: int = 0) -> list[HoldRecord]:
+        """Holds every line's units for `owner` until now + ttl, or nothing at all; with a limit, no line may take
+        the buyer past max_units_per_buyer units of its SKU held or sold in all."""
+        _check_text(owner, "owner")
+        _check_ttl(ttl_seconds)
+        if buyer:
+            _check_text(buyer, "buyer")
+        _check_limit(max_units_per_buyer)
+        if not 1 <= len(lines) <= MAX_LINES:
+            raise invalid_argument("lines", f"1..{MAX_LINES} lines per call")
+        if len({line.sku for line in lines}) != len(lines):
+            raise invalid_argument("lines", "a SKU is named twice")
+        for line in lines:
+            _check_text(line.sku, "sku")
+            check_qty(line.qty)
+        wanted = {line.sku: line.qty for line in lines}
+        limit = max_units_per_buyer if buyer else 0
+        # The fingerprint leaves the limit out: a retry under a changed setting is still the same request.
+        args = (owner, [asdict(x) for x in lines], ttl_seconds) + ((buyer,) if buyer else ())
+        return await self._submit(
+            "create_holds", key, args, actor, list(wanted),
+            lambda take: take.create(owner, wanted, ttl_seconds, actor, buyer=buyer or None, limit=limit),
+            buyers=[buyer] if limit else None)
+
+    async def resize_hold(self, hold_id: str, qty: int, ttl_seconds: int = 0, *, key: str = "", actor: str,
+                          owner: str = "", add: int = 0, max_qty: int = 0,
+                          max_units_per_buyer: int = 0) -> HoldRecord:
+        """Sets an active hold's quantity, or grows it by `add` (and, with a ttl, sets its expiry), taking or
+        giving back the difference; with max_qty, never above it (QTY_LIMIT); with a limit, never growing its
+        buyer past max_units_per_buyer units of its SKU (PURCHASE_LIMIT)."""
+        _check_hold_ids([hold_id])
+        if add:
+            check_qty(add, "add_qty")
+        else:
+            check_qty(qty)
+        if ttl_seconds:
+            _check_ttl(ttl_seconds)
+        _check_limit(max_units_per_buyer)
+        skus = await self._skus_of([hold_id])
+        (resized,) = await self._submit(
+            "resize_hold", key, (hold_id, qty, ttl_seconds, owner, add, max_qty), actor, [skus[hold_id]],
+            lambda take: [take.resize(hold_id, actor, qty=qty, add=add, ttl_seconds=ttl_seconds, owner=owner,
+                                      max_qty=max_qty, limit=max_units_per_buyer)],
+            hold_ids=[hold_id], buyers=[] if max_units_per_buyer else None)
+        return resized
+
+    async def _end_holds(self, operation: str, ids: list[str], state: str, key: str, actor: str,
+                         owner: str = "") -> list[HoldRecord]:
+        """Ends active holds as RELEASED (units back) or COMMITTED (units sold), all or nothing."""
+        _check_hold_ids(ids)
+        skus = await self._skus_of(ids)
+        return await self._submit(operation, key, (ids, owner), actor, sorted(set(skus.values())),
+                                  lambda take: take.end(ids, state, actor, owner=owner), hold_ids=ids)
+
+    async def release_holds(self, ids: list[str], *, key: str = "", actor: str, owner: str = "") -> list[HoldRecord]:
+        """Gives the holds' units back; with `owner`, only if they are still theirs."""
+        return await self._end_holds("release_holds", ids, RELEASED, key, actor, owner)
+
+    async def commit_holds(self, ids: list[str], *, key: str = "", actor: str, owner: str = "") -> list[HoldRecord]:
+        """Sells the holds' units; refused for any hold that is not active and unexpired (or not `owner`'s)."""
+        return await self._end_holds("commit_holds", ids, COMMITTED, key, actor, owner)
+
+    # --- one transaction per call ---------------------------------------------------------------
 
     async def _write(self, operation: str, key: str, args: tuple,
                      work: Callable[[AsyncConnection], Awaitable[list[HoldRecord] | StockRow]]):
@@ -173,7 +324,7 @@ class Inventory:
         skus = await repo.hold_skus(conn, ids)
         missing = [i for i in ids if i not in skus]
         if missing:
-            raise _hold_not_found(missing[0])
+            raise hold_not_found(missing[0])
         now = await self._locked_now(conn, list(skus.values()), actor)
         if replaced:
             named = await repo.replacements(conn, ids)
@@ -185,126 +336,38 @@ class Inventory:
     def _short(rows: dict[str, StockRow], wanted: dict[str, int]) -> dict[str, int]:
         return {sku: rows[sku].available for sku, qty in wanted.items() if qty > rows[sku].available}
 
-    async def create_holds(self, owner: str, lines: list[Line], ttl_seconds: int, *, key: str = "",
-                           actor: str) -> list[HoldRecord]:
-        """Holds every line's units for `owner` until now + ttl, or nothing at all."""
-        _check_text(owner, "owner")
-        _check_ttl(ttl_seconds)
-        if not 1 <= len(lines) <= MAX_LINES:
-            raise invalid_argument("lines", f"1..{MAX_LINES} lines per call")
-        if len({line.sku for line in lines}) != len(lines):
-            raise invalid_argument("lines", "a SKU is named twice")
-        for line in lines:
-            _check_text(line.sku, "sku")
-            _check_qty(line.qty)
-
-        async def work(conn: AsyncConnection) -> list[HoldRecord]:
-            skus = [line.sku for line in lines]
-            now = await self._locked_now(conn, skus, actor)
-            rows = await repo.stock_rows(conn, skus)
-            if missing := [s for s in skus if s not in rows]:
-                raise _sku_not_found(missing)
-            if short := self._short(rows, {line.sku: line.qty for line in lines}):
-                raise out_of_stock(short)
-            expires_at = now + timedelta(seconds=ttl_seconds)
-            holds = []
-            for line in lines:
-                hold = await repo.insert_hold(conn, owner=owner, sku=line.sku, qty=line.qty,
-                                              expires_at=expires_at, order_id=None, now=now)
-                await repo.move(conn, sku=line.sku, reason="HOLD", on_hand_delta=0, reserved_delta=line.qty,
-                                actor=actor, now=now, hold_id=hold.id)
-                holds.append(hold)
-            return holds
-
-        return await self._write("create_holds", key, (owner, [asdict(x) for x in lines], ttl_seconds), work)
-
-    async def resize_hold(self, hold_id: str, qty: int, ttl_seconds: int = 0, *, key: str = "",
-                          actor: str, owner: str = "", add: int = 0, max_qty: int = 0) -> HoldRecord:
-        """Sets an active hold's quantity, or grows it by `add` (and, with a ttl, sets its expiry), taking or
-        giving back the difference; with max_qty, never above it (QTY_LIMIT)."""
-        _check_hold_ids([hold_id])
-        if add:
-            _check_qty(add, "add_qty")
-        else:
-            _check_qty(qty)
-        if ttl_seconds:
-            _check_ttl(ttl_seconds)
-
-        async def work(conn: AsyncConnection) -> list[HoldRecord]:
-            (hold,), now = await self._locked_holds(conn, [hold_id], actor)
-            _check_owner([hold], owner)
-            if hold.state != ACTIVE:
-                raise _not_active(hold)
-            target = hold.qty + add if add else qty
-            if max_qty and target > max_qty:
-                raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, "QTY_LIMIT",
-                                   f"a hold of this caller holds at most {max_qty} units, this one would hold {target}",
-                                   {"max": max_qty, "qty": target})
-            _check_qty(target)
-            delta = target - hold.qty
-            if delta > 0 and (short := self._short(await repo.stock_rows(conn, [hold.sku]), {hold.sku: delta})):
-                raise out_of_stock(short)
-            expires_at = now + timedelta(seconds=ttl_seconds) if ttl_seconds else hold.expires_at
-            updated = await repo.update_hold(conn, hold, now, qty=target, expires_at=expires_at)
-            if delta:
-                await repo.move(conn, sku=hold.sku, reason="RESIZE", on_hand_delta=0, reserved_delta=delta,
-                                actor=actor, now=now, hold_id=hold.id, order_id=hold.order_id)
-            return [updated]
-
-        (result,) = await self._write("resize_hold", key, (hold_id, qty, ttl_seconds, owner, add, max_qty), work)
-        return result
-
-    async def _end_holds(self, operation: str, ids: list[str], state: str, key: str, actor: str,
-                         owner: str = "") -> list[HoldRecord]:
-        """Ends active holds as RELEASED (units back) or COMMITTED (units sold), all or nothing."""
-        _check_hold_ids(ids)
-        reason, sold = ("COMMIT", True) if state == COMMITTED else ("RELEASE", False)
-
-        async def work(conn: AsyncConnection) -> list[HoldRecord]:
-            holds, now = await self._locked_holds(conn, ids, actor)
-            _check_owner(holds, owner)
-            if inactive := [h for h in holds if h.state != ACTIVE]:
-                raise _not_active(inactive[0])
-            ended = []
-            for hold in holds:
-                ended.append(await repo.update_hold(conn, hold, now, state=state))
-                await repo.move(conn, sku=hold.sku, reason=reason, on_hand_delta=-hold.qty if sold else 0,
-                                reserved_delta=-hold.qty, actor=actor, now=now, hold_id=hold.id,
-                                order_id=hold.order_id)
-            return ended
-
-        return await self._write(operation, key, (ids, owner), work)
-
-    async def release_holds(self, ids: list[str], *, key: str = "", actor: str, owner: str = "") -> list[HoldRecord]:
-        """Gives the holds' units back; with `owner`, only if they are still theirs."""
-        return await self._end_holds("release_holds", ids, RELEASED, key, actor, owner)
-
-    async def commit_holds(self, ids: list[str], *, key: str = "", actor: str, owner: str = "") -> list[HoldRecord]:
-        """Sells the holds' units; refused for any hold that is not active and unexpired (or not `owner`'s)."""
-        return await self._end_holds("commit_holds", ids, COMMITTED, key, actor, owner)
-
     async def extend_holds(self, ids: list[str], owner: str, order_id: str, ttl_seconds: int, *, key: str = "",
-                           actor: str, from_owner: str = "") -> list[HoldRecord]:
+                           actor: str, from_owner: str = "", max_units_per_buyer: int = 0) -> list[HoldRecord]:
         """Moves holds to `owner`/`order_id` (empty: no order) until now + ttl; expired ones are held anew if
-        their units are free; with from_owner, only holds still that owner's."""
+        their units are free (and, with a limit, their buyer stays within it); with from_owner, only holds still
+        that owner's."""
         _check_hold_ids(ids)
         _check_text(owner, "owner")
         if order_id:
             _check_text(order_id, "order_id")
         _check_ttl(ttl_seconds)
+        _check_limit(max_units_per_buyer)
 
         async def work(conn: AsyncConnection) -> list[HoldRecord]:
             # An expired hold already held again stands for its replacement: a retry of the move, with
             # whatever key, moves the replacement (as it would move a hold still active) instead of
             # holding the units twice; read under the locks, so two moves at once cannot both find it unreplaced.
             holds, now = await self._locked_holds(conn, ids, actor, replaced=True)
-            _check_owner(holds, from_owner)
+            check_owner(holds, from_owner)
             if ended := [h for h in holds if h.state in (COMMITTED, RELEASED)]:
-                raise _not_active(ended[0])
+                raise not_active(ended[0])
             again: dict[str, int] = {}
+            per_buyer: dict[tuple[str, str], int] = {}
             for h in holds:
                 if h.state == EXPIRED:
                     again[h.sku] = again.get(h.sku, 0) + h.qty
+                    if h.buyer:
+                        per_buyer[(h.sku, h.buyer)] = per_buyer.get((h.sku, h.buyer), 0) + h.qty
+            if again and max_units_per_buyer and per_buyer:
+                has = await repo.buyer_units(conn, list(again), sorted({b for _, b in per_buyer}))
+                for (sku, buyer), more in per_buyer.items():
+                    if has.get((sku, buyer), 0) + more > max_units_per_buyer:
+                        raise purchase_limit(sku, max_units_per_buyer, has.get((sku, buyer), 0))
             if again and (short := self._short(await repo.stock_rows(conn, list(again)), again)):
                 raise out_of_stock(short)
             expires_at = now + timedelta(seconds=ttl_seconds)
@@ -315,7 +378,7 @@ class Inventory:
                                                          expires_at=expires_at))
                     continue
                 new = await repo.insert_hold(conn, owner=owner, sku=h.sku, qty=h.qty, expires_at=expires_at,
-                                             order_id=order_id or None, now=now)
+                                             order_id=order_id or None, now=now, buyer=h.buyer)
                 await repo.link_replacement(conn, h.id, new.id)
                 await repo.move(conn, sku=h.sku, reason="HOLD", on_hand_delta=0, reserved_delta=h.qty,
                                 actor=actor, now=now, hold_id=new.id, order_id=order_id or None)
@@ -361,7 +424,7 @@ class Inventory:
         async with self._pool.connection() as conn:
             found = await repo.effective_stock(conn, [sku], await self._clock.db_now(conn))
         if sku not in found:
-            raise _sku_not_found([sku])
+            raise sku_not_found([sku])
         return found[sku]
 
     async def set_stock(self, sku: str, on_hand: int, *, key: str = "", actor: str) -> StockRow:

@@ -37,6 +37,18 @@ def hold_pb(hold: HoldRecord) -> inventory_pb2.Hold:
                               state=_STATES[hold.state], expires_at=expires, order_id=hold.order_id or "")
 
 
+# Trailing metadata of an answer replayed for an idempotency key already used (as Stripe's
+# `Idempotent-Replayed` header): the holds in it are as they were then, not necessarily now.
+REPLAYED_METADATA = "idempotent-replayed"
+
+
+def answered(context: grpc.aio.ServicerContext, holds: list[HoldRecord]) -> list[inventory_pb2.Hold]:
+    """The holds of a write's answer as messages; a replayed answer says so in its trailing metadata."""
+    if any(h.replayed for h in holds):
+        context.set_trailing_metadata(((REPLAYED_METADATA, "true"),))
+    return [hold_pb(h) for h in holds]
+
+
 def stock_pb(row: StockRow) -> inventory_pb2.StockLevel:
     """Stock figures as a message."""
     return inventory_pb2.StockLevel(sku=row.sku, on_hand=row.on_hand, reserved=row.reserved, available=row.available)
@@ -51,33 +63,36 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
     async def CreateHolds(self, request, context):
         holds = await self._inventory.create_holds(
             request.owner, [Line(line.sku, line.qty) for line in request.lines], request.ttl_seconds,
-            key=key_of(request.idempotency_key, context), actor=actor_of(context))
-        return inventory_pb2.CreateHoldsResponse(holds=[hold_pb(h) for h in holds])
+            key=key_of(request.idempotency_key, context), actor=actor_of(context), buyer=request.buyer,
+            max_units_per_buyer=request.max_units_per_buyer)
+        return inventory_pb2.CreateHoldsResponse(holds=answered(context, holds))
 
     async def ResizeHold(self, request, context):
         hold = await self._inventory.resize_hold(
             request.hold_id, request.qty, request.ttl_seconds,
             key=key_of(request.idempotency_key, context), actor=actor_of(context), owner=request.owner,
-            add=request.add_qty, max_qty=request.max_qty)
-        return inventory_pb2.ResizeHoldResponse(hold=hold_pb(hold))
+            add=request.add_qty, max_qty=request.max_qty, max_units_per_buyer=request.max_units_per_buyer)
+        (message,) = answered(context, [hold])
+        return inventory_pb2.ResizeHoldResponse(hold=message)
 
     async def ReleaseHolds(self, request, context):
         holds = await self._inventory.release_holds(
             list(request.hold_ids), key=key_of(request.idempotency_key, context), actor=actor_of(context),
             owner=request.owner)
-        return inventory_pb2.ReleaseHoldsResponse(holds=[hold_pb(h) for h in holds])
+        return inventory_pb2.ReleaseHoldsResponse(holds=answered(context, holds))
 
     async def ExtendHolds(self, request, context):
         holds = await self._inventory.extend_holds(
             list(request.hold_ids), request.owner, request.order_id, request.ttl_seconds,
-            key=key_of(request.idempotency_key, context), actor=actor_of(context), from_owner=request.from_owner)
-        return inventory_pb2.ExtendHoldsResponse(holds=[hold_pb(h) for h in holds])
+            key=key_of(request.idempotency_key, context), actor=actor_of(context), from_owner=request.from_owner,
+            max_units_per_buyer=request.max_units_per_buyer)
+        return inventory_pb2.ExtendHoldsResponse(holds=answered(context, holds))
 
     async def CommitHolds(self, request, context):
         holds = await self._inventory.commit_holds(
             list(request.hold_ids), key=key_of(request.idempotency_key, context), actor=actor_of(context),
             owner=request.owner)
-        return inventory_pb2.CommitHoldsResponse(holds=[hold_pb(h) for h in holds])
+        return inventory_pb2.CommitHoldsResponse(holds=answered(context, holds))
 
     async def GetHolds(self, request, context):
         holds = await self._inventory.get_holds(list(request.hold_ids))

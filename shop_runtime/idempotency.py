@@ -47,8 +47,7 @@ async def claim(conn: AsyncConnection, table: sql.Composable, operation: str, ke
     )
     stored_hash, response = await cur.fetchone()
     if bytes(stored_hash) != request_hash:
-        raise ServiceError(grpc.StatusCode.ABORTED, "IDEMPOTENCY_KEY_REUSED",
-                           "this idempotency key was used for a different request", {"operation": operation})
+        raise reused(operation)
     return bytes(response)
 
 
@@ -58,3 +57,53 @@ async def record(conn: AsyncConnection, table: sql.Composable, operation: str, k
         sql.SQL("UPDATE {} SET response = %s WHERE operation = %s AND key = %s").format(table),
         (response, operation, key),
     )
+
+
+async def claim_many(conn: AsyncConnection, table: sql.Composable,
+                     calls: list[tuple[str, str, bytes]]) -> dict[tuple[str, str], tuple[bytes, bytes] | None]:
+    """Claims the keys of several calls at once (`claim` for a batch); (operation, key) -> None when this
+    transaction claimed it now, else (stored request hash, stored answer) of the earlier call that committed.
+
+    The same rule as `claim`: first in the transaction, before any lock. Keys are claimed in sorted order, so
+    two batches sharing keys wait for each other in one order and cannot deadlock.
+    """
+    wanted = sorted({(op, key): digest for op, key, digest in calls}.items())
+    cur = await conn.execute(
+        sql.SQL("INSERT INTO {} (operation, key, request_hash)"
+                " SELECT * FROM unnest(%s::text[], %s::text[], %s::bytea[]) ORDER BY 1, 2"
+                " ON CONFLICT DO NOTHING RETURNING operation, key").format(table),
+        ([op for (op, _), _ in wanted], [key for (_, key), _ in wanted], [digest for _, digest in wanted]))
+    claimed = {(op, key) for op, key in await cur.fetchall()}
+    found: dict[tuple[str, str], tuple[bytes, bytes] | None] = {k: None for k in claimed}
+    others = [k for k, _ in wanted if k not in claimed]
+    if others:
+        cur = await conn.execute(
+            sql.SQL("SELECT operation, key, request_hash, response FROM {}"
+                    " WHERE (operation, key) IN (SELECT * FROM unnest(%s::text[], %s::text[]))").format(table),
+            ([op for op, _ in others], [key for _, key in others]))
+        for op, key, digest, response in await cur.fetchall():
+            found[(op, key)] = (bytes(digest), bytes(response))
+    return found
+
+
+def reused(operation: str) -> ServiceError:
+    """ABORTED/IDEMPOTENCY_KEY_REUSED: a key already used for a different request."""
+    return ServiceError(grpc.StatusCode.ABORTED, "IDEMPOTENCY_KEY_REUSED",
+                        "this idempotency key was used for a different request", {"operation": operation})
+
+
+async def record_many(conn: AsyncConnection, table: sql.Composable, answers: list[tuple[str, str, bytes]],
+                      refused: list[tuple[str, str]]) -> None:
+    """Stores the answers of a batch's calls that took effect, and gives back the keys of those refused (a
+    refused call changed nothing, so its key may be used again), in the batch's own transaction."""
+    if answers:
+        await conn.execute(
+            sql.SQL("UPDATE {} t SET response = a.response"
+                    " FROM unnest(%s::text[], %s::text[], %s::bytea[]) AS a(operation, key, response)"
+                    " WHERE t.operation = a.operation AND t.key = a.key").format(table),
+            ([a[0] for a in answers], [a[1] for a in answers], [a[2] for a in answers]))
+    if refused:
+        await conn.execute(
+            sql.SQL("DELETE FROM {} WHERE (operation, key) IN (SELECT * FROM unnest(%s::text[], %s::text[]))"
+                    ).format(table),
+            ([r[0] for r in refused], [r[1] for r in refused]))
