@@ -36,20 +36,24 @@ from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 HOT = "BENCH-HOT"
 
 
-async def measure(concurrency: int, requests: int, call) -> tuple[float, list[float]]:
-    """Runs `requests` calls with `concurrency` in flight; returns (calls per second, latencies in ms)."""
+async def measure(concurrency: int, requests: int, call, seconds: float | None = None) -> tuple[float, list[float]]:
+    """Runs `requests` calls (or as many as `seconds` allow) with `concurrency` in flight; returns (calls per
+    second, latencies in ms)."""
     latencies: list[float] = []
     remaining = iter(range(requests))
+    deadline = time.monotonic() + seconds if seconds else None
 
     async def worker():
         for i in remaining:
+            if deadline and time.monotonic() >= deadline:
+                break
             start = time.perf_counter()
             await call(i)
             latencies.append((time.perf_counter() - start) * 1000)
 
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return requests / (time.perf_counter() - start), latencies
+    return len(latencies) / (time.perf_counter() - start), latencies
 
 
 def pct(values: list[float], p: float) -> float:
@@ -57,8 +61,10 @@ def pct(values: list[float], p: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(p) - 1]
 
 
-async def plain_sql(dsn: str, concurrency: int, requests: int) -> tuple[float, list[float]]:
-    """The reference: one transaction per hold under the SKU's advisory lock, from `concurrency` connections."""
+async def plain_sql(dsn: str, concurrency: int, requests: int,
+                    seconds: float | None = None) -> tuple[float, list[float]]:
+    """The reference: one transaction per hold under the SKU's advisory lock, from `concurrency` connections,
+    `requests` holds or as many as `seconds` allow."""
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         await conn.execute("CREATE SCHEMA IF NOT EXISTS bench")
         await conn.execute("CREATE TABLE IF NOT EXISTS bench.stock (sku text PRIMARY KEY, on_hand int NOT NULL,"
@@ -87,7 +93,7 @@ async def plain_sql(dsn: str, concurrency: int, requests: int) -> tuple[float, l
             free.put_nowait(conn)
 
     try:
-        return await measure(concurrency, requests, one)
+        return await measure(concurrency, requests, one, seconds)
     finally:
         for c in conns:
             await c.close()
