@@ -12,8 +12,10 @@ NEWMAN := .tools/node/node_modules/.bin/newman
 .PHONY: run test lint openapi newman token audit bench bench-tools setup venv proto consul test-tools unit integration e2e crowd clean demo-data
 
 # `make run DEMO_PRODUCTS=100000` loads a larger demo catalog (default 2,400; products already there stay).
+# Every service runs one worker process per usable core; `make run WORKERS=1` runs one each (or any number).
+WORKERS ?= auto
 run: setup
-	$(if $(DEMO_PRODUCTS),DEMO_PRODUCTS=$(DEMO_PRODUCTS)) $(PY) -m devstack run
+	$(if $(DEMO_PRODUCTS),DEMO_PRODUCTS=$(DEMO_PRODUCTS)) WORKERS=$(WORKERS) $(PY) -m devstack run
 
 test: setup test-tools $(NEWMAN) lint
 	$(PY) -m pytest -q tests
