@@ -7,7 +7,8 @@
 3. plain SQL: one transaction per hold under the SKU's advisory lock, straight to Postgres from
    as many connections (lock, read the figures, insert a hold row, update the stock row).
 
-Run: `make bench` (BENCH_ARGS="--concurrency 64 --requests 4000" to change the load).
+Run: `python -m bench.holds --concurrency 64 --requests 4000`: a quick look at inventory alone, one process.
+`make bench` measures these figures and the REST ones on a whole suite (bench/flash_sale.py).
 Compare the ratios within one run: the machine is shared and absolute figures drift between runs.
 """
 
@@ -154,7 +155,7 @@ def main() -> None:
         print(f"{name:44} {rate:9.0f} {pct(lat, 50):8.2f} {pct(lat, 99):8.2f}")
     service, ceiling, plain = (r[1] for r in results)
     print(f"\nservice / ceiling = {service / ceiling:.2f}   service / plain SQL = {service / plain:.2f}")
-    print(f"reproduce: make bench BENCH_ARGS=\"--concurrency {args.concurrency} --requests {args.requests}\"")
+    print(f"reproduce: python -m bench.holds --concurrency {args.concurrency} --requests {args.requests}")
 
 
 if __name__ == "__main__":

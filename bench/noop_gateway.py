@@ -25,6 +25,7 @@ NOOP_CLUSTER = "catalog"
 
 _TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
 _JWT = "envoy.filters.http.jwt_authn"
+_RATE_LIMIT = "envoy.filters.http.local_ratelimit"
 
 
 def write_descriptor(production: Path, out: Path) -> None:
@@ -53,8 +54,7 @@ def _filter(http_filters: list[dict], name: str) -> dict:
 def with_noop_routes(bootstrap: dict, descriptor: Path, timeout: str = "10s") -> dict:
     """A copy of `bootstrap` whose REST listener also routes the two no-op paths, transcoded from `descriptor`."""
     config = copy.deepcopy(bootstrap)
-    listener = config["static_resources"]["listeners"][0]
-    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     filters = hcm["http_filters"]
     transcoder = _filter(filters, _TRANSCODER)
     transcoder["proto_descriptor"] = str(descriptor)
@@ -67,14 +67,29 @@ def with_noop_routes(bootstrap: dict, descriptor: Path, timeout: str = "10s") ->
     return config
 
 
-def rewrite_envoy_argv(argv: list[str], run_dir: Path) -> list[str]:
-    """Envoy's command line from the suite's process spec, pointed at the bench bootstrap written into `run_dir`."""
+def _http_filters(bootstrap: dict) -> list[dict]:
+    return bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"][
+        "http_filters"]
+
+
+def per_user_limit(bootstrap: dict) -> tuple[int, int] | None:
+    """(requests per second, burst) of the gateway's per-user token bucket, None when it has none."""
+    for f in _http_filters(bootstrap):
+        if f["name"] == _RATE_LIMIT:
+            bucket = f["typed_config"]["descriptors"][0]["token_bucket"]
+            return int(bucket["tokens_per_fill"]), int(bucket["max_tokens"])
+    return None
+
+
+def rewrite_envoy_argv(argv: list[str], run_dir: Path) -> tuple[list[str], dict]:
+    """Envoy's command line from the suite's process spec, pointed at the bench bootstrap written into `run_dir`;
+    and that bootstrap."""
     at = argv.index("-c") + 1
     production = json.loads(Path(argv[at]).read_text())
-    transcoder = _filter(production["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
-                         ["typed_config"]["http_filters"], _TRANSCODER)
+    transcoder = _filter(_http_filters(production), _TRANSCODER)
     descriptor = run_dir / "bench.pb"
     write_descriptor(Path(transcoder["proto_descriptor"]), descriptor)
+    bench = with_noop_routes(production, descriptor)
     config = run_dir / "envoy-bench.json"
-    config.write_text(json.dumps(with_noop_routes(production, descriptor), indent=1))
-    return [*argv[:at], str(config), *argv[at + 1:]]
+    config.write_text(json.dumps(bench, indent=1))
+    return [*argv[:at], str(config), *argv[at + 1:]], bench
