@@ -30,7 +30,8 @@ class Product:
     available: int
 
 
-@dataclass(frozen=True)
+# Compared and hashed by identity: a kept page is one object, which the servicer turns into its message once.
+@dataclass(frozen=True, eq=False)
 class ProductPage:
     """One page of a listing and the number of all matches."""
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import weakref
+
 import grpc
 
-from catalog_svc.query import parse_list_query
-from catalog_svc.service import Catalog, Product
+from catalog_svc.query import ListQuery, parse_list_query
+from catalog_svc.service import Catalog, Product, ProductPage
 from shop.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from shop_runtime.errors import invalid_argument
 
@@ -35,6 +37,18 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
 
     def __init__(self, catalog: Catalog):
         self._catalog = catalog
+        # The message of each page the catalog keeps, built once for all its readers and gone with the page:
+        # building a page's product messages was most of this servicer's work on a kept page (py-spy).
+        self._messages: weakref.WeakKeyDictionary[ProductPage, catalog_pb2.ListProductsResponse] = \
+            weakref.WeakKeyDictionary()
+
+    def _page_pb(self, query: ListQuery, page: ProductPage) -> catalog_pb2.ListProductsResponse:
+        message = self._messages.get(page)
+        if message is None:
+            message = catalog_pb2.ListProductsResponse(
+                items=[_product_pb(p) for p in page.items], page=query.page, limit=query.limit, total=page.total)
+            self._messages[page] = message
+        return message
 
     async def ListProducts(
         self, request: catalog_pb2.ListProductsRequest, context: grpc.aio.ServicerContext
@@ -47,10 +61,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
             category=request.category,
             search=request.search,
         )
-        page = await self._catalog.list_products(query)
-        return catalog_pb2.ListProductsResponse(
-            items=[_product_pb(p) for p in page.items], page=query.page, limit=query.limit, total=page.total
-        )
+        return self._page_pb(query, await self._catalog.list_products(query))
 
     async def GetProduct(
         self, request: catalog_pb2.GetProductRequest, context: grpc.aio.ServicerContext
