@@ -10,10 +10,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.envoy import GatewayConfig, write_config
+from gateway.envoy import GatewayConfig, GatewayLimits, write_config
 from gateway.identity import ensure_keys
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,13 +125,19 @@ def service_process(service: str, ports: Ports, dsn: str, *, port: int | None = 
     return ProcessSpec(name or service, [sys.executable, "-m", SERVICE_MODULES[service]], env)
 
 
-def gateway_processes(ports: Ports, run_dir: Path, secrets_dir: Path) -> list[ProcessSpec]:
-    """Envoy, configured under `run_dir` with the token keys of `secrets_dir`, and its upstreams' sync with Consul."""
+def gateway_processes(ports: Ports, run_dir: Path, secrets_dir: Path,
+                      settings: Mapping[str, str] | None = None) -> list[ProcessSpec]:
+    """Envoy, configured under `run_dir` with the token keys of `secrets_dir`, and its upstreams' sync with Consul.
+    Its limits come from the GATEWAY_* variables of `settings` (default: this process's environment)."""
     eds_dir = run_dir / "eds"
     config = run_dir / "envoy.json"
     jwks = ensure_keys(secrets_dir)
-    write_config(GatewayConfig("0.0.0.0", ports.gateway, ports.envoy_admin, DESCRIPTOR, eds_dir, jwks), config)
-    envoy = [envoy_binary(), "-c", str(config), "--disable-hot-restart", "--concurrency", "2",
+    limits = GatewayLimits.from_env(settings)
+    write_config(GatewayConfig("0.0.0.0", ports.gateway, ports.envoy_admin, DESCRIPTOR, eds_dir, jwks, limits), config)
+    # One worker thread per core this process may run on: its CPU affinity, which a container's cpuset or
+    # taskset narrows, where Envoy's own default counts every core of the host.
+    workers = len(os.sched_getaffinity(0))
+    envoy = [envoy_binary(), "-c", str(config), "--disable-hot-restart", "--concurrency", str(workers),
              "--log-level", os.environ.get("ENVOY_LOG_LEVEL", "warn")]
     sync = [sys.executable, "-m", "gateway.sync", "--eds-dir", str(eds_dir)]
     return [

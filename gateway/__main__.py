@@ -3,9 +3,10 @@
 import argparse
 from pathlib import Path
 
-from gateway.envoy import GatewayConfig, write_config
+from gateway.envoy import GatewayConfig, GatewayLimits, write_config
 from gateway.identity import TOKEN_TTL_SECONDS, issue_token
 from gateway.openapi import render as render_openapi
+from shop_runtime.config import ConfigError
 
 # The local issuer's keys, beside the checkout; the same folder `make run` configures Envoy with.
 SECRETS = Path(__file__).resolve().parents[1] / ".secrets"
@@ -15,7 +16,11 @@ def main() -> None:
     """Renders the bootstrap, or prints a token."""
     parser = argparse.ArgumentParser(prog="python -m gateway", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    render = sub.add_parser("render", help="write Envoy's bootstrap")
+    render = sub.add_parser(
+        "render", help="write Envoy's bootstrap",
+        description="Writes Envoy's bootstrap. Its limits come from the environment: GATEWAY_RATE_LIMIT_PER_SECOND, "
+                    "GATEWAY_RATE_LIMIT_BURST, GATEWAY_RATE_LIMIT_USERS, GATEWAY_MAX_REQUESTS_PER_SERVICE "
+                    "(README, \"Rate limits\").")
     render.add_argument("--descriptor", type=Path, required=True, help="the descriptor set built by `make proto`")
     render.add_argument("--eds-dir", type=Path, required=True, help="the folder gateway.sync writes endpoints to")
     render.add_argument("--jwks", type=Path, required=True, help="the public keys tokens are checked against")
@@ -38,9 +43,13 @@ def main() -> None:
     if args.command == "token":
         print(issue_token(args.secrets, args.user, args.role or None, args.ttl))
         return
+    try:
+        limits = GatewayLimits.from_env()
+    except ConfigError as err:
+        parser.exit(2, f"python -m gateway render: {err}\n")
     write_config(
         GatewayConfig(args.listen, args.port, args.admin_port, args.descriptor.resolve(), args.eds_dir.resolve(),
-                      args.jwks.resolve()),
+                      args.jwks.resolve(), limits),
         args.out,
     )
 

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from google.api import annotations_pb2
@@ -11,6 +15,7 @@ from google.protobuf import descriptor_pb2
 
 from gateway.identity import AUDIENCE, ISSUER
 from shop_runtime import deadlines
+from shop_runtime.config import ConfigError
 
 # Consul service name -> the gRPC service it serves.
 UPSTREAMS = {
@@ -26,6 +31,58 @@ MAX_REQUEST_BYTES = 64 * 1024
 MAX_HEADERS_KB = 32
 
 
+# The routes that change state, limited per user (API.md "Flash-sale protection"): (verb, REST template).
+RATE_LIMITED_ROUTES = frozenset({("post", "/chart"), ("put", "/chart/{sku}/{qty}"), ("post", "/checkout"),
+                                 ("post", "/payment")})
+
+
+def _env_int(environ: Mapping[str, str], name: str, default: int, minimum: int, maximum: int) -> int:
+    # shop_runtime.config.env_int reads os.environ only; the gateway's settings also come from a mapping
+    # (a test's gateway of its own), so the same rule is applied here to either.
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"environment variable {name}={raw!r} is not an integer") from None
+    if not minimum <= value <= maximum:
+        raise ConfigError(f"environment variable {name}={value} is outside {minimum}..{maximum}")
+    return value
+
+
+@dataclass(frozen=True)
+class GatewayLimits:
+    """How much the gateway lets through: per user on the routes that change state, and per service."""
+
+    # Sustained requests per second one user may send to RATE_LIMITED_ROUTES (together); 0: no per-user limit.
+    rate_per_second: int = 10
+    # Requests one user may send at once before the sustained rate applies (the token bucket's size).
+    burst: int = 40
+    # Users whose buckets are kept at once (least recently seen first out); an evicted user starts full again.
+    tracked_users: int = 100_000
+    # Requests in flight to one service (all its instances) per Envoy process; past it, 429 at once.
+    max_requests_per_service: int = 10_000
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> GatewayLimits:
+        """The limits the GATEWAY_* variables of `environ` (default: this process's environment) set."""
+        env = os.environ if environ is None else environ
+        return cls(
+            rate_per_second=_env_int(env, "GATEWAY_RATE_LIMIT_PER_SECOND", cls.rate_per_second, 0, 1_000_000),
+            burst=_env_int(env, "GATEWAY_RATE_LIMIT_BURST", cls.burst, 1, 1_000_000),
+            tracked_users=_env_int(env, "GATEWAY_RATE_LIMIT_USERS", cls.tracked_users, 1, 10_000_000),
+            max_requests_per_service=_env_int(env, "GATEWAY_MAX_REQUESTS_PER_SERVICE",
+                                              cls.max_requests_per_service, 1, 1_000_000),
+        )
+
+    @property
+    def retry_after_seconds(self) -> int:
+        """What a refused user is told to wait: the bucket refills continuously, so one request's worth
+        of tokens is back after 1/rate seconds (rejected requests take none); at least 1 (whole seconds)."""
+        return max(1, math.ceil(1 / self.rate_per_second)) if self.rate_per_second else 1
+
+
 @dataclass(frozen=True)
 class GatewayConfig:
     """Where the gateway listens and what it reads."""
@@ -36,6 +93,7 @@ class GatewayConfig:
     descriptor: Path
     eds_dir: Path
     jwks: Path
+    limits: GatewayLimits = field(default_factory=GatewayLimits)
 
 
 # Paths anyone may call without a token; everything else needs one.
@@ -54,6 +112,8 @@ class Method:
     service: str
     name: str
     rest_path: str
+    # The REST route's HTTP method, lower case as google.api.http names it (`get`, `post`, ...).
+    verb: str = "post"
 
     @property
     def grpc_path(self) -> str:
@@ -74,18 +134,19 @@ def exposed_methods(descriptor: Path) -> list[Method]:
             for m in service.method:
                 if m.options.HasExtension(annotations_pb2.http):
                     rule = m.options.Extensions[annotations_pb2.http]
-                    found.append(Method(full_name, m.name, getattr(rule, rule.WhichOneof("pattern"))))
+                    verb = rule.WhichOneof("pattern")
+                    found.append(Method(full_name, m.name, getattr(rule, verb), verb))
     return sorted(found, key=lambda m: m.grpc_path)
 
 
-def _error_body(code: int, reason: str) -> dict:
+def _error_body(code: int, reason: str, message: str = "%LOCAL_REPLY_BODY%",
+                metadata: dict[str, str] | None = None) -> dict:
     """The JSON error shape of API.md for replies the gateway makes itself."""
+    info = {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": reason, "domain": "gateway"}
+    if metadata:
+        info["metadata"] = metadata
     return {
-        "json_format": {
-            "code": code,
-            "message": "%LOCAL_REPLY_BODY%",
-            "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": reason, "domain": "gateway"}],
-        },
+        "json_format": {"code": code, "message": message, "details": [info]},
         "content_type": "application/json",
     }
 
@@ -190,6 +251,107 @@ def _identity_filters(cfg: GatewayConfig, methods: list[Method]) -> list[dict]:
     ]
 
 
+# gRPC RESOURCE_EXHAUSTED: the code of a 429's body.
+_RESOURCE_EXHAUSTED = 8
+
+
+def _rest_path_regex(template: str) -> str:
+    """An RE2 pattern of the paths the transcoder routes to `template`: each `{field}` one segment, a
+    trailing slash or not (the transcoder takes both), any query. Envoy has already normalised the path
+    (dot segments, doubled slashes, escaped unreserved characters) and dropped any fragment."""
+    parts = re.split(r"(\{[^}]*\})", template)
+    return "^" + "".join("[^/?#]+" if p.startswith("{") else re.escape(p) for p in parts) + r"/?(\?.*)?$"
+
+
+def limited_methods(methods: list[Method]) -> list[Method]:
+    """The RPCs of RATE_LIMITED_ROUTES; a route missing from the protos is an error, not a silent hole."""
+    limited = [m for m in methods if (m.verb, m.rest_path) in RATE_LIMITED_ROUTES]
+    missing = RATE_LIMITED_ROUTES - {(m.verb, m.rest_path) for m in limited}
+    if missing:
+        raise ValueError(f"rate-limited routes with no RPC in the descriptor set: {sorted(missing)}")
+    return limited
+
+
+def _rate_limit_filter(limits: GatewayLimits, methods: list[Method]) -> dict:
+    """A token bucket per user (the verified `sub` in USER_HEADER) over the routes that change state.
+
+    Placed after the token check, so the user header is the gateway's own, and before the transcoder, so a
+    refusal is a plain HTTP reply that local_reply_config turns into the JSON error shape. Every request of
+    a user to any of the limited routes draws on that user's one bucket; requests to other routes produce
+    no descriptor and pass untouched (there is no filter-wide bucket). The buckets are Envoy's dynamic
+    descriptors (an empty descriptor value: one bucket per distinct value, kept in an LRU of
+    `tracked_users`), shared by all of Envoy's worker threads, so a user's limit holds per Envoy process.
+    """
+    entry = {"header_value_match": {"descriptor_key": "limited", "descriptor_value": "state-change"}}
+    by_user = {"request_headers": {"header_name": USER_HEADER, "descriptor_key": "user"}}
+    rate_limits = []
+    for m in limited_methods(methods):
+        # The REST form, as storefronts call it ...
+        rest = [{"name": ":method", "string_match": {"exact": m.verb.upper()}},
+                {"name": ":path", "string_match": {"safe_regex": {"regex": _rest_path_regex(m.rest_path)}}}]
+        # ... and the same RPC called as gRPC through the gateway, which the transcoder passes on as it is.
+        grpc = [{"name": ":path", "string_match": {"exact": m.grpc_path}}]
+        for headers in (rest, grpc):
+            # The matches are disjoint, so a request makes at most one descriptor and takes one token.
+            match = {"header_value_match": entry["header_value_match"] | {"headers": headers}}
+            rate_limits.append({"actions": [match, by_user]})
+    return {
+        "name": "envoy.filters.http.local_ratelimit",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+            "stat_prefix": "per_user",
+            "filter_enabled": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}},
+            "filter_enforced": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}},
+            "rate_limits": rate_limits,
+            "descriptors": [{
+                "entries": [{"key": "limited", "value": "state-change"}, {"key": "user"}],
+                # Refilled continuously at rate_per_second (tokens_per_fill per fill_interval), up to burst.
+                "token_bucket": {"max_tokens": limits.burst, "tokens_per_fill": limits.rate_per_second,
+                                 "fill_interval": "1s"},
+            }],
+            "max_dynamic_descriptors": limits.tracked_users,
+            # A caller speaking gRPC to the gateway is told RESOURCE_EXHAUSTED rather than UNAVAILABLE.
+            "rate_limited_as_resource_exhausted": True,
+            "response_headers_to_add": [{
+                "header": {"key": "retry-after", "value": str(limits.retry_after_seconds)},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }],
+        },
+    }
+
+
+def _local_reply_mappers(limits: GatewayLimits) -> list[dict]:
+    """Gateway-made replies in the JSON error shape; the first mapper that matches a reply applies."""
+    retry_after = [{"header": {"key": "retry-after", "value": str(limits.retry_after_seconds)},
+                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]
+    return [
+        # A user past their limit: the local rate limiter's reply, the gateway's only own 429 (it sets its
+        # response flag RL only after the reply is made, too late for a response_flag_filter).
+        {
+            "filter": {"status_code_filter": {"comparison": {"op": "EQ", "value": {
+                "default_value": 429, "runtime_key": "gateway.local_reply.429"}}}},
+            "body_format_override": _error_body(
+                _RESOURCE_EXHAUSTED, "RATE_LIMITED", "too many requests from this user; retry after Retry-After "
+                "seconds", {"scope": "user"}),
+        },
+        # A service with max_requests_per_service requests in flight (response flag UO, Envoy's 503 of an
+        # upstream overflow): the crowd beyond that gets a fast refusal the client can retry, not a 5xx.
+        {
+            "filter": {"response_flag_filter": {"flags": ["UO"]}},
+            "status_code": 429,
+            "headers_to_add": retry_after,
+            "body_format_override": _error_body(
+                _RESOURCE_EXHAUSTED, "RATE_LIMITED", "the store is busy; retry after Retry-After seconds",
+                {"scope": "gateway"}),
+        },
+        *({
+            "filter": {"status_code_filter": {"comparison": {"op": "EQ", "value": {
+                "default_value": status, "runtime_key": f"gateway.local_reply.{status}"}}}},
+            "body_format_override": _error_body(code, reason),
+        } for status, (code, reason) in sorted(_LOCAL_REPLIES.items())),
+    ]
+
+
 def _http_connection_manager(cfg: GatewayConfig, methods: list[Method]) -> dict:
     cluster_of = {grpc_name: cluster for cluster, grpc_name in UPSTREAMS.items()}
     routes = [
@@ -218,6 +380,7 @@ def _http_connection_manager(cfg: GatewayConfig, methods: list[Method]) -> dict:
                 },
             },
             *_identity_filters(cfg, methods),
+            *([_rate_limit_filter(cfg.limits, methods)] if cfg.limits.rate_per_second else []),
             {
                 "name": "envoy.filters.http.grpc_json_transcoder",
                 "typed_config": {
@@ -240,24 +403,21 @@ def _http_connection_manager(cfg: GatewayConfig, methods: list[Method]) -> dict:
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
         ],
         "local_reply_config": {
-            "mappers": [
-                {
-                    "filter": {"status_code_filter": {"comparison": {"op": "EQ", "value": {
-                        "default_value": status, "runtime_key": f"gateway.local_reply.{status}"}}}},
-                    "body_format_override": _error_body(code, reason),
-                }
-                for status, (code, reason) in sorted(_LOCAL_REPLIES.items())
-            ],
+            "mappers": _local_reply_mappers(cfg.limits),
             "body_format": _error_body(2, "GATEWAY_ERROR"),
         },
     }
 
 
-def _cluster(name: str, eds_dir: Path) -> dict:
+def _cluster(name: str, eds_dir: Path, limits: GatewayLimits) -> dict:
+    in_flight = limits.max_requests_per_service
     return {
         "name": name,
         "type": "EDS",
-        "connect_timeout": "1s",
+        # On loopback or a LAN a connect takes well under a millisecond, and a dead host refuses at once;
+        # one that takes a second is a host whose accept queue overflowed under a crowd (a SYN is resent
+        # after 1 s). Failing then would answer 503 for every request waiting on that connection.
+        "connect_timeout": "5s",
         "eds_cluster_config": {
             "eds_config": {
                 "path_config_source": {"path": str(eds_dir / f"{name}.json"), "watched_directory": {"path": str(eds_dir)}},
@@ -270,8 +430,37 @@ def _cluster(name: str, eds_dir: Path) -> dict:
                 "explicit_http_config": {"http2_protocol_options": {}},
             }
         },
-        # A replica that stops answering is ejected before Consul's check notices.
-        "outlier_detection": {"consecutive_5xx": 3, "base_ejection_time": "5s"},
+        # Envoy's defaults (1,024 requests in flight, 1,024 pending, per cluster and Envoy process) turned a
+        # crowd of 2,000 readers into ~900 503s (`overflow`). A service may now have max_requests_per_service
+        # requests in flight; what passes that is refused at once with 429 (see _local_reply_mappers), which
+        # keeps the queue in front of a service short enough to be served inside its route timeout (at ~1,000
+        # answers/s, 10,000 requests wait at most ~10 s of the 15 s a route gives). Pending requests (waiting
+        # for a connection, e.g. the whole crowd while the first connection to a new replica comes up) are
+        # bounded the same. Connections: gRPC servers here advertise no stream limit, so Envoy multiplexes
+        # everything over one HTTP/2 connection per worker thread and instance, and opens more only for a
+        # server with a low SETTINGS_MAX_CONCURRENT_STREAMS; the bound is only there to never be the limit.
+        # Retries: no route retries (a state change is retried by its client, with its Idempotency-Key),
+        # so Envoy's default of 3 stays, and a retry policy added later cannot multiply a crowd.
+        "circuit_breakers": {"thresholds": [{
+            "priority": "DEFAULT",
+            "max_connections": in_flight,
+            "max_pending_requests": in_flight,
+            "max_requests": in_flight,
+            "max_retries": 3,
+        }]},
+        # A replica that stops answering (connections refused or reset, timeouts: errors of local origin) is
+        # ejected before Consul's check notices. Answers a service chose (DEPENDENCY_UNAVAILABLE, a lost
+        # payment answer's 503, ...) count as 5xx but do not eject it: under a crowd that would take healthy
+        # replicas out of the pool just when they are needed, so the 5xx and success-rate ejections are off.
+        "outlier_detection": {
+            "split_external_local_origin_errors": True,
+            "consecutive_local_origin_failure": 3,
+            "enforcing_consecutive_local_origin_failure": 100,
+            "enforcing_consecutive_5xx": 0,
+            "enforcing_success_rate": 0,
+            "enforcing_local_origin_success_rate": 0,
+            "base_ejection_time": "5s",
+        },
     }
 
 
@@ -293,7 +482,7 @@ def bootstrap(cfg: GatewayConfig) -> dict:
                     }]}],
                 }
             ],
-            "clusters": [_cluster(name, cfg.eds_dir) for name in UPSTREAMS],
+            "clusters": [_cluster(name, cfg.eds_dir, cfg.limits) for name in UPSTREAMS],
         },
     }
 

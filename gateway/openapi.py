@@ -8,7 +8,7 @@ from pathlib import Path
 from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 
-from gateway.envoy import ADMIN_PREFIX, PUBLIC_PREFIX, UPSTREAMS
+from gateway.envoy import ADMIN_PREFIX, PUBLIC_PREFIX, RATE_LIMITED_ROUTES, UPSTREAMS
 
 FDP = descriptor_pb2.FieldDescriptorProto
 
@@ -108,10 +108,24 @@ def _answer_schema(full_name: str, types: _Messages, schemas: dict) -> None:
         _answer_schema(ref, types, schemas)
 
 
+# A 429 tells the client when to come back.
+RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before sending the request again.",
+                               "schema": {"type": "integer", "minimum": 1}}}
+# Every route: the gateway refuses what passes a service's requests in flight (GATEWAY_MAX_REQUESTS_PER_SERVICE).
+BUSY = "RATE_LIMITED with metadata.scope `gateway` (the service has as many requests in flight as the gateway lets through)"
+# The routes that change state, besides: one user's requests past the per-user limit.
+PER_USER = "RATE_LIMITED with metadata.scope `user` (this user's requests to the routes that change state passed " \
+           "the per-user limit) or "
+
+
 def _error_responses(statuses: dict[str, str]) -> dict:
-    return {code: {"description": f"reason: {why}",
-                   "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-            for code, why in sorted(statuses.items())}
+    responses = {}
+    for code, why in sorted(statuses.items()):
+        responses[code] = {"description": f"reason: {why}",
+                           "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+        if code == "429":
+            responses[code]["headers"] = RETRY_AFTER
+    return responses
 
 
 ERROR_SCHEMA = {
@@ -173,6 +187,7 @@ def build(descriptor: Path) -> dict:
                 answer = method.output_type.rsplit(".", 1)[1]
                 errors = {"400": "INVALID_ARGUMENT and the route's own reasons", "503": "UPSTREAM_UNAVAILABLE",
                           "431": "HEADERS_TOO_LARGE (URL and headers over 32 KiB)"}
+                errors["429"] = (PER_USER if (verb, template) in RATE_LIMITED_ROUTES else "") + BUSY
                 errors |= ROUTE_ERRORS.get((verb, template), {})
                 if rule.body:
                     errors["413"] = "BODY_TOO_LARGE"
