@@ -40,12 +40,17 @@ class Suite:
         return {"Authorization": f"Bearer {self.token(user, role)}"}
 
 
+# The e2e tests read `available` right after changing stock: a catalog that keeps answers for a second
+# (CATALOG_CACHE_SECONDS, 1 by default) would show them the figure from before; they run it uncached.
+E2E_ENV = {"catalog": {"CATALOG_CACHE_SECONDS": "0"}}
+
+
 @pytest.fixture(scope="session")
 def suite(pg_admin_dsn, consul, ports, log_dir, tmp_path_factory):
     dsn = dsn_for(pg_admin_dsn, create_database(pg_admin_dsn))
     secrets = tmp_path_factory.mktemp("secrets")
     asyncio.run(prepare(dsn))
-    specs = [*(service_process(s, ports, dsn) for s in SERVICE_MODULES),
+    specs = [*(service_process(s, ports, dsn, **E2E_ENV.get(s, {})) for s in SERVICE_MODULES),
              *gateway_processes(ports, tmp_path_factory.mktemp("gateway"), secrets)]
     procs = [Proc(spec, log_dir) for spec in specs]
     try:
