@@ -62,18 +62,24 @@ def pct(values: list[float], p: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(p) - 1]
 
 
-async def plain_sql(dsn: str, concurrency: int, requests: int,
-                    seconds: float | None = None) -> tuple[float, list[float]]:
-    """The reference: one transaction per hold under the SKU's advisory lock, from `concurrency` connections,
-    `requests` holds or as many as `seconds` allow."""
+async def create_tables(dsn: str, on_hand: int) -> None:
+    """The plain-SQL reference's own stock and holds tables (schema `bench`), HOT with `on_hand` units, none held."""
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         await conn.execute("CREATE SCHEMA IF NOT EXISTS bench")
         await conn.execute("CREATE TABLE IF NOT EXISTS bench.stock (sku text PRIMARY KEY, on_hand int NOT NULL,"
                            " reserved int NOT NULL, CHECK (reserved BETWEEN 0 AND on_hand))")
         await conn.execute("CREATE TABLE IF NOT EXISTS bench.holds (id uuid PRIMARY KEY, sku text NOT NULL,"
                            " qty int NOT NULL, expires_at timestamptz NOT NULL)")
-        await conn.execute("INSERT INTO bench.stock VALUES (%s, %s, 0) ON CONFLICT (sku) DO UPDATE SET reserved = 0",
-                           (HOT, 10 * requests))
+        await conn.execute("INSERT INTO bench.stock VALUES (%s, %s, 0)"
+                           " ON CONFLICT (sku) DO UPDATE SET on_hand = EXCLUDED.on_hand, reserved = 0",
+                           (HOT, on_hand))
+
+
+async def plain_sql(dsn: str, concurrency: int, requests: int,
+                    seconds: float | None = None) -> tuple[float, list[float]]:
+    """The reference: one transaction per hold under the SKU's advisory lock, from `concurrency` connections,
+    `requests` holds or as many as `seconds` allow."""
+    await create_tables(dsn, 10 * requests)
     conns = [await psycopg.AsyncConnection.connect(dsn) for _ in range(concurrency)]
     free = asyncio.Queue()
     for c in conns:
