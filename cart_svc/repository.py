@@ -25,6 +25,42 @@ async def lines(conn: AsyncConnection, user: str) -> list[Line]:
     return [Line(*r) for r in await cur.fetchall()]
 
 
+async def read_cart(conn: AsyncConnection, user: str, key: str) -> tuple[tuple[bytes, CartView] | None, list[Line]]:
+    """(an earlier change under `key`, as `change` answers it, or None; the user's lines): the one read of a change.
+    Both statements travel in one round trip (pipeline mode)."""
+    async with conn.pipeline():
+        earlier = await conn.execute("SELECT request_hash, response FROM cart.changes WHERE user_id = %s AND key = %s",
+                                     (user, key)) if key else None
+        rows = await conn.execute(
+            "SELECT sku, qty, hold_id::text, reserved_until, added_at FROM cart.lines WHERE user_id = %s"
+            " ORDER BY added_at, sku", (user,))
+        found = await earlier.fetchone() if earlier is not None else None
+        lines = [Line(*r) for r in await rows.fetchall()]
+    return ((bytes(found[0]), CartView.from_json(found[1])) if found else None), lines
+
+
+async def place_line(conn: AsyncConnection, user: str, line: Line, prior_hold_id: str | None) -> bool:
+    """Writes the user's line for the SKU if it still refers to `prior_hold_id` (None: if there is no line), as the
+    change that decided it read it; False, writing nothing, when another change got there first."""
+    if prior_hold_id is None:
+        cur = await conn.execute(
+            "INSERT INTO cart.lines (user_id, sku, qty, hold_id, reserved_until, added_at)"
+            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (user_id, sku) DO NOTHING",
+            (user, line.sku, line.qty, line.hold_id, line.reserved_until, line.added_at))
+    else:
+        cur = await conn.execute(
+            "UPDATE cart.lines SET qty = %s, hold_id = %s, reserved_until = %s"
+            " WHERE user_id = %s AND sku = %s AND hold_id = %s",
+            (line.qty, line.hold_id, line.reserved_until, user, line.sku, prior_hold_id))
+    return cur.rowcount == 1
+
+
+async def delete_line(conn: AsyncConnection, user: str, sku: str, hold_id: str) -> None:
+    """Removes the user's line for the SKU if it still refers to `hold_id` (a newer change's line stays)."""
+    await conn.execute("DELETE FROM cart.lines WHERE user_id = %s AND sku = %s AND hold_id = %s",
+                       (user, sku, hold_id))
+
+
 async def put_line(conn: AsyncConnection, user: str, line: Line) -> None:
     """Creates or replaces the user's line for the SKU."""
     await conn.execute(

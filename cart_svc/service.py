@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 
@@ -45,6 +46,43 @@ def _dead(hold: Hold) -> bool:
     return hold.state in (RELEASED, COMMITTED)
 
 
+def _replayed(earlier: tuple[bytes, CartView], request_hash: bytes) -> CartView:
+    """The first answer of a change made under the same key; the key with another request is refused."""
+    stored_hash, view = earlier
+    if stored_hash != request_hash:
+        raise _reused()
+    return view
+
+
+def _view_of(lines: list[Line], holds: dict[str, Hold], products: dict[str, Product]) -> CartView:
+    """The cart as the shopper sees it, from its lines, their holds (the truth of their units) and the products."""
+    shown = []
+    for line in lines:
+        hold = holds.get(line.hold_id)
+        if hold is None:
+            shown.append(ViewLine(line.sku, products.get(line.sku, MISSING_PRODUCT), line.qty,
+                                  line.reserved_until, True))
+        elif _dead(hold):
+            continue  # the line's units were given back or sold by a change whose answer was lost
+        else:
+            shown.append(ViewLine(line.sku, products.get(line.sku, MISSING_PRODUCT), hold.qty,
+                                  hold.expires_at, hold.state != ACTIVE))
+    return CartView(shown)
+
+
+class _TakeBack(Exception):
+    """A line's hold was moved to an order by a checkout cut off inside this cart: taking it back is decided under
+    the user's lock (the one path that holds it across calls, see Carts._change_locked)."""
+
+
+class _LineMoved(Exception):
+    """Another change of the same line got in between this change's read and its write."""
+
+    def __init__(self, hold: Hold):
+        super().__init__(hold.hold_id)
+        self.hold = hold
+
+
 class Carts:
     """Carts in the cart schema; their holds in inventory (the truth of a line's units); names and prices
     from the catalog.
@@ -55,6 +93,12 @@ class Carts:
     answer never came back is not undone or doubled by the next one; the view and the checkout take
     quantities from the holds; a hold made for a change that never reached its line is found by the
     reconciler and given back.
+
+    A change holds no lock or transaction while it waits for another service: it reads the cart once,
+    asks the catalog once (names and prices) and inventory once (the line's hold, with the other lines'
+    holds read alongside), then writes the line in a short transaction under the user's lock, only if
+    the line is still as it read it (another change of the same line in between sends it round again
+    under the lock). The answer is built from what these calls returned.
     """
 
     def __init__(self, pool: AsyncConnectionPool, inventory: InventoryClient, catalog: CatalogClient,
@@ -66,24 +110,26 @@ class Carts:
         self._live = live
         self._clock = clock
 
-    async def _check_total(self, lines: list[Line], sku: str, qty: int, product: Product) -> None:
-        others = [line for line in lines if line.sku != sku]
-        prices = await self._catalog.products([line.sku for line in others])
-        total = product.price * qty + sum(prices[line.sku].price * line.qty for line in others if line.sku in prices)
+    @staticmethod
+    def _check_total(products: dict[str, Product], others: list[Line], qty: int, product: Product) -> None:
+        total = product.price * qty + sum(products[x.sku].price * x.qty for x in others if x.sku in products)
         if total > MAX_TOTAL:
             raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "TOTAL_LIMIT",
                                f"a cart totals at most {MAX_TOTAL} IDR", {"max": MAX_TOTAL})
 
-    async def _hold(self, user: str, sku: str, line: Line | None, change: str, *, add: int = 0,
-                    qty: int = 0) -> Hold:
-        """Makes the line hold `qty` units, or `add` more: on its hold, or a new hold if it has none any more."""
+    async def _hold(self, user: str, sku: str, line: Line | None, change: str, *, add: int = 0, qty: int = 0,
+                    take_back: bool = False) -> Hold:
+        """Makes the line hold `qty` units, or `add` more: on its hold, or a new hold if it has none any more.
+        A hold a cut-off checkout moved to an order is taken back only with `take_back` (under the user's lock)."""
         ttl = self._live.get("reservation_ttl_seconds")
+        limit = self._live.get("max_units_per_user")
 
         async def resize(hold_id: str, step: str) -> Hold | None:
             """The hold resized as asked; None when it is no longer the cart's active hold."""
             try:
                 return await self._inventory.resize(hold_id, ttl, owner_of(user), change_key(user, change, step),
-                                                    qty=qty, add=add, max_qty=MAX_LINE_QTY, user=user)
+                                                    qty=qty, add=add, max_qty=MAX_LINE_QTY, user=user,
+                                                    max_units=limit)
             except ServiceError as err:
                 if err.reason == "QTY_LIMIT":
                     raise _qty_limit(int(err.metadata.get("qty", 0))) from None
@@ -97,6 +143,8 @@ class Carts:
         if gone is not None and gone.state == ACTIVE and gone.owner.startswith("order:"):
             # Moved to an order by a checkout cut off inside this cart (which never recorded it, so that order
             # was never stored): still the line's units. Taken back, then changed as asked.
+            if not take_back:
+                raise _TakeBack()
             try:
                 await self._inventory.extend([gone.hold_id], owner_of(user), "", ttl,
                                              change_key(user, change, "take-back"), from_owner=gone.owner, user=user)
@@ -112,31 +160,82 @@ class Carts:
         if units > MAX_LINE_QTY:
             raise _qty_limit(units)
         (hold,) = await self._inventory.hold(owner_of(user), {sku: units}, ttl, change_key(user, change, "create"),
-                                             user=user)
+                                             user=user, buyer=user, max_units=limit)
         return hold
+
+    async def _holds_of(self, lines: list[Line]) -> dict[str, Hold]:
+        return await self._inventory.holds([x.hold_id for x in lines])
 
     async def _change(self, user: str, sku: str, key: str, request_hash: bytes, *, add: int = 0,
                       qty: int = 0) -> CartView:
         key = idempotency.check_key(key)
-        product = (await self._catalog.products([sku])).get(sku)
-        if product is None:
-            raise ServiceError(grpc.StatusCode.NOT_FOUND, "PRODUCT_NOT_FOUND", f"no product {sku!r}", {"sku": sku})
+        async with self._pool.connection() as conn:
+            earlier, lines = await repo.read_cart(conn, user, key)
+        if earlier is not None:
+            return _replayed(earlier, request_hash)
+        line = next((x for x in lines if x.sku == sku), None)
+        others = [x for x in lines if x.sku != sku]
+        # The other lines' holds, for the answer, are read while the catalog and the change are under way.
+        reading = asyncio.ensure_future(self._holds_of(others))
+        try:
+            products = await self._catalog.products(sorted({x.sku for x in lines} | {sku}))
+            product = products.get(sku)
+            if product is None:
+                raise ServiceError(grpc.StatusCode.NOT_FOUND, "PRODUCT_NOT_FOUND", f"no product {sku!r}", {"sku": sku})
+            # The line limit is decided on the hold's own quantity, by inventory (max_qty) or in _hold; the cap on
+            # the total, on the cart's record of its lines.
+            self._check_total(products, others, min(qty or add + (line.qty if line else 0), MAX_LINE_QTY), product)
+            change = key or uuid.uuid4().hex
+            try:
+                hold = await self._hold(user, sku, line, change, add=add, qty=qty)
+            except _TakeBack:
+                return await self._change_locked(user, sku, key, request_hash, change, add=add, qty=qty)
+            held = await reading
+        finally:
+            if not reading.done():
+                reading.cancel()
+        if hold.replayed:  # the stored answer of this change's first try: the hold may have changed since
+            hold = (await self._inventory.holds([hold.hold_id])).get(hold.hold_id, hold)
+        added_at = line.added_at if line is not None else self._clock.now()
+        placed = Line(sku, hold.qty, hold.hold_id, hold.expires_at, added_at)
+        view = _view_of(sorted([*others, placed], key=lambda x: (x.added_at, x.sku)), held | {hold.hold_id: hold},
+                        products)
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                await repo.lock_user(conn, user)
+                if key and (earlier := await repo.change(conn, user, key)) is not None:
+                    return _replayed(earlier, request_hash)  # the same change, sent twice at once, finished first
+                prior = line.hold_id if line is not None else None
+                if not await repo.place_line(conn, user, placed, prior) and hold.hold_id != prior:
+                    # A new hold for a line another change wrote meanwhile: this one goes round again.
+                    raise _LineMoved(hold)
+                if key:
+                    await repo.record_change(conn, user, key, request_hash, view)
+        except _LineMoved as moved:
+            await self._inventory.release_if_held(moved.hold.hold_id, owner_of(user),
+                                                  change_key(user, change, "undo"), user=user)
+            return await self._change_locked(user, sku, key, request_hash, f"{change}/again", add=add, qty=qty)
+        return view
+
+    async def _change_locked(self, user: str, sku: str, key: str, request_hash: bytes, change: str, *,
+                             add: int = 0, qty: int = 0) -> CartView:
+        """A change decided under the user's lock, held across its calls: for what the lock-free path cannot
+        settle alone (taking a line's hold back from a cut-off checkout, or a line changed by another request
+        while this one was under way). Rare: it follows a cut-off or two changes of one line at once."""
         async with self._pool.connection() as conn, conn.transaction():
             await repo.lock_user(conn, user)
             if key and (earlier := await repo.change(conn, user, key)) is not None:
-                stored_hash, view = earlier
-                if stored_hash != request_hash:
-                    raise _reused()
-                return view
+                return _replayed(earlier, request_hash)
             lines = await repo.lines(conn, user)
             line = next((x for x in lines if x.sku == sku), None)
-            # The line limit is decided on the hold's own quantity, by inventory (max_qty) or in _hold; the
-            # cap on the total, on the cart's record of its lines.
-            await self._check_total(lines, sku, min(qty or add + (line.qty if line else 0), MAX_LINE_QTY), product)
-            hold = await self._hold(user, sku, line, key or uuid.uuid4().hex, add=add, qty=qty)
+            products = await self._catalog.products(sorted({x.sku for x in lines} | {sku}))
+            if (product := products.get(sku)) is None:
+                raise ServiceError(grpc.StatusCode.NOT_FOUND, "PRODUCT_NOT_FOUND", f"no product {sku!r}", {"sku": sku})
+            others = [x for x in lines if x.sku != sku]
+            self._check_total(products, others, min(qty or add + (line.qty if line else 0), MAX_LINE_QTY), product)
+            hold = await self._hold(user, sku, line, change, add=add, qty=qty, take_back=True)
             added_at = line.added_at if line is not None else self._clock.now()
             await repo.put_line(conn, user, Line(sku, hold.qty, hold.hold_id, hold.expires_at, added_at))
-            # Read afresh: a replayed step answers the hold as it was then, the view shows it as it is.
             view = await self._view(await repo.lines(conn, user))
             if key:
                 await repo.record_change(conn, user, key, request_hash, view)
@@ -158,19 +257,29 @@ class Carts:
             return await self._change(user, sku, key, idempotency.fingerprint("set", sku, qty), qty=qty)
         key = idempotency.check_key(key)
         request_hash = idempotency.fingerprint("set", sku, 0)
-        async with self._pool.connection() as conn, conn.transaction():
-            await repo.lock_user(conn, user)
-            if key and (earlier := await repo.change(conn, user, key)) is not None:
-                if earlier[0] != request_hash:
-                    raise _reused()
-                return earlier[1]
-            line = next((x for x in await repo.lines(conn, user) if x.sku == sku), None)
+        async with self._pool.connection() as conn:
+            earlier, lines = await repo.read_cart(conn, user, key)
+        if earlier is not None:
+            return _replayed(earlier, request_hash)
+        line = next((x for x in lines if x.sku == sku), None)
+        others = [x for x in lines if x.sku != sku]
+        reading = asyncio.ensure_future(self._read(others))
+        try:
             if line is not None:
                 # A hold that expired or ended has given its units back already.
                 await self._inventory.release_if_held(line.hold_id, owner_of(user),
                                                       change_key(user, key or uuid.uuid4().hex, "release"), user=user)
-                await repo.delete_lines(conn, user, [sku])
-            view = await self._view(await repo.lines(conn, user))
+            held, products = await reading
+        finally:
+            if not reading.done():
+                reading.cancel()
+        view = _view_of(others, held, products)
+        async with self._pool.connection() as conn, conn.transaction():
+            await repo.lock_user(conn, user)
+            if key and (earlier := await repo.change(conn, user, key)) is not None:
+                return _replayed(earlier, request_hash)
+            if line is not None:
+                await repo.delete_line(conn, user, sku, line.hold_id)
             if key:
                 await repo.record_change(conn, user, key, request_hash, view)
         return view
@@ -181,21 +290,14 @@ class Carts:
             lines = await repo.lines(conn, user)
         return await self._view(lines)
 
+    async def _read(self, lines: list[Line]) -> tuple[dict[str, Hold], dict[str, Product]]:
+        """The lines' holds and products, asked of inventory and the catalog at the same time."""
+        holds, products = await asyncio.gather(self._holds_of(lines),
+                                               self._catalog.products([x.sku for x in lines]))
+        return holds, products
+
     async def _view(self, lines: list[Line]) -> CartView:
-        holds = await self._inventory.holds([x.hold_id for x in lines])
-        products = await self._catalog.products([line.sku for line in lines])
-        shown = []
-        for line in lines:
-            hold = holds.get(line.hold_id)
-            if hold is None:
-                shown.append(ViewLine(line.sku, products.get(line.sku, MISSING_PRODUCT), line.qty,
-                                      line.reserved_until, True))
-            elif _dead(hold):
-                continue  # the line's units were given back or sold by a change whose answer was lost
-            else:
-                shown.append(ViewLine(line.sku, products.get(line.sku, MISSING_PRODUCT), hold.qty,
-                                      hold.expires_at, hold.state != ACTIVE))
-        return CartView(shown)
+        return _view_of(lines, *await self._read(lines))
 
     async def checkout(self, user: str, order_id: str, ttl_seconds: int,
                        replay_only: bool = False) -> cart_pb2.CheckoutCartResponse:
@@ -231,7 +333,8 @@ class Carts:
                 raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "TOTAL_LIMIT",
                                    f"an order totals at most {MAX_TOTAL} IDR; lower a quantity", {"max": MAX_TOTAL})
             holds = await self._inventory.extend([line.hold_id for line in lines], f"order:{order_id}", order_id,
-                                                 ttl_seconds, f"checkout:{order_id}", user=user)
+                                                 ttl_seconds, f"checkout:{order_id}", user=user,
+                                                 max_units=self._live.get("max_units_per_user"))
             response = cart_pb2.CheckoutCartResponse(lines=[
                 cart_pb2.CheckedOutLine(sku=line.sku, qty=hold.qty, hold_id=hold.hold_id,
                                         name=products[line.sku].name, price=products[line.sku].price)

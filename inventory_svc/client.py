@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
@@ -13,6 +13,9 @@ from shop_runtime.errors import ServiceError
 HOLD_GONE = frozenset({"HOLD_NOT_ACTIVE", "HOLD_NOT_OWNED", "HOLD_NOT_FOUND"})
 OUT_OF_STOCK = "OUT_OF_STOCK"
 QTY_LIMIT = "QTY_LIMIT"
+PURCHASE_LIMIT = "PURCHASE_LIMIT"
+# Trailing metadata of an answer replayed for an idempotency key already used (inventory_svc.servicer).
+REPLAYED_METADATA = "idempotent-replayed"
 ACTIVE, COMMITTED, RELEASED, EXPIRED = "ACTIVE", "COMMITTED", "RELEASED", "EXPIRED"
 
 # The service's stub, for Deps.client.
@@ -30,6 +33,8 @@ class Hold:
     state: str  # ACTIVE, COMMITTED, RELEASED or EXPIRED (an active hold past its expiry is EXPIRED)
     expires_at: datetime
     order_id: str
+    # True when the answer was the stored one of an earlier call with the same key: the hold as it was then.
+    replayed: bool = False
 
     @classmethod
     def of(cls, m: inventory_pb2.Hold) -> "Hold":
@@ -38,8 +43,9 @@ class Hold:
                    m.expires_at.ToDatetime(tzinfo=timezone.utc), m.order_id)
 
 
-def _holds(messages) -> list[Hold]:
-    return [Hold.of(m) for m in messages]
+def _holds(messages, trailers: dict | None = None) -> list[Hold]:
+    replayed = (trailers or {}).get(REPLAYED_METADATA) == "true"
+    return [replace(Hold.of(m), replayed=replayed) for m in messages]
 
 
 class InventoryClient:
@@ -50,21 +56,25 @@ class InventoryClient:
         self._service = service
 
     async def hold(self, owner: str, lines: dict[str, int], ttl_seconds: int, key: str, *,
-                   user: str | None = None) -> list[Hold]:
-        """Holds every line's units for `owner`, all or nothing; OUT_OF_STOCK when any is short."""
-        answer = await self._service.call("CreateHolds", inventory_pb2.CreateHoldsRequest(
+                   user: str | None = None, buyer: str = "", max_units: int = 0) -> list[Hold]:
+        """Holds every line's units for `owner`, all or nothing; OUT_OF_STOCK when any is short; with a buyer and
+        max_units, PURCHASE_LIMIT when a line would give the buyer more than that many units of its SKU."""
+        answer, trailers = await self._service.call("CreateHolds", inventory_pb2.CreateHoldsRequest(
             owner=owner, lines=[inventory_pb2.HoldLine(sku=s, qty=q) for s, q in lines.items()],
-            ttl_seconds=ttl_seconds, idempotency_key=key), user=user, idempotent=bool(key))
-        return _holds(answer.holds)
+            ttl_seconds=ttl_seconds, idempotency_key=key, buyer=buyer, max_units_per_buyer=max_units),
+            user=user, idempotent=bool(key), trailers=True)
+        return _holds(answer.holds, trailers)
 
     async def resize(self, hold_id: str, ttl_seconds: int, owner: str, key: str, *, qty: int = 0, add: int = 0,
-                     max_qty: int = 0, user: str | None = None) -> Hold:
+                     max_qty: int = 0, user: str | None = None, max_units: int = 0) -> Hold:
         """Sets an active hold of `owner` to `qty` units, or grows it by `add`, until now + ttl, never above
-        max_qty (QTY_LIMIT); HOLD_GONE reasons when the hold is no longer the owner's active hold."""
-        answer = await self._service.call("ResizeHold", inventory_pb2.ResizeHoldRequest(
+        max_qty (QTY_LIMIT) nor taking its buyer past max_units (PURCHASE_LIMIT); HOLD_GONE reasons when the hold
+        is no longer the owner's active hold."""
+        answer, trailers = await self._service.call("ResizeHold", inventory_pb2.ResizeHoldRequest(
             hold_id=hold_id, qty=qty, add_qty=add, max_qty=max_qty, ttl_seconds=ttl_seconds, owner=owner,
-            idempotency_key=key), user=user, idempotent=bool(key))
-        return Hold.of(answer.hold)
+            idempotency_key=key, max_units_per_buyer=max_units), user=user, idempotent=bool(key), trailers=True)
+        (hold,) = _holds([answer.hold], trailers)
+        return hold
 
     async def release(self, hold_ids: list[str], owner: str, key: str, *, user: str | None = None) -> list[Hold]:
         """Gives the units of active holds of `owner` back, all or nothing."""
@@ -84,12 +94,13 @@ class InventoryClient:
         return True
 
     async def extend(self, hold_ids: list[str], owner: str, order_id: str, ttl_seconds: int, key: str, *,
-                     from_owner: str = "", user: str | None = None) -> list[Hold]:
-        """Moves holds to an owner and order (empty: none) until now + ttl (an expired one held again), all or
-        nothing; with from_owner, only holds still that owner's (else HOLD_NOT_OWNED)."""
+                     from_owner: str = "", user: str | None = None, max_units: int = 0) -> list[Hold]:
+        """Moves holds to an owner and order (empty: none) until now + ttl (an expired one held again, unless that
+        takes its buyer past max_units: PURCHASE_LIMIT), all or nothing; with from_owner, only holds still that
+        owner's (else HOLD_NOT_OWNED)."""
         answer = await self._service.call("ExtendHolds", inventory_pb2.ExtendHoldsRequest(
             hold_ids=hold_ids, owner=owner, order_id=order_id, ttl_seconds=ttl_seconds, idempotency_key=key,
-            from_owner=from_owner), user=user, idempotent=bool(key))
+            from_owner=from_owner, max_units_per_buyer=max_units), user=user, idempotent=bool(key))
         return _holds(answer.holds)
 
     async def commit(self, hold_ids: list[str], key: str, *, owner: str = "", user: str | None = None) -> list[Hold]:

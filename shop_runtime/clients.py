@@ -59,13 +59,15 @@ class ServiceClient(Generic[StubT]):
         return self._entry(instance)[1]
 
     async def call(self, method: str, request: Any, *, user: str | None = None, idempotent: bool = False,
-                   timeout: float = deadlines.ATTEMPT_TIMEOUT, attempts: int = deadlines.ATTEMPTS) -> Any:
+                   timeout: float = deadlines.ATTEMPT_TIMEOUT, attempts: int = deadlines.ATTEMPTS,
+                   trailers: bool = False) -> Any:
         """Calls `method` on the next passing instance on behalf of `user`.
 
         The callee's refusal is raised as this service's own ServiceError, a dead or silent callee as
         UNAVAILABLE. An idempotent call (a read, or a write carrying its idempotency key) that failed
         in transit is sent again, the same request to the next instance, with backoff, a few times
-        and within the current handler's deadline. Typed clients (e.g. inventory_svc.client) wrap
+        and within the current handler's deadline. With `trailers`, the answer comes with the call's
+        trailing metadata, as (response, {name: value}). Typed clients (e.g. inventory_svc.client) wrap
         this; services do not call it with method names themselves.
         """
         retrying = AsyncRetrying(
@@ -77,19 +79,23 @@ class ServiceClient(Generic[StubT]):
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await self._once(method, request, user, deadlines.attempt_timeout(timeout))
+                    return await self._once(method, request, user, deadlines.attempt_timeout(timeout), trailers)
         except grpc.aio.AioRpcError as err:
             raise relay(err, self.service) from err
         raise AssertionError("unreachable: tenacity either returned or raised")
 
-    async def _once(self, method: str, request: Any, user: str | None, timeout: float) -> Any:
+    async def _once(self, method: str, request: Any, user: str | None, timeout: float, trailers: bool) -> Any:
         if timeout <= deadlines.MIN_ATTEMPT:
             raise grpc.aio.AioRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, grpc.aio.Metadata(), grpc.aio.Metadata(),
                                        details="no time left for this call")
         stub = self.stub()
-        return await faults.around(
-            self._caller, self.service, method,
-            lambda: getattr(stub, method)(request, timeout=timeout, metadata=outgoing(self._caller, user)), _lost)
+
+        async def invoke() -> Any:
+            call = getattr(stub, method)(request, timeout=timeout, metadata=outgoing(self._caller, user))
+            response = await call
+            return (response, dict(await call.trailing_metadata() or ())) if trailers else response
+
+        return await faults.around(self._caller, self.service, method, invoke, _lost)
 
     def _entry(self, instance: Instance) -> tuple[grpc.aio.Channel, StubT]:
         entry = self._channels.get(instance.target)

@@ -26,6 +26,8 @@ class Setting:
 STORE_SETTINGS = {
     "reservation_ttl_seconds": Setting(600, 1, 86_400),
     "payment_window_seconds": Setting(900, 1, 86_400),
+    # The most units of one SKU one user may hold and buy (cart line, orders awaiting payment, paid); 0: no limit.
+    "max_units_per_user": Setting(0, 0, 1_000_000),
 }
 
 

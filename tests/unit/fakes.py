@@ -86,6 +86,7 @@ class _StoredHold:
     order_id: str
     created_at: datetime
     replaced_by: str | None = None
+    buyer: str | None = None
 
     def record(self) -> Hold:
         return Hold(self.hold_id, self.owner, self.sku, self.qty, self.state, self.expires_at, self.order_id)
@@ -157,10 +158,21 @@ class FakeInventory(_Losses):
             raise _error(grpc.StatusCode.ABORTED, "OUT_OF_STOCK", f"not enough units of {sku}",
                          sku=sku, available=short[sku], skus=",".join(short))
 
-    def _new_hold(self, owner: str, sku: str, qty: int, ttl_seconds: int, order_id: str = "") -> _StoredHold:
+    def _check_limit(self, sku: str, buyer: str | None, more: int, limit: int) -> None:
+        """The per-buyer purchase limit: units held for or sold to the buyer, plus `more`, at most `limit`."""
+        if not (limit and buyer and more > 0):
+            return
+        has = sum(h.qty for h in self.stored.values() if h.sku == sku and h.buyer == buyer
+                  and h.state in (ACTIVE, COMMITTED))
+        if has + more > limit:
+            raise _error(grpc.StatusCode.ABORTED, "PURCHASE_LIMIT", f"at most {limit} units of {sku}",
+                         sku=sku, limit=limit, has=has)
+
+    def _new_hold(self, owner: str, sku: str, qty: int, ttl_seconds: int, order_id: str = "",
+                  buyer: str | None = None) -> _StoredHold:
         now = self.clock.now()
         hold = _StoredHold(str(uuid.uuid4()), owner, sku, qty, ACTIVE, now + timedelta(seconds=ttl_seconds),
-                           order_id, now)
+                           order_id, now, buyer=buyer)
         self.stored[hold.hold_id] = hold
         return hold
 
@@ -191,15 +203,18 @@ class FakeInventory(_Losses):
     # InventoryClient's methods.
 
     async def hold(self, owner: str, lines: dict[str, int], ttl_seconds: int, key: str, *,
-                   user: str | None = None) -> list[Hold]:
+                   user: str | None = None, buyer: str = "", max_units: int = 0) -> list[Hold]:
         def work() -> list[Hold]:
+            for sku, qty in lines.items():
+                self._check_limit(sku, buyer, qty, max_units)
             self._check_stock(lines)
-            return [self._new_hold(owner, sku, qty, ttl_seconds).record() for sku, qty in lines.items()]
+            return [self._new_hold(owner, sku, qty, ttl_seconds, buyer=buyer or None).record()
+                    for sku, qty in lines.items()]
 
-        return await self._write("hold", key, dict(owner=owner, lines=dict(lines), ttl=ttl_seconds), work)
+        return await self._write("hold", key, dict(owner=owner, lines=dict(lines), ttl=ttl_seconds, buyer=buyer), work)
 
     async def resize(self, hold_id: str, ttl_seconds: int, owner: str, key: str, *, qty: int = 0, add: int = 0,
-                     max_qty: int = 0, user: str | None = None) -> Hold:
+                     max_qty: int = 0, user: str | None = None, max_units: int = 0) -> Hold:
         def work() -> Hold:
             (h,) = self._find([hold_id])
             self._check_owner([h], owner)
@@ -208,6 +223,7 @@ class FakeInventory(_Losses):
             if max_qty and target > max_qty:
                 raise _error(grpc.StatusCode.FAILED_PRECONDITION, "QTY_LIMIT",
                              f"at most {max_qty} units, this one would hold {target}", max=max_qty, qty=target)
+            self._check_limit(h.sku, h.buyer, target - h.qty, max_units)
             if target > h.qty:
                 self._check_stock({h.sku: target - h.qty})
             h.qty = target
@@ -233,7 +249,7 @@ class FakeInventory(_Losses):
     release_if_held = InventoryClient.release_if_held
 
     async def extend(self, hold_ids: list[str], owner: str, order_id: str, ttl_seconds: int, key: str, *,
-                     from_owner: str = "", user: str | None = None) -> list[Hold]:
+                     from_owner: str = "", user: str | None = None, max_units: int = 0) -> list[Hold]:
         def work() -> list[Hold]:
             # An expired hold already held again stands for its replacement.
             holds = self._find([self._newest(i) for i in hold_ids])
@@ -243,6 +259,9 @@ class FakeInventory(_Losses):
             for h in holds:
                 if h.state == EXPIRED:
                     again[h.sku] = again.get(h.sku, 0) + h.qty
+            for h in holds:
+                if h.state == EXPIRED:
+                    self._check_limit(h.sku, h.buyer, h.qty, max_units)
             self._check_stock(again)
             result = []
             for h in holds:
@@ -251,7 +270,7 @@ class FakeInventory(_Losses):
                     h.expires_at = self.clock.now() + timedelta(seconds=ttl_seconds)
                     result.append(h.record())
                 else:
-                    new = self._new_hold(owner, h.sku, h.qty, ttl_seconds, order_id)
+                    new = self._new_hold(owner, h.sku, h.qty, ttl_seconds, order_id, buyer=h.buyer)
                     h.replaced_by = new.hold_id
                     result.append(new.record())
             return result
@@ -487,6 +506,20 @@ class FakeCartRepository(_Tables):
 
     async def lines(self, conn, user):
         return sorted((x for (u, _), x in self.rows.items() if u == user), key=lambda x: (x.added_at, x.sku))
+
+    async def read_cart(self, conn, user, key):
+        return (await self.change(conn, user, key) if key else None), await self.lines(conn, user)
+
+    async def place_line(self, conn, user, line, prior_hold_id):
+        old = self.rows.get((user, line.sku))
+        if (old.hold_id if old is not None else None) != prior_hold_id:
+            return False
+        await self.put_line(conn, user, line)
+        return True
+
+    async def delete_line(self, conn, user, sku, hold_id):
+        if (old := self.rows.get((user, sku))) is not None and old.hold_id == hold_id:
+            self._drop(conn, self.rows, (user, sku))
 
     async def put_line(self, conn, user, line):
         if (old := self.rows.get((user, line.sku))) is not None:
