@@ -1,0 +1,134 @@
+"""The cart's add path: how many calls it makes, that it holds no lock across them, and that one user's changes
+of the same line at once all land. The services run in this process on real Postgres and Consul, so a test can
+count the calls between them (a zero-second `faults.slow` rule counts calls without changing them)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+
+import psycopg
+import pytest
+
+from cart_svc.repository import USER_LOCK_NAMESPACE
+from devstack.postgres import create_database, dsn_for
+from devstack.prepare import prepare
+from devstack.procs import Proc, consul_ready, wait_until
+from devstack.stack import Ports, consul_process
+from shop_runtime import faults
+from suite_audit.checks import audit_dsn
+from tests.integration.purchase_support import Shopper, held_for_cart, rows, running_suite
+
+_SKUS = itertools.count(1)
+
+
+def fresh_sku() -> str:
+    return f"HO-{next(_SKUS) + 200:04d}"
+
+
+@pytest.fixture(scope="module")
+async def suite(pg_admin_dsn, log_dir):
+    dsn = dsn_for(pg_admin_dsn, create_database(pg_admin_dsn))
+    await prepare(dsn)
+    ports = Ports.free()
+    consul = Proc(consul_process(ports), log_dir)
+    try:
+        wait_until(lambda: consul_ready(ports.consul_addr), 30, what="consul")
+        async with running_suite(dsn, ports.consul_addr) as running:
+            yield running
+    finally:
+        consul.stop()
+
+
+@pytest.fixture(autouse=True)
+def no_faults_left():
+    yield
+    faults.clear()
+
+
+CALLS = [("catalog", m) for m in ("BatchGetProducts", "GetProduct")] + [
+    ("inventory", m) for m in ("CreateHolds", "ResizeHold", "ReleaseHolds", "ExtendHolds", "GetHolds",
+                               "GetAvailability")]
+
+
+def counting() -> dict[tuple[str, str], faults.Rule]:
+    """Rules that count the cart's calls to the catalog and inventory, one per method, changing nothing."""
+    faults.clear()
+    return {(callee, method): faults.slow("cart", callee, method, 0, times=1_000_000) for callee, method in CALLS}
+
+
+def made(rules: dict[tuple[str, str], faults.Rule]) -> dict[str, int]:
+    return {method: rule.hits for (_, method), rule in rules.items() if rule.hits}
+
+
+async def test_an_add_makes_one_catalog_call_and_one_inventory_write(suite):
+    sku, other = fresh_sku(), fresh_sku()
+    await suite.set_stock(sku, 50)
+    await suite.set_stock(other, 50)
+    shopper = Shopper(suite)
+
+    rules = counting()
+    await shopper.add(sku, 1)  # a new line in an empty cart (the flash-sale case)
+    assert made(rules) == {"BatchGetProducts": 1, "CreateHolds": 1}
+
+    rules = counting()
+    await shopper.add(sku, 2)  # the line grows
+    assert made(rules) == {"BatchGetProducts": 1, "ResizeHold": 1}
+
+    rules = counting()
+    answer = await shopper.add(other, 1)  # a second line: the first line's hold is read alongside, for the answer
+    assert made(rules) == {"BatchGetProducts": 1, "CreateHolds": 1, "GetHolds": 1}
+    assert {x.sku: x.qty for x in answer.items} == {sku: 3, other: 1}
+
+
+async def test_an_add_holds_no_lock_while_it_waits_for_inventory(suite):
+    """With the user's lock taken elsewhere (a long change of the same cart), an add still makes its hold in
+    inventory: it takes the lock only for its own short write, once the lock is free."""
+    sku = fresh_sku()
+    await suite.set_stock(sku, 10)
+    shopper = Shopper(suite)
+    async with await psycopg.AsyncConnection.connect(suite.dsn) as conn:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (USER_LOCK_NAMESPACE, shopper.user))
+            adding = asyncio.create_task(shopper.add(sku, 2))
+            await asyncio.to_thread(wait_until, lambda: held_for_cart(suite.dsn, shopper.user) == {sku: 2}, 10, 0.05,
+                                    "the hold made while the cart is locked")
+            await asyncio.sleep(0.2)
+            assert not adding.done()  # its own write waits for the lock
+    answer = await adding
+    assert {x.sku: x.qty for x in answer.items} == {sku: 2}
+    assert rows(suite.dsn, "SELECT qty FROM cart.lines WHERE user_id = %s", shopper.user) == [(2,)]
+
+
+async def test_one_users_adds_of_one_line_at_once_all_land(suite):
+    sku = fresh_sku()
+    await suite.set_stock(sku, 100)
+    shopper = Shopper(suite)
+    await asyncio.gather(*(shopper.add(sku, 1, key=uuid.uuid4().hex) for _ in range(12)))
+    cart = await shopper.cart()
+    assert [(x.sku, x.qty) for x in cart.items] == [(sku, 12)]
+    assert held_for_cart(suite.dsn, shopper.user) == {sku: 12}
+    # Holds made by adds that lost the race for the line were given back at once, not left for the reconciler.
+    assert rows(suite.dsn, "SELECT count(*) FROM inventory.holds WHERE owner = %s AND state = 'ACTIVE'",
+                f"cart:{shopper.user}") == [(1,)]
+    assert (await suite.stock(sku)).reserved == 12
+    await suite.reconcile()
+    assert audit_dsn(suite.dsn) == []
+
+
+async def test_adds_racing_a_checkout_end_in_the_order_or_in_the_cart(suite):
+    sku = fresh_sku()
+    await suite.set_stock(sku, 100)
+    shopper = Shopper(suite)
+    await shopper.add(sku, 1)
+    results = await asyncio.gather(shopper.checkout(uuid.uuid4().hex),
+                                   *(shopper.add(sku, 1, key=uuid.uuid4().hex) for _ in range(6)))
+    order = results[0]
+    in_order = sum(i.qty for i in order.items)
+    in_cart = sum(x.qty for x in (await shopper.cart()).items)
+    assert in_order >= 1 and in_order + in_cart == 7
+    assert held_for_cart(suite.dsn, shopper.user) == ({sku: in_cart} if in_cart else {})
+    await suite.reconcile()
+    assert (await suite.stock(sku)).reserved == 7
+    assert audit_dsn(suite.dsn) == []
