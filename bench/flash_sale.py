@@ -119,6 +119,7 @@ class Bench:
         self.postgres = None
         # The gateway's per-user limit on POST /chart: (requests per second, burst), None for none.
         self.rate_limit: tuple[int, int] | None = None
+        self.envoy_threads = "default"
         self._pending_tokens = iter(())
         self._user_tokens: list[str] | None = None
 
@@ -149,6 +150,8 @@ class Bench:
             if spec.name == "envoy":
                 argv, bootstrap = rewrite_envoy_argv(spec.argv, run_dir)
                 self.rate_limit = per_user_limit(bootstrap)
+                if "--concurrency" in argv:
+                    self.envoy_threads = argv[argv.index("--concurrency") + 1]
                 spec = type(spec)(spec.name, argv, spec.env)
             self._start(spec)
         if not wait_for_suite(self.ports, 120, instances=args.workers):
@@ -334,9 +337,9 @@ def report(bench: Bench, argv: list[str], violations: list[str] | None) -> str:
     args = bench.args
     figures = [bench.figures[k] for k in FIGURES if k in bench.figures]
     width = max([len(f.name) for f in figures] + [len("figure")])
-    out = [f"\nflash-sale bench: {args.workers} worker process(es) per service, {args.products} products;"
-           f" each figure {args.duration:g} s after {args.warmup:g} s of warm-up; load generators on the same"
-           f" machine\n"]
+    out = [f"\nflash-sale bench: {args.workers} worker process(es) per service, Envoy with {bench.envoy_threads}"
+           f" worker threads, {args.products} products; each figure {args.duration:g} s after {args.warmup:g} s"
+           f" of warm-up; load generators on the same machine\n"]
     head = f"{'figure':{width}} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7}  ratio to its ceiling (issue's target)"
     out += [head, "-" * len(head)]
     for fig in figures:
