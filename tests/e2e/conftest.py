@@ -40,9 +40,19 @@ class Suite:
         return {"Authorization": f"Bearer {self.token(user, role)}"}
 
 
+# Worker processes per service, as `make run` has them on a 2-core machine. The catalog keeps one:
+# test_gateway_upstreams starts from Envoy knowing exactly the catalog's configured port.
+E2E_WORKERS = {"catalog": 1, "cart": 2, "inventory": 2, "order": 2}
 # The e2e tests read `available` right after changing stock: a catalog that keeps answers for a second
 # (CATALOG_CACHE_SECONDS, 1 by default) would show them the figure from before; they run it uncached.
 E2E_ENV = {"catalog": {"CATALOG_CACHE_SECONDS": "0"}}
+
+
+# The gateway's limits of the session's suite. schemathesis sends hundreds of state changes as one user, as
+# fast as the suite answers; at the default per-user limit some of them (more, the faster the suite) would get
+# 429 and test nothing behind the gateway. The limits themselves are tested in test_rate_limits.py, on gateways
+# of their own.
+E2E_GATEWAY_SETTINGS = {"GATEWAY_RATE_LIMIT_PER_SECOND": "1000", "GATEWAY_RATE_LIMIT_BURST": "1000"}
 
 
 @pytest.fixture(scope="session")
@@ -50,11 +60,11 @@ def suite(pg_admin_dsn, consul, ports, log_dir, tmp_path_factory):
     dsn = dsn_for(pg_admin_dsn, create_database(pg_admin_dsn))
     secrets = tmp_path_factory.mktemp("secrets")
     asyncio.run(prepare(dsn))
-    specs = [*(service_process(s, ports, dsn, **E2E_ENV.get(s, {})) for s in SERVICE_MODULES),
-             *gateway_processes(ports, tmp_path_factory.mktemp("gateway"), secrets)]
+    specs = [*(service_process(s, ports, dsn, workers=E2E_WORKERS[s], **E2E_ENV.get(s, {})) for s in SERVICE_MODULES),
+             *gateway_processes(ports, tmp_path_factory.mktemp("gateway"), secrets, E2E_GATEWAY_SETTINGS)]
     procs = [Proc(spec, log_dir) for spec in specs]
     try:
-        if not wait_for_suite(ports, 60):
+        if not wait_for_suite(ports, 60, instances=E2E_WORKERS):
             logs = "\n".join(f"--- {p.name}\n{p.log()[-3000:]}" for p in procs)
             pytest.fail(f"the suite did not come up:\n{logs}")
         yield Suite(ports=ports, dsn=dsn, secrets=secrets)
