@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import os
@@ -44,12 +45,19 @@ def ensure_keys(secrets_dir: Path) -> Path:
     return jwks_path
 
 
+@functools.lru_cache(maxsize=8)
+def _signing_key(key_path: Path, jwks_path: Path, changed: tuple[int, int]):
+    """The private key and its kid, loaded once per version of the files (loading checks the key: ~50 ms)."""
+    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    return key, json.loads(jwks_path.read_text())["keys"][0]["kid"]
+
+
 def issue_token(secrets_dir: Path, user: str, role: str | None = None, ttl: int = TOKEN_TTL_SECONDS,
                 now: float | None = None) -> str:
     """A signed token for `user` (its `sub`), with `role` if given, valid for `ttl` seconds."""
     ensure_keys(secrets_dir)
-    key = serialization.load_pem_private_key((secrets_dir / PRIVATE_KEY).read_bytes(), password=None)
-    kid = json.loads((secrets_dir / JWKS).read_text())["keys"][0]["kid"]
+    key_path, jwks_path = secrets_dir / PRIVATE_KEY, secrets_dir / JWKS
+    key, kid = _signing_key(key_path, jwks_path, (key_path.stat().st_mtime_ns, jwks_path.stat().st_mtime_ns))
     issued = int(now if now is not None else time.time())
     claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": user, "iat": issued, "exp": issued + ttl}
     if role:
