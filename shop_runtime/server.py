@@ -40,6 +40,12 @@ READINESS_INTERVAL = 2.0
 # accepted is never refused here for its headers (gRPC's default is 8 KiB).
 MAX_METADATA_BYTES = 64 * 1024
 
+# Calls that have arrived but that the application has not taken up yet, before gRPC itself refuses some:
+# its default (1,000, then random refusals up to 3,000) answered CANCELLED to part of a crowd of 2,000
+# that the gateway had let through (gateway.envoy: GATEWAY_MAX_REQUESTS_PER_SERVICE, 10,000 by default,
+# decides how many requests wait; they wait here, in arrival order, within the route's timeout).
+MAX_PENDING_CALLS = 20_000
+
 # How often a worker checks that the supervisor that started it is still there.
 PARENT_CHECK_INTERVAL = 1.0
 
@@ -141,7 +147,9 @@ def build_server(
     """A server with the given servicers, the standard health service and reflection, bound to its port."""
     interceptor = ErrorInterceptor()
     server = grpc.aio.server(interceptors=[interceptor],
-                             options=[("grpc.max_metadata_size", MAX_METADATA_BYTES)])
+                             options=[("grpc.max_metadata_size", MAX_METADATA_BYTES),
+                                      ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+                                      ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS)])
     for add, servicer in servicers:
         add(servicer, server)
     health_servicer = health.aio.HealthServicer()
