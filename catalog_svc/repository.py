@@ -58,15 +58,24 @@ async def count_products(conn: AsyncConnection, query: ListQuery) -> int:
 async def list_page(conn: AsyncConnection, query: ListQuery, total: int) -> list[ProductRow]:
     """One page of the `total` matches of `query`, in the asked order, ties broken by ascending sku."""
     where, params = _filters(query)
-    order = sql.SQL("ORDER BY {key} {dir}, sku ASC LIMIT %s OFFSET %s").format(
+    sort = sql.SQL("ORDER BY {key} {dir}, sku ASC").format(
         key=_SORT_EXPRESSIONS[query.sort_by], dir=sql.SQL("DESC" if query.descending else "ASC"))
-    if query.words and total <= FEW_MATCHES:
+    order = sort + sql.SQL(" LIMIT %s OFFSET %s")
+    if not query.words:
+        # The page's SKUs first, from the sort key's index alone (an index-only scan: no row is read to be
+        # skipped), then only the page's rows: a deep page no longer reads every row before it
+        # (sortBy=sales, page 500: 126 ms, now 22 ms). Name order gains nothing: Postgres reads no expression
+        # index (lower(name)) without its rows.
+        page_sql = sql.SQL(
+            "SELECT {cols} FROM catalog.products WHERE sku IN"
+            " (SELECT sku FROM catalog.products{where} {order}) {sort}")
+    elif total <= FEW_MATCHES:
         page_sql = sql.SQL(
             "WITH matches AS MATERIALIZED (SELECT {cols}, created_at FROM catalog.products{where})"
             " SELECT {cols} FROM matches {order}")
     else:
         page_sql = sql.SQL("SELECT {cols} FROM catalog.products{where} {order}")
-    cur = await conn.execute(page_sql.format(cols=_COLUMNS, where=where, order=order),
+    cur = await conn.execute(page_sql.format(cols=_COLUMNS, where=where, order=order, sort=sort),
                              [*params, query.limit, query.offset])
     return [ProductRow(*r) for r in await cur.fetchall()]
 
