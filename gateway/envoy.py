@@ -59,8 +59,10 @@ class GatewayLimits:
     rate_per_second: int = 10
     # Requests one user may send at once before the sustained rate applies (the token bucket's size).
     burst: int = 40
-    # Users whose buckets are kept at once (least recently seen first out); an evicted user starts full again.
-    tracked_users: int = 100_000
+    # Users whose buckets are kept at once, least recently seen first out (about 1 KB of Envoy's memory each).
+    # An evicted user starts again with a full bucket, which a user idle for burst / rate seconds (4 s by
+    # default) has anyway: the limit holds as long as this covers the users of the last few seconds.
+    tracked_users: int = 50_000
     # Requests in flight to one service (all its instances) per Envoy process; past it, 429 at once.
     max_requests_per_service: int = 10_000
 
