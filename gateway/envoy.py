@@ -474,6 +474,10 @@ def bootstrap(cfg: GatewayConfig) -> dict:
         "node": {"id": "shop-gateway", "cluster": "shop-gateway"},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": cfg.admin_port}}},
         "static_resources": {
+            # No connection limit on the listener (Envoy warns at start that none is set): a crowd is refused
+            # request by request with a 429, not by dropped connections, and the bound is the process's file
+            # descriptors (one per client connection). The accept queue is the kernel's somaxconn (Envoy's
+            # default backlog), which takes a few thousand connections arriving at once.
             "listeners": [
                 {
                     "name": "rest",
