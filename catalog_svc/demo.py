@@ -41,9 +41,4 @@ async def load(conn: AsyncConnection, products: Iterable[DemoProduct]) -> int:
             ],
         )
         after = await (await cur.execute("SELECT count(*) FROM catalog.products")).fetchone()
-        if after[0] != before[0]:
-            # Statistics for the planner now, as the Postgres docs advise after a bulk load, rather than when
-            # autovacuum gets to it (up to a minute later): without them it guessed 330,000 rows for 100,000
-            # and picked its plans for the listing from that.
-            await cur.execute("ANALYZE catalog.products")
     return after[0] - before[0]
