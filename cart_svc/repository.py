@@ -45,14 +45,14 @@ async def place_line(conn: AsyncConnection, user: str, line: Line, prior_hold_id
     if prior_hold_id is None:
         cur = await conn.execute(
             "INSERT INTO cart.lines (user_id, sku, qty, hold_id, reserved_until, added_at)"
-            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (user_id, sku) DO NOTHING",
+            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (user_id, sku) DO NOTHING RETURNING 1",
             (user, line.sku, line.qty, line.hold_id, line.reserved_until, line.added_at))
     else:
         cur = await conn.execute(
             "UPDATE cart.lines SET qty = %s, hold_id = %s, reserved_until = %s"
-            " WHERE user_id = %s AND sku = %s AND hold_id = %s",
+            " WHERE user_id = %s AND sku = %s AND hold_id = %s RETURNING 1",
             (line.qty, line.hold_id, line.reserved_until, user, line.sku, prior_hold_id))
-    return cur.rowcount == 1
+    return await cur.fetchone() is not None
 
 
 async def delete_line(conn: AsyncConnection, user: str, sku: str, hold_id: str) -> None:

@@ -201,7 +201,8 @@ class Carts:
         view = _view_of(sorted([*others, placed], key=lambda x: (x.added_at, x.sku)), held | {hold.hold_id: hold},
                         products)
         try:
-            async with self._pool.connection() as conn, conn.transaction():
+            # Pipeline mode: the lock, the check and the write go out together; the record goes with the COMMIT.
+            async with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
                 await repo.lock_user(conn, user)
                 if key and (earlier := await repo.change(conn, user, key)) is not None:
                     return _replayed(earlier, request_hash)  # the same change, sent twice at once, finished first
@@ -274,7 +275,7 @@ class Carts:
             if not reading.done():
                 reading.cancel()
         view = _view_of(others, held, products)
-        async with self._pool.connection() as conn, conn.transaction():
+        async with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
             await repo.lock_user(conn, user)
             if key and (earlier := await repo.change(conn, user, key)) is not None:
                 return _replayed(earlier, request_hash)

@@ -18,8 +18,13 @@ MIGRATION_LOCK_NAMESPACE = 1
 
 
 async def open_pool(dsn: str, *, max_size: int = 10, timeout: float = 10.0) -> AsyncConnectionPool:
-    """Opens a pool and waits for its first connection, so a bad DSN fails at start, not at first call."""
-    pool = AsyncConnectionPool(dsn, min_size=1, max_size=max_size, open=False, name="shop")
+    """Opens a pool and waits for its first connection, so a bad DSN fails at start, not at first call.
+
+    Its connections are in autocommit: a read outside `conn.transaction()` is one round trip, with no COMMIT
+    after it; every write of the services runs inside an explicit `conn.transaction()`, as before.
+    """
+    pool = AsyncConnectionPool(dsn, min_size=1, max_size=max_size, open=False, name="shop",
+                               kwargs={"autocommit": True})
     try:
         await pool.open(wait=True, timeout=timeout)
     except Exception:

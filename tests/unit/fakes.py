@@ -454,6 +454,11 @@ class FakeConnection:
         if self._undo:  # a savepoint: its writes are the outer transaction's now
             self._undo[-1].extend(done)
 
+    @asynccontextmanager
+    async def pipeline(self):
+        """Pipeline mode changes when statements travel, not what they do: nothing to fake."""
+        yield self
+
     def on_rollback(self, undo: Callable[[], None]) -> None:
         """Remembers how to undo a write, if a transaction is open."""
         if self._undo:
