@@ -1,0 +1,76 @@
+"""A flash-sale crowd through the gateway: 2,000 buyers at once on a 200-unit SKU, then the 200 winners check
+out and pay at once. Exactly 200 held and sold, everyone else refused cleanly (409, or 429 from the gateway's
+per-user limit), no 5xx and no timeout at any step, and the suite audit clean afterwards."""
+
+import asyncio
+import collections
+import time
+import uuid
+
+import httpx
+
+from suite_audit.checks import audit_dsn
+
+SKU = "SP-0150"
+UNITS = 200
+BUYERS = 2_000
+REFUSALS = {409: "OUT_OF_STOCK", 429: "RATE_LIMITED"}
+
+
+def statuses(answers: list[httpx.Response]) -> dict:
+    return dict(collections.Counter(a.status_code for a in answers))
+
+
+def reasons(answers: list[httpx.Response]) -> set[str]:
+    return {a.json()["details"][0]["reason"] for a in answers if a.status_code != 200}
+
+
+async def test_2000_buyers_on_200_units_then_the_winners_check_out_and_pay_at_once(suite, http):
+    admin = suite.auth("ops", "admin")
+    assert http.put(f"/admin/stock/{SKU}", json={"onHand": UNITS}, headers=admin).status_code == 200
+    sales_before = http.get(f"/catalogs/{SKU}").json()["sales"]
+    buyers = [suite.auth(f"crowd-{i}") for i in range(BUYERS)]
+    limits = httpx.Limits(max_connections=BUYERS, max_keepalive_connections=BUYERS)
+    async with httpx.AsyncClient(base_url=suite.base_url, timeout=60, limits=limits) as client:
+        gate = asyncio.Event()
+
+        async def add(headers):
+            await gate.wait()  # everyone at the same moment
+            return await client.post("/chart", json={"sku": SKU, "qty": 1}, headers=headers)
+
+        tasks = [asyncio.create_task(add(h)) for h in buyers]
+        await asyncio.sleep(0.5)
+        start = time.monotonic()
+        gate.set()
+        added = await asyncio.gather(*tasks)
+        held_at = time.monotonic()
+        seen = statuses(added)
+        assert set(seen) <= {200, *REFUSALS} and seen.get(200) == UNITS, seen
+        assert reasons(added) <= set(REFUSALS.values()), reasons(added)
+        winners = [h for h, a in zip(buyers, added) if a.status_code == 200]
+
+        async def step(path, headers, body):
+            # A refusal by the per-user rate limit says when to come back: the storefront does, with the same key.
+            key = uuid.uuid4().hex
+            while True:
+                answer = await client.post(path, json=body, headers=headers | {"Idempotency-Key": key})
+                if answer.status_code != 429:
+                    return answer
+                await asyncio.sleep(float(answer.headers["retry-after"]))
+
+        checked_out = await asyncio.gather(*(step("/checkout", h, {}) for h in winners))
+        checked_at = time.monotonic()
+        assert statuses(checked_out) == {200: UNITS}, {a.status_code: a.text for a in checked_out if a.status_code != 200}
+        orders = [a.json() for a in checked_out]
+        paid = await asyncio.gather(*(step("/payment", h, {"orderId": o["orderId"], "amount": o["total"],
+                                                           "method": "card", "token": "tok_visa"})
+                                      for h, o in zip(winners, orders)))
+        paid_at = time.monotonic()
+    assert statuses(paid) == {200: UNITS}, {a.status_code: a.text for a in paid if a.status_code != 200}
+    assert all(p.json()["status"] == "PAID" for p in paid)
+    stock = http.get(f"/admin/stock/{SKU}", headers=admin).json()
+    assert stock == {"sku": SKU, "onHand": 0, "reserved": 0, "available": 0}
+    assert http.get(f"/catalogs/{SKU}").json()["sales"] == sales_before + UNITS
+    assert audit_dsn(suite.dsn) == []
+    print(f"\ncrowd: {BUYERS} buyers on {UNITS} units: {seen} in {held_at - start:.2f}s; {UNITS} checkouts in "
+          f"{checked_at - held_at:.2f}s; {UNITS} payments in {paid_at - checked_at:.2f}s")
