@@ -115,7 +115,7 @@ class Method:
     name: str
     rest_path: str
     # The REST route's HTTP method, lower case as google.api.http names it (`get`, `post`, ...).
-    verb: str = "post"
+    verb: str
 
     @property
     def grpc_path(self) -> str:
