@@ -9,6 +9,7 @@ from psycopg import sql
 
 from catalog_svc import repository
 from catalog_svc.query import parse_list_query
+from devstack.postgres import create_database, dsn_for
 from devstack.prepare import prepare
 
 SEARCHES = ("", "a", "wireless", "mous", "cotton tee", "s", "organic")
@@ -17,8 +18,7 @@ ORDERS = [(by, d) for by in ("price", "sales", "name", "newest") for d in ("asc"
 
 @pytest.fixture(scope="module")
 def demo_dsn(pg_admin_dsn):
-    from devstack.postgres import create_database, dsn_for
-
+    """A database of its own with the demo catalog (2,400 products), shared by the module's tests."""
     dsn = dsn_for(pg_admin_dsn, create_database(pg_admin_dsn))
     asyncio.run(prepare(dsn))
     return dsn
