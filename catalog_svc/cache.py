@@ -45,24 +45,10 @@ class AnswerCache(Generic[K, V]):
         """The answers kept now, expired ones not yet dropped included."""
         return len(self._entries)
 
-    def now(self) -> float:
-        """The cache's timer now, for loads that compose their answer from other cached answers."""
-        return self._timer()
-
     async def get(self, key: K, load: Callable[[], Awaitable[V]]) -> Fresh[V]:
         """The key's answer: kept, shared with a load in flight, or loaded now by `load`."""
-
-        async def stamped() -> Fresh[V]:
-            as_of = self._timer()
-            return Fresh(await load(), as_of)
-
-        return await self.get_composed(key, stamped)
-
-    async def get_composed(self, key: K, load: Callable[[], Awaitable[Fresh[V]]]) -> Fresh[V]:
-        """As get, for a `load` that builds its answer from other cached answers and so says itself, in
-        Fresh.as_of, when the oldest read behind it began."""
         if self._ttl <= 0:
-            return await load()
+            return await self._stamped(load)
         try:
             return self._entries[key]
         except KeyError:
@@ -71,10 +57,14 @@ class AnswerCache(Generic[K, V]):
         if loading is None:
             # A task of its own, not the first caller's coroutine: a caller that is cancelled (its client
             # gave up) must not cancel the load the others wait for; shield() below keeps it running.
-            loading = asyncio.ensure_future(load())
+            loading = asyncio.ensure_future(self._stamped(load))
             self._loading[key] = loading
             loading.add_done_callback(lambda done: self._settle(key, done))
         return await asyncio.shield(loading)
+
+    async def _stamped(self, load: Callable[[], Awaitable[V]]) -> Fresh[V]:
+        as_of = self._timer()
+        return Fresh(await load(), as_of)
 
     def _settle(self, key: K, done: asyncio.Future[Fresh[V]]) -> None:
         if self._loading.get(key) is done:

@@ -33,13 +33,18 @@ class CatalogSettings:
     # How long a product page's or a listing's answer (with its availability and units sold) is kept and
     # served again by this process; 0 turns the cache off, so every read asks the database and inventory.
     cache_seconds: float = 1.0
+    # How long the number of a listing filter's matches (`total`) is kept, when the cache is on: it changes only
+    # when products are added or removed or their names, descriptions or categories change (imports), never
+    # with stock or sales.
+    count_seconds: float = 30.0
     # The most answers kept, per kind (product pages, listings, match counts); the least recently used go.
     cache_entries: int = 1000
 
     @classmethod
     def from_env(cls) -> "CatalogSettings":
-        """Reads CATALOG_CACHE_SECONDS and CATALOG_CACHE_ENTRIES."""
+        """Reads CATALOG_CACHE_SECONDS, CATALOG_COUNT_SECONDS and CATALOG_CACHE_ENTRIES."""
         return cls(cache_seconds=env_float("CATALOG_CACHE_SECONDS", cls.cache_seconds),
+                   count_seconds=env_float("CATALOG_COUNT_SECONDS", cls.count_seconds),
                    cache_entries=env_int("CATALOG_CACHE_ENTRIES", cls.cache_entries, minimum=1, maximum=1_000_000))
 
 
@@ -47,7 +52,7 @@ def create_server(settings: ServiceSettings, deps: Deps, catalog_settings: Catal
     """The catalog server, asking inventory (found through Consul) for availability."""
     own = catalog_settings or CatalogSettings.from_env()
     inventory = InventoryClient(deps.client("inventory", inventory_client.STUB, settings.service_name))
-    catalog = Catalog(deps.pool, availability_from(inventory), cache_seconds=own.cache_seconds,
+    catalog = Catalog(deps.pool, availability_from(inventory), cache_seconds=own.cache_seconds, count_seconds=own.count_seconds,
                       cache_entries=own.cache_entries)
     return build_server(
         settings,

@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from catalog_svc.cache import AnswerCache, Fresh
+from catalog_svc.cache import AnswerCache
 
 
 class Clock:
@@ -172,24 +172,3 @@ async def test_a_ttl_of_zero_turns_the_cache_off():
     await asyncio.gather(*readers)
     await cache.get("a", load("a"))
     assert len(load.calls) == 4 and len(cache) == 0
-
-
-async def test_a_composed_answer_lives_only_as_long_as_its_oldest_part():
-    clock = Clock()
-    counts = AnswerCache(1.0, 10, clock)
-    pages = AnswerCache(1.0, 10, clock)
-    load = Loader()
-
-    async def page(key: str) -> Fresh:
-        started = pages.now()
-        count = await counts.get("filter", load("filter"))
-        return Fresh((key, count.value), min(started, count.as_of))
-
-    await counts.get("filter", load("filter"))  # counted at 100.0
-    clock.now = 100.7
-    first = await pages.get_composed("page-2", lambda: page("page-2"))
-    assert first.as_of == 100.0  # the count it used is 0.7 s old
-    clock.now = 101.0
-    second = await pages.get_composed("page-2", lambda: page("page-2"))
-    assert second.as_of == 101.0  # gone with its count, not kept until 101.7
-    assert load.calls == ["filter", "filter"]

@@ -136,15 +136,24 @@ async def test_listings_of_one_filter_share_its_count_across_orders_and_pages(st
     assert store.reads.count("count") == 2 and store.reads.count("page") == 3
 
 
-async def test_a_listing_kept_from_an_older_count_expires_with_it(store):
+async def test_a_count_outlives_the_pages_but_not_its_own_life(store):
     clock = Clock()
-    catalog = Catalog(FakePool(), store.availability, cache_seconds=1.0, timer=clock)
-    await catalog.list_products(listing(category="toys"))  # counts at 0.0
-    clock.now = 0.8
+    catalog = Catalog(FakePool(), store.availability, cache_seconds=1.0, count_seconds=30.0, timer=clock)
+    await catalog.list_products(listing(category="toys"))
     store.stock["TO-0003"] = 0
-    assert (await catalog.list_products(listing(category="toys", sort_dir="asc"))).items[-1].available == 0
-    clock.now = 1.0  # the asc page was read at 0.8 but from a count of 0.0: it goes now, with its count
-    await catalog.list_products(listing(category="toys", sort_dir="asc"))
+    clock.now = 1.0  # the page is gone; the count is not
+    page = await catalog.list_products(listing(category="toys"))
+    assert page.items[0].available == 0 and page.total == 3
+    assert store.reads.count("page") == 2 and store.reads.count("count") == 1
+    clock.now = 30.0
+    await catalog.list_products(listing(category="toys"))
+    assert store.reads.count("count") == 2
+
+
+async def test_without_a_cache_counts_are_not_kept_either(store):
+    catalog = Catalog(FakePool(), store.availability, cache_seconds=0.0, count_seconds=30.0, timer=Clock())
+    for _ in range(2):
+        await catalog.list_products(listing(category="toys"))
     assert store.reads.count("count") == 2
 
 
