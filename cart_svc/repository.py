@@ -27,38 +27,49 @@ async def lines(conn: AsyncConnection, user: str) -> list[Line]:
 
 async def read_cart(conn: AsyncConnection, user: str, key: str) -> tuple[tuple[bytes, CartView] | None, list[Line]]:
     """(an earlier change under `key`, as `change` answers it, or None; the user's lines): the one read of a change.
-    Both statements travel in one round trip (pipeline mode)."""
+    With a key, both statements travel in one round trip (pipeline mode)."""
+    if not key:
+        return None, await lines(conn, user)
     async with conn.pipeline():
         earlier = await conn.execute("SELECT request_hash, response FROM cart.changes WHERE user_id = %s AND key = %s",
-                                     (user, key)) if key else None
+                                     (user, key))
         rows = await conn.execute(
             "SELECT sku, qty, hold_id::text, reserved_until, added_at FROM cart.lines WHERE user_id = %s"
             " ORDER BY added_at, sku", (user,))
-        found = await earlier.fetchone() if earlier is not None else None
-        lines = [Line(*r) for r in await rows.fetchall()]
-    return ((bytes(found[0]), CartView.from_json(found[1])) if found else None), lines
+        found = await earlier.fetchone()
+        found_lines = [Line(*r) for r in await rows.fetchall()]
+    return ((bytes(found[0]), CartView.from_json(found[1])) if found else None), found_lines
+
+
+# The user's lock, taken first by a statement that writes a line (a materialized CTE is computed before the
+# rows it feeds), so the statement waits for a checkout under way and is, alone, a whole locked change.
+_LOCKED = "WITH locked AS MATERIALIZED (SELECT pg_advisory_xact_lock(%(ns)s, hashtext(%(user)s)))"
 
 
 async def place_line(conn: AsyncConnection, user: str, line: Line, prior_hold_id: str | None) -> bool:
-    """Writes the user's line for the SKU if it still refers to `prior_hold_id` (None: if there is no line), as the
-    change that decided it read it; False, writing nothing, when another change got there first."""
+    """Under the user's lock, writes the user's line for the SKU if it still refers to `prior_hold_id` (None: if
+    there is no line), as the change that decided it read it; False, writing nothing, when another change got
+    there first. One statement: outside a transaction it is one locked round trip."""
+    values = dict(ns=USER_LOCK_NAMESPACE, user=user, sku=line.sku, qty=line.qty, hold=line.hold_id,
+                  until=line.reserved_until, added=line.added_at, prior=prior_hold_id)
     if prior_hold_id is None:
         cur = await conn.execute(
-            "INSERT INTO cart.lines (user_id, sku, qty, hold_id, reserved_until, added_at)"
-            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (user_id, sku) DO NOTHING RETURNING 1",
-            (user, line.sku, line.qty, line.hold_id, line.reserved_until, line.added_at))
+            _LOCKED + " INSERT INTO cart.lines (user_id, sku, qty, hold_id, reserved_until, added_at)"
+            " SELECT %(user)s, %(sku)s, %(qty)s, %(hold)s, %(until)s, %(added)s FROM locked"
+            " ON CONFLICT (user_id, sku) DO NOTHING RETURNING 1", values)
     else:
         cur = await conn.execute(
-            "UPDATE cart.lines SET qty = %s, hold_id = %s, reserved_until = %s"
-            " WHERE user_id = %s AND sku = %s AND hold_id = %s RETURNING 1",
-            (line.qty, line.hold_id, line.reserved_until, user, line.sku, prior_hold_id))
+            _LOCKED + " UPDATE cart.lines SET qty = %(qty)s, hold_id = %(hold)s, reserved_until = %(until)s"
+            " FROM locked WHERE user_id = %(user)s AND sku = %(sku)s AND hold_id = %(prior)s RETURNING 1", values)
     return await cur.fetchone() is not None
 
 
 async def delete_line(conn: AsyncConnection, user: str, sku: str, hold_id: str) -> None:
-    """Removes the user's line for the SKU if it still refers to `hold_id` (a newer change's line stays)."""
-    await conn.execute("DELETE FROM cart.lines WHERE user_id = %s AND sku = %s AND hold_id = %s",
-                       (user, sku, hold_id))
+    """Under the user's lock, removes the user's line for the SKU if it still refers to `hold_id` (a newer change's
+    line stays)."""
+    await conn.execute(_LOCKED + " DELETE FROM cart.lines USING locked"
+                       " WHERE user_id = %(user)s AND sku = %(sku)s AND hold_id = %(hold)s",
+                       dict(ns=USER_LOCK_NAMESPACE, user=user, sku=sku, hold=hold_id))
 
 
 async def put_line(conn: AsyncConnection, user: str, line: Line) -> None:

@@ -19,7 +19,9 @@ def create_server(settings: ServiceSettings, deps: Deps) -> GrpcApp:
     """The cart server, holding units through inventory and naming products through the catalog."""
     carts = Carts(deps.pool,
                   InventoryClient(deps.client("inventory", inventory_client.STUB, settings.service_name)),
-                  CatalogClient(deps.client("catalog", catalog_client.STUB, settings.service_name)),
+                  # Names and prices kept a moment, so a crowd adding one product does not ask the catalog each time.
+                  CatalogClient(deps.client("catalog", catalog_client.STUB, settings.service_name),
+                                price_seconds=env_float("CART_PRICE_CACHE_SECONDS", 1.0)),
                   deps.live, deps.clock,
                   # How old a hold must be before the reconciler judges it (younger ones may be mid-change).
                   reconcile_age_seconds=env_int("RECONCILE_MIN_AGE_SECONDS", ORPHAN_AGE_SECONDS, minimum=0))

@@ -200,18 +200,23 @@ class Carts:
         placed = Line(sku, hold.qty, hold.hold_id, hold.expires_at, added_at)
         view = _view_of(sorted([*others, placed], key=lambda x: (x.added_at, x.sku)), held | {hold.hold_id: hold},
                         products)
+        prior = line.hold_id if line is not None else None
         try:
-            # Pipeline mode: the lock, the check and the write go out together; the record goes with the COMMIT.
-            async with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
-                await repo.lock_user(conn, user)
-                if key and (earlier := await repo.change(conn, user, key)) is not None:
-                    return _replayed(earlier, request_hash)  # the same change, sent twice at once, finished first
-                prior = line.hold_id if line is not None else None
-                if not await repo.place_line(conn, user, placed, prior) and hold.hold_id != prior:
+            async with self._pool.connection() as conn:
+                if not key:  # one statement, the user's lock its first step: one round trip
+                    wrote = await repo.place_line(conn, user, placed, prior)
+                else:
+                    # Pipeline mode: the lock, the check and the write go out together; the record with the COMMIT.
+                    async with conn.pipeline(), conn.transaction():
+                        await repo.lock_user(conn, user)
+                        if (earlier := await repo.change(conn, user, key)) is not None:
+                            return _replayed(earlier, request_hash)  # the same change sent twice at once: done first
+                        wrote = await repo.place_line(conn, user, placed, prior)
+                        if wrote or hold.hold_id == prior:
+                            await repo.record_change(conn, user, key, request_hash, view)
+                if not wrote and hold.hold_id != prior:
                     # A new hold for a line another change wrote meanwhile: this one goes round again.
                     raise _LineMoved(hold)
-                if key:
-                    await repo.record_change(conn, user, key, request_hash, view)
         except _LineMoved as moved:
             await self._inventory.release_if_held(moved.hold.hold_id, owner_of(user),
                                                   change_key(user, change, "undo"), user=user)
@@ -275,13 +280,17 @@ class Carts:
             if not reading.done():
                 reading.cancel()
         view = _view_of(others, held, products)
-        async with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
-            await repo.lock_user(conn, user)
-            if key and (earlier := await repo.change(conn, user, key)) is not None:
-                return _replayed(earlier, request_hash)
-            if line is not None:
-                await repo.delete_line(conn, user, sku, line.hold_id)
-            if key:
+        async with self._pool.connection() as conn:
+            if not key:
+                if line is not None:
+                    await repo.delete_line(conn, user, sku, line.hold_id)
+                return view
+            async with conn.pipeline(), conn.transaction():
+                await repo.lock_user(conn, user)
+                if (earlier := await repo.change(conn, user, key)) is not None:
+                    return _replayed(earlier, request_hash)
+                if line is not None:
+                    await repo.delete_line(conn, user, sku, line.hold_id)
                 await repo.record_change(conn, user, key, request_hash, view)
         return view
 

@@ -15,6 +15,7 @@ from typing import Any, Awaitable, Callable, Sequence
 import grpc
 import honcho.manager
 import psycopg
+import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from honcho.printer import Printer
@@ -330,4 +331,7 @@ def main(spec: ServiceSpec) -> None:
     setup_logging(settings.process_name)
     if settings.workers > 1:
         raise SystemExit(supervise(settings))
-    asyncio.run(spec.serve(settings))
+    # uvloop's event loop: every database round trip and gRPC call of a service goes through the loop's
+    # reader registration and callbacks, which the standard loop does in Python (a fifth more adds a second
+    # per cart worker measured with make bench).
+    uvloop.run(spec.serve(settings))

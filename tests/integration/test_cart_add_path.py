@@ -62,7 +62,7 @@ def made(rules: dict[tuple[str, str], faults.Rule]) -> dict[str, int]:
     return {method: rule.hits for (_, method), rule in rules.items() if rule.hits}
 
 
-async def test_an_add_makes_one_catalog_call_and_one_inventory_write(suite):
+async def test_an_add_makes_at_most_one_catalog_call_and_one_inventory_write(suite):
     sku, other = fresh_sku(), fresh_sku()
     await suite.set_stock(sku, 50)
     await suite.set_stock(other, 50)
@@ -73,13 +73,18 @@ async def test_an_add_makes_one_catalog_call_and_one_inventory_write(suite):
     assert made(rules) == {"BatchGetProducts": 1, "CreateHolds": 1}
 
     rules = counting()
-    await shopper.add(sku, 2)  # the line grows
-    assert made(rules) == {"BatchGetProducts": 1, "ResizeHold": 1}
+    await shopper.add(sku, 2)  # the line grows; the product's name and price are still kept from the add before
+    assert made(rules) == {"ResizeHold": 1}
 
     rules = counting()
     answer = await shopper.add(other, 1)  # a second line: the first line's hold is read alongside, for the answer
     assert made(rules) == {"BatchGetProducts": 1, "CreateHolds": 1, "GetHolds": 1}
     assert {x.sku: x.qty for x in answer.items} == {sku: 3, other: 1}
+
+    await asyncio.sleep(1.1)  # past CART_PRICE_CACHE_SECONDS: names and prices are asked again, once
+    rules = counting()
+    await shopper.add(sku, 1)
+    assert made(rules) == {"BatchGetProducts": 1, "ResizeHold": 1, "GetHolds": 1}
 
 
 async def test_an_add_holds_no_lock_while_it_waits_for_inventory(suite):
