@@ -16,6 +16,10 @@ class Clock(Protocol):
 
     async def db_now(self, conn: AsyncConnection) -> datetime: ...
 
+    def fixed(self) -> datetime | None:
+        """The instant a statement should take as now, or None for the database's own clock_timestamp()."""
+        ...
+
 
 class SystemClock:
     """The database's clock for every decision of expiry, so replicas on several hosts agree; the machine's for stamps."""
@@ -32,6 +36,10 @@ class SystemClock:
         cur = await conn.execute("SELECT clock_timestamp()")
         return (await cur.fetchone())[0]
 
+    def fixed(self) -> datetime | None:
+        """None: statements read the database's clock themselves, after the locks taken before them."""
+        return None
+
 
 class ManualClock:
     """A clock that stands still until advanced; for tests that need expiry without waiting."""
@@ -47,6 +55,10 @@ class ManualClock:
 
     async def db_now(self, conn: AsyncConnection) -> datetime:
         """The time it was set to, whatever the database says."""
+        return self.now()
+
+    def fixed(self) -> datetime | None:
+        """The time it was set to, for statements to use instead of the database's clock."""
         return self.now()
 
     def advance(self, seconds: float) -> None:

@@ -72,6 +72,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self) -> None:
         self._detached: set[asyncio.Task] = set()
+        # method -> (the handler it wraps, the wrapper)
+        self._wrapped: dict[str, tuple[Any, grpc.RpcMethodHandler]] = {}
 
     async def drain(self, timeout: float) -> None:
         """Waits (up to `timeout`) for handlers whose callers went away to finish their work."""
@@ -98,8 +100,15 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
-        inner = handler.unary_unary
         method = handler_call_details.method
+        # The wrapper of a method's handler is made once: this runs for every call.
+        kept = self._wrapped.get(method)
+        if kept is None or kept[0] is not handler.unary_unary:
+            kept = self._wrapped[method] = (handler.unary_unary, self._wrap(method, handler))
+        return kept[1]
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        inner = handler.unary_unary
 
         async def run(request: Any, context: grpc.aio.ServicerContext) -> tuple[Any, ServiceError | None]:
             token = deadlines.begin(method)

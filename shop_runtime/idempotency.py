@@ -69,17 +69,17 @@ async def claim_many(conn: AsyncConnection, table: sql.Composable,
     """
     wanted = sorted({(op, key): digest for op, key, digest in calls}.items())
     cur = await conn.execute(
-        sql.SQL("INSERT INTO {} (operation, key, request_hash)"
-                " SELECT * FROM unnest(%s::text[], %s::text[], %s::bytea[]) ORDER BY 1, 2"
-                " ON CONFLICT DO NOTHING RETURNING operation, key").format(table),
+        _text(conn, table, "INSERT INTO {} (operation, key, request_hash)"
+                           " SELECT * FROM unnest(%b::text[], %b::text[], %b::bytea[]) ORDER BY 1, 2"
+                           " ON CONFLICT DO NOTHING RETURNING operation, key"),
         ([op for (op, _), _ in wanted], [key for (_, key), _ in wanted], [digest for _, digest in wanted]))
     claimed = {(op, key) for op, key in await cur.fetchall()}
     found: dict[tuple[str, str], tuple[bytes, bytes] | None] = {k: None for k in claimed}
     others = [k for k, _ in wanted if k not in claimed]
     if others:
         cur = await conn.execute(
-            sql.SQL("SELECT operation, key, request_hash, response FROM {}"
-                    " WHERE (operation, key) IN (SELECT * FROM unnest(%s::text[], %s::text[]))").format(table),
+            _text(conn, table, "SELECT operation, key, request_hash, response FROM {}"
+                               " WHERE (operation, key) IN (SELECT * FROM unnest(%s::text[], %s::text[]))"),
             ([op for op, _ in others], [key for _, key in others]))
         for op, key, digest, response in await cur.fetchall():
             found[(op, key)] = (bytes(digest), bytes(response))
@@ -98,12 +98,24 @@ async def record_many(conn: AsyncConnection, table: sql.Composable, answers: lis
     refused call changed nothing, so its key may be used again), in the batch's own transaction."""
     if answers:
         await conn.execute(
-            sql.SQL("UPDATE {} t SET response = a.response"
-                    " FROM unnest(%s::text[], %s::text[], %s::bytea[]) AS a(operation, key, response)"
-                    " WHERE t.operation = a.operation AND t.key = a.key").format(table),
+            _text(conn, table, "UPDATE {} t SET response = a.response"
+                               " FROM unnest(%b::text[], %b::text[], %b::bytea[]) AS a(operation, key, response)"
+                               " WHERE t.operation = a.operation AND t.key = a.key"),
             ([a[0] for a in answers], [a[1] for a in answers], [a[2] for a in answers]))
     if refused:
         await conn.execute(
-            sql.SQL("DELETE FROM {} WHERE (operation, key) IN (SELECT * FROM unnest(%s::text[], %s::text[]))"
-                    ).format(table),
+            _text(conn, table, "DELETE FROM {} WHERE (operation, key) IN (SELECT * FROM unnest(%s::text[], %s::text[]))"),
             ([r[0] for r in refused], [r[1] for r in refused]))
+
+
+def _text(conn: AsyncConnection, table: sql.Composable, template: str) -> str:
+    """A batch statement on `table` as plain text, rendered once: psycopg then reuses its parse of the text,
+    where a composed statement is rendered again at every call."""
+    key = (repr(table), template)  # composables compare by value but have no hash
+    text = _TEXTS.get(key)
+    if text is None:
+        text = _TEXTS[key] = sql.SQL(template).format(table).as_string(conn)
+    return text
+
+
+_TEXTS: dict[tuple[str, str], str] = {}
