@@ -98,6 +98,9 @@ class GatewayConfig:
     limits: GatewayLimits = field(default_factory=GatewayLimits)
 
 
+# Verified tokens Envoy keeps (each worker thread), so a crowd's repeated requests skip the RSA check.
+JWT_CACHE_SIZE = 20_000
+
 # Paths anyone may call without a token; everything else needs one.
 PUBLIC_PREFIX = "/catalogs"
 # REST paths under this need a token whose `role` is admin.
@@ -218,6 +221,9 @@ def _identity_filters(cfg: GatewayConfig, methods: list[Method]) -> list[dict]:
                         "clock_skew_seconds": 30,
                         # A token without `exp` would never expire: refused.
                         "require_expiration": True,
+                        # A storefront sends the same token with every click: its signature is checked once
+                        # and the verified token kept (its expiry is still checked at every use).
+                        "jwt_cache_config": {"jwt_cache_size": JWT_CACHE_SIZE},
                         "claim_to_headers": [
                             {"header_name": USER_HEADER, "claim_name": "sub"},
                             {"header_name": ROLE_HEADER, "claim_name": "role"},
