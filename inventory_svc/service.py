@@ -159,22 +159,24 @@ class Inventory:
 
     async def _decide(self, skus: list[str], calls: list[_Call]) -> None:
         """One transaction: claims the calls' keys, locks the SKUs, reclaims their expired holds, decides each call in
-        order against what it finds, writes the end result and commits; then answers each call. A failure of the
-        transaction fails its calls (and only them) with STOCK_WRITE_FAILED."""
+        order against what it finds, writes the end result and commits; then answers each call. Two round trips:
+        everything up to the reads, then the writes with the COMMIT. A failure of the transaction fails its calls
+        (and only them) with STOCK_WRITE_FAILED."""
         answers: dict[int, list[HoldRecord] | ServiceError] = {}
         try:
-            # Pipeline mode: the statements whose answers are not needed to go on travel together: the key claims
-            # in one round trip, the lock, clock, reclaim and reads in one, the writes with the COMMIT.
+            # Pipeline mode: the statements whose answers are not needed to go on travel together: the key claims,
+            # the lock, clock, reclaim and reads in one round trip, the writes with the COMMIT.
             async with self._pool.connection() as conn, conn.pipeline():
                 async with conn.transaction():
                     keyed = [c for c in calls if c.key]
-                    stored = await idempotency.claim_many(
-                        conn, IDEMPOTENCY_TABLE, [(c.operation, c.key, c.fingerprint) for c in keyed]) if keyed else {}
+                    claims = await idempotency.claim_many(
+                        conn, IDEMPOTENCY_TABLE, [(c.operation, c.key, c.fingerprint) for c in keyed]) if keyed else None
                     buyers = [b for c in calls if c.buyers is not None for b in c.buyers]
                     needs_units = any(c.buyers is not None for c in calls)
                     take = await repo.take_stock(conn, skus, [h for c in calls for h in c.hold_ids],
                                                  buyers if needs_units else None, self._clock.fixed(),
                                                  calls[0].actor)
+                    stored = await claims() if claims is not None else {}
                     recorded: list[tuple[str, str, bytes]] = []
                     refused: list[tuple[str, str]] = []
                     for i, call in enumerate(calls):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import grpc
 from psycopg import AsyncConnection, sql
@@ -59,31 +59,41 @@ async def record(conn: AsyncConnection, table: sql.Composable, operation: str, k
     )
 
 
-async def claim_many(conn: AsyncConnection, table: sql.Composable,
-                     calls: list[tuple[str, str, bytes]]) -> dict[tuple[str, str], tuple[bytes, bytes] | None]:
-    """Claims the keys of several calls at once (`claim` for a batch); (operation, key) -> None when this
-    transaction claimed it now, else (stored request hash, stored answer) of the earlier call that committed.
+async def claim_many(conn: AsyncConnection, table: sql.Composable, calls: list[tuple[str, str, bytes]]
+                     ) -> Callable[[], Awaitable[dict[tuple[str, str], tuple[bytes, bytes] | None]]]:
+    """Claims the keys of several calls at once (`claim` for a batch). Sends the claim without waiting for its
+    answer, so in pipeline mode it travels with the statements after it; the coroutine function it returns gives,
+    once awaited, (operation, key) -> None when this transaction claimed the key now, else (stored request hash,
+    stored answer) of the earlier call that committed.
 
-    The same rule as `claim`: first in the transaction, before any lock. Keys are claimed in sorted order, so
-    two batches sharing keys wait for each other in one order and cannot deadlock.
+    The same rule as `claim`: first in the transaction, before any lock (the server runs a pipeline's statements
+    one after another, so a claim waiting for another transaction's key delays the locks after it). Keys are
+    claimed in sorted order, so two batches sharing keys wait for each other in one order and cannot deadlock.
     """
     wanted = sorted({(op, key): digest for op, key, digest in calls}.items())
-    cur = await conn.execute(
+    ops, keys = [op for (op, _), _ in wanted], [key for (_, key), _ in wanted]
+    claim = await conn.execute(
         _text(conn, table, "INSERT INTO {} (operation, key, request_hash)"
                            " SELECT * FROM unnest(%b::text[], %b::text[], %b::bytea[]) ORDER BY 1, 2"
                            " ON CONFLICT DO NOTHING RETURNING operation, key"),
-        ([op for (op, _), _ in wanted], [key for (_, key), _ in wanted], [digest for _, digest in wanted]))
-    claimed = {(op, key) for op, key in await cur.fetchall()}
-    found: dict[tuple[str, str], tuple[bytes, bytes] | None] = {k: None for k in claimed}
-    others = [k for k, _ in wanted if k not in claimed]
-    if others:
-        cur = await conn.execute(
-            _text(conn, table, "SELECT operation, key, request_hash, response FROM {}"
-                               " WHERE (operation, key) IN (SELECT * FROM unnest(%s::text[], %s::text[]))"),
-            ([op for op, _ in others], [key for _, key in others]))
-        for op, key, digest, response in await cur.fetchall():
-            found[(op, key)] = (bytes(digest), bytes(response))
-    return found
+        (ops, keys, [digest for _, digest in wanted]))
+    # Run after the claim, so it sees what a transaction the claim waited for committed; this transaction's own
+    # claims have no answer yet.
+    earlier = await conn.execute(
+        _text(conn, table, "SELECT operation, key, request_hash, response FROM {}"
+                           " WHERE (operation, key) IN (SELECT * FROM unnest(%b::text[], %b::text[]))"
+                           " AND response IS NOT NULL"),
+        (ops, keys))
+
+    async def outcome() -> dict[tuple[str, str], tuple[bytes, bytes] | None]:
+        found: dict[tuple[str, str], tuple[bytes, bytes] | None] = {
+            (op, key): None for op, key in await claim.fetchall()}
+        for op, key, digest, response in await earlier.fetchall():
+            if (op, key) not in found:
+                found[(op, key)] = (bytes(digest), bytes(response))
+        return found
+
+    return outcome
 
 
 def reused(operation: str) -> ServiceError:
