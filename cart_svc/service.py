@@ -166,15 +166,20 @@ class Carts:
     async def _holds_of(self, lines: list[Line]) -> dict[str, Hold]:
         return await self._inventory.holds([x.hold_id for x in lines])
 
+    async def _read_for_change(self, user: str, sku: str, key: str
+                               ) -> tuple[tuple[bytes, CartView] | None, list[Line], Line | None, list[Line]]:
+        """A change's one read of the cart: (its key's earlier change, the lines, the line of `sku`, the others)."""
+        async with self._pool.connection() as conn:
+            earlier, lines = await repo.read_cart(conn, user, key)
+        line = next((x for x in lines if x.sku == sku), None)
+        return earlier, lines, line, [x for x in lines if x.sku != sku]
+
     async def _change(self, user: str, sku: str, key: str, request_hash: bytes, *, add: int = 0,
                       qty: int = 0) -> CartView:
         key = idempotency.check_key(key)
-        async with self._pool.connection() as conn:
-            earlier, lines = await repo.read_cart(conn, user, key)
+        earlier, lines, line, others = await self._read_for_change(user, sku, key)
         if earlier is not None:
             return _replayed(earlier, request_hash)
-        line = next((x for x in lines if x.sku == sku), None)
-        others = [x for x in lines if x.sku != sku]
         # The other lines' holds, for the answer, are read while the catalog and the change are under way.
         reading = asyncio.ensure_future(self._holds_of(others))
         try:
@@ -263,12 +268,9 @@ class Carts:
             return await self._change(user, sku, key, idempotency.fingerprint("set", sku, qty), qty=qty)
         key = idempotency.check_key(key)
         request_hash = idempotency.fingerprint("set", sku, 0)
-        async with self._pool.connection() as conn:
-            earlier, lines = await repo.read_cart(conn, user, key)
+        earlier, _, line, others = await self._read_for_change(user, sku, key)
         if earlier is not None:
             return _replayed(earlier, request_hash)
-        line = next((x for x in lines if x.sku == sku), None)
-        others = [x for x in lines if x.sku != sku]
         reading = asyncio.ensure_future(self._read(others))
         try:
             if line is not None:

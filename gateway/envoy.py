@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ from google.protobuf import descriptor_pb2
 
 from gateway.identity import AUDIENCE, ISSUER
 from shop_runtime import deadlines
-from shop_runtime.config import ConfigError
+from shop_runtime.config import env_int
 
 # Consul service name -> the gRPC service it serves.
 UPSTREAMS = {
@@ -36,21 +35,6 @@ RATE_LIMITED_ROUTES = frozenset({("post", "/chart"), ("put", "/chart/{sku}/{qty}
                                  ("post", "/payment")})
 
 
-def _env_int(environ: Mapping[str, str], name: str, default: int, minimum: int, maximum: int) -> int:
-    # shop_runtime.config.env_int reads os.environ only; the gateway's settings also come from a mapping
-    # (a test's gateway of its own), so the same rule is applied here to either.
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"environment variable {name}={raw!r} is not an integer") from None
-    if not minimum <= value <= maximum:
-        raise ConfigError(f"environment variable {name}={value} is outside {minimum}..{maximum}")
-    return value
-
-
 @dataclass(frozen=True)
 class GatewayLimits:
     """How much the gateway lets through: per user on the routes that change state, and per service."""
@@ -69,13 +53,14 @@ class GatewayLimits:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> GatewayLimits:
         """The limits the GATEWAY_* variables of `environ` (default: this process's environment) set."""
-        env = os.environ if environ is None else environ
         return cls(
-            rate_per_second=_env_int(env, "GATEWAY_RATE_LIMIT_PER_SECOND", cls.rate_per_second, 0, 1_000_000),
-            burst=_env_int(env, "GATEWAY_RATE_LIMIT_BURST", cls.burst, 1, 1_000_000),
-            tracked_users=_env_int(env, "GATEWAY_RATE_LIMIT_USERS", cls.tracked_users, 1, 10_000_000),
-            max_requests_per_service=_env_int(env, "GATEWAY_MAX_REQUESTS_PER_SERVICE",
-                                              cls.max_requests_per_service, 1, 1_000_000),
+            rate_per_second=env_int("GATEWAY_RATE_LIMIT_PER_SECOND", cls.rate_per_second, minimum=0,
+                                    maximum=1_000_000, environ=environ),
+            burst=env_int("GATEWAY_RATE_LIMIT_BURST", cls.burst, minimum=1, maximum=1_000_000, environ=environ),
+            tracked_users=env_int("GATEWAY_RATE_LIMIT_USERS", cls.tracked_users, minimum=1, maximum=10_000_000,
+                                  environ=environ),
+            max_requests_per_service=env_int("GATEWAY_MAX_REQUESTS_PER_SERVICE", cls.max_requests_per_service,
+                                             minimum=1, maximum=1_000_000, environ=environ),
         )
 
     @property

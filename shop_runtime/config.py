@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
+from typing import Mapping
 
 
 class ConfigError(RuntimeError):
@@ -21,9 +22,11 @@ def env_str(name: str, default: str | None = None) -> str:
     return default
 
 
-def env_int(name: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
-    """Returns the variable as an int within [minimum, maximum], or the default when unset."""
-    raw = os.environ.get(name, "").strip()
+def env_int(name: str, default: int, *, minimum: int | None = None, maximum: int | None = None,
+            environ: Mapping[str, str] | None = None) -> int:
+    """Returns the variable as an int within [minimum, maximum], or the default when unset; from `environ` when
+    given (settings handed over as a mapping, e.g. a test's gateway of its own), else the process environment."""
+    raw = (os.environ if environ is None else environ).get(name, "").strip()
     if not raw:
         return default
     try:

@@ -9,16 +9,13 @@ import itertools
 import uuid
 
 import psycopg
-import pytest
 
 from cart_svc.repository import USER_LOCK_NAMESPACE
-from devstack.postgres import create_database, dsn_for
-from devstack.prepare import prepare
-from devstack.procs import Proc, consul_ready, wait_until
-from devstack.stack import Ports, consul_process
+from devstack.procs import wait_until
 from shop_runtime import faults
 from suite_audit.checks import audit_dsn
-from tests.integration.purchase_support import Shopper, held_for_cart, rows, running_suite
+from tests.integration import test_cutoffs
+from tests.integration.purchase_support import Shopper, held_for_cart, rows
 
 _SKUS = itertools.count(1)
 
@@ -27,24 +24,10 @@ def fresh_sku() -> str:
     return f"HO-{next(_SKUS) + 200:04d}"
 
 
-@pytest.fixture(scope="module")
-async def suite(pg_admin_dsn, log_dir):
-    dsn = dsn_for(pg_admin_dsn, create_database(pg_admin_dsn))
-    await prepare(dsn)
-    ports = Ports.free()
-    consul = Proc(consul_process(ports), log_dir)
-    try:
-        wait_until(lambda: consul_ready(ports.consul_addr), 30, what="consul")
-        async with running_suite(dsn, ports.consul_addr) as running:
-            yield running
-    finally:
-        consul.stop()
-
-
-@pytest.fixture(autouse=True)
-def no_faults_left():
-    yield
-    faults.clear()
+# The module's own suite (the four services in this process) and its clean-up of fault rules: the cut-off tests'
+# fixtures, found here by name.
+suite = test_cutoffs.suite
+no_faults_left = test_cutoffs.no_faults_left
 
 
 CALLS = [("catalog", m) for m in ("BatchGetProducts", "GetProduct")] + [
