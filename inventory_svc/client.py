@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from typing import Awaitable, Callable
 
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
-from shop_runtime.clients import ServiceClient
-from shop_runtime.errors import ServiceError
+from shop_runtime.clients import TRANSIENT, ServiceClient
+from shop_runtime.errors import ServiceError, unavailable
 
 # Refusals that mean a hold can no longer be changed by its caller: it ended, expired or moved on.
 HOLD_GONE = frozenset({"HOLD_NOT_ACTIVE", "HOLD_NOT_OWNED", "HOLD_NOT_FOUND"})
@@ -16,6 +19,12 @@ QTY_LIMIT = "QTY_LIMIT"
 PURCHASE_LIMIT = "PURCHASE_LIMIT"
 # Trailing metadata of an answer replayed for an idempotency key already used (inventory_svc.servicer).
 REPLAYED_METADATA = "idempotent-replayed"
+# Calls of one client that go to inventory one by one at once; hold changes beyond that wait and go together in
+# one ChangeHolds as soon as one of those calls is answered (so a crowd costs a few calls, not one per change).
+SEPARATE_CALLS = 2
+# The most changes one ChangeHolds carries (inventory's limit).
+MAX_CHANGES = 500
+_TRANSIENT_CODES = frozenset(code.value[0] for code in TRANSIENT)
 ACTIVE, COMMITTED, RELEASED, EXPIRED = "ACTIVE", "COMMITTED", "RELEASED", "EXPIRED"
 
 # The service's stub, for Deps.client.
@@ -43,6 +52,10 @@ class Hold:
                    m.expires_at.ToDatetime(tzinfo=timezone.utc), m.order_id)
 
 
+def _key_of(change: inventory_pb2.HoldChange) -> str:
+    return getattr(change, change.WhichOneof("change")).idempotency_key
+
+
 def _holds(messages, trailers: dict | None = None) -> list[Hold]:
     replayed = (trailers or {}).get(REPLAYED_METADATA) == "true"
     return [replace(Hold.of(m), replayed=replayed) for m in messages]
@@ -52,28 +65,93 @@ class InventoryClient:
     """Calls inventory. Writes carry an idempotency key derived from the caller's business operation,
     so a write whose answer was lost is sent again (same request, same key) and takes effect once."""
 
-    def __init__(self, service: ServiceClient):
+    def __init__(self, service: ServiceClient, separate_calls: int = SEPARATE_CALLS):
         self._service = service
+        self._separate = separate_calls
+        self._under_way = 0
+        self._waiting: list[tuple[inventory_pb2.HoldChange, asyncio.Future]] = []
+        self._batches: set[asyncio.Task] = set()
+
+    async def _change(self, alone: Callable[[], Awaitable], change: inventory_pb2.HoldChange) -> list[Hold]:
+        """A hold change: sent alone while fewer than `separate_calls` of this client's calls are under way, else
+        queued for the next ChangeHolds, which goes as soon as one of them is answered. The change carries its own
+        idempotency key either way, so a retried ChangeHolds takes effect once, change by change."""
+        if self._under_way < self._separate:
+            self._under_way += 1
+            try:
+                return await alone()
+            finally:
+                self._under_way -= 1
+                self._send_waiting()
+        answer = asyncio.get_running_loop().create_future()
+        self._waiting.append((change, answer))
+        return await answer
+
+    def _send_waiting(self) -> None:
+        if not self._waiting or self._under_way >= self._separate:
+            return
+        batch, self._waiting = self._waiting[:MAX_CHANGES], self._waiting[MAX_CHANGES:]
+        self._under_way += 1
+        # Outside the context of the handler that happened to free the place: the changes come from many
+        # requests, none of whose deadlines is theirs.
+        task = asyncio.get_running_loop().create_task(self._send(batch), context=contextvars.Context())
+        self._batches.add(task)
+        task.add_done_callback(self._batches.discard)
+
+    async def _send(self, batch: list[tuple[inventory_pb2.HoldChange, asyncio.Future]]) -> None:
+        try:
+            answer = await self._service.call(
+                "ChangeHolds", inventory_pb2.ChangeHoldsRequest(changes=[c for c, _ in batch]),
+                idempotent=all(_key_of(c) for c, _ in batch))
+        except Exception as err:  # ServiceError (inventory unavailable, say): each change's caller gets it
+            for _, waiter in batch:
+                if not waiter.done():
+                    waiter.set_exception(err)
+        else:
+            for (_, waiter), result in zip(batch, answer.results, strict=True):
+                if waiter.done():
+                    continue
+                if result.status.code in _TRANSIENT_CODES:
+                    # As for a call sent alone whose retries ran out: the caller sees inventory unavailable.
+                    waiter.set_exception(unavailable(self._service.service))
+                elif result.status.code:
+                    waiter.set_exception(ServiceError.from_status_message(result.status))
+                else:
+                    waiter.set_result([replace(Hold.of(m), replayed=result.replayed) for m in result.holds])
+        finally:
+            self._under_way -= 1
+            self._send_waiting()
 
     async def hold(self, owner: str, lines: dict[str, int], ttl_seconds: int, key: str, *,
                    user: str | None = None, buyer: str = "", max_units: int = 0) -> list[Hold]:
         """Holds every line's units for `owner`, all or nothing; OUT_OF_STOCK when any is short; with a buyer and
         max_units, PURCHASE_LIMIT when a line would give the buyer more than that many units of its SKU."""
-        answer, trailers = await self._service.call("CreateHolds", inventory_pb2.CreateHoldsRequest(
+        request = inventory_pb2.CreateHoldsRequest(
             owner=owner, lines=[inventory_pb2.HoldLine(sku=s, qty=q) for s, q in lines.items()],
-            ttl_seconds=ttl_seconds, idempotency_key=key, buyer=buyer, max_units_per_buyer=max_units),
-            user=user, idempotent=bool(key), trailers=True)
-        return _holds(answer.holds, trailers)
+            ttl_seconds=ttl_seconds, idempotency_key=key, buyer=buyer, max_units_per_buyer=max_units)
+
+        async def alone() -> list[Hold]:
+            answer, trailers = await self._service.call("CreateHolds", request, user=user, idempotent=bool(key),
+                                                        trailers=True)
+            return _holds(answer.holds, trailers)
+
+        return await self._change(alone, inventory_pb2.HoldChange(user=user or "", create=request))
 
     async def resize(self, hold_id: str, ttl_seconds: int, owner: str, key: str, *, qty: int = 0, add: int = 0,
                      max_qty: int = 0, user: str | None = None, max_units: int = 0) -> Hold:
         """Sets an active hold of `owner` to `qty` units, or grows it by `add`, until now + ttl, never above
         max_qty (QTY_LIMIT) nor taking its buyer past max_units (PURCHASE_LIMIT); HOLD_GONE reasons when the hold
         is no longer the owner's active hold."""
-        answer, trailers = await self._service.call("ResizeHold", inventory_pb2.ResizeHoldRequest(
+        request = inventory_pb2.ResizeHoldRequest(
             hold_id=hold_id, qty=qty, add_qty=add, max_qty=max_qty, ttl_seconds=ttl_seconds, owner=owner,
-            idempotency_key=key, max_units_per_buyer=max_units), user=user, idempotent=bool(key), trailers=True)
-        (hold,) = _holds([answer.hold], trailers)
+            idempotency_key=key, max_units_per_buyer=max_units)
+
+        async def alone() -> list[Hold]:
+            answer, trailers = await self._service.call("ResizeHold", request, user=user, idempotent=bool(key),
+                                                        trailers=True)
+            return _holds([answer.hold], trailers)
+
+        (hold,) = await self._change(alone, inventory_pb2.HoldChange(user=user or "", resize=request))
         return hold
 
     async def release(self, hold_ids: list[str], owner: str, key: str, *, user: str | None = None) -> list[Hold]:

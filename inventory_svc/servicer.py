@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 from google.protobuf import timestamp_pb2
 
 from inventory_svc.model import HoldRecord, StockRow
 from inventory_svc.service import Inventory, Line
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
-from shop_runtime.errors import invalid_argument
+from shop_runtime.errors import ServiceError, invalid_argument
 from shop_runtime.calls import CALLER_METADATA, IDEMPOTENCY_METADATA, USER_METADATA, metadata_value
 
 _STATES = {
@@ -37,6 +39,9 @@ def hold_pb(hold: HoldRecord) -> inventory_pb2.Hold:
                               state=_STATES[hold.state], expires_at=expires, order_id=hold.order_id or "")
 
 
+# The most changes one ChangeHolds call makes.
+MAX_CHANGES = 500
+
 # Trailing metadata of an answer replayed for an idempotency key already used (as Stripe's
 # `Idempotent-Replayed` header): the holds in it are as they were then, not necessarily now.
 REPLAYED_METADATA = "idempotent-replayed"
@@ -60,26 +65,55 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
     def __init__(self, inventory: Inventory):
         self._inventory = inventory
 
-    async def CreateHolds(self, request, context):
-        holds = await self._inventory.create_holds(
+    async def _create(self, request: inventory_pb2.CreateHoldsRequest, key: str, actor: str) -> list[HoldRecord]:
+        return await self._inventory.create_holds(
             request.owner, [Line(line.sku, line.qty) for line in request.lines], request.ttl_seconds,
-            key=key_of(request.idempotency_key, context), actor=actor_of(context), buyer=request.buyer,
-            max_units_per_buyer=request.max_units_per_buyer)
+            key=key, actor=actor, buyer=request.buyer, max_units_per_buyer=request.max_units_per_buyer)
+
+    async def _resize(self, request: inventory_pb2.ResizeHoldRequest, key: str, actor: str) -> list[HoldRecord]:
+        return [await self._inventory.resize_hold(
+            request.hold_id, request.qty, request.ttl_seconds, key=key, actor=actor, owner=request.owner,
+            add=request.add_qty, max_qty=request.max_qty, max_units_per_buyer=request.max_units_per_buyer)]
+
+    async def _release(self, request: inventory_pb2.ReleaseHoldsRequest, key: str, actor: str) -> list[HoldRecord]:
+        return await self._inventory.release_holds(list(request.hold_ids), key=key, actor=actor,
+                                                   owner=request.owner)
+
+    async def CreateHolds(self, request, context):
+        holds = await self._create(request, key_of(request.idempotency_key, context), actor_of(context))
         return inventory_pb2.CreateHoldsResponse(holds=answered(context, holds))
 
     async def ResizeHold(self, request, context):
-        hold = await self._inventory.resize_hold(
-            request.hold_id, request.qty, request.ttl_seconds,
-            key=key_of(request.idempotency_key, context), actor=actor_of(context), owner=request.owner,
-            add=request.add_qty, max_qty=request.max_qty, max_units_per_buyer=request.max_units_per_buyer)
-        (message,) = answered(context, [hold])
+        (message,) = answered(context, await self._resize(request, key_of(request.idempotency_key, context),
+                                                          actor_of(context)))
         return inventory_pb2.ResizeHoldResponse(hold=message)
 
     async def ReleaseHolds(self, request, context):
-        holds = await self._inventory.release_holds(
-            list(request.hold_ids), key=key_of(request.idempotency_key, context), actor=actor_of(context),
-            owner=request.owner)
+        holds = await self._release(request, key_of(request.idempotency_key, context), actor_of(context))
         return inventory_pb2.ReleaseHoldsResponse(holds=answered(context, holds))
+
+    async def ChangeHolds(self, request, context):
+        if not 1 <= len(request.changes) <= MAX_CHANGES:
+            raise invalid_argument("changes", f"1..{MAX_CHANGES} changes per call")
+        caller = metadata_value(context, CALLER_METADATA) or "unknown"
+
+        async def one(change: inventory_pb2.HoldChange) -> inventory_pb2.HoldChangeResult:
+            kind = change.WhichOneof("change")
+            if kind is None:
+                return inventory_pb2.HoldChangeResult(status=invalid_argument("change", "a change is required")
+                                                      .to_status_message())
+            do = {"create": self._create, "resize": self._resize, "release": self._release}[kind]
+            inner = getattr(change, kind)
+            try:
+                holds = await do(inner, inner.idempotency_key, change.user or caller)
+            except ServiceError as err:
+                return inventory_pb2.HoldChangeResult(status=err.to_status_message())
+            return inventory_pb2.HoldChangeResult(holds=[hold_pb(h) for h in holds],
+                                                  replayed=any(h.replayed for h in holds))
+
+        # At once: changes of one SKU join one transaction, as separate calls arriving together would.
+        results = await asyncio.gather(*(one(c) for c in request.changes))
+        return inventory_pb2.ChangeHoldsResponse(results=results)
 
     async def ExtendHolds(self, request, context):
         holds = await self._inventory.extend_holds(

@@ -31,12 +31,24 @@ class ServiceError(Exception):
 
     def to_status(self) -> grpc.Status:
         """The rich status: code, message and one ErrorInfo detail."""
+        return rpc_status.to_status(self.to_status_message())
+
+    def to_status_message(self) -> status_pb2.Status:
+        """The rich status as a google.rpc.Status message (for an answer that carries several outcomes)."""
         info = error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN, metadata=self.metadata)
         detail = any_pb2.Any()
         detail.Pack(info)
-        return rpc_status.to_status(
-            status_pb2.Status(code=self.code.value[0], message=self.message, details=[detail])
-        )
+        return status_pb2.Status(code=self.code.value[0], message=self.message, details=[detail])
+
+    @classmethod
+    def from_status_message(cls, status: status_pb2.Status) -> "ServiceError":
+        """The refusal a google.rpc.Status message carries (as `to_status_message` made it)."""
+        code = next((c for c in grpc.StatusCode if c.value[0] == status.code), grpc.StatusCode.UNKNOWN)
+        for detail in status.details:
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info):
+                return cls(code, info.reason, status.message, dict(info.metadata))
+        return cls(code, code.name, status.message)
 
 
 def invalid_argument(field: str, message: str) -> ServiceError:

@@ -31,7 +31,7 @@ no_faults_left = test_cutoffs.no_faults_left
 
 
 CALLS = [("catalog", m) for m in ("BatchGetProducts", "GetProduct")] + [
-    ("inventory", m) for m in ("CreateHolds", "ResizeHold", "ReleaseHolds", "ExtendHolds", "GetHolds",
+    ("inventory", m) for m in ("CreateHolds", "ResizeHold", "ReleaseHolds", "ChangeHolds", "ExtendHolds", "GetHolds",
                                "GetAvailability")]
 
 
@@ -119,4 +119,47 @@ async def test_adds_racing_a_checkout_end_in_the_order_or_in_the_cart(suite):
     assert held_for_cart(suite.dsn, shopper.user) == ({sku: in_cart} if in_cart else {})
     await suite.reconcile()
     assert (await suite.stock(sku)).reserved == 7
+    assert audit_dsn(suite.dsn) == []
+
+
+async def test_a_crowd_of_adds_goes_to_inventory_in_few_calls_and_each_lands_once(suite):
+    sku = fresh_sku()
+    await suite.set_stock(sku, 100)
+    shoppers = [Shopper(suite) for _ in range(40)]
+    rules = counting()
+    await asyncio.gather(*(s.add(sku, 1, key=uuid.uuid4().hex) for s in shoppers))
+    calls = made(rules)
+    # A couple go alone; the rest wait and go together (inventory_svc.client.SEPARATE_CALLS).
+    assert calls.get("ChangeHolds", 0) >= 1 and calls.get("CreateHolds", 0) + calls["ChangeHolds"] < 40, calls
+    for s in shoppers:
+        assert held_for_cart(suite.dsn, s.user) == {sku: 1}
+    assert (await suite.stock(sku)).reserved == 40
+    await suite.reconcile()
+    assert audit_dsn(suite.dsn) == []
+
+
+async def test_adds_whose_change_holds_answer_is_lost_take_effect_once_when_retried(suite):
+    sku = fresh_sku()
+    await suite.set_stock(sku, 100)
+    shoppers = [Shopper(suite) for _ in range(20)]
+    keys = {s.user: uuid.uuid4().hex for s in shoppers}
+    # Every attempt of every ChangeHolds reaches inventory and commits, and its answer is lost.
+    rule = faults.cut("cart", "inventory", "ChangeHolds", faults.AFTER, times=1_000)
+
+    async def add(s):
+        try:
+            await s.add(sku, 1, key=keys[s.user])
+            return "ok"
+        except Exception as err:  # the shopper sees the lost answer and clicks again with the same key
+            return type(err).__name__
+
+    first = await asyncio.gather(*(add(s) for s in shoppers))
+    assert rule.hits >= 3 and "AioRpcError" in first, (rule.hits, first)
+    faults.clear()
+    for s in shoppers:
+        answer = await s.add(sku, 1, key=keys[s.user])
+        assert [(x.sku, x.qty) for x in answer.items] == [(sku, 1)]
+        assert held_for_cart(suite.dsn, s.user) == {sku: 1}
+    assert (await suite.stock(sku)).reserved == 20
+    await suite.reconcile()
     assert audit_dsn(suite.dsn) == []
