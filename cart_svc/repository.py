@@ -64,14 +64,6 @@ async def place_line(conn: AsyncConnection, user: str, line: Line, prior_hold_id
     return await cur.fetchone() is not None
 
 
-async def delete_line(conn: AsyncConnection, user: str, sku: str, hold_id: str) -> None:
-    """Under the user's lock, removes the user's line for the SKU if it still refers to `hold_id` (a newer change's
-    line stays)."""
-    await conn.execute(_LOCKED + " DELETE FROM cart.lines USING locked"
-                       " WHERE user_id = %(user)s AND sku = %(sku)s AND hold_id = %(hold)s",
-                       dict(ns=USER_LOCK_NAMESPACE, user=user, sku=sku, hold=hold_id))
-
-
 async def put_line(conn: AsyncConnection, user: str, line: Line) -> None:
     """Creates or replaces the user's line for the SKU."""
     await conn.execute(

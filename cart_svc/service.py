@@ -137,7 +137,10 @@ class Carts:
                     raise
                 return None
 
-        if line is not None and (resized := await resize(line.hold_id, "resize")) is not None:
+        # Each step's key names the change and the hold it works on: the same change sent again (a storefront's
+        # resend, or this change going round again under the lock) sends the same key for the same hold, and
+        # inventory answers it once.
+        if line is not None and (resized := await resize(line.hold_id, f"resize:{line.hold_id}")) is not None:
             return resized
         gone = (await self._inventory.holds([line.hold_id])).get(line.hold_id) if line is not None else None
         if gone is not None and gone.state == ACTIVE and gone.owner.startswith("order:"):
@@ -147,20 +150,23 @@ class Carts:
                 raise _TakeBack()
             try:
                 await self._inventory.extend([gone.hold_id], owner_of(user), "", ttl,
-                                             change_key(user, change, "take-back"), from_owner=gone.owner, user=user)
+                                             change_key(user, change, f"take-back:{gone.hold_id}"),
+                                             from_owner=gone.owner, user=user)
             except ServiceError as err:
                 if err.reason not in HOLD_GONE:
                     raise
             else:
-                if (resized := await resize(gone.hold_id, "resize-back")) is not None:
+                if (resized := await resize(gone.hold_id, f"resize-back:{gone.hold_id}")) is not None:
                     return resized
         # No line, or its hold expired (the line's units are held anew, as many as its hold had), or its hold
         # was released or sold by a change whose answer was lost (only what is asked is held).
         units = qty or add + (gone.qty if gone is not None and gone.state == EXPIRED else 0)
         if units > MAX_LINE_QTY:
             raise _qty_limit(units)
-        (hold,) = await self._inventory.hold(owner_of(user), {sku: units}, ttl, change_key(user, change, "create"),
-                                             user=user, buyer=user, max_units=limit)
+        prior = line.hold_id if line is not None else "none"
+        (hold,) = await self._inventory.hold(owner_of(user), {sku: units}, ttl,
+                                             change_key(user, change, f"create:{prior}"), user=user, buyer=user,
+                                             max_units=limit)
         return hold
 
     async def _holds_of(self, lines: list[Line]) -> dict[str, Hold]:
@@ -223,16 +229,19 @@ class Carts:
                     # A new hold for a line another change wrote meanwhile: this one goes round again.
                     raise _LineMoved(hold)
         except _LineMoved as moved:
-            await self._inventory.release_if_held(moved.hold.hold_id, owner_of(user),
-                                                  change_key(user, change, "undo"), user=user)
-            return await self._change_locked(user, sku, key, request_hash, f"{change}/again", add=add, qty=qty)
+            return await self._change_locked(user, sku, key, request_hash, change, add=add, qty=qty,
+                                             made=(moved.hold, prior))
         return view
 
     async def _change_locked(self, user: str, sku: str, key: str, request_hash: bytes, change: str, *,
-                             add: int = 0, qty: int = 0) -> CartView:
+                             add: int = 0, qty: int = 0, made: tuple[Hold, str | None] | None = None) -> CartView:
         """A change decided under the user's lock, held across its calls: for what the lock-free path cannot
         settle alone (taking a line's hold back from a cut-off checkout, or a line changed by another request
-        while this one was under way). Rare: it follows a cut-off or two changes of one line at once."""
+        while this one was under way). Rare: it follows a cut-off or two changes of one line at once.
+
+        `made`: the hold the lock-free try made for a line it then found changed, and the line's hold it had read.
+        It becomes the line if the line is as that try read it again (or a resend of the change placed it);
+        else the change is made on the line as it is now, and the hold given back."""
         async with self._pool.connection() as conn, conn.transaction():
             await repo.lock_user(conn, user)
             if key and (earlier := await repo.change(conn, user, key)) is not None:
@@ -244,7 +253,15 @@ class Carts:
                 raise ServiceError(grpc.StatusCode.NOT_FOUND, "PRODUCT_NOT_FOUND", f"no product {sku!r}", {"sku": sku})
             others = [x for x in lines if x.sku != sku]
             self._check_total(products, others, min(qty or add + (line.qty if line else 0), MAX_LINE_QTY), product)
-            hold = await self._hold(user, sku, line, change, add=add, qty=qty, take_back=True)
+            current = line.hold_id if line is not None else None
+            if made is not None and current in (made[1], made[0].hold_id):
+                hold = made[0]
+            else:
+                hold = await self._hold(user, sku, line, change, add=add, qty=qty, take_back=True)
+                if made is not None:
+                    await self._inventory.release_if_held(made[0].hold_id, owner_of(user),
+                                                          change_key(user, change, f"undo:{made[0].hold_id}"),
+                                                          user=user)
             added_at = line.added_at if line is not None else self._clock.now()
             await repo.put_line(conn, user, Line(sku, hold.qty, hold.hold_id, hold.expires_at, added_at))
             view = await self._view(await repo.lines(conn, user))
@@ -268,31 +285,21 @@ class Carts:
             return await self._change(user, sku, key, idempotency.fingerprint("set", sku, qty), qty=qty)
         key = idempotency.check_key(key)
         request_hash = idempotency.fingerprint("set", sku, 0)
-        earlier, _, line, others = await self._read_for_change(user, sku, key)
-        if earlier is not None:
-            return _replayed(earlier, request_hash)
-        reading = asyncio.ensure_future(self._read(others))
-        try:
+        # Under the user's lock, held across the release: a removal ends a hold, which a checkout moving the
+        # cart's holds at that moment, or a lock-free add re-holding an expired line, must not find ended
+        # half-way. Removals are not what a flash-sale crowd sends; adds are, and they hold no lock.
+        async with self._pool.connection() as conn, conn.transaction():
+            await repo.lock_user(conn, user)
+            if key and (earlier := await repo.change(conn, user, key)) is not None:
+                return _replayed(earlier, request_hash)
+            line = next((x for x in await repo.lines(conn, user) if x.sku == sku), None)
             if line is not None:
                 # A hold that expired or ended has given its units back already.
                 await self._inventory.release_if_held(line.hold_id, owner_of(user),
                                                       change_key(user, key or uuid.uuid4().hex, "release"), user=user)
-            held, products = await reading
-        finally:
-            if not reading.done():
-                reading.cancel()
-        view = _view_of(others, held, products)
-        async with self._pool.connection() as conn:
-            if not key:
-                if line is not None:
-                    await repo.delete_line(conn, user, sku, line.hold_id)
-                return view
-            async with conn.pipeline(), conn.transaction():
-                await repo.lock_user(conn, user)
-                if (earlier := await repo.change(conn, user, key)) is not None:
-                    return _replayed(earlier, request_hash)
-                if line is not None:
-                    await repo.delete_line(conn, user, sku, line.hold_id)
+                await repo.delete_lines(conn, user, [sku])
+            view = await self._view(await repo.lines(conn, user))
+            if key:
                 await repo.record_change(conn, user, key, request_hash, view)
         return view
 

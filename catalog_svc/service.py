@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable
@@ -20,6 +22,8 @@ from shop_runtime.validation import distinct_batch
 AvailabilityLookup = Callable[[list[str]], Awaitable[dict[str, int]]]
 
 MAX_BATCH = 500
+# What a SKU looks like (catalog.products' CHECK).
+SKU_RE = re.compile(r"[A-Za-z0-9-]{1,64}\Z")
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,8 @@ class Catalog:
         """One product; NOT_FOUND with reason PRODUCT_NOT_FOUND when the SKU is unknown."""
         if not sku:
             raise invalid_argument("sku", "sku is required")
+        if not SKU_RE.match(sku):  # no product can have it (catalog.products' CHECK), and the database refuses some
+            raise ServiceError(grpc.StatusCode.NOT_FOUND, "PRODUCT_NOT_FOUND", f"no product {sku!r}", {"sku": sku})
         return (await self._products.get(sku, lambda: self._load_product(sku))).value
 
     async def _load_product(self, sku: str) -> Product:
@@ -100,7 +106,8 @@ class Catalog:
 
     async def batch_get(self, skus: list[str], *, with_availability: bool) -> list[Product]:
         """The known products among `skus`, each once; without availability (0), inventory is not asked."""
-        unique = distinct_batch(skus, "skus", MAX_BATCH)
+        # SKUs no product can have are simply not found (the database would refuse some, e.g. with a NUL).
+        unique = [sku for sku in distinct_batch(skus, "skus", MAX_BATCH) if SKU_RE.match(sku)]
         if not unique:
             return []
         async with self._pool.connection() as conn:

@@ -522,10 +522,6 @@ class FakeCartRepository(_Tables):
         await self.put_line(conn, user, line)
         return True
 
-    async def delete_line(self, conn, user, sku, hold_id):
-        if (old := self.rows.get((user, sku))) is not None and old.hold_id == hold_id:
-            self._drop(conn, self.rows, (user, sku))
-
     async def put_line(self, conn, user, line):
         if (old := self.rows.get((user, line.sku))) is not None:
             line = replace(line, added_at=old.added_at)
