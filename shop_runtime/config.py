@@ -68,7 +68,9 @@ MAX_WORKERS = 64
 
 # Postgres connections one service may hold across all its workers, unless DB_POOL_MAX_SIZE sets
 # each pool: four services at this budget stay well under the max_connections the local Postgres
-# runs with (devstack/postgres.py), leaving room for the order service's side connections.
+# runs with (devstack/postgres.py), leaving room for the order service's side connections. Every
+# worker gets at least MIN_POOL_SIZE, so with very many workers (WORKERS=auto on a host of
+# some forty cores) the four services pass that; set DB_CONNECTIONS or DB_POOL_MAX_SIZE there.
 DB_CONNECTIONS = 20
 
 # The smallest pool a worker gets from the budget: one connection for requests beside the one
