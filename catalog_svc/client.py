@@ -41,7 +41,8 @@ class CatalogClient:
         found = {}
         missing = skus
         if self._kept is not None:
-            found = {sku: self._kept[sku] for sku in skus if sku in self._kept}
+            # get(), not `in` then [ ]: an entry can run out of time between the two.
+            found = {sku: kept for sku in skus if (kept := self._kept.get(sku)) is not None}
             missing = [sku for sku in skus if sku not in found]
         if not missing:
             return found

@@ -41,3 +41,25 @@ async def test_without_a_period_every_call_asks():
         await client.products(["A"])
     assert service.asked == [["A"]] * 3
     assert await client.products([]) == {} and len(service.asked) == 3
+
+
+async def test_an_entry_running_out_between_looking_and_reading_is_asked_again():
+    """A kept entry can expire at the very instant it is read: the client then asks the catalog, and never fails."""
+
+    class Racy(dict):
+        """A store whose `in` still sees an entry that reading it finds gone, as a TTL cache at its expiry."""
+
+        def __contains__(self, key):
+            return True
+
+        def __getitem__(self, key):
+            raise KeyError(key)
+
+        def get(self, key, default=None):
+            return default
+
+    service = FakeService({"A": Product("Apple", 1000)})
+    client = CatalogClient(service, price_seconds=1.0)
+    client._kept = Racy()
+    assert await client.products(["A"]) == {"A": Product("Apple", 1000)}
+    assert service.asked == [["A"]]
