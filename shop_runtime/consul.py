@@ -45,11 +45,19 @@ async def register(
     port: int,
     check_interval: str = "2s",
     retry_for: float = 30.0,
+    passing: bool = False,
 ) -> None:
-    """Registers the instance with a gRPC health check on its own port, retrying while the agent starts."""
+    """Registers the instance with a gRPC health check on its own port, retrying while the agent starts.
+
+    With `passing`, the check starts as passing rather than critical: for a service that registers itself
+    while it serves, so an instance whose registration Consul lost and gets back again is not read as down
+    (and dropped by every client and Envoy) until the first check has run.
+    """
     check = consul.Check.grpc(
         f"{address}:{port}", check_interval, timeout="2s", deregister="1m"
     )
+    if passing:
+        check["Status"] = "passing"
     async for attempt in AsyncRetrying(
         stop=stop_after_delay(retry_for),
         wait=wait_exponential(multiplier=0.2, max=2),
@@ -72,6 +80,16 @@ async def deregister(client: consul.aio.Consul, service_id: str) -> None:
         _LOGGER.warning("could not deregister %s; its failing check will remove it", service_id, exc_info=True)
 
 
+async def is_registered(client: consul.aio.Consul, service_id: str) -> bool:
+    """Whether the agent still has this instance (an agent restart or a reaped registration loses it)."""
+    return service_id in await client.agent.services()
+
+
+def _passing(node: dict) -> bool:
+    """As Consul's own `passing` filter: every check of the instance and its node passes."""
+    return all(check.get("Status") == "passing" for check in node.get("Checks", ()))
+
+
 def _instances(nodes: list[dict]) -> list[Instance]:
     found = []
     for node in nodes:
@@ -84,8 +102,10 @@ def _instances(nodes: list[dict]) -> list[Instance]:
 class Discovery:
     """The passing instances of one service, kept current by Consul blocking queries.
 
-    While Consul is unreachable the last known good list is kept, so a Consul restart
-    does not take callers down with it.
+    While Consul is unreachable, and while it answers that the service has no instance registered at
+    all (a restarted agent, before the instances have registered again), the last known good list is
+    kept, so a Consul restart does not take callers down with it. Instances registered but failing
+    their checks are dropped, as they should be.
     """
 
     def __init__(
@@ -100,6 +120,8 @@ class Discovery:
         self._on_change = on_change
         self._ready = asyncio.Event()
         self._task: asyncio.Task | None = None
+        # Whether the list is kept from before because Consul has no instance registered.
+        self._kept = False
 
     def instances(self) -> list[Instance]:
         """The instances whose checks passed at the last answer from Consul."""
@@ -130,9 +152,7 @@ class Discovery:
         backoff = 0.2
         while True:
             try:
-                new_index, nodes = await self._client.health.service(
-                    self.service, passing=True, index=index, wait=WATCH_WAIT
-                )
+                new_index, nodes = await self._client.health.service(self.service, index=index, wait=WATCH_WAIT)
             except asyncio.CancelledError:
                 raise
             except Exception as err:
@@ -145,7 +165,15 @@ class Discovery:
             backoff = 0.2
             # An index that goes backwards means Consul's state was reset: start over.
             index = new_index if index is None or int(new_index) >= int(index) else None
-            found = _instances(nodes)
+            if not nodes and self._instances:
+                if not self._kept:
+                    _LOGGER.warning("Consul has no instance of %s registered; keeping the %d last known",
+                                    self.service, len(self._instances))
+                self._kept = True
+                self._ready.set()
+                continue
+            self._kept = False
+            found = _instances([n for n in nodes if _passing(n)])
             if found != self._instances or not self._ready.is_set():
                 self._instances = found
                 _LOGGER.info("%s: %d passing instance(s)", self.service, len(found))

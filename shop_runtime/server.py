@@ -36,6 +36,8 @@ _LOGGER = logging.getLogger(__name__)
 
 # How often readiness (a database round trip) is re-checked for the health service.
 READINESS_INTERVAL = 2.0
+# How often a service checks that Consul still has its registration.
+REGISTRATION_CHECK_INTERVAL = 2.0
 
 # Metadata a call may carry: above what the gateway lets through (32 KiB), so a request the gateway
 # accepted is never refused here for its headers (gRPC's default is 8 KiB).
@@ -163,22 +165,70 @@ def build_server(
                    interceptor=interceptor)
 
 
-async def _watch_readiness(app: GrpcApp, pool: AsyncConnectionPool) -> None:
-    """Keeps the health status true to whether the database answers."""
-    serving = None
-    while True:
+class Readiness:
+    """Whether the database answers, asked on a connection of the probe's own: a pool busy to its last
+    connection (a flash sale) is a service at work, not one to take out of Consul."""
+
+    def __init__(self, dsn: str):
+        self._dsn = dsn
+        self._conn: psycopg.AsyncConnection | None = None
+        # The last answer: the health status the service has now.
+        self.serving: bool | None = None
+
+    async def probe(self) -> bool:
+        """True if the database answers within READINESS_INTERVAL (reconnecting first if need be)."""
         try:
-            async with pool.connection(timeout=READINESS_INTERVAL) as conn:
-                await conn.execute("SELECT 1")
-            now = True
+            async with asyncio.timeout(READINESS_INTERVAL):
+                if self._conn is None or self._conn.closed:
+                    self._conn = await psycopg.AsyncConnection.connect(self._dsn, autocommit=True)
+                await self._conn.execute("SELECT 1")
+            return True
         except Exception as err:  # any failure to reach the database means not ready
-            now = False
-            if serving is not False:
+            if self.serving is not False:
                 _LOGGER.warning("database unreachable (%s): NOT_SERVING", err)
-        if now != serving:
-            await app.set_serving(now)
-            serving = now
-        await asyncio.sleep(READINESS_INTERVAL)
+            await self.close()
+            return False
+
+    async def close(self) -> None:
+        """Closes the probe's connection."""
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await conn.close()
+
+    async def watch(self, app: GrpcApp) -> None:
+        """Keeps the health status true to whether the database answers."""
+        try:
+            while True:
+                now = await self.probe()
+                if now != self.serving:
+                    await app.set_serving(now)
+                    self.serving = now
+                await asyncio.sleep(READINESS_INTERVAL)
+        finally:
+            await self.close()
+
+
+async def _keep_registered(client: Any, settings: ServiceSettings, port: int, readiness: Readiness) -> None:
+    """Registers the instance again whenever Consul has lost it (an agent restart; a registration reaped after
+    its check failed for a minute, say while the database was away) and the service serves again."""
+    lost = False
+    while True:
+        await asyncio.sleep(REGISTRATION_CHECK_INTERVAL)
+        if not readiness.serving:
+            continue
+        try:
+            if await shop_consul.is_registered(client, settings.instance_id):
+                lost = False
+                continue
+            await shop_consul.register(client, name=settings.service_name, service_id=settings.instance_id,
+                                       address=settings.advertise_address, port=port,
+                                       check_interval=settings.check_interval, retry_for=0, passing=True)
+            _LOGGER.warning("Consul had lost %s: registered again", settings.instance_id)
+            lost = False
+        except Exception as err:  # Consul away: try again at the next look, logged once
+            if not lost:
+                _LOGGER.warning("cannot reach Consul to check %s's registration (%s)", settings.instance_id, err)
+            lost = True
 
 
 async def _watch_parent(stop: asyncio.Event, parent: int) -> None:
@@ -231,7 +281,8 @@ async def serve(
     registered = False
     try:
         await app.server.start()
-        tasks.append(asyncio.create_task(_watch_readiness(app, pool), name="readiness"))
+        readiness = Readiness(settings.database_url)
+        tasks.append(asyncio.create_task(readiness.watch(app), name="readiness"))
         tasks += [asyncio.create_task(work(), name=work.__name__) for work in app.background]
         if settings.worker_index:
             tasks.append(asyncio.create_task(_watch_parent(stop, parent), name="parent"))
@@ -243,8 +294,10 @@ async def serve(
             address=settings.advertise_address,
             port=app.port,
             check_interval=settings.check_interval,
+            passing=True,
         )
         registered = True
+        tasks.append(asyncio.create_task(_keep_registered(client, settings, app.port, readiness), name="registration"))
         await stop.wait()
         _LOGGER.info("stopping: NOT_SERVING, leaving Consul, draining for %ss", settings.shutdown_grace_seconds)
     finally:
