@@ -140,6 +140,8 @@ class StockTake:
     new_holds: dict[str, HoldRecord] = field(default_factory=dict)
     changed: dict[str, HoldRecord] = field(default_factory=dict)
     ledger: list[Movement] = field(default_factory=list)
+    # Expired holds this transaction reclaimed before its calls were decided.
+    reclaimed: int = 0
 
     def hold(self, hold_id: str) -> HoldRecord:
         """A hold named by a call, as this transaction has it now."""

@@ -228,7 +228,7 @@ async def take_stock(conn: AsyncConnection, skus: list[str], hold_ids: list[str]
     trip."""
     await lock_skus(conn, skus)
     now = await conn.execute("SELECT COALESCE(%s::timestamptz, clock_timestamp())", (fixed_now,))
-    await reclaim_expired(conn, sorted(set(skus)), fixed_now, actor)
+    reclaimed = await reclaim_expired(conn, sorted(set(skus)), fixed_now, actor)
     stock = await conn.execute("SELECT sku, on_hand, reserved FROM inventory.stock WHERE sku = ANY(%s)", (skus,))
     holds = await conn.execute(f"SELECT {_HOLD_COLUMNS} FROM inventory.holds WHERE id = ANY(%s::uuid[])",
                                (hold_ids,)) if hold_ids else None
@@ -241,12 +241,14 @@ async def take_stock(conn: AsyncConnection, skus: list[str], hold_ids: list[str]
             "                 UNION SELECT buyer FROM inventory.holds WHERE id = ANY(%(ids)s::uuid[]))"
             " GROUP BY sku, buyer",
             dict(skus=skus, counted=list(COUNTED), buyers=buyers, ids=hold_ids))
-    return StockTake(
+    take = StockTake(
         now=(await now.fetchone())[0],
         stock={r[0]: StockRow(*r) for r in await stock.fetchall()},
         holds={r[0]: HoldRecord(*r) for r in await holds.fetchall()} if holds is not None else {},
         buyer_units={(sku, buyer): n for sku, buyer, n in await units.fetchall()} if units is not None else {},
     )
+    take.reclaimed = max(reclaimed.rowcount, 0)
+    return take
 
 
 async def write_take(conn: AsyncConnection, take: StockTake) -> None:

@@ -19,7 +19,7 @@ from inventory_svc import repository as repo
 from inventory_svc.coalescer import Coalescer
 from inventory_svc.model import (ACTIVE, COMMITTED, EXPIRED, RELEASED, HoldRecord, StockRow, StockTake, check_owner,
                                  check_qty, hold_not_found, not_active, out_of_stock, purchase_limit, sku_not_found)
-from shop_runtime import idempotency
+from shop_runtime import idempotency, metrics
 from shop_runtime.clock import Clock
 from shop_runtime.errors import ServiceError, invalid_argument
 from shop_runtime.validation import distinct_batch
@@ -163,6 +163,7 @@ class Inventory:
         everything up to the reads, then the writes with the COMMIT. A failure of the transaction fails its calls
         (and only them) with STOCK_WRITE_FAILED."""
         answers: dict[int, list[HoldRecord] | ServiceError] = {}
+        replays: set[int] = set()
         try:
             # Pipeline mode: the statements whose answers are not needed to go on travel together: the key claims,
             # the lock, clock, reclaim and reads in one round trip, the writes with the COMMIT.
@@ -185,6 +186,7 @@ class Inventory:
                             digest, response = earlier
                             answers[i] = (_decode(response) if digest == call.fingerprint
                                           else idempotency.reused(call.operation))
+                            replays.add(i)
                             continue
                         try:
                             holds = call.decide(take)
@@ -198,14 +200,18 @@ class Inventory:
                             recorded.append((call.operation, call.key, _encode(holds)))
                     await repo.write_take(conn, take)
                     await idempotency.record_many(conn, IDEMPOTENCY_TABLE, recorded, refused)
+            metrics.HOLDS_EXPIRED.inc(take.reclaimed)
         except Exception:
             _LOGGER.exception("stock transaction for %s (%d call(s)) failed; none of them took effect",
                               ",".join(skus), len(calls))
             answers = {i: batch_failed() for i in range(len(calls))}
+        metrics.TRANSACTION_CALLS.observe(len(calls))
         for i, call in enumerate(calls):
+            answer = answers[i]
+            outcome = answer.reason if isinstance(answer, ServiceError) else "REPLAYED" if i in replays else "OK"
+            metrics.HOLD_CALLS.labels(call.operation, outcome).inc()
             if call.future.done():  # its waiter is gone (the process is stopping)
                 continue
-            answer = answers[i]
             if isinstance(answer, ServiceError):
                 call.future.set_exception(answer)
             else:
@@ -466,4 +472,5 @@ class Inventory:
                     if await repo.try_lock_sku(conn, sku):
                         now = await self._clock.db_now(conn)
                         reclaimed += (await repo.reclaim_expired(conn, [sku], now, SWEEPER_ACTOR)).rowcount
+        metrics.HOLDS_EXPIRED.inc(reclaimed)
         return reclaimed

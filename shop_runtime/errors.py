@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any, Awaitable, Callable
 
 import grpc
@@ -11,7 +12,7 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from shop_runtime import deadlines
+from shop_runtime import deadlines, metrics
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -82,7 +83,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
     key then finds the step done (or waits for it) instead of doing it twice.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, service: str = "") -> None:
+        self._service = service
         self._detached: set[asyncio.Task] = set()
         # method -> (the handler it wraps, the wrapper)
         self._wrapped: dict[str, tuple[Any, grpc.RpcMethodHandler]] = {}
@@ -121,6 +123,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         inner = handler.unary_unary
+        timer = metrics.RpcTimer(self._service, method)
 
         async def run(request: Any, context: grpc.aio.ServicerContext) -> tuple[Any, ServiceError | None]:
             token = deadlines.begin(method)
@@ -136,16 +139,23 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 deadlines.end(token)
 
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
             work = asyncio.ensure_future(run(request, context))
             try:
                 response, err = await asyncio.shield(work)
             except asyncio.CancelledError:
                 if not work.done():
                     self._detach(method, work)
+                timer.observe(started, grpc.StatusCode.CANCELLED)
+                raise
+            except Exception:
+                timer.observe(started, grpc.StatusCode.UNKNOWN)
                 raise
             if err is not None:
+                timer.observe(started, err.code)
                 _LOGGER.info("%s: %s %s", method, err.reason, err.message)
                 await context.abort_with_status(err.to_status())
+            timer.observe(started, grpc.StatusCode.OK)
             return response
 
         return grpc.unary_unary_rpc_method_handler(

@@ -148,7 +148,7 @@ def build_server(
     service_names: Sequence[str],
 ) -> GrpcApp:
     """A server with the given servicers, the standard health service and reflection, bound to its port."""
-    interceptor = ErrorInterceptor()
+    interceptor = ErrorInterceptor(settings.service_name)
     server = grpc.aio.server(interceptors=[interceptor],
                              options=[("grpc.max_metadata_size", MAX_METADATA_BYTES),
                                       ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
@@ -276,6 +276,7 @@ async def serve(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     app = create_server(settings, deps)
+    metrics.watch_pool(pool.get_stats)
     metrics.serve(settings.metrics_port)
     tasks: list[asyncio.Task] = []
     registered = False
