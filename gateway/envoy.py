@@ -83,6 +83,18 @@ class GatewayConfig:
     limits: GatewayLimits = field(default_factory=GatewayLimits)
 
 
+# Retries of a route: only of requests that never reached a service (no connection, a stream the server
+# refused, a reset before the request was sent), on another instance; a request a service may have begun is
+# never sent again by the gateway: a state change is retried by its client, with its Idempotency-Key.
+ROUTE_RETRIES = {
+    "retry_on": "connect-failure,refused-stream,reset-before-request",
+    "num_retries": 2,
+    "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts",
+                              "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host."
+                                                        "previous_hosts.v3.PreviousHostsPredicate"}}],
+    "host_selection_retry_max_attempts": 3,
+}
+
 # Verified tokens Envoy keeps (each worker thread), so a crowd's repeated requests skip the RSA check.
 JWT_CACHE_SIZE = 20_000
 
@@ -351,7 +363,8 @@ def _http_connection_manager(cfg: GatewayConfig, methods: list[Method]) -> dict:
         # How long a REST call may take before the gateway answers 504: longer than the worst case of the
         # work behind it (its budget), so a client is never told "timeout" while its payment goes on.
         {"match": {"path": m.grpc_path},
-         "route": {"cluster": cluster_of[m.service], "timeout": deadlines.route_timeout(m.grpc_path)}}
+         "route": {"cluster": cluster_of[m.service], "timeout": deadlines.route_timeout(m.grpc_path),
+                   "retry_policy": ROUTE_RETRIES}}
         for m in methods
     ]
     return {
@@ -432,8 +445,8 @@ def _cluster(name: str, eds_dir: Path, limits: GatewayLimits) -> dict:
         # bounded the same. Connections: gRPC servers here advertise no stream limit, so Envoy multiplexes
         # everything over one HTTP/2 connection per worker thread and instance, and opens more only for a
         # server with a low SETTINGS_MAX_CONCURRENT_STREAMS; the bound is only there to never be the limit.
-        # Retries: no route retries (a state change is retried by its client, with its Idempotency-Key),
-        # so Envoy's default of 3 stays, and a retry policy added later cannot multiply a crowd.
+        # Retries: routes retry only what never reached a service (ROUTE_RETRIES); max_retries bounds them so
+        # a crowd meeting a dead replica cannot be multiplied.
         "circuit_breakers": {"thresholds": [{
             "priority": "DEFAULT",
             "max_connections": in_flight,
@@ -454,6 +467,17 @@ def _cluster(name: str, eds_dir: Path, limits: GatewayLimits) -> dict:
             "enforcing_local_origin_success_rate": 0,
             "base_ejection_time": "5s",
         },
+        # Envoy asks every endpoint itself (the standard gRPC health service), every 2 s while it has traffic:
+        # a replica that stops serving leaves the pool within a few seconds, before Consul's check, its
+        # deregistration and gateway.sync have all run, and one that comes back joins as soon as it answers.
+        "health_checks": [{
+            "timeout": "1s",
+            "interval": "2s",
+            "no_traffic_interval": "5s",
+            "unhealthy_threshold": 2,
+            "healthy_threshold": 1,
+            "grpc_health_check": {},
+        }],
     }
 
 

@@ -1,0 +1,58 @@
+"""Envoy in front of replicas, on its own: a replica that dies costs no request (the gateway retries what never
+reached a service on another instance) and is marked down by Envoy's own gRPC health check."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+
+import httpx
+import pytest
+
+from devstack.procs import Proc, wait_until
+from devstack.stack import free_port, gateway_processes, http_get, passing_instances, service_process
+from gateway.envoy import write_eds
+
+pytestmark = pytest.mark.e2e
+
+
+def catalog_hosts(admin: int) -> dict[int, list[str]]:
+    """The catalog cluster's hosts in Envoy: port -> health flags (none while Envoy is not listening yet)."""
+    try:
+        _, body = http_get(f"http://127.0.0.1:{admin}/clusters?format=json")
+    except OSError:
+        return {}
+    for cluster in json.loads(body)["cluster_statuses"]:
+        if cluster["name"] == "catalog":
+            return {h["address"]["socket_address"]["port_value"]:
+                    sorted(k for k, v in h.get("health_status", {}).items() if v is True or v == "UNHEALTHY")
+                    for h in cluster.get("host_statuses", [])}
+    return {}
+
+
+def test_a_replica_that_dies_costs_no_request_and_is_marked_down(suite, log_dir, tmp_path):
+    ports = dataclasses.replace(suite.ports, gateway=free_port(), envoy_admin=free_port())
+    envoy, _sync = gateway_processes(ports, tmp_path, suite.secrets)  # its endpoints are set by hand below
+    live = passing_instances(suite.ports, "catalog")[0]["Service"]["Port"]
+    doomed_port = free_port()
+    doomed = Proc(service_process("catalog", suite.ports, suite.dsn, port=doomed_port, name="catalog-doomed",
+                                  CATALOG_CACHE_SECONDS="0"), log_dir)
+    write_eds(tmp_path / "eds", "catalog", [("127.0.0.1", live), ("127.0.0.1", doomed_port)])
+    proc = Proc(envoy, log_dir)
+    base = f"http://127.0.0.1:{ports.gateway}"
+    try:
+        wait_until(lambda: catalog_hosts(ports.envoy_admin) == {live: [], doomed_port: []}, 30,
+                   what="both replicas healthy in Envoy")
+        doomed.signal(signal.SIGKILL)
+        doomed.popen.wait(10)
+        with httpx.Client(base_url=base, timeout=10) as client:
+            statuses = [client.get("/catalogs", params={"limit": 2}).status_code for _ in range(40)]
+        assert statuses == [200] * 40, statuses
+        flags = wait_until(lambda: (f := catalog_hosts(ports.envoy_admin)) and f[doomed_port] and f, 15,
+                           what="the dead replica marked down")
+        assert "failed_active_health_check" in flags[doomed_port], flags
+        assert flags[live] == [], flags
+    finally:
+        proc.stop()
+        doomed.stop()
