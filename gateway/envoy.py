@@ -371,6 +371,9 @@ def _http_connection_manager(cfg: GatewayConfig, methods: list[Method]) -> dict:
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "rest",
         "codec_type": "AUTO",
+        # The id Envoy gives a request (x-request-id, which every service's log lines carry and pass on with
+        # their calls) is also in its answer, so a storefront's report of a failure can be found in the logs.
+        "always_set_request_id_in_response": True,
         # Matching (tokens, admin routes) sees the path as routed: no `..`, no doubled slashes.
         "normalize_path": True,
         "merge_slashes": True,

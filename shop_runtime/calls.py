@@ -6,6 +6,7 @@ import grpc
 
 from shop_runtime.errors import ServiceError, error_info, invalid_argument, unavailable
 from shop_runtime.idempotency import MAX_KEY_LENGTH as MAX_IDEMPOTENCY_KEY
+from shop_runtime.logs import REQUEST_ID_METADATA, request_id
 
 USER_METADATA = "x-shop-user-id"
 CALLER_METADATA = "x-shop-caller"
@@ -39,10 +40,12 @@ def require_user(context: grpc.aio.ServicerContext) -> str:
 
 
 def outgoing(caller: str, user: str | None = None) -> list[tuple[str, str]]:
-    """Metadata of a call to another service on behalf of `user`."""
+    """Metadata of a call to another service on behalf of `user`, with the request id being served."""
     md = [(CALLER_METADATA, caller)]
     if user:
         md.append((USER_METADATA, user))
+    if (rid := request_id()) != "-":
+        md.append((REQUEST_ID_METADATA, rid))
     return md
 
 

@@ -12,7 +12,7 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from shop_runtime import deadlines, metrics
+from shop_runtime import deadlines, logs, metrics
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -140,6 +140,15 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
+            # Before the work's task is made, which takes this context: the request id goes with the work.
+            rid = logs.begin_request(next((v for k, v in context.invocation_metadata() or ()
+                                           if k == logs.REQUEST_ID_METADATA), ""))
+            try:
+                return await serve(request, context, started)
+            finally:
+                logs.end_request(rid)
+
+        async def serve(request: Any, context: grpc.aio.ServicerContext, started: float) -> Any:
             work = asyncio.ensure_future(run(request, context))
             try:
                 response, err = await asyncio.shield(work)
