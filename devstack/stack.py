@@ -147,13 +147,38 @@ def gateway_processes(ports: Ports, run_dir: Path, secrets_dir: Path,
 
 
 def suite_processes(ports: Ports, dsn: str, run_dir: Path, secrets_dir: Path,
-                    workers: int = 1) -> list[ProcessSpec]:
-    """Everything but Postgres: Consul, one replica of every service with `workers` workers, Envoy and its sync."""
+                    workers: int = 1, replicas: Mapping[str, int] | None = None) -> list[ProcessSpec]:
+    """Everything but Postgres: Consul, `replicas` replicas of every service (one by default) with `workers`
+    workers each, Envoy and its sync. A service's first replica listens on its configured port, the others on
+    free ones; each is named `<service>-<n>`."""
+    replicas = replicas or {}
     return [
         consul_process(ports),
-        *(service_process(s, ports, dsn, workers=workers) for s in SERVICE_MODULES),
+        *(service_process(s, ports, dsn, workers=workers, name=f"{s}-{n}", port=None if n == 1 else 0)
+          for s in SERVICE_MODULES for n in range(1, replicas.get(s, 1) + 1)),
         *gateway_processes(ports, run_dir, secrets_dir),
     ]
+
+
+def parse_replicas(text: str) -> dict[str, int]:
+    """REPLICAS as `make run` takes it: a count for every service (`3`), or counts by service (`cart=2,inventory=3`;
+    the others one each). A ValueError names what is wrong."""
+    text = text.strip()
+    if not text:
+        return {}
+    if text.isdigit():
+        count = int(text)
+        if not 1 <= count <= 16:
+            raise ValueError(f"REPLICAS={text}: a count of 1..16")
+        return dict.fromkeys(SERVICE_MODULES, count)
+    counts: dict[str, int] = {}
+    for part in text.split(","):
+        service, _, count = part.strip().partition("=")
+        if service not in SERVICE_MODULES or not count.isdigit() or not 1 <= int(count) <= 16:
+            raise ValueError(f"REPLICAS={text}: expected a count (1..16) or service=count pairs of "
+                             f"{', '.join(SERVICE_MODULES)}")
+        counts[service] = int(count)
+    return counts
 
 
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:

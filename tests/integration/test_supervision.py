@@ -1,0 +1,59 @@
+"""The local suite under supervisord (`make run`): replicas of a service each in Consul under its own id; one that
+is killed is started again by the supervisor, the others keep running; stopping the supervisor stops all."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import pytest
+
+from devstack import supervise
+from devstack.prepare import prepare
+from devstack.procs import consul_ready, wait_until
+from devstack.stack import Ports, consul_process, parse_replicas, passing_instances, service_process, SERVICE_MODULES
+
+
+def pids(ports: Ports, service: str) -> set[int]:
+    """The pids of the passing instances of `service` (an instance id ends with its process's pid)."""
+    return {int(e["Service"]["ID"].rsplit("-", 1)[1]) for e in passing_instances(ports, service)}
+
+
+def test_a_killed_replica_is_started_again_and_the_others_keep_running(fresh_dsn, tmp_path):
+    ports = Ports.free()
+    asyncio.run(prepare(fresh_dsn, demo=False))
+    specs = [consul_process(ports)] + [
+        service_process("inventory", ports, fresh_dsn, port=0, name=f"inventory-{n}", CONSUL_CHECK_INTERVAL="1s")
+        for n in (1, 2, 3)]
+    run_dir = tmp_path / "supervisor"
+    with open(tmp_path / "supervisord.log", "wb") as log:
+        proc = supervise.start(specs, run_dir, stdout=log, stderr=log)
+    try:
+        wait_until(lambda: consul_ready(ports.consul_addr), 30, what="consul under supervisord")
+        def three(without: int = 0) -> set[int] | None:
+            found = pids(ports, "inventory")
+            return found if len(found) == 3 and without not in found else None
+
+        first = wait_until(three, 60, what="three replicas passing, each with its own id")
+        victim = min(first)
+        os.kill(victim, signal.SIGKILL)
+        after = wait_until(lambda: three(without=victim), 60,
+                           what="the killed replica started again (and its old instance dropped)")
+        assert first - {victim} <= after, "the other replicas kept running"
+        assert proc.poll() is None, "supervisord itself runs on"
+        wait_until(lambda: supervise.ctl(run_dir, "status").count("RUNNING") == 4, 15,
+                   what="supervisord's programs all running again")
+    finally:
+        assert supervise.stop(proc) == 0
+    log_text = (tmp_path / "supervisord.log").read_text(errors="replace")
+    assert all(not os.path.exists(f"/proc/{pid}") for pid in after), log_text[-2000:]
+
+
+def test_replicas_setting():
+    assert parse_replicas("") == {}
+    assert parse_replicas("3") == dict.fromkeys(SERVICE_MODULES, 3)
+    assert parse_replicas("cart=2, inventory=3") == {"cart": 2, "inventory": 3}
+    for bad in ("0", "17", "cart=0", "basket=2", "cart", "cart=two"):
+        with pytest.raises(ValueError):
+            parse_replicas(bad)
