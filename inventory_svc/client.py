@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from typing import Awaitable, Callable
 
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+from shop_runtime import deadlines
 from shop_runtime.clients import TRANSIENT, ServiceClient
 from shop_runtime.errors import ServiceError, unavailable
 
@@ -69,7 +70,8 @@ class InventoryClient:
         self._service = service
         self._separate = separate_calls
         self._under_way = 0
-        self._waiting: list[tuple[inventory_pb2.HoldChange, asyncio.Future]] = []
+        # Changes waiting for the next ChangeHolds: the change, its caller's answer, and its caller's deadline.
+        self._waiting: list[tuple[inventory_pb2.HoldChange, asyncio.Future, float | None]] = []
         self._batches: set[asyncio.Task] = set()
 
     async def _change(self, alone: Callable[[], Awaitable], change: inventory_pb2.HoldChange) -> list[Hold]:
@@ -84,7 +86,7 @@ class InventoryClient:
                 self._under_way -= 1
                 self._send_waiting()
         answer = asyncio.get_running_loop().create_future()
-        self._waiting.append((change, answer))
+        self._waiting.append((change, answer, deadlines.current()))
         return await answer
 
     def _send_waiting(self) -> None:
@@ -92,23 +94,26 @@ class InventoryClient:
             return
         batch, self._waiting = self._waiting[:MAX_CHANGES], self._waiting[MAX_CHANGES:]
         self._under_way += 1
-        # Outside the context of the handler that happened to free the place: the changes come from many
-        # requests, none of whose deadlines is theirs.
-        task = asyncio.get_running_loop().create_task(self._send(batch), context=contextvars.Context())
+        # Outside the context of the handler that happened to free the place: the changes come from many requests;
+        # the call must end within the earliest of their deadlines, as each of them would have sent it.
+        ends = [d for _, _, d in batch if d is not None]
+        context = contextvars.Context()
+        context.run(deadlines.within, min(ends) if ends else None)
+        task = asyncio.get_running_loop().create_task(self._send(batch), context=context)
         self._batches.add(task)
         task.add_done_callback(self._batches.discard)
 
-    async def _send(self, batch: list[tuple[inventory_pb2.HoldChange, asyncio.Future]]) -> None:
+    async def _send(self, batch: list[tuple[inventory_pb2.HoldChange, asyncio.Future, float | None]]) -> None:
         try:
             answer = await self._service.call(
-                "ChangeHolds", inventory_pb2.ChangeHoldsRequest(changes=[c for c, _ in batch]),
-                idempotent=all(_key_of(c) for c, _ in batch))
+                "ChangeHolds", inventory_pb2.ChangeHoldsRequest(changes=[c for c, _, _ in batch]),
+                idempotent=all(_key_of(c) for c, _, _ in batch))
         except Exception as err:  # ServiceError (inventory unavailable, say): each change's caller gets it
-            for _, waiter in batch:
+            for _, waiter, _ in batch:
                 if not waiter.done():
                     waiter.set_exception(err)
         else:
-            for (_, waiter), result in zip(batch, answer.results, strict=True):
+            for (_, waiter, _), result in zip(batch, answer.results, strict=True):
                 if waiter.done():
                     continue
                 if result.status.code in _TRANSIENT_CODES:

@@ -124,6 +124,9 @@ class ServiceSettings:
     workers: int = 1
     # Which worker this process is (1..workers) when a supervisor started it; 0 when it runs alone.
     worker_index: int = 0
+    # How long a stopping instance, already out of Consul and NOT_SERVING, still takes new calls: those of callers
+    # (Envoy, the other services) that chose it before they heard it was leaving.
+    shutdown_delay_seconds: float = 1.0
 
     @property
     def process_name(self) -> str:
@@ -158,6 +161,7 @@ class ServiceSettings:
             consul_host=host,
             consul_port=int(port),
             shutdown_grace_seconds=env_float("SHUTDOWN_GRACE_SECONDS", 5.0),
+            shutdown_delay_seconds=env_float("SHUTDOWN_DELAY_SECONDS", 1.0),
             check_interval=env_str("CONSUL_CHECK_INTERVAL", "2s"),
             pool_max_size=pool_max_size,
             metrics_port=env_int("METRICS_PORT", 0, minimum=0, maximum=65535),

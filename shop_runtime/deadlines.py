@@ -56,6 +56,17 @@ def end(token: contextvars.Token) -> None:
     _DEADLINE.reset(token)
 
 
+def current() -> float | None:
+    """The current handler's deadline, in the event loop's time; None outside a handler."""
+    return _DEADLINE.get()
+
+
+def within(deadline: float | None) -> contextvars.Token:
+    """Makes `deadline` (as `current` gives it) the deadline of the work that follows, e.g. of work done for
+    several handlers at once: the earliest of theirs. `end` ends it."""
+    return _DEADLINE.set(deadline)
+
+
 def remaining() -> float | None:
     """Seconds left of the current handler's deadline; None outside a handler (background work)."""
     deadline = _DEADLINE.get()

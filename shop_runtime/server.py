@@ -300,7 +300,8 @@ async def serve(
         registered = True
         tasks.append(asyncio.create_task(_keep_registered(client, settings, app.port, readiness), name="registration"))
         await stop.wait()
-        _LOGGER.info("stopping: NOT_SERVING, leaving Consul, draining for %ss", settings.shutdown_grace_seconds)
+        _LOGGER.info("stopping: NOT_SERVING, leaving Consul, draining for %ss (after taking calls %ss more)",
+                     settings.shutdown_grace_seconds, settings.shutdown_delay_seconds)
     finally:
         for task in tasks:
             task.cancel()
@@ -308,6 +309,10 @@ async def serve(
         await app.health.enter_graceful_shutdown()
         if registered:
             await shop_consul.deregister(client, settings.instance_id)
+            if stop.is_set():
+                # Out of Consul and NOT_SERVING, but still taking calls for a moment: a caller that chose this
+                # instance before its list changed is served, not refused.
+                await asyncio.sleep(settings.shutdown_delay_seconds)
         await app.server.stop(settings.shutdown_grace_seconds)
         await app.interceptor.drain(settings.shutdown_grace_seconds)
         await deps.close()
