@@ -43,6 +43,8 @@ class ServiceClient(Generic[StubT]):
         self._caller = caller
         self._stub_factory = stub_factory
         self._channels: dict[str, tuple[grpc.aio.Channel, StubT]] = {}
+        # Channels of instances gone from Consul, closing once their calls are answered.
+        self._closing: set[asyncio.Task] = set()
         self._turn = itertools.count()
 
     @property
@@ -106,11 +108,15 @@ class ServiceClient(Generic[StubT]):
         return entry
 
     def prune(self, instances: list[Instance]) -> None:
-        """Closes the channels of instances that are no longer passing."""
+        """Stops using the channels of instances that are no longer passing, and closes each once the calls
+        under way on it are answered (at most an attempt's time): an instance leaving gracefully answers them
+        while it drains; closing at once would cancel them on this side."""
         keep = {i.target for i in instances}
         for target in [t for t in self._channels if t not in keep]:
             channel, _ = self._channels.pop(target)
-            asyncio.get_running_loop().create_task(channel.close())
+            task = asyncio.get_running_loop().create_task(channel.close(grace=deadlines.ATTEMPT_TIMEOUT))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
         """Closes every channel."""
