@@ -473,6 +473,11 @@ def _cluster(name: str, eds_dir: Path, limits: GatewayLimits) -> dict:
         # Envoy asks every endpoint itself (the standard gRPC health service), every 2 s while it has traffic:
         # a replica that stops serving leaves the pool within a few seconds, before Consul's check, its
         # deregistration and gateway.sync have all run, and one that comes back joins as soon as it answers.
+        # An endpoint that leaves Consul (gateway.sync drops it from the EDS file) leaves the pool at once, even
+        # while Envoy's own check still passes: a replica leaving gracefully takes new calls only for a moment
+        # after its deregistration (SHUTDOWN_DELAY_SECONDS), and one that comes back on the same port must not
+        # be sent calls before it has registered. Calls under way on it are still answered.
+        "ignore_health_on_host_removal": True,
         "health_checks": [{
             "timeout": "1s",
             "interval": "2s",

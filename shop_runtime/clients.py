@@ -24,6 +24,10 @@ StubT = TypeVar("StubT")
 TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
+# How long a call waits for the first list of its callee's instances from Consul.
+DISCOVERY_WAIT = 2.0
+
+
 def _transient(err: BaseException) -> bool:
     if not isinstance(err, grpc.aio.AioRpcError) or err.code() not in TRANSIENT:
         return False
@@ -72,6 +76,10 @@ class ServiceClient(Generic[StubT]):
         trailing metadata, as (response, {name: value}). Typed clients (e.g. inventory_svc.client) wrap
         this; services do not call it with method names themselves.
         """
+        if not self._discovery.ready:
+            # A process that has just started is asked before Consul's first answer about the services it calls.
+            left = deadlines.remaining()
+            await self._discovery.wait_ready(DISCOVERY_WAIT if left is None else min(left, DISCOVERY_WAIT))
         retrying = AsyncRetrying(
             stop=stop_after_attempt(attempts if idempotent else 1),
             wait=wait_exponential_jitter(multiplier=0.05, max=0.5, jitter=0.05),

@@ -132,6 +132,11 @@ class Discovery:
         if self._task is None:
             self._task = asyncio.create_task(self._watch(), name=f"discovery-{self.service}")
 
+    @property
+    def ready(self) -> bool:
+        """Whether Consul has answered at least once."""
+        return self._ready.is_set()
+
     async def wait_ready(self, timeout: float) -> bool:
         """Waits for the first answer from Consul; False if none came in time."""
         try:

@@ -38,6 +38,8 @@ _LOGGER = logging.getLogger(__name__)
 READINESS_INTERVAL = 2.0
 # How often a service checks that Consul still has its registration.
 REGISTRATION_CHECK_INTERVAL = 2.0
+# How long a starting process waits for Consul's first answer about the services it calls before serving anyway.
+DISCOVERY_WAIT = 10.0
 
 # Metadata a call may carry: above what the gateway lets through (32 KiB), so a request the gateway
 # accepted is never refused here for its headers (gRPC's default is 8 KiB).
@@ -83,6 +85,11 @@ class Deps:
         self._discoveries.append(discovery)
         self._clients.append(client)
         return client
+
+    async def discovered(self, timeout: float) -> bool:
+        """Waits for Consul's first answer about every service this one calls; False if one did not come in time."""
+        found = await asyncio.gather(*(d.wait_ready(timeout) for d in self._discoveries))
+        return all(found)
 
     async def close(self) -> None:
         """Stops discovery and closes channels; the pool and Consul client belong to the caller."""
@@ -281,7 +288,12 @@ async def serve(
     tasks: list[asyncio.Task] = []
     registered = False
     try:
+        # NOT_SERVING until it knows where the services it calls are: a gateway checking this port (a replica
+        # started again where one stopped) must not send calls it would refuse for want of a list.
+        await app.set_serving(False)
         await app.server.start()
+        if not await deps.discovered(DISCOVERY_WAIT):
+            _LOGGER.warning("Consul has not answered where the services it calls are; serving, and asking on")
         readiness = Readiness(settings.database_url)
         tasks.append(asyncio.create_task(readiness.watch(app), name="readiness"))
         tasks += [asyncio.create_task(work(), name=work.__name__) for work in app.background]

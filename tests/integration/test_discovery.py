@@ -107,6 +107,30 @@ async def test_client_spreads_calls_and_refuses_without_instances(client):
             await s.stop()
 
 
+async def test_a_call_made_as_discovery_starts_waits_for_consuls_first_answer(client):
+    # A process that has just started (a replica started again) serves before Consul has answered where the
+    # services it calls are; its first calls wait for that answer instead of failing as "unavailable".
+    name = f"first-{uuid.uuid4().hex[:8]}"
+    server = await HealthServer().start()
+    discovery = Discovery(client, name)
+    service_client = ServiceClient(discovery, health_pb2_grpc.HealthStub)
+    try:
+        await _register(client, name, f"{name}-0", server.port)
+        deadline = time.monotonic() + 15
+        while not (await client.health.service(name, passing=True))[1]:
+            assert time.monotonic() < deadline, "the instance never passed its check"
+            await asyncio.sleep(0.1)
+        discovery.start()
+        assert not discovery.ready
+        answer = await service_client.call("Check", health_pb2.HealthCheckRequest(), idempotent=True)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        await discovery.stop()
+        await service_client.close()
+        await shop_consul.deregister(client, f"{name}-0")
+        await server.stop()
+
+
 async def test_last_known_good_survives_consul_going_away(log_dir):
     ports = Ports.free()
     agent = Proc(consul_process(ports), log_dir)
