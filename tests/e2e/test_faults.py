@@ -1,5 +1,5 @@
 """Faults under load: two replicas of every service under supervisord behind Envoy, shoppers buying all along, and
-replicas stopped or killed on purpose. Each test ends with the suite-wide audit clean (nothing oversold, no hold
+replicas stopped or killed, Consul restarted and Postgres cut off, on purpose. Each test ends with the suite-wide audit clean (nothing oversold, no hold
 lost) and prints its figures: requests, failures, and how long the suite took to answer only as it should again."""
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from devstack.procs import consul_ready, wait_until
 from devstack.stack import SERVICE_MODULES, Ports, http_get, passing_instances, suite_processes, wait_for_suite
 from gateway.identity import issue_token
 from suite_audit.checks import audit_dsn
+from tests.e2e.netlink import Link
 
 pytestmark = pytest.mark.e2e
 
@@ -33,8 +34,11 @@ SHOPPERS = 24
 # A payment cut off after the provider charged leaves its order awaiting payment until its window ends; then the
 # order's reconciler expires it and refunds the charge. A short window lets the audit see that within the test.
 PAYMENT_WINDOW_SECONDS = 15
+WINDOW_KEY = "shop/config/payment_window_seconds"
 # The answers a shopper may get in a sale that goes right: done, sold out, the per-user limit, or a key reused.
 EXPECTED = {200, 409, 429}
+# How long Postgres stays out of the services' reach: past Consul's reaping of a failing registration (1 min).
+OUTAGE_SECONDS = 120
 
 
 @dataclasses.dataclass
@@ -44,6 +48,8 @@ class Stack:
     secrets: object
     run_dir: object
     supervisor: object
+    # The services reach Postgres through it (the audit does not): the test cuts it.
+    link: Link
 
     @property
     def base(self) -> str:
@@ -59,9 +65,24 @@ class Stack:
                               for e in all_instances(self.ports, s)) for s in SERVICE_MODULES}
             raise AssertionError(f"{err}; Consul has {seen}") from None
 
+    def all_pids(self) -> set[int]:
+        """The pids of every passing instance of the suite."""
+        return set().union(*(self.pids(s) for s in SERVICE_MODULES))
+
+    def put_kv(self, key: str, value: str) -> None:
+        resp = httpx.put(f"http://{self.ports.consul_addr}/v1/kv/{key}", content=value, timeout=10)
+        assert resp.status_code == 200 and resp.json() is True, resp.text
+
     def pids(self, service: str) -> set[int]:
         """The pids of the passing instances of `service` (an instance id ends with its process's pid)."""
         return {int(e["Service"]["ID"].rsplit("-", 1)[1]) for e in passing_instances(self.ports, service)}
+
+
+def upstream_of(dsn: str) -> str | tuple[str, int]:
+    """Where the server of `dsn` listens: its Unix socket (the embedded server), or its host and port."""
+    info = psycopg.conninfo.conninfo_to_dict(dsn)
+    host, port = info.get("host") or "127.0.0.1", int(info.get("port") or 5432)
+    return f"{host}/.s.PGSQL.{port}" if host.startswith("/") else (host, port)
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +90,8 @@ def stack(pg_admin_dsn, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("faults")
     dsn = dsn_for(pg_admin_dsn, create_database(pg_admin_dsn))
     asyncio.run(prepare(dsn))
+    link = Link(upstream_of(dsn))
+    services_dsn = psycopg.conninfo.make_conninfo(dsn, host="127.0.0.1", port=str(link.port))
     ports = Ports.free()
     secrets = run_dir / "secrets"
     env = dict(RECONCILE_INTERVAL_SECONDS="2", RECONCILE_MIN_AGE_SECONDS="5", CONSUL_CHECK_INTERVAL="1s",
@@ -76,7 +99,7 @@ def stack(pg_admin_dsn, tmp_path_factory):
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # supervisord's programs take its environment
     try:
-        specs = suite_processes(ports, dsn, run_dir, secrets, workers=1,
+        specs = suite_processes(ports, services_dsn, run_dir, secrets, workers=1,
                                 replicas=dict.fromkeys(SERVICE_MODULES, REPLICAS))
         with open(run_dir / "supervisord.log", "wb") as log:
             supervisor = supervise.start(specs, run_dir / "supervisor", stdout=log, stderr=log)
@@ -88,14 +111,14 @@ def stack(pg_admin_dsn, tmp_path_factory):
                 os.environ[k] = v
     try:
         wait_until(lambda: consul_ready(ports.consul_addr), 30, what="consul")
-        resp = httpx.put(f"http://{ports.consul_addr}/v1/kv/shop/config/payment_window_seconds",
-                         content=str(PAYMENT_WINDOW_SECONDS), timeout=10)
-        assert resp.status_code == 200 and resp.json() is True, resp.text
+        stack = Stack(ports, dsn, secrets, run_dir, supervisor, link)
+        stack.put_kv(WINDOW_KEY, str(PAYMENT_WINDOW_SECONDS))
         assert wait_for_suite(ports, 120, instances=dict.fromkeys(SERVICE_MODULES, REPLICAS)), \
             (run_dir / "supervisord.log").read_text(errors="replace")[-3000:]
-        yield Stack(ports, dsn, secrets, run_dir, supervisor)
+        yield stack
     finally:
         supervise.stop(supervisor)
+        link.close()
 
 
 class Sale:
@@ -155,6 +178,10 @@ class Sale:
 
     def failures(self, since: float = 0.0) -> list[tuple[float, str, int]]:
         return [a for a in self.answers if a[0] >= since and a[2] not in EXPECTED]
+
+    def first(self, step: str, since: float) -> float | None:
+        """When the first 200 to `step` came after `since`."""
+        return min((t for t, s, status in self.answers if s == step and status == 200 and t >= since), default=None)
 
 
 def all_instances(ports: Ports, service: str) -> list[dict]:
@@ -226,4 +253,77 @@ async def test_kill_9_of_a_replica_of_each_service_under_load_fails_only_calls_i
     assert len(failures) <= SHOPPERS * 4, failures
     assert not sale.failures(since=killed_at[0] + 5)
     stack.replicas_back()
+    settled_and_clean(stack)
+
+
+async def test_consul_agent_restart_under_load_fails_no_request_and_registrations_come_back(stack):
+    """The dev agent keeps its state in memory: a restart loses every registration and every KV setting. The suite
+    goes on serving on the endpoints it last knew, and every instance registers again by itself."""
+    restock(stack, 100_000)
+    sale = Sale(stack)
+    before = stack.all_pids()
+    times: dict[str, float] = {}
+
+    ctl_dir = stack.run_dir / "supervisor"
+    consul_pid = supervise.ctl(ctl_dir, "pid", "consul").strip()
+
+    async def faults():
+        times["restart"] = time.monotonic()
+        await asyncio.to_thread(supervise.ctl, ctl_dir, "restart", "consul")
+        await asyncio.to_thread(wait_until, lambda: consul_ready(stack.ports.consul_addr), 30, what="consul")
+        times["consul"] = time.monotonic()
+        stack.put_kv(WINDOW_KEY, str(PAYMENT_WINDOW_SECONDS))  # an operator writes the settings again
+        await asyncio.to_thread(stack.replicas_back)
+        times["registered"] = time.monotonic()
+        await asyncio.sleep(3)
+
+    await sale.run(faults)
+    counts = collections.Counter(status for _, _, status in sale.answers)
+    print(f"\nConsul agent restart under load: {len(sale.answers)} requests, {dict(counts)}; Consul answered again "
+          f"{times['consul'] - times['restart']:.1f} s after the restart began, and every replica was registered and "
+          f"passing {times['registered'] - times['restart']:.1f} s after it")
+    assert supervise.ctl(ctl_dir, "pid", "consul").strip() not in ("", consul_pid)  # a new agent, empty at start
+    assert sale.failures() == [], sale.details
+    assert stack.all_pids() == before  # the same processes: nothing was restarted to get back into Consul
+    settled_and_clean(stack)
+
+
+async def test_postgres_unreachable_for_two_minutes_then_back_serves_again_without_a_restart(stack):
+    """Every byte between the services and Postgres stops for OUTAGE_SECONDS: longer than Consul keeps a failing
+    registration. Then the link is back, and the same processes serve again, registered by themselves."""
+    restock(stack, 100_000)
+    sale = Sale(stack)
+    before = stack.all_pids()
+    times: dict[str, float] = {}
+
+    async def faults():
+        stack.link.cut()
+        times["cut"] = time.monotonic()
+        await asyncio.sleep(OUTAGE_SECONDS)
+        # By now Consul has reaped every registration, whose check failed for longer than it keeps one.
+        times["registered"] = sum(len(all_instances(stack.ports, s)) for s in SERVICE_MODULES)
+        stack.link.restore()
+        times["restored"] = time.monotonic()
+        await asyncio.to_thread(stack.replicas_back)
+        times["passing"] = time.monotonic()
+        await asyncio.sleep(10)
+
+    await sale.run(faults)
+    restored = times["restored"]
+    during = [a for a in sale.answers if times["cut"] <= a[0] < restored]
+    after = sale.failures(since=restored)
+    last = max((t for t, _, _ in after), default=restored)
+    first_paid = sale.first("pay", restored)
+    counts = collections.Counter(status for _, _, status in sale.answers)
+    print(f"\nPostgres unreachable for {OUTAGE_SECONDS} s under load: {len(sale.answers)} requests, {dict(counts)}; "
+          f"{len(during)} answered during the outage, at whose end Consul had {times['registered']} instances "
+          f"registered; {len(sale.failures(times['cut']))} failed in all, the last "
+          f"{last - restored:.1f} s after the link was back; every replica passing again "
+          f"{times['passing'] - restored:.1f} s after it, the first paid order "
+          f"{(first_paid - restored) if first_paid else float('nan'):.1f} s after it")
+    assert times["registered"] == 0
+    assert stack.all_pids() == before  # served again by the same processes, none restarted
+    assert first_paid is not None, sale.details[-20:]
+    # Once every replica passes again, every request is answered as it should be.
+    assert not sale.failures(since=times["passing"] + 2), sale.details[-20:]
     settled_and_clean(stack)
