@@ -17,7 +17,7 @@ from devstack import supervise
 from devstack.postgres import embedded_dsn
 from devstack import demo_data
 from devstack.prepare import DEMO_PRODUCTS, prepare
-from devstack.stack import (CONSUL_DIR, ROOT, SECRETS_DIR, SERVICE_MODULES, Ports, parse_replicas,
+from devstack.stack import (CONSUL_DIR, ROOT, SECRETS_DIR, SERVICE_MODULES, TLS_DIR, Ports, parse_replicas,
                             passing_instances, suite_processes, wait_for_suite)
 from shop_runtime.config import ConfigError, env_int, parse_workers
 from shop_runtime.logs import setup_logging
@@ -93,7 +93,7 @@ def main() -> None:
         _LOGGER.info("embedded Postgres 18 running, data in %s", run_dir / "pgdata")
     asyncio.run(prepare(dsn, count=env_int("DEMO_PRODUCTS", DEMO_PRODUCTS, minimum=0, maximum=demo_data.MAX_COUNT)))
     ports = Ports()
-    specs = suite_processes(ports, dsn, run_dir, SECRETS_DIR, workers=workers, replicas=replicas)
+    specs = suite_processes(ports, dsn, run_dir, SECRETS_DIR, workers=workers, replicas=replicas, tls_dir=TLS_DIR)
     supervisor = supervise.start(specs, run_dir / "supervisor")
     threading.Thread(target=announce, args=(ports, workers, replicas), daemon=True, name="announce").start()
     # Ctrl-C reaches supervisord too (the terminal signals the whole foreground group); it stops every program.

@@ -14,13 +14,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from devstack.certs import ensure_certs
 from gateway.envoy import GatewayConfig, GatewayLimits, write_config
 from gateway.identity import ensure_keys
+from shop_runtime.mtls import CA_FILE, cert_file, key_file
 
 ROOT = Path(__file__).resolve().parents[1]
 DESCRIPTOR = ROOT / "gen" / "shop.pb"
 # The local token issuer's keys (`make token`); made on first use, never committed.
 SECRETS_DIR = ROOT / ".secrets"
+# The suite's CA and every process's certificate (devstack.certs; `make certs`): made on first use, never committed.
+TLS_DIR = SECRETS_DIR / "tls"
 CONSUL_DIR = ROOT / "consul"
 
 # Consul service name -> the module that runs it.
@@ -98,42 +102,60 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def consul_process(ports: Ports) -> ProcessSpec:
-    """A Consul dev agent (in-memory state, web UI) on loopback with `ports`."""
+def consul_tls_config(tls_dir: Path) -> Path:
+    """The agent settings that let it check services serving mutual TLS: its own certificate of the suite, shown
+    by its gRPC checks (`enable_agent_tls_for_checks`). Written beside the certificates; returns its path."""
+    ensure_certs(tls_dir)
+    path = tls_dir / "consul-agent-tls.json"
+    path.write_text(json.dumps({
+        "ca_file": str(tls_dir / CA_FILE), "cert_file": str(tls_dir / cert_file("consul")),
+        "key_file": str(tls_dir / key_file("consul")), "enable_agent_tls_for_checks": True,
+    }, indent=1))
+    return path
+
+
+def consul_process(ports: Ports, tls_dir: Path | None = None) -> ProcessSpec:
+    """A Consul dev agent (in-memory state, web UI) on loopback with `ports`; with `tls_dir`, able to check
+    services that serve mutual TLS."""
+    tls = ["-config-file", str(consul_tls_config(tls_dir))] if tls_dir else []
     argv = [
         consul_binary(), "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
         "-http-port", str(ports.consul_http), "-dns-port", str(ports.consul_dns),
         "-server-port", str(ports.consul_server), "-serf-lan-port", str(ports.consul_serf_lan),
         "-serf-wan-port", str(ports.consul_serf_wan), "-grpc-port", str(ports.consul_grpc),
-        "-config-dir", str(CONSUL_DIR / "agent.d"),
+        "-config-dir", str(CONSUL_DIR / "agent.d"), *tls,
     ]
     return ProcessSpec("consul", argv, _env())
 
 
 def service_process(service: str, ports: Ports, dsn: str, *, port: int | None = None, name: str | None = None,
-                    workers: int | str = 1, **extra: str) -> ProcessSpec:
+                    workers: int | str = 1, tls_dir: Path | None = None, **extra: str) -> ProcessSpec:
     """One replica of `service` (port 0 lets the OS pick; Consul learns the real one), with `workers`
     worker processes (WORKERS: the first on `port`, the others on free ports). One worker by default,
-    whatever the caller's environment says, so a test that signals a replica's pid signals the server."""
+    whatever the caller's environment says, so a test that signals a replica's pid signals the server.
+    With `tls_dir` (TLS_DIR), it serves and calls over mutual TLS."""
     env = _env(**{
         "DATABASE_URL": dsn,
         "GRPC_PORT": str(ports.services[service] if port is None else port),
         "CONSUL_HTTP_ADDR": ports.consul_addr,
         "WORKERS": str(workers),
+        "TLS_DIR": str(ensure_certs(tls_dir)) if tls_dir else "",
         **extra,
     })
     return ProcessSpec(name or service, [sys.executable, "-m", SERVICE_MODULES[service]], env)
 
 
 def gateway_processes(ports: Ports, run_dir: Path, secrets_dir: Path,
-                      settings: Mapping[str, str] | None = None) -> list[ProcessSpec]:
+                      settings: Mapping[str, str] | None = None, tls_dir: Path | None = None) -> list[ProcessSpec]:
     """Envoy, configured under `run_dir` with the token keys of `secrets_dir`, and its upstreams' sync with Consul.
-    Its limits come from the GATEWAY_* variables of `settings` (default: this process's environment)."""
+    Its limits come from the GATEWAY_* variables of `settings` (default: this process's environment). With
+    `tls_dir`, Envoy calls the services over mutual TLS."""
     eds_dir = run_dir / "eds"
     config = run_dir / "envoy.json"
     jwks = ensure_keys(secrets_dir)
     limits = GatewayLimits.from_env(settings)
-    write_config(GatewayConfig("0.0.0.0", ports.gateway, ports.envoy_admin, DESCRIPTOR, eds_dir, jwks, limits), config)
+    write_config(GatewayConfig("0.0.0.0", ports.gateway, ports.envoy_admin, DESCRIPTOR, eds_dir, jwks, limits,
+                               ensure_certs(tls_dir) if tls_dir else None), config)
     # One worker thread per core this process may run on: its CPU affinity, which a container's cpuset or
     # taskset narrows, where Envoy's own default counts every core of the host.
     workers = len(os.sched_getaffinity(0))
@@ -147,16 +169,18 @@ def gateway_processes(ports: Ports, run_dir: Path, secrets_dir: Path,
 
 
 def suite_processes(ports: Ports, dsn: str, run_dir: Path, secrets_dir: Path,
-                    workers: int = 1, replicas: Mapping[str, int] | None = None) -> list[ProcessSpec]:
+                    workers: int = 1, replicas: Mapping[str, int] | None = None,
+                    tls_dir: Path | None = None) -> list[ProcessSpec]:
     """Everything but Postgres: Consul, `replicas` replicas of every service (one by default) with `workers`
     workers each, Envoy and its sync. A service's first replica listens on its configured port, the others on
-    free ones; each is named `<service>-<n>`."""
+    free ones; each is named `<service>-<n>`. With `tls_dir`, every gRPC call among them is over mutual TLS."""
     replicas = replicas or {}
     return [
-        consul_process(ports),
-        *(service_process(s, ports, dsn, workers=workers, name=f"{s}-{n}", port=None if n == 1 else 0)
+        consul_process(ports, tls_dir),
+        *(service_process(s, ports, dsn, workers=workers, name=f"{s}-{n}", port=None if n == 1 else 0,
+                          tls_dir=tls_dir)
           for s in SERVICE_MODULES for n in range(1, replicas.get(s, 1) + 1)),
-        *gateway_processes(ports, run_dir, secrets_dir),
+        *gateway_processes(ports, run_dir, secrets_dir, tls_dir=tls_dir),
     ]
 
 

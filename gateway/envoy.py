@@ -15,6 +15,7 @@ from google.protobuf import descriptor_pb2
 from gateway.identity import AUDIENCE, ISSUER
 from shop_runtime import deadlines
 from shop_runtime.config import env_int
+from shop_runtime.mtls import CA_FILE, cert_file, key_file, server_name
 
 # Consul service name -> the gRPC service it serves.
 UPSTREAMS = {
@@ -81,6 +82,9 @@ class GatewayConfig:
     eds_dir: Path
     jwks: Path
     limits: GatewayLimits = field(default_factory=GatewayLimits)
+    # The suite's CA and the gateway's certificate (devstack.certs): Envoy calls the services over mutual TLS.
+    # None: plaintext, for services that serve without TLS_DIR.
+    tls_dir: Path | None = None
 
 
 # Retries of a route: only of requests that never reached a service (no connection, a stream the server
@@ -418,9 +422,35 @@ def _http_connection_manager(cfg: GatewayConfig, methods: list[Method]) -> dict:
     }
 
 
-def _cluster(name: str, eds_dir: Path, limits: GatewayLimits) -> dict:
-    in_flight = limits.max_requests_per_service
+def _upstream_tls(service: str, tls_dir: Path) -> dict:
+    """Mutual TLS to the instances of `service`: the gateway's certificate, and theirs checked to be the suite's
+    and to name `service` (a stranger registered under its name in Consul gets no request). HTTP/2 by ALPN."""
     return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": server_name(service),
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "tls_certificates": [{
+                    "certificate_chain": {"filename": str(tls_dir / cert_file("gateway"))},
+                    "private_key": {"filename": str(tls_dir / key_file("gateway"))},
+                }],
+                "validation_context": {
+                    "trusted_ca": {"filename": str(tls_dir / CA_FILE)},
+                    "match_typed_subject_alt_names": [
+                        {"san_type": "DNS", "matcher": {"exact": server_name(service)}}],
+                },
+            },
+        },
+    }
+
+
+def _cluster(name: str, eds_dir: Path, limits: GatewayLimits, tls_dir: Path | None = None) -> dict:
+    in_flight = limits.max_requests_per_service
+    tls = {"transport_socket": _upstream_tls(name, tls_dir)} if tls_dir else {}
+    return {
+        **tls,
         "name": name,
         "type": "EDS",
         # On loopback or a LAN a connect takes well under a millisecond, and a dead host refuses at once;
@@ -511,7 +541,7 @@ def bootstrap(cfg: GatewayConfig) -> dict:
                     }]}],
                 }
             ],
-            "clusters": [_cluster(name, cfg.eds_dir, cfg.limits) for name in UPSTREAMS],
+            "clusters": [_cluster(name, cfg.eds_dir, cfg.limits, cfg.tls_dir) for name in UPSTREAMS],
         },
     }
 

@@ -11,7 +11,8 @@ from inventory_svc.model import HoldRecord, StockRow
 from inventory_svc.service import Inventory, Line
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shop_runtime.errors import ServiceError, invalid_argument
-from shop_runtime.calls import CALLER_METADATA, IDEMPOTENCY_METADATA, USER_METADATA, metadata_value
+from shop_runtime.calls import CALLER_METADATA, IDEMPOTENCY_METADATA, asserted_user, metadata_value
+from shop_runtime.mtls import peer_identity
 
 _STATES = {
     "ACTIVE": inventory_pb2.HOLD_STATE_ACTIVE,
@@ -22,8 +23,10 @@ _STATES = {
 
 
 def actor_of(context: grpc.aio.ServicerContext) -> str:
-    """Who caused a change, for the ledger: the end user the gateway named, else the calling service."""
-    return metadata_value(context, USER_METADATA) or metadata_value(context, CALLER_METADATA) or "unknown"
+    """Who caused a change, for the ledger: the end user the gateway named, else the caller (its certificate's
+    identity over TLS, else what it calls itself)."""
+    return (asserted_user(context) or peer_identity(context) or metadata_value(context, CALLER_METADATA)
+            or "unknown")
 
 
 def key_of(request_key: str, context: grpc.aio.ServicerContext) -> str:

@@ -7,6 +7,7 @@ import grpc
 from shop_runtime.errors import ServiceError, error_info, invalid_argument, unavailable
 from shop_runtime.idempotency import MAX_KEY_LENGTH as MAX_IDEMPOTENCY_KEY
 from shop_runtime.logs import REQUEST_ID_METADATA, request_id
+from shop_runtime.mtls import believes_user_from
 
 USER_METADATA = "x-shop-user-id"
 CALLER_METADATA = "x-shop-caller"
@@ -31,9 +32,15 @@ def idempotency_key(context: grpc.aio.ServicerContext) -> str:
     return values[0]
 
 
+def asserted_user(context: grpc.aio.ServicerContext) -> str:
+    """The end user the call is made for, '' if none: as the gateway verified it, passed on by the services; a
+    caller whose word the service does not take about users (shop_runtime.mtls) makes an anonymous call."""
+    return metadata_value(context, USER_METADATA) if believes_user_from(context) else ""
+
+
 def require_user(context: grpc.aio.ServicerContext) -> str:
-    """The end user the gateway verified; UNAUTHENTICATED when the call carries none."""
-    user = metadata_value(context, USER_METADATA)
+    """The end user the gateway verified; UNAUTHENTICATED when the call carries none (or none to believe)."""
+    user = asserted_user(context)
     if not user:
         raise ServiceError(grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED", "no user on this call")
     return user

@@ -10,7 +10,7 @@ from typing import Any, Callable, Generic, TypeVar
 import grpc
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from shop_runtime import deadlines, faults
+from shop_runtime import deadlines, faults, mtls
 from shop_runtime.consul import Discovery, Instance
 from shop_runtime.calls import outgoing, relay
 from shop_runtime.errors import unavailable
@@ -42,8 +42,11 @@ def _lost(why: str) -> grpc.aio.AioRpcError:
 class ServiceClient(Generic[StubT]):
     """Hands out stubs of one service, each bound to the next of its passing instances."""
 
-    def __init__(self, discovery: Discovery, stub_factory: Callable[[grpc.aio.Channel], StubT], caller: str = ""):
+    def __init__(self, discovery: Discovery, stub_factory: Callable[[grpc.aio.Channel], StubT], caller: str = "",
+                 tls: mtls.Tls | None = None):
         self._discovery = discovery
+        # The caller's certificate, for mutual TLS with the callee; None: plaintext.
+        self._tls = tls
         self._caller = caller
         self._stub_factory = stub_factory
         self._channels: dict[str, tuple[grpc.aio.Channel, StubT]] = {}
@@ -110,7 +113,7 @@ class ServiceClient(Generic[StubT]):
     def _entry(self, instance: Instance) -> tuple[grpc.aio.Channel, StubT]:
         entry = self._channels.get(instance.target)
         if entry is None:
-            channel = grpc.aio.insecure_channel(instance.target)
+            channel = mtls.channel(instance.target, self.service, self._tls)
             entry = (channel, self._stub_factory(channel))
             self._channels[instance.target] = entry
         return entry

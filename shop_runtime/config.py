@@ -127,6 +127,8 @@ class ServiceSettings:
     # How long a stopping instance, already out of Consul and NOT_SERVING, still takes new calls: those of callers
     # (Envoy, the other services) that chose it before they heard it was leaving.
     shutdown_delay_seconds: float = 1.0
+    # The folder of the suite's CA and this service's certificate and key (shop_runtime.mtls); '': plaintext gRPC.
+    tls_dir: str = ""
 
     @property
     def process_name(self) -> str:
@@ -168,4 +170,5 @@ class ServiceSettings:
             workers=workers,
             # Set by the supervisor for the processes it starts (shop_runtime.server), not by hand.
             worker_index=env_int("WORKER_INDEX", 0, minimum=0, maximum=MAX_WORKERS),
+            tls_dir=os.environ.get("TLS_DIR", "").strip(),
         )

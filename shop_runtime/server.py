@@ -24,6 +24,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 
 from shop_runtime import consul as shop_consul
 from shop_runtime import metrics
+from shop_runtime.mtls import Tls
 from shop_runtime.clients import ServiceClient
 from shop_runtime.clock import Clock, SystemClock
 from shop_runtime.config import ConfigError, ServiceSettings
@@ -70,6 +71,8 @@ class Deps:
     clock: Clock = field(default_factory=SystemClock)
     # Store settings from Consul KV; without Consul (tests of one service), their defaults.
     live: LiveSettings = field(default_factory=lambda: LiveSettings(client=None))
+    # This service's certificate, for mutual TLS with the services it calls; None: plaintext.
+    tls: Tls | None = None
     _discoveries: list[shop_consul.Discovery] = field(default_factory=list)
     _clients: list[ServiceClient] = field(default_factory=list)
 
@@ -79,7 +82,7 @@ class Deps:
             raise RuntimeError(f"no Consul client to discover {service}")
         holder: list[ServiceClient] = []
         discovery = shop_consul.Discovery(self.consul, service, on_change=lambda found: holder[0].prune(found))
-        client = ServiceClient(discovery, stub_factory, caller)
+        client = ServiceClient(discovery, stub_factory, caller, self.tls)
         holder.append(client)
         discovery.start()
         self._discoveries.append(discovery)
@@ -167,7 +170,12 @@ def build_server(
     reflection.enable_server_reflection(
         [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
     )
-    port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+    address = f"{settings.grpc_host}:{settings.grpc_port}"
+    if settings.tls_dir:
+        port = server.add_secure_port(address, Tls.load(settings.tls_dir, settings.service_name).server_credentials())
+    else:
+        _LOGGER.warning("TLS_DIR is not set: gRPC in plaintext, any caller that reaches %s is served", address)
+        port = server.add_insecure_port(address)
     return GrpcApp(server=server, port=port, health=health_servicer, service_names=list(service_names),
                    interceptor=interceptor)
 
@@ -229,7 +237,8 @@ async def _keep_registered(client: Any, settings: ServiceSettings, port: int, re
                 continue
             await shop_consul.register(client, name=settings.service_name, service_id=settings.instance_id,
                                        address=settings.advertise_address, port=port,
-                                       check_interval=settings.check_interval, retry_for=0, passing=True)
+                                       check_interval=settings.check_interval, retry_for=0, passing=True,
+                                       tls=bool(settings.tls_dir))
             _LOGGER.warning("Consul had lost %s: registered again", settings.instance_id)
             lost = False
         except Exception as err:  # Consul away: try again at the next look, logged once
@@ -276,7 +285,8 @@ async def serve(
     await _retry_database(lambda: migrate(settings.database_url, schema, migrations))
     pool = await _retry_database(lambda: open_pool(settings.database_url, max_size=settings.pool_max_size))
     client = shop_consul.connect(settings.consul_host, settings.consul_port)
-    deps = Deps(pool=pool, consul=client, live=LiveSettings(client))
+    tls = Tls.load(settings.tls_dir, settings.service_name) if settings.tls_dir else None
+    deps = Deps(pool=pool, consul=client, live=LiveSettings(client), tls=tls)
     deps.live.start()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -308,6 +318,7 @@ async def serve(
             port=app.port,
             check_interval=settings.check_interval,
             passing=True,
+            tls=bool(settings.tls_dir),
         )
         registered = True
         tasks.append(asyncio.create_task(_keep_registered(client, settings, app.port, readiness), name="registration"))

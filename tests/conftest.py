@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from devstack.certs import ensure_certs
 from devstack.postgres import start_embedded
 from devstack.stack import Ports, consul_process
 from devstack.procs import Proc, consul_ready, wait_until
@@ -46,9 +47,15 @@ def ports() -> Ports:
 
 
 @pytest.fixture(scope="session")
-def consul(ports, log_dir):
-    """A real Consul dev agent for the session; yields its HTTP address."""
-    proc = Proc(consul_process(ports), log_dir)
+def tls_dir(tmp_path_factory) -> Path:
+    """The session's own CA and a certificate for every identity of the suite (devstack.certs)."""
+    return ensure_certs(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="session")
+def consul(ports, log_dir, tls_dir):
+    """A real Consul dev agent for the session, able to check services over mutual TLS; yields its HTTP address."""
+    proc = Proc(consul_process(ports, tls_dir), log_dir)
     try:
         wait_until(lambda: proc.popen.poll() is not None or consul_ready(ports.consul_addr), 30, what="consul")
         assert proc.popen.poll() is None, proc.log()

@@ -8,6 +8,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import httpx
 import psycopg
 import pytest
@@ -17,6 +18,8 @@ from gateway.identity import issue_token
 from devstack.stack import SERVICE_MODULES, Ports, gateway_processes, service_process, wait_for_suite
 from devstack.procs import Proc
 from devstack.postgres import create_database, dsn_for
+from shop_runtime import mtls
+from shop_runtime.mtls import Tls
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,8 @@ class Suite:
     ports: Ports
     dsn: str
     secrets: Path
+    # The suite's CA and certificates: its services take only gRPC callers with one of them.
+    tls_dir: Path
 
     @property
     def base_url(self) -> str:
@@ -38,6 +43,16 @@ class Suite:
     def auth(self, user: str, role: str | None = None) -> dict[str, str]:
         """The Authorization header of a valid token."""
         return {"Authorization": f"Bearer {self.token(user, role)}"}
+
+    def channel(self, service: str, identity: str = "ops") -> grpc.aio.Channel:
+        """An asyncio gRPC channel to `service`'s configured port, with `identity`'s certificate of the suite."""
+        return mtls.channel(f"127.0.0.1:{self.ports.services[service]}", service, Tls.load(self.tls_dir, identity))
+
+    def sync_channel(self, service: str, identity: str = "ops") -> grpc.Channel:
+        """The same, blocking."""
+        return grpc.secure_channel(f"127.0.0.1:{self.ports.services[service]}",
+                                   Tls.load(self.tls_dir, identity).channel_credentials(),
+                                   options=[("grpc.ssl_target_name_override", mtls.server_name(service))])
 
 
 # Worker processes per service, as `make run` has them on a 2-core machine. The catalog keeps one:
@@ -56,18 +71,19 @@ E2E_GATEWAY_SETTINGS = {"GATEWAY_RATE_LIMIT_PER_SECOND": "1000", "GATEWAY_RATE_L
 
 
 @pytest.fixture(scope="session")
-def suite(pg_admin_dsn, consul, ports, log_dir, tmp_path_factory):
+def suite(pg_admin_dsn, consul, ports, log_dir, tmp_path_factory, tls_dir):
     dsn = dsn_for(pg_admin_dsn, create_database(pg_admin_dsn))
     secrets = tmp_path_factory.mktemp("secrets")
     asyncio.run(prepare(dsn))
-    specs = [*(service_process(s, ports, dsn, workers=E2E_WORKERS[s], **E2E_ENV.get(s, {})) for s in SERVICE_MODULES),
-             *gateway_processes(ports, tmp_path_factory.mktemp("gateway"), secrets, E2E_GATEWAY_SETTINGS)]
+    specs = [*(service_process(s, ports, dsn, workers=E2E_WORKERS[s], tls_dir=tls_dir, **E2E_ENV.get(s, {}))
+               for s in SERVICE_MODULES),
+             *gateway_processes(ports, tmp_path_factory.mktemp("gateway"), secrets, E2E_GATEWAY_SETTINGS, tls_dir)]
     procs = [Proc(spec, log_dir) for spec in specs]
     try:
         if not wait_for_suite(ports, 60, instances=E2E_WORKERS):
             logs = "\n".join(f"--- {p.name}\n{p.log()[-3000:]}" for p in procs)
             pytest.fail(f"the suite did not come up:\n{logs}")
-        yield Suite(ports=ports, dsn=dsn, secrets=secrets)
+        yield Suite(ports=ports, dsn=dsn, secrets=secrets, tls_dir=tls_dir)
     finally:
         for p in procs:
             p.stop()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 
-import grpc
 import pytest
 
 from devstack.demo_data import generate
@@ -141,7 +140,7 @@ def test_unknown_sku_is_404_product_not_found(http):
 
 async def test_available_is_read_live_from_inventory(http, suite):
     p = next(p for p in DEMO if p.on_hand >= 10 and p.category == "books")
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{suite.ports.services['inventory']}") as channel:
+    async with suite.channel("inventory") as channel:
         stub = inventory_pb2_grpc.InventoryServiceStub(channel)
         (held,) = (await stub.CreateHolds(inventory_pb2.CreateHoldsRequest(
             owner="cart:catalog-test", lines=[inventory_pb2.HoldLine(sku=p.sku, qty=p.on_hand - 3)],

@@ -86,7 +86,7 @@ def upstream_of(dsn: str) -> str | tuple[str, int]:
 
 
 @pytest.fixture(scope="module")
-def stack(pg_admin_dsn, tmp_path_factory):
+def stack(pg_admin_dsn, tmp_path_factory, tls_dir):
     run_dir = tmp_path_factory.mktemp("faults")
     dsn = dsn_for(pg_admin_dsn, create_database(pg_admin_dsn))
     asyncio.run(prepare(dsn))
@@ -100,7 +100,7 @@ def stack(pg_admin_dsn, tmp_path_factory):
     os.environ.update(env)  # supervisord's programs take its environment
     try:
         specs = suite_processes(ports, services_dsn, run_dir, secrets, workers=1,
-                                replicas=dict.fromkeys(SERVICE_MODULES, REPLICAS))
+                                replicas=dict.fromkeys(SERVICE_MODULES, REPLICAS), tls_dir=tls_dir)
         with open(run_dir / "supervisord.log", "wb") as log:
             supervisor = supervise.start(specs, run_dir / "supervisor", stdout=log, stderr=log)
     finally:

@@ -33,10 +33,12 @@ def catalog_hosts(admin: int) -> dict[int, list[str]]:
 
 def test_a_replica_that_dies_costs_no_request_and_is_marked_down(suite, log_dir, tmp_path):
     ports = dataclasses.replace(suite.ports, gateway=free_port(), envoy_admin=free_port())
-    envoy, _sync = gateway_processes(ports, tmp_path, suite.secrets)  # its endpoints are set by hand below
+    # Its endpoints are set by hand below.
+    envoy, _sync = gateway_processes(ports, tmp_path, suite.secrets, tls_dir=suite.tls_dir)
     live = passing_instances(suite.ports, "catalog")[0]["Service"]["Port"]
     doomed_port = free_port()
     doomed = Proc(service_process("catalog", suite.ports, suite.dsn, port=doomed_port, name="catalog-doomed",
+                                  tls_dir=suite.tls_dir,
                                   CATALOG_CACHE_SECONDS="0"), log_dir)
     write_eds(tmp_path / "eds", "catalog", [("127.0.0.1", live), ("127.0.0.1", doomed_port)])
     proc = Proc(envoy, log_dir)

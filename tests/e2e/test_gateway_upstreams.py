@@ -20,7 +20,8 @@ def test_a_new_replica_is_picked_up_and_a_stopped_one_dropped_without_failed_req
     original = catalog_hosts(suite)
     assert original == {suite.ports.services["catalog"]}
     port = free_port()
-    replica = Proc(service_process("catalog", suite.ports, suite.dsn, port=port, name="catalog-replica"), log_dir)
+    replica = Proc(service_process("catalog", suite.ports, suite.dsn, port=port, name="catalog-replica",
+                                   tls_dir=suite.tls_dir), log_dir)
     failures: list[str] = []
     stop = threading.Event()
 

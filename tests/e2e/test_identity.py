@@ -110,14 +110,13 @@ def test_a_client_sent_role_header_grants_nothing(http, suite):
 
 
 async def test_setting_stock_below_what_is_held_is_409(http, suite):
-    import grpc
 
     from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 
     sku = "SP-0004"
     headers = suite.auth("ops", "admin")
     assert http.put(f"/admin/stock/{sku}", json={"onHand": 10}, headers=headers).status_code == 200
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{suite.ports.services['inventory']}") as channel:
+    async with suite.channel("inventory") as channel:
         stub = inventory_pb2_grpc.InventoryServiceStub(channel)
         (held,) = (await stub.CreateHolds(inventory_pb2.CreateHoldsRequest(
             owner="cart:e2e", lines=[inventory_pb2.HoldLine(sku=sku, qty=6)], ttl_seconds=60))).holds

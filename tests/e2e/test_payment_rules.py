@@ -95,7 +95,6 @@ def test_a_cut_off_charge_under_one_key_is_refunded_when_another_key_pays(order,
 
 
 def test_the_sweeper_finishes_a_payment_cut_off_after_selling_and_refunds_one_cut_off_before(http, suite, kv):
-    import grpc
 
     from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 
@@ -118,7 +117,7 @@ def test_the_sweeper_finishes_a_payment_cut_off_after_selling_and_refunds_one_cu
     with psycopg.connect(suite.dsn) as conn:
         holds = [r[0] for r in conn.execute("SELECT hold_id::text FROM orders.items WHERE order_id = %s",
                                             (orders[sold.user]["orderId"],))]
-    with grpc.insecure_channel(f"127.0.0.1:{suite.ports.services['inventory']}") as channel:
+    with suite.sync_channel("inventory") as channel:
         inventory_pb2_grpc.InventoryServiceStub(channel).CommitHolds(
             inventory_pb2.CommitHoldsRequest(hold_ids=holds, idempotency_key=f"pay:{orders[sold.user]['orderId']}"))
     time.sleep(3.5)  # past both windows, and a sweep

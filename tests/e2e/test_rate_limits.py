@@ -29,7 +29,8 @@ SKU = "SP-0201"
 def own_gateway(suite, log_dir, run_dir, settings: dict[str, str]):
     """An Envoy (and its Consul sync) in front of the suite's services with `settings`; yields its base URL."""
     ports = dataclasses.replace(suite.ports, gateway=free_port(), envoy_admin=free_port())
-    procs = [Proc(spec, log_dir) for spec in gateway_processes(ports, run_dir, suite.secrets, settings)]
+    procs = [Proc(spec, log_dir) for spec in gateway_processes(ports, run_dir, suite.secrets, settings,
+                                                                   suite.tls_dir)]
     base = f"http://127.0.0.1:{ports.gateway}"
 
     def up() -> bool:

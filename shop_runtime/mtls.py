@@ -1,0 +1,91 @@
+"""Mutual TLS between the suite's processes: who may call a service, and whom a service believes about the user.
+
+With TLS_DIR set (shop_runtime.config), a service listens only for TLS callers that present a certificate signed by
+the suite's CA (devstack.certs makes it), and calls the other services over TLS with its own certificate, checking
+that the callee's certificate names the service it meant to call (`<service>.shop.internal`), whatever address
+Consul gave. Without TLS_DIR it serves and calls in plaintext and says so at start: for tests of one service and
+for a network that is private by other means.
+
+Identity: a caller is the common name of its certificate. The user a call is made for (x-shop-user-id) is
+believed only from the gateway, which sets it from a verified token, and from the suite's services, which pass on
+what the gateway set; from any other certificate of the suite (`ops`, an operator's tool) the header is ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+CA_FILE = "ca.pem"
+DOMAIN = "shop.internal"
+# The identities whose word about the end user is taken: the gateway, and the services that pass it on.
+USER_ASSERTERS = frozenset({"gateway", "catalog", "cart", "inventory", "order"})
+
+
+def cert_file(identity: str) -> str:
+    """The file name of `identity`'s certificate in TLS_DIR."""
+    return f"{identity}.pem"
+
+
+def key_file(identity: str) -> str:
+    """The file name of `identity`'s private key in TLS_DIR."""
+    return f"{identity}-key.pem"
+
+
+def server_name(identity: str) -> str:
+    """The DNS name `identity`'s certificate carries, and that its callers check."""
+    return f"{identity}.{DOMAIN}"
+
+
+@dataclass(frozen=True)
+class Tls:
+    """One identity's key and certificate, and the suite's CA."""
+
+    identity: str
+    ca: bytes
+    cert: bytes
+    key: bytes
+
+    @classmethod
+    def load(cls, directory: str | Path, identity: str) -> "Tls":
+        """Reads `identity`'s files from `directory`; a missing one is an OSError naming it."""
+        directory = Path(directory)
+        return cls(identity, (directory / CA_FILE).read_bytes(), (directory / cert_file(identity)).read_bytes(),
+                   (directory / key_file(identity)).read_bytes())
+
+    def server_credentials(self) -> grpc.ServerCredentials:
+        """Serves with this identity's certificate, and takes only callers with a certificate of the suite."""
+        return grpc.ssl_server_credentials([(self.key, self.cert)], root_certificates=self.ca,
+                                           require_client_auth=True)
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        """Calls with this identity's certificate, trusting only servers with a certificate of the suite."""
+        return grpc.ssl_channel_credentials(root_certificates=self.ca, private_key=self.key,
+                                            certificate_chain=self.cert)
+
+
+def channel(target: str, service: str, tls: Tls | None, options: list[tuple[str, object]] | None = None
+            ) -> grpc.aio.Channel:
+    """A channel to an instance of `service` at `target`: over TLS, checked to be `service`, when `tls` is given."""
+    options = list(options or [])
+    if tls is None:
+        return grpc.aio.insecure_channel(target, options=options)
+    return grpc.aio.secure_channel(target, tls.channel_credentials(),
+                                   options=[*options, ("grpc.ssl_target_name_override", server_name(service))])
+
+
+def peer_identity(context: grpc.aio.ServicerContext) -> str | None:
+    """The common name of the caller's certificate; None on a plaintext server."""
+    auth = context.auth_context() or {}
+    names = auth.get("x509_common_name")
+    return names[0].decode() if names else None
+
+
+def believes_user_from(context: grpc.aio.ServicerContext) -> bool:
+    """Whether the user header of this call is to be believed: always on a plaintext server (no identities to
+    tell apart), else only from USER_ASSERTERS."""
+    if (context.auth_context() or {}).get("transport_security_type") == [b"insecure"]:
+        return True
+    return peer_identity(context) in USER_ASSERTERS
