@@ -9,7 +9,7 @@ DESCRIPTOR := $(GEN)/shop.pb
 CONSUL_LOCAL := .tools/bin/consul
 NEWMAN := .tools/node/node_modules/.bin/newman
 
-.PHONY: run test lint openapi newman token audit bench bench-tools setup venv proto consul test-tools unit integration e2e crowd clean demo-data
+.PHONY: run test lint openapi newman token secrets audit bench bench-tools setup venv proto consul test-tools unit integration e2e crowd clean demo-data
 
 # `make run DEMO_PRODUCTS=100000` loads a larger demo catalog (default 2,400; products already there stay).
 # Every service runs one worker process per usable core; `make run WORKERS=1` runs one each (or any number).
@@ -41,6 +41,11 @@ $(NEWMAN):
 # A one-hour token from the local issuer: `make token USER=alice`, `make token USER=ops ROLE=admin`.
 token: venv
 	@$(PY) -m gateway token --user "$(USER)" $(if $(ROLE),--role "$(ROLE)")
+
+# What a deployment keeps secret, made once and never committed (devstack/secrets.py): the suite's CA and every
+# process's certificate (.secrets/tls), the token issuer's keys, and Consul's ACL tokens in .env for docker-compose.
+secrets: venv
+	$(PY) -m devstack.secrets
 
 # The suite audit (suite_audit) of the local suite's database (DATABASE_URL, else the embedded one of `make run`).
 audit: setup

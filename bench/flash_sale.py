@@ -26,6 +26,7 @@ from bench import grpc_load, pgbench, wrk
 from bench.holds import plain_sql
 from bench.memory import PeakMemory
 from bench.noop_gateway import NOOP_GET_PATH, NOOP_POST_PATH, per_user_limit, rewrite_envoy_argv
+from devstack.certs import ensure_certs
 from devstack.postgres import create_database, dsn_for, start_embedded
 from devstack.prepare import prepare
 from devstack.procs import Proc, consul_ready, wait_until
@@ -139,14 +140,17 @@ class Bench:
         asyncio.run(prepare(self.dsn, count=args.products))
         _LOGGER.info("demo data loaded in %.1fs", time.monotonic() - started)
         stack.callback(self._stop_all)
-        self._start(consul_process(self.ports))
+        # Mutual TLS between every process, as `make run` has it; the bench's own gRPC clients are operators (ops).
+        self.tls_dir = ensure_certs(self.work / "tls")
+        self._start(consul_process(self.ports, self.tls_dir))
         wait_until(lambda: consul_ready(self.ports.consul_addr), 30, what="consul")
         for service in SERVICE_MODULES:
             # Warnings only: a log line per request would cost the services more than their work.
-            self._start(service_process(service, self.ports, self.dsn, workers=args.workers, LOG_LEVEL="WARNING"))
+            self._start(service_process(service, self.ports, self.dsn, workers=args.workers, tls_dir=self.tls_dir,
+                                        LOG_LEVEL="WARNING"))
         run_dir = self.work / "gateway"
         run_dir.mkdir()
-        for spec in gateway_processes(self.ports, run_dir, self.secrets):
+        for spec in gateway_processes(self.ports, run_dir, self.secrets, tls_dir=self.tls_dir):
             if spec.name == "envoy":
                 argv, bootstrap = rewrite_envoy_argv(spec.argv, run_dir)
                 self.rate_limit = per_user_limit(bootstrap)
@@ -187,7 +191,7 @@ class Bench:
                      ", ".join(targets), args.duration)
         run = grpc_load.run(grpc_load.Load(
             targets=targets, kind=kind, callers=args.grpc_callers, seconds=args.duration,
-            warmup_seconds=args.warmup, processes=args.grpc_clients, sku=sku))
+            warmup_seconds=args.warmup, processes=args.grpc_clients, sku=sku, tls_dir=str(self.tls_dir)))
         self.figures[key] = Figure(name, run.rate, _pct(run.latencies_ms, 50), _pct(run.latencies_ms, 99),
                                    dict(run.codes))
         self.memory.sample()

@@ -13,6 +13,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+from shop_runtime import mtls
 
 # The kinds of call a run can make.
 NOOP = "noop"    # Health.Check: answered from memory
@@ -50,6 +51,8 @@ class Load:
     # Connections each process opens to each target; several spread the calls over workers sharing a port.
     connections: int = 4
     sku: str = ""
+    # The suite's certificates (devstack.certs): the load calls as `ops` over mutual TLS; '': plaintext.
+    tls_dir: str = ""
 
 
 def _stubs(load: Load) -> tuple[list[grpc.aio.Channel], list]:
@@ -57,8 +60,8 @@ def _stubs(load: Load) -> tuple[list[grpc.aio.Channel], list]:
     for target in load.targets:
         for n in range(load.connections):
             # A local subchannel pool and a distinct argument: one TCP connection per channel, not one shared.
-            channel = grpc.aio.insecure_channel(
-                target, options=[("grpc.use_local_subchannel_pool", 1), ("bench.connection", n)])
+            channel = mtls.channel(target, "inventory", mtls.Tls.load(load.tls_dir, "ops") if load.tls_dir else None,
+                                   options=[("grpc.use_local_subchannel_pool", 1), ("bench.connection", n)])
             channels.append(channel)
             if load.kind == HOLDS:
                 stubs.append(inventory_pb2_grpc.InventoryServiceStub(channel).CreateHolds)

@@ -4,41 +4,24 @@ started again; the others keep running)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
 import sys
 import threading
 import time
-import urllib.request
 
 from devstack import supervise
+from devstack.consul_setup import Consul, load_kv_defaults, wait_for_leader
 from devstack.postgres import embedded_dsn
 from devstack import demo_data
 from devstack.prepare import DEMO_PRODUCTS, prepare
-from devstack.stack import (CONSUL_DIR, ROOT, SECRETS_DIR, SERVICE_MODULES, TLS_DIR, Ports, parse_replicas,
+from devstack.stack import (ROOT, SECRETS_DIR, SERVICE_MODULES, TLS_DIR, Ports, parse_replicas,
                             passing_instances, suite_processes, wait_for_suite)
 from shop_runtime.config import ConfigError, env_int, parse_workers
 from shop_runtime.logs import setup_logging
 
 _LOGGER = logging.getLogger("devstack")
-
-
-def _load_kv_defaults(consul: str, timeout: float = 60.0) -> None:
-    """Writes each default setting only where the key is missing (cas=0), so an operator's value stays."""
-    defaults = json.loads((CONSUL_DIR / "kv-defaults.json").read_text())
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            for key, value in defaults.items():
-                request = urllib.request.Request(f"{consul}/v1/kv/{key}?cas=0", data=value.encode(), method="PUT")
-                urllib.request.urlopen(request, timeout=2).read()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.3)  # the agent is still starting
 
 
 def _addresses(ports: Ports, service: str) -> list[str]:
@@ -54,8 +37,10 @@ def announce(ports: Ports, workers: int = 1, replicas: dict[str, int] | None = N
     replicas = replicas or {}
     start = time.monotonic()
     try:
-        _load_kv_defaults(f"http://{ports.consul_addr}")
-    except OSError as err:
+        consul = Consul(ports.consul_addr)
+        wait_for_leader(consul)
+        load_kv_defaults(consul)
+    except (OSError, RuntimeError) as err:
         _LOGGER.error("could not write the default settings to Consul KV: %s", err)
     if not wait_for_suite(ports, deadline, instances={s: workers * replicas.get(s, 1) for s in SERVICE_MODULES}):
         _LOGGER.error("the suite did not come up within %ss; see the log lines above", deadline)

@@ -114,16 +114,17 @@ def consul_tls_config(tls_dir: Path) -> Path:
     return path
 
 
-def consul_process(ports: Ports, tls_dir: Path | None = None) -> ProcessSpec:
+def consul_process(ports: Ports, tls_dir: Path | None = None, config_files: tuple[Path, ...] = ()) -> ProcessSpec:
     """A Consul dev agent (in-memory state, web UI) on loopback with `ports`; with `tls_dir`, able to check
-    services that serve mutual TLS."""
-    tls = ["-config-file", str(consul_tls_config(tls_dir))] if tls_dir else []
+    services that serve mutual TLS; `config_files` add settings (ACLs, say)."""
+    files = [consul_tls_config(tls_dir)] if tls_dir else []
+    flags = [arg for path in (*files, *config_files) for arg in ("-config-file", str(path))]
     argv = [
         consul_binary(), "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
         "-http-port", str(ports.consul_http), "-dns-port", str(ports.consul_dns),
         "-server-port", str(ports.consul_server), "-serf-lan-port", str(ports.consul_serf_lan),
         "-serf-wan-port", str(ports.consul_serf_wan), "-grpc-port", str(ports.consul_grpc),
-        "-config-dir", str(CONSUL_DIR / "agent.d"), *tls,
+        "-config-dir", str(CONSUL_DIR / "agent.d"), *flags,
     ]
     return ProcessSpec("consul", argv, _env())
 

@@ -28,6 +28,9 @@ def main() -> None:
     render.add_argument("--listen", default="0.0.0.0", help="the REST listener's address")
     render.add_argument("--port", type=int, default=9000, help="the REST listener's port")
     render.add_argument("--admin-port", type=int, default=9901, help="Envoy's admin port (loopback only)")
+    render.add_argument("--tls-dir", type=Path, default=None,
+                        help="the suite's CA and the gateway's certificate (make secrets): call the services over "
+                             "mutual TLS; without it, plaintext")
     token = sub.add_parser("token", help="print a token signed by the local key (made on first use)")
     token.add_argument("--user", required=True, help="the user id, the token's `sub`")
     token.add_argument("--role", default="", help="`admin` for the admin routes")
@@ -49,7 +52,7 @@ def main() -> None:
         parser.exit(2, f"python -m gateway render: {err}\n")
     write_config(
         GatewayConfig(args.listen, args.port, args.admin_port, args.descriptor.resolve(), args.eds_dir.resolve(),
-                      args.jwks.resolve(), limits),
+                      args.jwks.resolve(), limits, args.tls_dir.resolve() if args.tls_dir else None),
         args.out,
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 from pathlib import Path
 
@@ -19,7 +20,7 @@ _LOGGER = logging.getLogger(__name__)
 async def sync(consul_addr: str, eds_dir: Path) -> None:
     """Rewrites a cluster's EDS file whenever its passing set in Consul changes, until SIGTERM/SIGINT."""
     host, _, port = consul_addr.removeprefix("http://").rpartition(":")
-    client = shop_consul.connect(host, int(port))
+    client = shop_consul.connect(host, int(port), os.environ.get("CONSUL_HTTP_TOKEN", "").strip())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

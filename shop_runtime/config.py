@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 
@@ -129,6 +129,8 @@ class ServiceSettings:
     shutdown_delay_seconds: float = 1.0
     # The folder of the suite's CA and this service's certificate and key (shop_runtime.mtls); '': plaintext gRPC.
     tls_dir: str = ""
+    # This service's Consul ACL token (CONSUL_HTTP_TOKEN, as Consul's own tools take it); '': Consul without ACLs.
+    consul_token: str = field(default="", repr=False)
 
     @property
     def process_name(self) -> str:
@@ -171,4 +173,5 @@ class ServiceSettings:
             # Set by the supervisor for the processes it starts (shop_runtime.server), not by hand.
             worker_index=env_int("WORKER_INDEX", 0, minimum=0, maximum=MAX_WORKERS),
             tls_dir=os.environ.get("TLS_DIR", "").strip(),
+            consul_token=os.environ.get("CONSUL_HTTP_TOKEN", "").strip(),
         )

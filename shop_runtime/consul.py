@@ -17,9 +17,9 @@ _LOGGER = logging.getLogger(__name__)
 WATCH_WAIT = "30s"
 
 
-def connect(host: str, port: int) -> consul.aio.Consul:
-    """An asyncio Consul client for the agent at host:port."""
-    return consul.aio.Consul(host=host, port=port)
+def connect(host: str, port: int, token: str | None = None) -> consul.aio.Consul:
+    """An asyncio Consul client for the agent at host:port, with `token` where Consul's ACLs are on."""
+    return consul.aio.Consul(host=host, port=port, token=token or None)
 
 
 @dataclass(frozen=True, order=True)

@@ -284,7 +284,7 @@ async def serve(
     parent = os.getppid()
     await _retry_database(lambda: migrate(settings.database_url, schema, migrations))
     pool = await _retry_database(lambda: open_pool(settings.database_url, max_size=settings.pool_max_size))
-    client = shop_consul.connect(settings.consul_host, settings.consul_port)
+    client = shop_consul.connect(settings.consul_host, settings.consul_port, settings.consul_token)
     tls = Tls.load(settings.tls_dir, settings.service_name) if settings.tls_dir else None
     deps = Deps(pool=pool, consul=client, live=LiveSettings(client), tls=tls)
     deps.live.start()

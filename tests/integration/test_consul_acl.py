@@ -1,0 +1,111 @@
+"""Consul with ACLs on, default deny, as the compose deployment runs it: devstack.consul_setup gives each identity
+of the suite a token that does only what it needs, and the services and gateway.sync work with theirs. A real
+Consul agent and real service processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import uuid
+
+import pytest
+
+from devstack.consul_setup import IDENTITIES, Consul, apply_acls, load_kv_defaults, wait_for_leader
+from devstack.procs import Proc, consul_ready, wait_until
+from devstack.stack import ProcessSpec, Ports, consul_process, service_process
+
+pytestmark = pytest.mark.integration
+
+SETTING = "shop/config/payment_window_seconds"
+
+
+def registration(name: str, port: int) -> dict:
+    return {"Name": name, "ID": f"{name}-{uuid.uuid4().hex[:6]}", "Address": "127.0.0.1", "Port": port}
+
+
+@pytest.fixture
+def acl_consul(log_dir, tmp_path):
+    """A Consul agent with ACLs on and default deny; yields its address, the management token and the suite's."""
+    ports = Ports.free()
+    master = str(uuid.uuid4())
+    config = tmp_path / "acl.json"
+    config.write_text(json.dumps({"acl": {"enabled": True, "default_policy": "deny", "down_policy": "extend-cache",
+                                          "tokens": {"master": master}}}))
+    agent = Proc(consul_process(ports, config_files=(config,)), log_dir)
+    try:
+        wait_until(lambda: agent.popen.poll() is not None or consul_ready(ports.consul_addr), 30, what="consul")
+        assert agent.popen.poll() is None, agent.log()
+        admin = Consul(ports.consul_addr, master)
+        wait_for_leader(admin)
+        tokens = {i: str(uuid.uuid4()) for i in IDENTITIES}
+        wait_until(lambda: admin.call("GET", "/v1/acl/policies")[0] == 200, 30, what="ACLs ready")
+        apply_acls(admin, tokens)
+        load_kv_defaults(admin)
+        yield ports, master, tokens
+    finally:
+        agent.stop()
+
+
+def test_each_token_does_only_what_its_holder_needs_and_no_token_does_nothing(acl_consul):
+    ports, master, tokens = acl_consul
+    anonymous, cart = Consul(ports.consul_addr), Consul(ports.consul_addr, tokens["cart"])
+    operator = Consul(ports.consul_addr, tokens["operator"])
+
+    # Without a token: no registration (a fake `order` that would be sent card tokens), no settings read or written.
+    assert anonymous.call("PUT", "/v1/agent/service/register", registration("order", 1))[0] == 403
+    assert anonymous.call("PUT", f"/v1/kv/{SETTING}", raw=b"1")[0] == 403
+    assert anonymous.call("GET", f"/v1/kv/{SETTING}")[0] == 403
+    # A service registers under its own name only, reads settings, and cannot change them.
+    assert cart.call("PUT", "/v1/agent/service/register", registration("order", 1))[0] == 403
+    assert cart.call("PUT", "/v1/agent/service/register", registration("cart", 1))[0] == 200
+    assert cart.call("GET", f"/v1/kv/{SETTING}")[0] == 200
+    assert cart.call("PUT", f"/v1/kv/{SETTING}", raw=b"1")[0] == 403
+    # gateway-sync reads where the services are, and nothing more.
+    sync = Consul(ports.consul_addr, tokens["gateway-sync"])
+    status, found = sync.call("GET", "/v1/health/service/cart")
+    assert status == 200 and [e["Service"]["Service"] for e in found] == ["cart"]
+    assert sync.call("PUT", "/v1/agent/service/register", registration("cart", 1))[0] == 403
+    assert sync.call("GET", f"/v1/kv/{SETTING}")[0] == 403
+    # The operator changes settings.
+    assert operator.call("PUT", f"/v1/kv/{SETTING}", raw=b"600")[0] == 200
+    assert Consul(ports.consul_addr, master).ok("GET", f"/v1/kv/{SETTING}?raw") == 600
+    # Setting up again changes nothing and fails nothing (the compose job runs at every start).
+    apply_acls(Consul(ports.consul_addr, master), tokens)
+    assert cart.call("GET", "/v1/acl/token/self")[0] == 200
+
+
+def test_a_service_and_gateway_sync_work_with_their_tokens(acl_consul, fresh_dsn, log_dir, tmp_path):
+    ports, master, tokens = acl_consul
+    admin = Consul(ports.consul_addr, master)
+    eds = tmp_path / "eds"
+    eds.mkdir()
+    inventory = Proc(service_process("inventory", ports, fresh_dsn, port=0, name="inventory-acl",
+                                     CONSUL_HTTP_TOKEN=tokens["inventory"], CONSUL_CHECK_INTERVAL="1s"), log_dir)
+    sync = Proc(ProcessSpec("gateway-sync-acl", [sys.executable, "-m", "gateway.sync", "--eds-dir", str(eds)],
+                            {**os.environ, "CONSUL_HTTP_ADDR": ports.consul_addr,
+                             "CONSUL_HTTP_TOKEN": tokens["gateway-sync"]}),
+                log_dir)
+
+    def passing() -> list[int]:
+        return [e["Service"]["Port"] for e in admin.ok("GET", "/v1/health/service/inventory?passing=true")]
+
+    def endpoints() -> list[int]:
+        try:
+            doc = json.loads((eds / "inventory.json").read_text())
+        except (OSError, ValueError):
+            return []
+        return [lb["endpoint"]["address"]["socket_address"]["port_value"]
+                for group in doc["resources"][0]["endpoints"] for lb in group["lb_endpoints"]]
+
+    try:
+        wait_until(lambda: inventory.popen.poll() is not None or len(passing()) == 1, 60, what="inventory passing")
+        assert inventory.popen.poll() is None, inventory.log()
+        wait_until(lambda: endpoints() == passing(), 30, what="gateway.sync's endpoints")
+        inventory.signal(signal.SIGTERM)
+        assert inventory.popen.wait(30) == 0
+        assert passing() == []  # it could deregister itself with its token
+    finally:
+        inventory.stop()
+        sync.stop()
