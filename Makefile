@@ -9,7 +9,7 @@ DESCRIPTOR := $(GEN)/shop.pb
 CONSUL_LOCAL := .tools/bin/consul
 NEWMAN := .tools/node/node_modules/.bin/newman
 
-.PHONY: run test lint openapi newman token secrets audit bench bench-tools setup venv proto consul test-tools unit integration e2e crowd clean demo-data
+.PHONY: run test lint openapi newman token secrets hosts hosts-down audit bench bench-tools setup venv proto consul test-tools unit integration e2e crowd clean demo-data
 
 # `make run DEMO_PRODUCTS=100000` loads a larger demo catalog (default 2,400; products already there stay).
 # Every service runs one worker process per usable core; `make run WORKERS=1` runs one each (or any number).
@@ -115,13 +115,24 @@ consul:
 	@if [ -n "$$CONSUL_BIN" ] || command -v consul >/dev/null || [ -x $(CONSUL_LOCAL) ]; then :; \
 	else bash devstack/fetch_consul.sh $(dir $(CONSUL_LOCAL)); fi
 
-# Tools only the tests use, from Debian's packages: docker-compose validates the compose file
-# without a Docker engine.
+# Tools only the tests use, from Debian's packages: docker-compose validates the compose file without a Docker
+# engine; iproute2's `ip` makes the test hosts of tests/e2e/test_hosts.py (network namespaces; needs root).
 test-tools:
-	@command -v docker-compose >/dev/null || { \
+	@missing=""; command -v docker-compose >/dev/null || missing="docker-compose"; \
+	command -v ip >/dev/null || [ -x /usr/sbin/ip ] || missing="$$missing iproute2"; \
+	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; \
-		else echo "install Debian's docker-compose package (needs root) to run the compose check" >&2; exit 1; fi; }
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+		else echo "install Debian's $$missing package(s) (needs root) to run the tests" >&2; exit 1; fi; fi
+
+# The suite over several test hosts (network namespaces: Postgres, two hosts of services, three Consul servers,
+# Envoy on its own host; devstack/multihost.py), in the foreground until Ctrl-C; needs root. `make hosts-down`
+# removes the namespaces a run that was killed left behind.
+hosts: setup test-tools
+	$(PY) -m devstack.multihost
+
+hosts-down: venv
+	$(PY) -m devstack.multihost down
 
 demo-data: setup
 	$(PY) -m devstack.demo_data

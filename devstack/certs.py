@@ -4,7 +4,8 @@ certificate for every identity of the suite signed by it.
 An identity is a service's Consul name (catalog, cart, inventory, order), `gateway` (Envoy), `consul` (the agent,
 for its gRPC health checks) or `ops` (an operator's own calls, e.g. grpcurl). Each certificate names its identity
 as its common name and as the DNS name `<identity>.shop.internal`, and may serve and call (both key usages): a
-service is reached by its callers under that name (shop_runtime.mtls), whatever address it runs at.
+service is reached by its callers under that name (shop_runtime.mtls), whatever address it runs at. Each also
+carries the name Consul's health checks ask for (shop_runtime.mtls.CHECK_SERVER_NAME).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from shop_runtime.mtls import CA_FILE, cert_file, key_file, server_name
+from shop_runtime.mtls import CA_FILE, CHECK_SERVER_NAME, cert_file, key_file, server_name
 
 SERVICES = ("catalog", "cart", "inventory", "order")
 IDENTITIES = (*SERVICES, "gateway", "consul", "ops")
@@ -44,11 +45,26 @@ def _name(common_name: str) -> x509.Name:
                       x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def _fresh(path: Path) -> bool:
+def _fresh(path: Path, names: tuple[str, ...] = ()) -> bool:
+    """Whether the certificate at `path` is far from its end and carries the DNS names `names` (a certificate made
+    before a name was added is made again)."""
     if not path.exists():
         return False
     cert = x509.load_pem_x509_certificate(path.read_bytes())
+    if names:
+        try:
+            has = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+                x509.DNSName)
+        except x509.ExtensionNotFound:
+            return False
+        if not set(names) <= set(has):
+            return False
     return cert.not_valid_after_utc - RENEW_BEFORE > datetime.datetime.now(datetime.timezone.utc)
+
+
+def _names(identity: str) -> tuple[str, ...]:
+    """The DNS names `identity`'s certificate carries."""
+    return server_name(identity), CHECK_SERVER_NAME
 
 
 def _ca(directory: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
@@ -90,7 +106,7 @@ def issue(ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, identit
                                          crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
                            critical=False)
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(server_name(identity))]), critical=False)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in _names(identity)]), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
             .sign(ca_key, hashes.SHA256()))
     return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
@@ -102,7 +118,7 @@ def ensure_certs(directory: Path, identities: tuple[str, ...] = IDENTITIES) -> P
     directory.mkdir(parents=True, exist_ok=True)
     ca_key, ca_cert = _ca(directory)
     for identity in identities:
-        if _fresh(directory / cert_file(identity)) and (directory / key_file(identity)).exists():
+        if _fresh(directory / cert_file(identity), _names(identity)) and (directory / key_file(identity)).exists():
             continue
         cert, key = issue(ca_key, ca_cert, identity)
         _write(directory / key_file(identity), key, private=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 from devstack.certs import ensure_certs
 from gateway.envoy import GatewayConfig, GatewayLimits, write_config
 from gateway.identity import ensure_keys
-from shop_runtime.mtls import CA_FILE, cert_file, key_file
+from shop_runtime.mtls import CA_FILE, CHECK_SERVER_NAME, cert_file, key_file
 
 ROOT = Path(__file__).resolve().parents[1]
 DESCRIPTOR = ROOT / "gen" / "shop.pb"
@@ -110,6 +110,7 @@ def consul_tls_config(tls_dir: Path) -> Path:
     path.write_text(json.dumps({
         "ca_file": str(tls_dir / CA_FILE), "cert_file": str(tls_dir / cert_file("consul")),
         "key_file": str(tls_dir / key_file("consul")), "enable_agent_tls_for_checks": True,
+        "server_name": CHECK_SERVER_NAME,
     }, indent=1))
     return path
 

@@ -63,4 +63,8 @@ SPEC = ServiceSpec(
     schema="inventory",
     migrations=Path(__file__).parent / "migrations",
     create_server=create_server,
+    # Its transactions are two round trips with no remote call between them (milliseconds, even in a crowd): one
+    # that waits seconds for its next statement belongs to a process gone silent, and holds a SKU's lock that
+    # every other replica's sale of that SKU waits for.
+    idle_in_transaction_seconds=5.0,
 )

@@ -129,6 +129,9 @@ class ServiceSettings:
     shutdown_delay_seconds: float = 1.0
     # The folder of the suite's CA and this service's certificate and key (shop_runtime.mtls); '': plaintext gRPC.
     tls_dir: str = ""
+    # How long Postgres lets one of this service's transactions wait for its next statement before ending it and
+    # its locks (shop_runtime.db.open_pool); 0: as long as the connection lives.
+    idle_in_transaction_seconds: float = 0.0
     # This service's Consul ACL token (CONSUL_HTTP_TOKEN, as Consul's own tools take it); '': Consul without ACLs.
     consul_token: str = field(default="", repr=False)
 

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import Callable
 
 import consul
 import consul.aio
+from consul.callback import CB
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 _LOGGER = logging.getLogger(__name__)
 
 # How long one blocking query waits for a change before Consul answers anyway.
-WATCH_WAIT = "30s"
+WATCH_WAIT = "10s"
+# How long a watch waits for Consul's answer before asking again: its wait, Consul's jitter (up to a sixteenth of
+# it) and a margin.
+WATCH_TIMEOUT_SECONDS = 15.0
 
 
 def connect(host: str, port: int, token: str | None = None) -> consul.aio.Consul:
@@ -92,6 +97,19 @@ async def is_registered(client: consul.aio.Consul, service_id: str) -> bool:
     return service_id in await client.agent.services()
 
 
+async def _health(client: consul.aio.Consul, service: str, index: str | None) -> tuple[str, list[dict]]:
+    """Every instance of `service` with its checks, as a blocking query from `index`, answered from the state of the
+    server the agent asks (stale), not forwarded to the cluster's leader: a leader cut off from the network would
+    hold a forwarded query, and so the caller's view, until the query's wait ran out; a server's own state is
+    replicated from the leader within milliseconds, and goes on being served while a new leader is elected.
+    (py-consul's health.service takes no consistency mode: this is the same call with `stale`.)"""
+    params = [("stale", "1")]
+    if index:
+        params += [("index", index), ("wait", WATCH_WAIT)]
+    return await client.http.get(CB.json(index=True), f"/v1/health/service/{service}", params=params,
+                                 headers=client.prepare_headers(None))
+
+
 def _passing(node: dict) -> bool:
     """As Consul's own `passing` filter: every check of the instance and its node passes."""
     return all(check.get("Status") == "passing" for check in node.get("Checks", ()))
@@ -106,13 +124,23 @@ def _instances(nodes: list[dict]) -> list[Instance]:
     return sorted(found)
 
 
+# How long Consul must go on saying that every instance of a service fails before a Discovery believes it, and
+# how often it asks again meanwhile.
+ALL_FAILING_CONFIRM_SECONDS = 2.0
+ALL_FAILING_CONFIRM_POLL = 0.25
+
+
 class Discovery:
     """The passing instances of one service, kept current by Consul blocking queries.
 
     While Consul is unreachable, and while it answers that the service has no instance registered at
     all (a restarted agent, before the instances have registered again), the last known good list is
     kept, so a Consul restart does not take callers down with it. Instances registered but failing
-    their checks are dropped, as they should be.
+    their checks are dropped, as they should be; but when every instance of the service fails at once, that is
+    believed only once Consul still says so ALL_FAILING_CONFIRM_SECONDS later. Until then the last list is kept:
+    a host that rejoins after a partition can have Consul mark the nodes of the others failed for a moment
+    (seen: every instance of every service out for 0.2 s), and no replica of a service would be left to call,
+    where a call to a replica that really failed costs no more than refusing it.
     """
 
     def __init__(
@@ -129,6 +157,8 @@ class Discovery:
         self._task: asyncio.Task | None = None
         # Whether the list is kept from before because Consul has no instance registered.
         self._kept = False
+        # Since when Consul has said that every registered instance fails, while the last list is kept.
+        self._all_failing_since: float | None = None
 
     def instances(self) -> list[Instance]:
         """The instances whose checks passed at the last answer from Consul."""
@@ -164,7 +194,8 @@ class Discovery:
         backoff = 0.2
         while True:
             try:
-                new_index, nodes = await self._client.health.service(self.service, index=index, wait=WATCH_WAIT)
+                new_index, nodes = await asyncio.wait_for(_health(self._client, self.service, index),
+                                                          WATCH_TIMEOUT_SECONDS)
             except asyncio.CancelledError:
                 raise
             except Exception as err:
@@ -186,6 +217,17 @@ class Discovery:
                 continue
             self._kept = False
             found = _instances([n for n in nodes if _passing(n)])
+            if not found and self._instances:
+                now = time.monotonic()
+                if self._all_failing_since is None:
+                    self._all_failing_since = now
+                    _LOGGER.warning("every instance of %s fails in Consul; believed if still so in %ss",
+                                    self.service, ALL_FAILING_CONFIRM_SECONDS)
+                if now - self._all_failing_since < ALL_FAILING_CONFIRM_SECONDS:
+                    await asyncio.sleep(ALL_FAILING_CONFIRM_POLL)
+                    index = None  # ask again now, not when something changes next
+                    continue
+            self._all_failing_since = None
             if found != self._instances or not self._ready.is_set():
                 self._instances = found
                 _LOGGER.info("%s: %d passing instance(s)", self.service, len(found))

@@ -17,14 +17,38 @@ _LOGGER = logging.getLogger(__name__)
 MIGRATION_LOCK_NAMESPACE = 1
 
 
-async def open_pool(dsn: str, *, max_size: int = 10, timeout: float = 10.0) -> AsyncConnectionPool:
+# How the services' database connections notice a peer gone without a word, on both ends (libpq's and the
+# server's settings of the same names): keepalive probes after 3 s of silence, one a second, the peer given up after
+# 3 unanswered; and a connection whose sent bytes stay unacknowledged for DEAD_PEER_SECONDS is closed
+# (tcp_user_timeout: while bytes wait to be acknowledged, TCP sends no keepalives, and retransmits for ~15 min).
+KEEPALIVE = {"idle": 3, "interval": 1, "count": 3}
+DEAD_PEER_SECONDS = KEEPALIVE["idle"] + KEEPALIVE["interval"] * KEEPALIVE["count"]
+TCP_USER_TIMEOUT_MS = DEAD_PEER_SECONDS * 1000
+
+
+async def open_pool(dsn: str, *, max_size: int = 10, timeout: float = 10.0,
+                    idle_in_transaction_seconds: float = 0) -> AsyncConnectionPool:
     """Opens a pool and waits for its first connection, so a bad DSN fails at start, not at first call.
 
     Its connections are in autocommit: a read outside `conn.transaction()` is one round trip, with no COMMIT
     after it; every write of the services runs inside an explicit `conn.transaction()`, as before.
+
+    A peer that is gone without a word (a host cut off from the network) is noticed by TCP keepalives on both
+    ends within DEAD_PEER_SECONDS: Postgres ends the sessions of a service whose host vanished, and with them
+    their transactions and locks (a SKU's lock held by such a session would stop every replica's sale of that
+    SKU until the host came back, or for the two hours after which TCP gives up by default); the service drops
+    connections to a database it no longer reaches.
+
+    With `idle_in_transaction_seconds`, Postgres also ends a transaction of the pool that waits that long for its
+    next statement, and with it the locks it holds, whatever the network does.
     """
-    pool = AsyncConnectionPool(dsn, min_size=1, max_size=max_size, open=False, name="shop",
-                               kwargs={"autocommit": True})
+    settings = {**{f"tcp_keepalives_{k}": v for k, v in KEEPALIVE.items()}, "tcp_user_timeout": TCP_USER_TIMEOUT_MS}
+    if idle_in_transaction_seconds:
+        settings["idle_in_transaction_session_timeout"] = int(idle_in_transaction_seconds * 1000)
+    kwargs: dict = {"autocommit": True, "keepalives": 1, **{f"keepalives_{k}": v for k, v in KEEPALIVE.items()},
+                    "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
+                    "options": " ".join(f"-c {k}={v}" for k, v in settings.items())}
+    pool = AsyncConnectionPool(dsn, min_size=1, max_size=max_size, open=False, name="shop", kwargs=kwargs)
     try:
         await pool.open(wait=True, timeout=timeout)
     except Exception:

@@ -8,6 +8,7 @@ import time
 from typing import Any, Awaitable, Callable
 
 import grpc
+import psycopg
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -131,6 +132,11 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 return await inner(request, context), None
             except ServiceError as err:
                 return None, err
+            except psycopg.OperationalError as err:
+                # The database went away under the call (a connection it broke, a server restarting): the call
+                # had no effect it can vouch for, and its caller may send it again with its key (503, not 500).
+                _LOGGER.warning("%s: the database failed the call (%s)", method, err)
+                return None, unavailable("database")
             except NotImplementedError:
                 # The generated base servicer's answer for an RPC a service does not build yet.
                 return None, ServiceError(grpc.StatusCode.UNIMPLEMENTED, "NOT_IMPLEMENTED",

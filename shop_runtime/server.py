@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import shlex
@@ -27,7 +28,7 @@ from shop_runtime import metrics
 from shop_runtime.mtls import Tls
 from shop_runtime.clients import ServiceClient
 from shop_runtime.clock import Clock, SystemClock
-from shop_runtime.config import ConfigError, ServiceSettings
+from shop_runtime.config import ConfigError, ServiceSettings, env_float
 from shop_runtime.db import migrate, open_pool
 from shop_runtime.errors import ErrorInterceptor, ServiceError
 from shop_runtime.live_settings import LiveSettings
@@ -184,8 +185,11 @@ class Readiness:
     """Whether the database answers, asked on a connection of the probe's own: a pool busy to its last
     connection (a flash sale) is a service at work, not one to take out of Consul."""
 
-    def __init__(self, dsn: str):
+    def __init__(self, dsn: str, recovered: Callable[[], Awaitable[None]] | None = None):
         self._dsn = dsn
+        # Run when the database answers again after it did not: e.g. the pool's check of its idle connections,
+        # which the outage may have broken, before the service says it serves again.
+        self._recovered = recovered
         self._conn: psycopg.AsyncConnection | None = None
         # The last answer: the health status the service has now.
         self.serving: bool | None = None
@@ -215,6 +219,11 @@ class Readiness:
         try:
             while True:
                 now = await self.probe()
+                if now and self.serving is False and self._recovered is not None:
+                    try:
+                        await self._recovered()
+                    except Exception:  # noqa: BLE001 - a failed check is the next probe's to find
+                        _LOGGER.warning("checking connections after the database came back failed", exc_info=True)
                 if now != self.serving:
                     await app.set_serving(now)
                     self.serving = now
@@ -283,7 +292,8 @@ async def serve(
     """Runs one service until SIGTERM/SIGINT (or `stop`), then leaves Consul and drains in-flight calls."""
     parent = os.getppid()
     await _retry_database(lambda: migrate(settings.database_url, schema, migrations))
-    pool = await _retry_database(lambda: open_pool(settings.database_url, max_size=settings.pool_max_size))
+    pool = await _retry_database(lambda: open_pool(settings.database_url, max_size=settings.pool_max_size,
+                                                   idle_in_transaction_seconds=settings.idle_in_transaction_seconds))
     client = shop_consul.connect(settings.consul_host, settings.consul_port, settings.consul_token)
     tls = Tls.load(settings.tls_dir, settings.service_name) if settings.tls_dir else None
     deps = Deps(pool=pool, consul=client, live=LiveSettings(client), tls=tls)
@@ -304,7 +314,8 @@ async def serve(
         await app.server.start()
         if not await deps.discovered(DISCOVERY_WAIT):
             _LOGGER.warning("Consul has not answered where the services it calls are; serving, and asking on")
-        readiness = Readiness(settings.database_url)
+        # Connections idle in the pool through an outage may be broken; they are checked (and replaced) first.
+        readiness = Readiness(settings.database_url, recovered=pool.check)
         tasks.append(asyncio.create_task(readiness.watch(app), name="readiness"))
         tasks += [asyncio.create_task(work(), name=work.__name__) for work in app.background]
         if settings.worker_index:
@@ -353,10 +364,16 @@ class ServiceSpec:
     schema: str
     migrations: Path
     create_server: Callable[[ServiceSettings, Deps], GrpcApp]
+    # How long one of its transactions may wait for its next statement before Postgres ends it and its locks
+    # (DB_IDLE_IN_TRANSACTION_SECONDS overrides it); 0: no bound. Only for a service none of whose transactions
+    # spans a call to another service, which may take longer than any such bound.
+    idle_in_transaction_seconds: float = 0.0
 
     def settings(self) -> ServiceSettings:
         """This service's settings, read from the environment."""
-        return ServiceSettings.from_env(self.name, self.default_port)
+        return dataclasses.replace(
+            ServiceSettings.from_env(self.name, self.default_port),
+            idle_in_transaction_seconds=env_float("DB_IDLE_IN_TRANSACTION_SECONDS", self.idle_in_transaction_seconds))
 
     async def serve(self, settings: ServiceSettings, stop: asyncio.Event | None = None) -> None:
         """Runs the service with `settings` until stopped."""

@@ -16,3 +16,5 @@ ca_file = "/tls/ca.pem"
 cert_file = "/tls/consul.pem"
 key_file = "/tls/consul-key.pem"
 enable_agent_tls_for_checks = true
+# The name its checks ask for, which every certificate of the suite carries (shop_runtime/mtls.py).
+server_name = "health.shop.internal"

@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import time
-import uuid
 
 import httpx
 import psycopg
@@ -22,21 +21,13 @@ from devstack.postgres import create_database, dsn_for
 from devstack.prepare import prepare
 from devstack.procs import consul_ready, wait_until
 from devstack.stack import SERVICE_MODULES, Ports, http_get, passing_instances, suite_processes, wait_for_suite
-from gateway.identity import issue_token
-from suite_audit.checks import audit_dsn
 from tests.e2e.netlink import Link
+from tests.e2e.sale import PAYMENT_WINDOW_SECONDS, SHOPPERS, Sale, restock, settled_and_clean
 
 pytestmark = pytest.mark.e2e
 
 REPLICAS = 2
-SKU = "HE-0042"
-SHOPPERS = 24
-# A payment cut off after the provider charged leaves its order awaiting payment until its window ends; then the
-# order's reconciler expires it and refunds the charge. A short window lets the audit see that within the test.
-PAYMENT_WINDOW_SECONDS = 15
 WINDOW_KEY = "shop/config/payment_window_seconds"
-# The answers a shopper may get in a sale that goes right: done, sold out, the per-user limit, or a key reused.
-EXPECTED = {200, 409, 429}
 # How long Postgres stays out of the services' reach: past Consul's reaping of a failing registration (1 min).
 OUTAGE_SECONDS = 120
 
@@ -121,93 +112,10 @@ def stack(pg_admin_dsn, tmp_path_factory, tls_dir):
         link.close()
 
 
-class Sale:
-    """Shoppers that add one unit, check out and pay, over and over, through the gateway; every answer is kept
-    with the moment it came."""
-
-    def __init__(self, stack: Stack):
-        self.stack = stack
-        self.answers: list[tuple[float, str, int]] = []  # (when, step, status)
-        self.details: list[str] = []  # what each unexpected answer said, with how long it took
-        self._stop = asyncio.Event()
-
-    async def _shopper(self, i: int) -> None:
-        headers = {"Authorization": f"Bearer {issue_token(self.stack.secrets, f'fault-{uuid.uuid4().hex[:6]}-{i}')}"}
-        async with httpx.AsyncClient(base_url=self.stack.base, timeout=60) as client:
-            while not self._stop.is_set():
-                added = await self._step(client, "add", "/chart", {"sku": SKU, "qty": 1}, headers)
-                if added != 200:
-                    await asyncio.sleep(0.05)
-                    continue
-                key = uuid.uuid4().hex
-                started = time.monotonic()
-                order = await client.post("/checkout", json={}, headers=headers | {"Idempotency-Key": key})
-                self._keep(started, "checkout", order.status_code,
-                           f"[{order.headers.get('x-request-id')}] {order.text}")
-                if order.status_code != 200:
-                    continue
-                body = order.json()
-                await self._step(client, "pay", "/payment", {"orderId": body["orderId"], "amount": body["total"],
-                                                             "method": "card", "token": "tok_visa"},
-                                 headers | {"Idempotency-Key": uuid.uuid4().hex})
-
-    async def _step(self, client, step: str, path: str, body: dict, headers: dict) -> int:
-        started = time.monotonic()
-        try:
-            resp = await client.post(path, json=body, headers=headers)
-            status, text = resp.status_code, f"[{resp.headers.get('x-request-id')}] {resp.text}"
-        except httpx.HTTPError as err:
-            status, text = 0, repr(err)  # no answer at all
-        self._keep(started, step, status, text)
-        return status
-
-    def _keep(self, started: float, step: str, status: int, text: str) -> None:
-        now = time.monotonic()
-        self.answers.append((now, step, status))
-        if status not in EXPECTED:
-            self.details.append(f"{step} {status} after {now - started:.1f}s: {text[:300]}")
-
-    async def run(self, during) -> None:
-        """Shops while `during()` (a coroutine function: the faults) runs, and a few seconds more."""
-        shoppers = [asyncio.create_task(self._shopper(i)) for i in range(SHOPPERS)]
-        await asyncio.sleep(3)
-        await during()
-        await asyncio.sleep(5)
-        self._stop.set()
-        await asyncio.gather(*shoppers)
-
-    def failures(self, since: float = 0.0) -> list[tuple[float, str, int]]:
-        return [a for a in self.answers if a[0] >= since and a[2] not in EXPECTED]
-
-    def first(self, step: str, since: float) -> float | None:
-        """When the first 200 to `step` came after `since`."""
-        return min((t for t, s, status in self.answers if s == step and status == 200 and t >= since), default=None)
-
-
 def all_instances(ports: Ports, service: str) -> list[dict]:
     """Consul's entries for every registered instance of `service`, with their checks, passing or not."""
     status, body = http_get(f"http://{ports.consul_addr}/v1/health/service/{service}")
     return json.loads(body) if status == 200 else []
-
-
-def restock(stack: Stack, units: int) -> None:
-    token = issue_token(stack.secrets, "ops", "admin")
-    resp = httpx.put(f"{stack.base}/admin/stock/{SKU}", json={"onHand": units},
-                     headers={"Authorization": f"Bearer {token}"}, timeout=30)
-    assert resp.status_code == 200, resp.text
-
-
-def settled_and_clean(stack: Stack) -> None:
-    """Waits for the reconcilers to repair what the faults left (a cut-off payment's charge is refunded once its
-    order's window has passed), then the suite audit must be clean."""
-    deadline = time.monotonic() + PAYMENT_WINDOW_SECONDS + 60
-    while (violations := audit_dsn(stack.dsn)) and time.monotonic() < deadline:
-        time.sleep(1)
-    assert violations == []
-    with psycopg.connect(stack.dsn) as conn:
-        (on_hand, reserved), = conn.execute("SELECT on_hand, reserved FROM inventory.stock WHERE sku = %s",
-                                            (SKU,)).fetchall()
-    assert 0 <= reserved <= on_hand
 
 
 async def test_sigterm_of_a_replica_of_each_service_under_load_fails_no_request(stack):

@@ -152,3 +152,50 @@ async def test_last_known_good_survives_consul_going_away(log_dir):
         await c.close()
         await live.stop()
         agent.stop()
+
+
+async def test_every_instance_failing_for_a_moment_is_not_believed_but_for_longer_it_is(client):
+    """Consul can say for a moment that every instance of a service fails (a partitioned host rejoining makes it
+    mark the others' nodes failed): the list stays until Consul has said so for ALL_FAILING_CONFIRM_SECONDS."""
+    name = f"flap-{uuid.uuid4().hex[:8]}"
+    servers = [await HealthServer().start() for _ in range(2)]
+    discovery = Discovery(client, name)
+    seen: list[int] = []
+    consul_said_none = False
+
+    async def watch_both():
+        nonlocal consul_said_none
+        while True:
+            seen.append(len(discovery.instances()))
+            _, passing = await client.health.service(name, passing=True)
+            consul_said_none |= not passing
+            await asyncio.sleep(0.05)
+
+    try:
+        for i, s in enumerate(servers):
+            await _register(client, name, f"{name}-{i}", s.port)
+        discovery.start()
+        await eventually(lambda: len(discovery.instances()) == 2, what="two instances")
+        watcher = asyncio.create_task(watch_both())
+        # Every instance fails for about one check interval (1 s), then serves again.
+        for s in servers:
+            await s.set(False)
+        await eventually(lambda: consul_said_none, what="Consul saying no instance passes")
+        for s in servers:
+            await s.set(True)
+        await eventually(lambda: len(discovery.instances()) == 2 and seen[-1] == 2, what="both back")
+        await asyncio.sleep(1.5)
+        assert 0 not in seen, "a moment with no instance passing emptied the list"
+        # For longer than the confirmation: believed.
+        for s in servers:
+            await s.set(False)
+        started = time.monotonic()
+        await eventually(lambda: discovery.instances() == [], what="the list emptied")
+        assert time.monotonic() - started >= shop_consul.ALL_FAILING_CONFIRM_SECONDS
+        watcher.cancel()
+    finally:
+        await discovery.stop()
+        for i in range(2):
+            await shop_consul.deregister(client, f"{name}-{i}")
+        for s in servers:
+            await s.stop()

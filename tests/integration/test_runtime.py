@@ -6,6 +6,7 @@ import time
 
 import grpc
 import psycopg
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devstack.stack import passing_instances, service_process
@@ -96,3 +97,43 @@ def test_health_follows_the_database(pg_admin_dsn, consul, ports, log_dir):
         wait_until(mine, 20, what="passing again")
     finally:
         proc.stop()
+
+
+async def test_a_transaction_gone_silent_gives_its_locks_back_after_the_pools_bound(fresh_dsn):
+    """A process that vanished mid-transaction (its host cut off) holds its locks until Postgres ends the
+    transaction: with the pool's bound, after that many seconds; without it, the lock stays taken."""
+    from inventory_svc.server import SPEC
+    from shop_runtime.db import open_pool
+
+    assert SPEC.idle_in_transaction_seconds == 5.0  # what inventory's pools run with
+
+    async def lock_then_fall_silent(pool) -> psycopg.AsyncConnection:
+        conn = await pool.getconn()
+        await conn.execute("BEGIN")
+        await conn.execute("SELECT pg_advisory_xact_lock(4242)")
+        return conn  # no further statement: as a client whose host lost its cable
+
+    async with await psycopg.AsyncConnection.connect(fresh_dsn, autocommit=True) as other:
+        async def free() -> bool:
+            return (await (await other.execute("SELECT pg_try_advisory_lock(4242)")).fetchone())[0]
+
+        bounded = await open_pool(fresh_dsn, max_size=2, idle_in_transaction_seconds=1)
+        unbounded = await open_pool(fresh_dsn, max_size=2)
+        try:
+            silent = await lock_then_fall_silent(unbounded)
+            await asyncio.sleep(2)
+            assert not await free()
+            await silent.execute("ROLLBACK")
+            await unbounded.putconn(silent)
+
+            silent = await lock_then_fall_silent(bounded)
+            assert not await free()
+            await asyncio.sleep(2)
+            assert await free()
+            await other.execute("SELECT pg_advisory_unlock(4242)")
+            with pytest.raises(psycopg.errors.IdleInTransactionSessionTimeout):  # its transaction is gone
+                await silent.execute("SELECT 1")
+            await bounded.putconn(silent)
+        finally:
+            await bounded.close()
+            await unbounded.close()

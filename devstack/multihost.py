@@ -1,0 +1,246 @@
+"""The suite over several hosts for real: test hosts in network namespaces (devstack.hosts), each with its own
+address, talking over a bridge as separate machines would.
+
+| host | runs |
+| --- | --- |
+| db | Postgres 18 (the embedded package's server, listening on the host's address) |
+| h1, h2 | a Consul server each, and a replica of every service, registered with the host's own agent |
+| h3 | a Consul server: three servers, so the cluster keeps a leader when one is lost |
+| gw | a Consul client agent, Envoy on :9000 and gateway.sync |
+
+Every gRPC call crosses hosts over mutual TLS, as in `make run`. `python -m devstack.multihost` (`make hosts`) runs
+it in the foreground until Ctrl-C; `make hosts-down` removes what a run that was killed left behind. The tests
+(tests/e2e/test_hosts.py) start it themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from devstack.certs import ensure_certs
+from devstack.hosts import Network, remove_leftovers
+from devstack.postgres import ensure_database, start_embedded
+from devstack.prepare import prepare
+from devstack.procs import Proc, wait_until
+from devstack.stack import (CONSUL_DIR, SERVICE_MODULES, ProcessSpec, Ports, consul_binary, consul_tls_config,
+                            gateway_processes, service_process)
+from gateway.identity import issue_token
+
+_LOGGER = logging.getLogger(__name__)
+
+HOSTS = ["db", "h1", "h2", "h3", "gw"]
+APP_HOSTS = ("h1", "h2")
+CONSUL_SERVERS = ("h1", "h2", "h3")
+PG_PORT = 5432
+# Each service listens on its usual port on every host (Ports' defaults).
+SERVICE_PORTS = Ports().services
+
+
+def _get(url: str, timeout: float = 2.0) -> object:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return json.loads(resp.read() or b"null")
+
+
+@dataclass
+class Topology:
+    """The hosts and every process on them; `start()` brings it all up, `stop()` removes it all."""
+
+    work: Path
+    log_dir: Path
+    tag: str = "m"
+    subnet: str = "10.213.7.0/24"
+    products: int = 2400
+    # Settings every service of every host gets (e.g. shorter reconciler passes in tests).
+    service_env: dict[str, str] = field(default_factory=dict)
+    net: Network | None = None
+    procs: dict[str, Proc] = field(default_factory=dict)
+    specs: dict[str, ProcessSpec] = field(default_factory=dict)
+
+    # --- where things are -------------------------------------------------------------------------------
+
+    @property
+    def secrets(self) -> Path:
+        """The token issuer's keys (tests sign tokens with them)."""
+        return self.work / "secrets"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.work / "tls"
+
+    @property
+    def dsn(self) -> str:
+        """The shop database on the db host, as every host (and this machine) reaches it."""
+        return f"postgresql://postgres@{self.net['db'].address}:{PG_PORT}/shop"
+
+    @property
+    def base(self) -> str:
+        """The gateway, as a storefront reaches it."""
+        return f"http://{self.net['gw'].address}:9000"
+
+    def consul(self, host: str = "gw") -> str:
+        """The HTTP address of `host`'s Consul agent."""
+        return f"{self.net[host].address}:8500"
+
+    def leader(self) -> str:
+        """The host whose Consul server leads the cluster now ('' while there is none), asked of the gw agent."""
+        try:
+            address = _get(f"http://{self.consul()}/v1/status/leader")
+        except OSError:
+            return ""
+        by_address = {self.net[h].address: h for h in CONSUL_SERVERS}
+        return by_address.get(str(address).rsplit(":", 1)[0], "")
+
+    def passing(self, service: str) -> set[str]:
+        """The hosts with a passing instance of `service`, as Consul tells the gateway's host."""
+        try:
+            found = _get(f"http://{self.consul()}/v1/health/service/{service}?passing=true")
+        except OSError:
+            return set()
+        by_address = {h.address: h.name for h in self.net.hosts.values()}
+        return {by_address.get(e["Service"]["Address"], "?") for e in found}
+
+    def everywhere(self) -> bool:
+        """Whether every service passes on every app host and the gateway serves a catalog page."""
+        if not all(self.passing(s) == set(APP_HOSTS) for s in SERVICE_MODULES):
+            return False
+        try:
+            with urllib.request.urlopen(f"{self.base}/catalogs?limit=1", timeout=5) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    def token(self, user: str, role: str | None = None) -> str:
+        return issue_token(self.secrets, user, role)
+
+    # --- bringing it up ---------------------------------------------------------------------------------
+
+    def start(self, timeout: float = 180.0) -> None:
+        ensure_certs(self.tls_dir)
+        self.net = Network(self.tag, HOSTS, self.subnet)
+        try:
+            self._postgres()
+            for host in CONSUL_SERVERS:
+                self._run(self._consul_spec(host, server=True))
+            self._run(self._consul_spec("gw", server=False))
+            wait_until(lambda: self.leader(), 60, what="a Consul leader")
+            for host in APP_HOSTS:
+                for service in SERVICE_MODULES:
+                    self._run(self._service_spec(service, host))
+            for spec in gateway_processes(Ports(), self.work / "gateway", self.secrets, tls_dir=self.tls_dir):
+                env = dict(spec.env, CONSUL_HTTP_ADDR=self.consul("gw"))
+                self._run(ProcessSpec(f"{spec.name}@gw", self.net["gw"].command(spec.argv), env))
+            wait_until(self.everywhere, timeout, interval=0.5, what="every service on every host, and the gateway")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _run(self, spec: ProcessSpec) -> Proc:
+        self.specs[spec.name] = spec
+        self.procs[spec.name] = proc = Proc(spec, self.log_dir)
+        return proc
+
+    def restart(self, name: str) -> Proc:
+        """Starts the process `name` again, as it was first started (after a kill, say)."""
+        return self._run(self.specs[name])
+
+    def _postgres(self) -> None:
+        """Makes the database with the embedded package's server on this machine's socket, then runs that server on
+        the db host, listening on its address and trusting the hosts' subnet."""
+        pgdata = self.work / "pg"
+        server = start_embedded(pgdata)
+        ensure_database(server.get_uri())
+        asyncio.run(prepare(server.get_uri("shop"), count=self.products))
+        system_user = server.system_user
+        binary = Path(server.get_postmaster_info().process.exe())  # the package's own postgres
+        server.cleanup()
+        with (pgdata / "pg_hba.conf").open("a") as hba:
+            hba.write(f"host all all {self.net.subnet} trust\n")
+        argv = [str(binary), "-D", str(pgdata), "-h", self.net["db"].address, "-p", str(PG_PORT), "-k", str(pgdata)]
+        if system_user:  # as root, the package runs its server as a user of its own
+            argv = ["runuser", "-u", system_user, "--", *argv]
+        self._run(ProcessSpec("postgres@db", self.net["db"].command(argv), dict(os.environ)))
+        wait_until(self._postgres_answers, 30, what="Postgres on the db host")
+
+    def _postgres_answers(self) -> bool:
+        import psycopg
+
+        try:
+            with psycopg.connect(self.dsn, connect_timeout=2) as conn:
+                conn.execute("SELECT 1")
+            return True
+        except psycopg.OperationalError:
+            return False
+
+    def _consul_spec(self, host: str, server: bool) -> ProcessSpec:
+        address = self.net[host].address
+        joins = [a for h in CONSUL_SERVERS if (a := self.net[h].address) != address]
+        argv = [consul_binary(), "agent", "-node", host, "-bind", address, "-client", address,
+                "-data-dir", str(self.work / f"consul-{host}"), "-retry-interval", "1s",
+                "-config-dir", str(CONSUL_DIR / "agent.d"), "-config-file", str(consul_tls_config(self.tls_dir)),
+                # Raft's fastest timing (the production setting): a lost leader is replaced within seconds.
+                "-hcl", "performance { raft_multiplier = 1 }",
+                *(a for j in joins for a in ("-retry-join", j))]
+        if server:
+            argv[2:2] = ["-server", "-bootstrap-expect", str(len(CONSUL_SERVERS))]
+        return ProcessSpec(f"consul@{host}", self.net[host].command(argv), dict(os.environ))
+
+    def _service_spec(self, service: str, host: str) -> ProcessSpec:
+        address = self.net[host].address
+        spec = service_process(service, Ports(), self.dsn, port=SERVICE_PORTS[service], tls_dir=self.tls_dir,
+                               GRPC_HOST="0.0.0.0", ADVERTISE_ADDRESS=address, CONSUL_HTTP_ADDR=f"{address}:8500",
+                               **self.service_env)
+        return ProcessSpec(f"{service}@{host}", self.net[host].command(spec.argv), spec.env)
+
+    def stop(self) -> None:
+        """Stops every process (Postgres last, fast) and removes the hosts."""
+        for name, proc in reversed(list(self.procs.items())):
+            if name == "postgres@db":
+                proc.signal(signal.SIGINT)  # fast shutdown: it does not wait for clients to leave
+            proc.stop(20)
+        self.procs.clear()
+        if self.net is not None:
+            self.net.close()
+            self.net = None
+
+
+def main() -> None:
+    """`make hosts`: the topology in the foreground, until Ctrl-C."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s hosts: %(message)s")
+    if len(sys.argv) > 1 and sys.argv[1] == "down":
+        print("removed:", " ".join(remove_leftovers()) or "nothing")
+        return
+    work = Path(tempfile.mkdtemp(prefix="shop-hosts-"))
+    topology = Topology(work, work)
+    stop = False
+
+    def on_signal(*_):
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    topology.start()
+    try:
+        print(f"gateway: {topology.base}  (try {topology.base}/catalogs?limit=3)")
+        print(f"Consul UI: http://{topology.consul('h1')}/ui   leader: {topology.leader()}")
+        print(f"Postgres: {topology.dsn}")
+        print(f"hosts: {', '.join(f'{h.name} {h.address} (ip netns exec {h.namespace} ...)' for h in topology.net.hosts.values())}")
+        print(f"logs: {work}; Ctrl-C stops it all")
+        while not stop:
+            time.sleep(0.5)
+    finally:
+        topology.stop()
+
+
+if __name__ == "__main__":
+    main()
