@@ -141,7 +141,7 @@ class Bench:
         _LOGGER.info("demo data loaded in %.1fs", time.monotonic() - started)
         stack.callback(self._stop_all)
         # Mutual TLS between every process, as `make run` has it; the bench's own gRPC clients are operators (ops).
-        self.tls_dir = ensure_certs(self.work / "tls")
+        self.tls_dir = None if self.args.plaintext else ensure_certs(self.work / "tls")
         self._start(consul_process(self.ports, self.tls_dir))
         wait_until(lambda: consul_ready(self.ports.consul_addr), 30, what="consul")
         for service in SERVICE_MODULES:
@@ -191,7 +191,7 @@ class Bench:
                      ", ".join(targets), args.duration)
         run = grpc_load.run(grpc_load.Load(
             targets=targets, kind=kind, callers=args.grpc_callers, seconds=args.duration,
-            warmup_seconds=args.warmup, processes=args.grpc_clients, sku=sku, tls_dir=str(self.tls_dir)))
+            warmup_seconds=args.warmup, processes=args.grpc_clients, sku=sku, tls_dir=str(self.tls_dir or "")))
         self.figures[key] = Figure(name, run.rate, _pct(run.latencies_ms, 50), _pct(run.latencies_ms, 99),
                                    dict(run.codes))
         self.memory.sample()
@@ -343,7 +343,8 @@ def report(bench: Bench, argv: list[str], violations: list[str] | None) -> str:
     width = max([len(f.name) for f in figures] + [len("figure")])
     out = [f"\nflash-sale bench: {args.workers} worker process(es) per service, Envoy with {bench.envoy_threads}"
            f" worker threads, {args.products} products; each figure {args.duration:g} s after {args.warmup:g} s"
-           f" of warm-up; load generators on the same machine\n"]
+           f" of warm-up; load generators on the same machine; gRPC between processes "
+           f"{'in plaintext (--plaintext)' if args.plaintext else 'over mutual TLS'}\n"]
     head = f"{'figure':{width}} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7}  ratio to its ceiling (issue's target)"
     out += [head, "-" * len(head)]
     for fig in figures:
@@ -395,6 +396,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--only", type=lambda s: s.split(","), default=None,
                         help=f"measure only these figures, comma separated: {','.join(FIGURES)}")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs) after the run")
+    parser.add_argument("--plaintext", action="store_true",
+                        help="gRPC between the processes in plaintext, to measure what mutual TLS costs")
     args = parser.parse_args(argv)
     try:
         args.workers = parse_workers(str(args.workers), "--workers")
