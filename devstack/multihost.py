@@ -126,6 +126,8 @@ class Topology:
 
     def start(self, timeout: float = 180.0) -> None:
         ensure_certs(self.tls_dir)
+        if removed := remove_leftovers(self.tag):  # of a run of the same tag that was killed
+            _LOGGER.warning("removed what an earlier run left: %s", " ".join(removed))
         self.net = Network(self.tag, HOSTS, self.subnet)
         try:
             self._postgres()

@@ -25,7 +25,8 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def hosts(tmp_path_factory, log_dir):
     work = tmp_path_factory.mktemp("hosts")
-    topology = Topology(work, log_dir, tag="t", service_env=dict(
+    # A tag and subnet of their own: `make hosts` (tag m, 10.213.7.0/24) may run beside the tests.
+    topology = Topology(work, log_dir, tag="t", subnet="10.213.8.0/24", service_env=dict(
         RECONCILE_INTERVAL_SECONDS="2", RECONCILE_MIN_AGE_SECONDS="5", CONSUL_CHECK_INTERVAL="1s",
         CATALOG_CACHE_SECONDS="0", SHUTDOWN_GRACE_SECONDS="10"))
     topology.start()

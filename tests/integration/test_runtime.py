@@ -137,3 +137,37 @@ async def test_a_transaction_gone_silent_gives_its_locks_back_after_the_pools_bo
         finally:
             await bounded.close()
             await unbounded.close()
+
+
+async def test_a_database_that_fails_under_a_call_is_a_503_not_a_500(fresh_dsn):
+    """A connection the database broke under a call (a server restarting, a peer given up) answers UNAVAILABLE
+    with DEPENDENCY_UNAVAILABLE (503 at the gateway), which callers retry with their key; not UNKNOWN (500)."""
+    from shop_runtime.errors import error_info
+
+    class BrokenDatabase(inventory_pb2_grpc.InventoryServiceServicer):
+        async def GetAvailability(self, request, context):
+            async with await psycopg.AsyncConnection.connect(fresh_dsn, autocommit=True) as conn:
+                pid = conn.info.backend_pid
+                async with await psycopg.AsyncConnection.connect(fresh_dsn, autocommit=True) as admin:
+                    await admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                await conn.execute("SELECT 1")
+            raise AssertionError("the query on a terminated connection went through")
+
+    settings = ServiceSettings(
+        service_name="broken-db", database_url=fresh_dsn, grpc_host="127.0.0.1", grpc_port=0,
+        advertise_address="127.0.0.1", consul_host="127.0.0.1", consul_port=8500,
+        shutdown_grace_seconds=1.0, check_interval="1s", pool_max_size=2,
+    )
+    app = build_server(settings, [(inventory_pb2_grpc.add_InventoryServiceServicer_to_server, BrokenDatabase())],
+                       ["shop.inventory.v1.InventoryService"])
+    await app.server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await inventory_pb2_grpc.InventoryServiceStub(channel).GetAvailability(
+                    inventory_pb2.GetAvailabilityRequest(skus=["S-1"]), timeout=10)
+        assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+        info = error_info(failed.value)
+        assert (info.reason, dict(info.metadata)) == ("DEPENDENCY_UNAVAILABLE", {"service": "database"})
+    finally:
+        await app.server.stop(0)
