@@ -23,7 +23,6 @@ import signal
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from devstack.postgres import ensure_database, start_embedded
 from devstack.prepare import prepare
 from devstack.procs import Proc, wait_until
 from devstack.stack import (CONSUL_DIR, SERVICE_MODULES, ProcessSpec, Ports, consul_binary, consul_tls_config,
-                            gateway_processes, service_process)
+                            gateway_processes, http_get, service_process)
 from gateway.identity import issue_token
 
 _LOGGER = logging.getLogger(__name__)
@@ -46,9 +45,12 @@ PG_PORT = 5432
 SERVICE_PORTS = Ports().services
 
 
-def _get(url: str, timeout: float = 2.0) -> object:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
-        return json.loads(resp.read() or b"null")
+def _get(url: str) -> object:
+    """The JSON a GET answers; OSError when there is no answer, ValueError when it is not a 200."""
+    status, body = http_get(url)
+    if status != 200:
+        raise ValueError(f"{url}: {status}")
+    return json.loads(body or b"null")
 
 
 @dataclass
@@ -95,7 +97,7 @@ class Topology:
         """The host whose Consul server leads the cluster now ('' while there is none), asked of the gw agent."""
         try:
             address = _get(f"http://{self.consul()}/v1/status/leader")
-        except OSError:
+        except (OSError, ValueError):
             return ""
         by_address = {self.net[h].address: h for h in CONSUL_SERVERS}
         return by_address.get(str(address).rsplit(":", 1)[0], "")
@@ -104,7 +106,7 @@ class Topology:
         """The hosts with a passing instance of `service`, as Consul tells the gateway's host."""
         try:
             found = _get(f"http://{self.consul()}/v1/health/service/{service}?passing=true")
-        except OSError:
+        except (OSError, ValueError):
             return set()
         by_address = {h.address: h.name for h in self.net.hosts.values()}
         return {by_address.get(e["Service"]["Address"], "?") for e in found}
@@ -114,8 +116,7 @@ class Topology:
         if not all(self.passing(s) == set(APP_HOSTS) for s in SERVICE_MODULES):
             return False
         try:
-            with urllib.request.urlopen(f"{self.base}/catalogs?limit=1", timeout=5) as resp:
-                return resp.status == 200
+            return http_get(f"{self.base}/catalogs?limit=1", timeout=5)[0] == 200
         except OSError:
             return False
 
