@@ -6,11 +6,11 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+from shop_runtime.consul import WATCH_TIMEOUT_SECONDS, WATCH_WAIT
+
 _LOGGER = logging.getLogger(__name__)
 
 PREFIX = "shop/config/"
-# How long one blocking query waits for a change; a change is seen as soon as Consul has it.
-WATCH_WAIT = "30s"
 
 
 @dataclass(frozen=True)
@@ -48,8 +48,10 @@ def parse(name: str, raw: bytes | None, setting: Setting) -> tuple[int, str | No
 class LiveSettings:
     """The current values of STORE_SETTINGS; a missing or malformed value is its default, with a log line."""
 
-    def __init__(self, client, settings: dict[str, Setting] | None = None):
+    def __init__(self, client, settings: dict[str, Setting] | None = None,
+                 timeout: float = WATCH_TIMEOUT_SECONDS):
         self._client = client
+        self._timeout = timeout
         self._settings = settings or STORE_SETTINGS
         self._values = {name: s.default for name, s in self._settings.items()}
         self._complaints: dict[str, str | None] = {}
@@ -84,10 +86,15 @@ class LiveSettings:
                 self._values[name] = value
 
     async def _watch(self) -> None:
+        """Follows the settings with blocking queries, as shop_runtime.consul.Discovery follows instances: answered
+        by the server the agent asks (stale), so a leader cut off from the others, or a cluster without one, does
+        not hold the query; and bounded by a timeout, so a query whose answer is lost is asked again."""
         index = None
         while True:
             try:
-                new_index, entries = await self._client.kv.get(PREFIX, recurse=True, index=index, wait=WATCH_WAIT)
+                new_index, entries = await asyncio.wait_for(
+                    self._client.kv.get(PREFIX, recurse=True, index=index, wait=WATCH_WAIT, consistency="stale"),
+                    self._timeout)
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # Consul away: keep the values we have, try again shortly
