@@ -216,6 +216,18 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
         return err.code, err.read()
 
 
+def envoy_hosts(admin_port: int, cluster: str, admin_host: str = "127.0.0.1") -> dict[tuple[str, int], list[str]]:
+    """The hosts of one of Envoy's upstream clusters, (address, port) -> what Envoy holds against it (failed active
+    health check, outlier ejection, ...; none when it is used). OSError while Envoy's admin does not answer."""
+    _, body = http_get(f"http://{admin_host}:{admin_port}/clusters?format=json")
+    for status in json.loads(body)["cluster_statuses"]:
+        if status["name"] == cluster:
+            return {(h["address"]["socket_address"]["address"], h["address"]["socket_address"]["port_value"]):
+                    sorted(k for k, v in h.get("health_status", {}).items() if v is True or v == "UNHEALTHY")
+                    for h in status.get("host_statuses", [])}
+    return {}
+
+
 def passing_instances(ports: Ports, service: str) -> list[dict]:
     """Consul's entries for the instances of `service` whose checks all pass."""
     status, body = http_get(f"http://{ports.consul_addr}/v1/health/service/{service}?passing=true")

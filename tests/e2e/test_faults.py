@@ -20,7 +20,8 @@ from devstack import supervise
 from devstack.postgres import create_database, dsn_for
 from devstack.prepare import prepare
 from devstack.procs import consul_ready, wait_until
-from devstack.stack import SERVICE_MODULES, Ports, http_get, passing_instances, suite_processes, wait_for_suite
+from devstack.stack import (SERVICE_MODULES, Ports, envoy_hosts, http_get, passing_instances, suite_processes,
+                            wait_for_suite)
 from tests.e2e.netlink import Link
 from tests.e2e.sale import PAYMENT_WINDOW_SECONDS, SHOPPERS, Sale, restock, settled_and_clean
 
@@ -140,27 +141,63 @@ async def test_sigterm_of_a_replica_of_each_service_under_load_fails_no_request(
 
 
 async def test_kill_9_of_a_replica_of_each_service_under_load_fails_only_calls_in_flight(stack):
+    """The killed replicas leave Consul's passing set and Envoy's hosts, and the replacements supervisord starts
+    join both. The replica killed is the one on a port of its own: the first replica's replacement takes the
+    configured port again, so only the other's address tells whether Envoy dropped the dead one."""
     restock(stack, 100_000)
     sale = Sale(stack)
-    killed_at: list[float] = []
+    doomed = {s: next(e["Service"] for e in passing_instances(stack.ports, s)
+                      if e["Service"]["Port"] != stack.ports.services[s]) for s in SERVICE_MODULES}
+    dead_ids = {d["ID"] for d in doomed.values()}
+    dead_hosts = {s: (d["Address"], d["Port"]) for s, d in doomed.items()}
+    times: dict[str, float] = {}
+
+    def in_consul() -> bool:
+        return bool(dead_ids & {e["Service"]["ID"] for s in SERVICE_MODULES for e in passing_instances(stack.ports, s)})
+
+    def in_envoy() -> bool:
+        return any(dead_hosts[s] in envoy_hosts(stack.ports.envoy_admin, s) for s in SERVICE_MODULES)
+
+    def envoy_follows_consul() -> bool:
+        """Envoy uses exactly the passing instances, every one of them healthy."""
+        for s in SERVICE_MODULES:
+            passing = {(e["Service"]["Address"], e["Service"]["Port"]) for e in passing_instances(stack.ports, s)}
+            hosts = envoy_hosts(stack.ports.envoy_admin, s)
+            if len(passing) != REPLICAS or set(hosts) != passing or any(hosts.values()):
+                return False
+        return True
 
     async def faults():
-        for service in SERVICE_MODULES:
-            os.kill(min(stack.pids(service)), signal.SIGKILL)
-        killed_at.append(time.monotonic())
-        await asyncio.sleep(8)
+        for d in doomed.values():
+            os.kill(int(d["ID"].rsplit("-", 1)[1]), signal.SIGKILL)
+        times["killed"] = time.monotonic()
+        await asyncio.to_thread(wait_until, lambda: not in_consul(), 30, 0.1, "the dead out of Consul's passing set")
+        times["consul"] = time.monotonic()
+        await asyncio.to_thread(wait_until, lambda: not in_envoy(), 30, 0.1, "the dead out of Envoy's hosts")
+        times["envoy"] = time.monotonic()
+        await asyncio.to_thread(stack.replicas_back)
+        times["back"] = time.monotonic()
+        await asyncio.to_thread(wait_until, envoy_follows_consul, 30, 0.1, "the replacements among Envoy's hosts")
+        times["joined"] = time.monotonic()
+        await asyncio.sleep(max(0.0, times["killed"] + 8 - time.monotonic()))
 
     await sale.run(faults)
+    killed = times["killed"]
     failures = sale.failures()
-    last = max((t for t, _, _ in failures), default=killed_at[0])
+    last = max((t for t, _, _ in failures), default=killed)
     counts = collections.Counter(status for _, _, status in sale.answers)
     print(f"\nkill -9 of a replica of each service under load: {len(sale.answers)} requests, {dict(counts)};"
-          f" {len(failures)} failed, the last {last - killed_at[0]:.1f} s after the kills")
+          f" {len(failures)} failed, the last {last - killed:.1f} s after the kills; the dead out of Consul's passing"
+          f" set {times['consul'] - killed:.1f} s and out of Envoy's hosts {times['envoy'] - killed:.1f} s after;"
+          f" the replacements passing in Consul {times['back'] - killed:.1f} s and healthy in Envoy"
+          f" {times['joined'] - killed:.1f} s after")
+    for line in sale.details[:20]:
+        print("  ", line[:300])
     # Errors only around the kills (the calls that were in flight on the killed replicas), then none.
-    assert all(t < killed_at[0] + 5 for t, _, _ in failures), failures
+    assert all(t < killed + 5 for t, _, _ in failures), failures
     assert len(failures) <= SHOPPERS * 4, failures
-    assert not sale.failures(since=killed_at[0] + 5)
-    stack.replicas_back()
+    assert not sale.failures(since=killed + 5)
+    assert not in_consul() and not in_envoy(), "a dead replica is back"
     settled_and_clean(stack)
 
 

@@ -4,14 +4,13 @@ reached a service on another instance) and is marked down by Envoy's own gRPC he
 from __future__ import annotations
 
 import dataclasses
-import json
 import signal
 
 import httpx
 import pytest
 
 from devstack.procs import Proc, wait_until
-from devstack.stack import free_port, gateway_processes, http_get, passing_instances, service_process
+from devstack.stack import envoy_hosts, free_port, gateway_processes, passing_instances, service_process
 from gateway.envoy import write_eds
 
 pytestmark = pytest.mark.e2e
@@ -20,15 +19,9 @@ pytestmark = pytest.mark.e2e
 def catalog_hosts(admin: int) -> dict[int, list[str]]:
     """The catalog cluster's hosts in Envoy: port -> health flags (none while Envoy is not listening yet)."""
     try:
-        _, body = http_get(f"http://127.0.0.1:{admin}/clusters?format=json")
+        return {port: flags for (_, port), flags in envoy_hosts(admin, "catalog").items()}
     except OSError:
         return {}
-    for cluster in json.loads(body)["cluster_statuses"]:
-        if cluster["name"] == "catalog":
-            return {h["address"]["socket_address"]["port_value"]:
-                    sorted(k for k, v in h.get("health_status", {}).items() if v is True or v == "UNHEALTHY")
-                    for h in cluster.get("host_statuses", [])}
-    return {}
 
 
 def test_a_replica_that_dies_costs_no_request_and_is_marked_down(suite, log_dir, tmp_path):

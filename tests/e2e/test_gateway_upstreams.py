@@ -1,19 +1,14 @@
 """Envoy's upstreams follow Consul: a replica that starts is used, one that stops is dropped, with no restart of Envoy."""
 
-import json
 import signal
 import threading
 
-from devstack.stack import free_port, http_get, service_process
+from devstack.stack import envoy_hosts, free_port, service_process
 from devstack.procs import Proc, wait_until
 
 
 def catalog_hosts(suite) -> set[int]:
-    _, body = http_get(f"http://127.0.0.1:{suite.ports.envoy_admin}/clusters?format=json")
-    for cluster in json.loads(body)["cluster_statuses"]:
-        if cluster["name"] == "catalog":
-            return {h["address"]["socket_address"]["port_value"] for h in cluster.get("host_statuses", [])}
-    return set()
+    return {port for _, port in envoy_hosts(suite.ports.envoy_admin, "catalog")}
 
 
 def test_a_new_replica_is_picked_up_and_a_stopped_one_dropped_without_failed_requests(suite, http, log_dir):

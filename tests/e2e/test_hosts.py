@@ -1,7 +1,8 @@
 """Several hosts for real (devstack.multihost): Postgres on its own host, a replica of every service on each of two
 hosts with a Consul server each, a third Consul server, and Envoy on a fifth host; every host a network namespace
-with its own address. Shoppers buy through the gateway all along while the Consul leader is lost and while a host
-is cut off from the others; each test prints its figures and ends with the suite audit clean."""
+with its own address. Shoppers buy through the gateway all along while the Consul leader is lost, while a host is
+cut off from the others, and while two of the three Consul servers are lost; each test prints its figures and ends
+with the suite audit clean."""
 
 from __future__ import annotations
 
@@ -128,4 +129,44 @@ async def test_a_host_cut_off_during_a_sale_then_back(hosts):
     # Failures only of requests sent before the suite knew that the host is gone (those in flight on h2 wait for their
     # route's timeout); none of those sent once its replicas were out, nor after it is back.
     assert not sale.failures_sent(since=times["dropped"] + 2), sale.details[-10:]
+    settled_and_clean(hosts)
+
+
+async def test_losing_the_consul_quorum_under_load_serves_on_what_the_suite_last_knew(hosts):
+    """Two of the three Consul servers are lost at once, one of them on a host with services: the cluster has no
+    leader, so nothing Consul holds can change, and the agent the services on that host talk to is gone. The suite
+    serves on the instances it last knew. When the two come back, with their data, a leader is elected and every
+    registration passes again by itself."""
+    lost = ("h1", "h3")
+    out_seconds = 20
+    restock(hosts, 100_000)
+    sale = Sale(hosts)
+    times: dict[str, float] = {}
+
+    async def faults():
+        for host in lost:
+            hosts.procs[f"consul@{host}"].signal(signal.SIGKILL)
+        times["killed"] = time.monotonic()
+        await asyncio.to_thread(wait_until, lambda: hosts.leader() == "", 60, 0.1, "the cluster without a leader")
+        times["leaderless"] = time.monotonic()
+        await asyncio.sleep(out_seconds)
+        for host in lost:
+            hosts.restart(f"consul@{host}")  # the same nodes and data, as a supervisor would
+        times["restarted"] = time.monotonic()
+        await asyncio.to_thread(wait_until, hosts.leader, 60, 0.1, "a leader again")
+        times["leader"] = time.monotonic()
+        await asyncio.to_thread(everywhere_again, hosts)
+        times["back"] = time.monotonic()
+        await asyncio.sleep(3)
+
+    await sale.run(faults)
+    counts = collections.Counter(status for _, _, status in sale.answers)
+    without = collections.Counter(s for t, _, s in sale.answers if times["leaderless"] <= t < times["leader"])
+    print(f"\nConsul servers of {' and '.join(lost)} killed under load: {len(sale.answers)} requests, {dict(counts)}; "
+          f"no leader {times['leaderless'] - times['killed']:.1f} s after the kill, for "
+          f"{times['leader'] - times['leaderless']:.1f} s, answers then {dict(without)}; a leader "
+          f"{times['leader'] - times['restarted']:.1f} s after the servers started again, every service passing on "
+          f"both hosts {times['back'] - times['restarted']:.1f} s after")
+    assert sale.failures() == [], sale.details
+    assert without[200] > 0  # sold while Consul could not change anything
     settled_and_clean(hosts)
