@@ -84,8 +84,11 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
     key then finds the step done (or waits for it) instead of doing it twice.
     """
 
-    def __init__(self, service: str = "") -> None:
+    def __init__(self, service: str = "",
+                 refusal: Callable[[grpc.aio.ServicerContext, str], ServiceError | None] | None = None) -> None:
         self._service = service
+        # Whether a call is refused before its handler runs (shop_runtime.mtls.refusal: who may call what).
+        self._refusal = refusal
         self._detached: set[asyncio.Task] = set()
         # method -> (the handler it wraps, the wrapper)
         self._wrapped: dict[str, tuple[Any, grpc.RpcMethodHandler]] = {}
@@ -155,6 +158,10 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 logs.end_request(rid)
 
         async def serve(request: Any, context: grpc.aio.ServicerContext, started: float) -> Any:
+            if self._refusal is not None and (refused := self._refusal(context, method)) is not None:
+                timer.observe(started, refused.code)
+                _LOGGER.warning("%s: %s %s", method, refused.reason, refused.message)
+                await context.abort_with_status(refused.to_status())
             work = asyncio.ensure_future(run(request, context))
             try:
                 response, err = await asyncio.shield(work)

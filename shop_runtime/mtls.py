@@ -9,6 +9,11 @@ for a network that is private by other means.
 Identity: a caller is the common name of its certificate. The user a call is made for (x-shop-user-id) is
 believed only from the gateway, which sets it from a verified token, and from the suite's services, which pass on
 what the gateway set; from any other certificate of the suite (`ops`, an operator's tool) the header is ignored.
+
+Each RPC of the suite is open only to the identities that have a reason to call it (CALLERS): the gateway the RPCs
+it serves as REST routes, each service the RPCs it calls, and `ops` every one. A certificate of the suite that
+calls another RPC is refused with PERMISSION_DENIED: a catalog cannot commit holds, nor the gateway set stock
+other than through its admin route.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from pathlib import Path
 
 import grpc
 
+from shop_runtime.errors import ServiceError
+
 CA_FILE = "ca.pem"
 DOMAIN = "shop.internal"
 # The name Consul's health checks ask for (its agents' `server_name`), which every certificate of the suite carries
@@ -26,6 +33,35 @@ DOMAIN = "shop.internal"
 CHECK_SERVER_NAME = f"health.{DOMAIN}"
 # The identities whose word about the end user is taken: the gateway, and the services that pass it on.
 USER_ASSERTERS = frozenset({"gateway", "catalog", "cart", "inventory", "order"})
+# An operator's tools (and the benchmarks): may call every RPC; their word about the user is not taken.
+OPERATOR = "ops"
+
+
+def _rpcs(service: str, callers: dict[str, set[str]]) -> dict[str, frozenset[str]]:
+    return {f"/{service}/{rpc}": frozenset(who) for rpc, who in callers.items()}
+
+
+# Who may call each RPC of the suite's services besides OPERATOR. The gateway calls the RPCs with an HTTP
+# annotation (the REST routes), the services what their clients (`<service>_svc/client.py`) send. An RPC of the
+# suite missing here is refused to all but OPERATOR; tests/unit/test_callers.py holds this table to the protos.
+CALLERS: dict[str, frozenset[str]] = {
+    **_rpcs("shop.catalog.v1.CatalogService", {
+        "ListProducts": {"gateway"}, "GetProduct": {"gateway"},
+        "BatchGetProducts": {"cart"}, "RecordSales": {"order"}}),
+    **_rpcs("shop.cart.v1.CartService", {
+        "AddItem": {"gateway"}, "SetItemQuantity": {"gateway"}, "GetCart": {"gateway"},
+        "CheckoutCart": {"order"}}),
+    **_rpcs("shop.inventory.v1.InventoryService", {
+        "CreateHolds": {"cart"}, "ResizeHold": {"cart"}, "ChangeHolds": {"cart"},
+        "ReleaseHolds": {"cart", "order"}, "ExtendHolds": {"cart", "order"},
+        "GetHolds": {"cart", "order"}, "ListHolds": {"cart", "order"},
+        "CommitHolds": {"order"}, "GetAvailability": {"catalog"},
+        "SetStock": {"gateway"}, "GetStock": {"gateway"}}),
+    **_rpcs("shop.order.v1.OrderService", {
+        "Checkout": {"gateway"}, "Pay": {"gateway"}, "GetOrder": {"gateway"}, "ListOrders": {"gateway"}}),
+}
+# The RPCs CALLERS governs; others (gRPC health, reflection) are open to every certificate of the suite.
+SUITE_RPC_PREFIX = "/shop."
 
 
 def cert_file(identity: str) -> str:
@@ -90,6 +126,22 @@ def peer_identity(context: grpc.aio.ServicerContext) -> str | None:
 def believes_user_from(context: grpc.aio.ServicerContext) -> bool:
     """Whether the user header of this call is to be believed: always on a plaintext server (no identities to
     tell apart), else only from USER_ASSERTERS."""
-    if (context.auth_context() or {}).get("transport_security_type") == [b"insecure"]:
+    if _insecure(context):
         return True
     return peer_identity(context) in USER_ASSERTERS
+
+
+def _insecure(context: grpc.aio.ServicerContext) -> bool:
+    return (context.auth_context() or {}).get("transport_security_type") == [b"insecure"]
+
+
+def refusal(context: grpc.aio.ServicerContext, method: str) -> ServiceError | None:
+    """Why this call of `method` (a full method name) is refused, if it is: its caller's certificate is not one of
+    CALLERS[method] nor OPERATOR. A plaintext server refuses nothing (it has no identities to tell apart)."""
+    if not method.startswith(SUITE_RPC_PREFIX) or _insecure(context):
+        return None
+    caller = peer_identity(context)
+    if caller == OPERATOR or caller in CALLERS.get(method, ()):
+        return None
+    return ServiceError(grpc.StatusCode.PERMISSION_DENIED, "CALLER_NOT_ALLOWED",
+                        f"{caller} may not call {method.rsplit('/', 1)[-1]}", {"caller": str(caller)})

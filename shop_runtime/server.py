@@ -25,7 +25,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 
 from shop_runtime import consul as shop_consul
 from shop_runtime import metrics
-from shop_runtime.mtls import Tls
+from shop_runtime.mtls import Tls, refusal
 from shop_runtime.clients import ServiceClient
 from shop_runtime.clock import Clock, SystemClock
 from shop_runtime.config import ConfigError, ServiceSettings, env_float
@@ -159,7 +159,7 @@ def build_server(
     service_names: Sequence[str],
 ) -> GrpcApp:
     """A server with the given servicers, the standard health service and reflection, bound to its port."""
-    interceptor = ErrorInterceptor(settings.service_name)
+    interceptor = ErrorInterceptor(settings.service_name, refusal=refusal)
     server = grpc.aio.server(interceptors=[interceptor],
                              options=[("grpc.max_metadata_size", MAX_METADATA_BYTES),
                                       ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
