@@ -102,6 +102,14 @@ class Topology:
         by_address = {self.net[h].address: h for h in CONSUL_SERVERS}
         return by_address.get(str(address).rsplit(":", 1)[0], "")
 
+    def raft_peers(self) -> dict[str, tuple[str, bool]]:
+        """The Consul cluster's Raft peers: host -> (server id, whether it votes); {} without an answer."""
+        try:
+            found = _get(f"http://{self.consul()}/v1/operator/raft/configuration?stale")
+        except (OSError, ValueError):
+            return {}
+        return {s["Node"]: (s["ID"], s["Voter"]) for s in found["Servers"]}
+
     def passing(self, service: str) -> set[str]:
         """The hosts with a passing instance of `service`, as Consul tells the gateway's host."""
         try:

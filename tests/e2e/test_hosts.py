@@ -1,13 +1,14 @@
 """Several hosts for real (devstack.multihost): Postgres on its own host, a replica of every service on each of two
 hosts with a Consul server each, a third Consul server, and Envoy on a fifth host; every host a network namespace
 with its own address. Shoppers buy through the gateway all along while the Consul leader is lost, while a host is
-cut off from the others, and while two of the three Consul servers are lost; each test prints its figures and ends
-with the suite audit clean."""
+cut off from the others, while two of the three Consul servers are lost, and while a server comes back without its
+disk; each test prints its figures and ends with the suite audit clean."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import shutil
 import signal
 import time
 import urllib.request
@@ -169,4 +170,44 @@ async def test_losing_the_consul_quorum_under_load_serves_on_what_the_suite_last
           f"both hosts {times['back'] - times['restarted']:.1f} s after")
     assert sale.failures() == [], sale.details
     assert without[200] > 0  # sold while Consul could not change anything
+    settled_and_clean(hosts)
+
+
+async def test_a_consul_server_that_lost_its_disk_joins_again_under_load(hosts):
+    """h3's Consul server is killed and its data removed, as when a server's disk is lost and it is replaced by an
+    empty one of the same name and address: the cluster keeps a leader (elects another if h3 led), the new server
+    joins the Raft peers in the old one's place, and no request fails."""
+    await lose_a_servers_disk(hosts, "h3")
+
+
+async def lose_a_servers_disk(hosts: Topology, host: str) -> None:
+    restock(hosts, 100_000)
+    sale = Sale(hosts)
+    times: dict[str, float] = {}
+    before = hosts.raft_peers()
+    assert len(before) == 3 and all(voter for _, voter in before.values()), before
+
+    def rejoined(peers: dict[str, tuple[str, bool]]) -> bool:
+        """Three voters again, the lost one under a new id (the old one gone)."""
+        return (len(peers) == 3 and all(voter for _, voter in peers.values())
+                and peers.get(host, before[host])[0] != before[host][0])
+
+    async def faults():
+        proc = hosts.procs[f"consul@{host}"]
+        proc.signal(signal.SIGKILL)
+        proc.popen.wait(10)
+        times["killed"] = time.monotonic()
+        shutil.rmtree(hosts.work / f"consul-{host}")
+        hosts.restart(f"consul@{host}")
+        await asyncio.to_thread(wait_until, lambda: rejoined(hosts.raft_peers()), 120, 0.2,
+                                f"{host} a voter again, with a new id")
+        times["joined"] = time.monotonic()
+        await asyncio.to_thread(everywhere_again, hosts)
+        await asyncio.sleep(3)
+
+    await sale.run(faults)
+    counts = collections.Counter(status for _, _, status in sale.answers)
+    print(f"\nConsul server of {host} lost with its disk under load: {len(sale.answers)} requests, {dict(counts)}; "
+          f"a voter again, with a new id, {times['joined'] - times['killed']:.1f} s after; peers {hosts.raft_peers()}")
+    assert sale.failures() == [], sale.details
     settled_and_clean(hosts)
