@@ -46,6 +46,13 @@ def everywhere_again(hosts: Topology, timeout: float = 90) -> None:
                what=f"every service passing on {APP_HOSTS} ({ {s: hosts.passing(s) for s in SERVICE_MODULES} })")
 
 
+def three_voters(hosts: Topology) -> bool:
+    """Whether the Consul cluster is whole: three Raft peers, each a voter (a server that joins again votes only
+    once autopilot has seen it stable for 10 s)."""
+    peers = hosts.raft_peers()
+    return len(peers) == 3 and all(voter for _, voter in peers.values())
+
+
 def test_a_purchase_crosses_hosts_over_mutual_tls(hosts):
     """The gateway on its host, the services on two others, Postgres on a fourth: a whole purchase."""
     assert {s: hosts.passing(s) for s in SERVICE_MODULES} == dict.fromkeys(SERVICE_MODULES, set(APP_HOSTS))
@@ -95,6 +102,7 @@ async def test_a_host_cut_off_during_a_sale_then_back(hosts):
     one that leads the Consul cluster if one of those does (the hardest case: the cluster has to elect another
     while it learns that the host is gone), else h2."""
     cut_seconds = 30
+    wait_until(lambda: three_voters(hosts), 120, 0.2, "three voters before the fault")
     host = hosts.leader() if hosts.leader() in APP_HOSTS else "h2"
     other = next(h for h in APP_HOSTS if h != host)
     led = hosts.leader() == host
@@ -140,6 +148,7 @@ async def test_losing_the_consul_quorum_under_load_serves_on_what_the_suite_last
     registration passes again by itself."""
     lost = ("h1", "h3")
     out_seconds = 20
+    wait_until(lambda: three_voters(hosts), 120, 0.2, "three voters before the fault")
     restock(hosts, 100_000)
     sale = Sale(hosts)
     times: dict[str, float] = {}
@@ -158,6 +167,8 @@ async def test_losing_the_consul_quorum_under_load_serves_on_what_the_suite_last
         times["leader"] = time.monotonic()
         await asyncio.to_thread(everywhere_again, hosts)
         times["back"] = time.monotonic()
+        await asyncio.to_thread(wait_until, lambda: three_voters(hosts), 120, 0.2, "three voters again")
+        times["whole"] = time.monotonic()
         await asyncio.sleep(3)
 
     await sale.run(faults)
@@ -167,7 +178,8 @@ async def test_losing_the_consul_quorum_under_load_serves_on_what_the_suite_last
           f"no leader {times['leaderless'] - times['killed']:.1f} s after the kill, for "
           f"{times['leader'] - times['leaderless']:.1f} s, answers then {dict(without)}; a leader "
           f"{times['leader'] - times['restarted']:.1f} s after the servers started again, every service passing on "
-          f"both hosts {times['back'] - times['restarted']:.1f} s after")
+          f"both hosts {times['back'] - times['restarted']:.1f} s after, three voters again "
+          f"{times['whole'] - times['restarted']:.1f} s after")
     assert sale.failures() == [], sale.details
     assert without[200] > 0  # sold while Consul could not change anything
     settled_and_clean(hosts)
@@ -184,8 +196,8 @@ async def lose_a_servers_disk(hosts: Topology, host: str) -> None:
     restock(hosts, 100_000)
     sale = Sale(hosts)
     times: dict[str, float] = {}
+    wait_until(lambda: three_voters(hosts), 120, 0.2, "three voters before the fault")
     before = hosts.raft_peers()
-    assert len(before) == 3 and all(voter for _, voter in before.values()), before
 
     def rejoined(peers: dict[str, tuple[str, bool]]) -> bool:
         """Three voters again, the lost one under a new id (the old one gone)."""
