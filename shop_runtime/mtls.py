@@ -18,6 +18,7 @@ other than through its admin route.
 
 from __future__ import annotations
 
+import contextvars
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,32 +117,44 @@ def channel(target: str, service: str, tls: Tls | None, options: list[tuple[str,
                                    options=[*options, ("grpc.ssl_target_name_override", server_name(service))])
 
 
-def peer_identity(context: grpc.aio.ServicerContext) -> str | None:
-    """The common name of the caller's certificate; None on a plaintext server."""
+# The caller of the call being served: (the call's context, whether it came in plaintext, its certificate's name).
+_CALLER: contextvars.ContextVar[tuple[object, bool, str | None] | None] = contextvars.ContextVar(
+    "shop_caller", default=None)
+
+
+def _caller(context: grpc.aio.ServicerContext) -> tuple[bool, str | None]:
+    """Whether the call came in plaintext, and the common name of its caller's certificate. The call's auth context
+    is read once per call and kept for the rest of it: gRPC builds it anew for each read, copying the caller's whole
+    certificate, and a call asks who its caller is up to three times (refusal, the user header, the actor)."""
+    kept = _CALLER.get()
+    if kept is not None and kept[0] is context:
+        return kept[1], kept[2]
     auth = context.auth_context() or {}
     names = auth.get("x509_common_name")
-    return names[0].decode() if names else None
+    plaintext, identity = auth.get("transport_security_type") == [b"insecure"], names[0].decode() if names else None
+    _CALLER.set((context, plaintext, identity))
+    return plaintext, identity
+
+
+def peer_identity(context: grpc.aio.ServicerContext) -> str | None:
+    """The common name of the caller's certificate; None on a plaintext server."""
+    return _caller(context)[1]
 
 
 def believes_user_from(context: grpc.aio.ServicerContext) -> bool:
     """Whether the user header of this call is to be believed: always on a plaintext server (no identities to
     tell apart), else only from USER_ASSERTERS."""
-    if _insecure(context):
-        return True
-    return peer_identity(context) in USER_ASSERTERS
-
-
-def _insecure(context: grpc.aio.ServicerContext) -> bool:
-    return (context.auth_context() or {}).get("transport_security_type") == [b"insecure"]
+    plaintext, identity = _caller(context)
+    return plaintext or identity in USER_ASSERTERS
 
 
 def refusal(context: grpc.aio.ServicerContext, method: str) -> ServiceError | None:
     """Why this call of `method` (a full method name) is refused, if it is: its caller's certificate is not one of
     CALLERS[method] nor OPERATOR. A plaintext server refuses nothing (it has no identities to tell apart)."""
-    if not method.startswith(SUITE_RPC_PREFIX) or _insecure(context):
+    if not method.startswith(SUITE_RPC_PREFIX):
         return None
-    caller = peer_identity(context)
-    if caller == OPERATOR or caller in CALLERS.get(method, ()):
+    plaintext, caller = _caller(context)
+    if plaintext or caller == OPERATOR or caller in CALLERS.get(method, ()):
         return None
     return ServiceError(grpc.StatusCode.PERMISSION_DENIED, "CALLER_NOT_ALLOWED",
                         f"{caller} may not call {method.rsplit('/', 1)[-1]}", {"caller": str(caller)})

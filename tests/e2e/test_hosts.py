@@ -46,11 +46,15 @@ def everywhere_again(hosts: Topology, timeout: float = 90) -> None:
                what=f"every service passing on {APP_HOSTS} ({ {s: hosts.passing(s) for s in SERVICE_MODULES} })")
 
 
-def three_voters(hosts: Topology) -> bool:
+def whole(peers: dict[str, tuple[str, bool]]) -> bool:
     """Whether the Consul cluster is whole: three Raft peers, each a voter (a server that joins again votes only
     once autopilot has seen it stable for 10 s)."""
-    peers = hosts.raft_peers()
     return len(peers) == 3 and all(voter for _, voter in peers.values())
+
+
+def three_voters(hosts: Topology, what: str = "three voters before the fault") -> None:
+    """Waits until the cluster is whole."""
+    wait_until(lambda: whole(hosts.raft_peers()), 120, 0.2, what)
 
 
 def test_a_purchase_crosses_hosts_over_mutual_tls(hosts):
@@ -102,7 +106,7 @@ async def test_a_host_cut_off_during_a_sale_then_back(hosts):
     one that leads the Consul cluster if one of those does (the hardest case: the cluster has to elect another
     while it learns that the host is gone), else h2."""
     cut_seconds = 30
-    wait_until(lambda: three_voters(hosts), 120, 0.2, "three voters before the fault")
+    three_voters(hosts)
     host = hosts.leader() if hosts.leader() in APP_HOSTS else "h2"
     other = next(h for h in APP_HOSTS if h != host)
     led = hosts.leader() == host
@@ -148,7 +152,7 @@ async def test_losing_the_consul_quorum_under_load_serves_on_what_the_suite_last
     registration passes again by itself."""
     lost = ("h1", "h3")
     out_seconds = 20
-    wait_until(lambda: three_voters(hosts), 120, 0.2, "three voters before the fault")
+    three_voters(hosts)
     restock(hosts, 100_000)
     sale = Sale(hosts)
     times: dict[str, float] = {}
@@ -167,7 +171,7 @@ async def test_losing_the_consul_quorum_under_load_serves_on_what_the_suite_last
         times["leader"] = time.monotonic()
         await asyncio.to_thread(everywhere_again, hosts)
         times["back"] = time.monotonic()
-        await asyncio.to_thread(wait_until, lambda: three_voters(hosts), 120, 0.2, "three voters again")
+        await asyncio.to_thread(three_voters, hosts, "three voters again")
         times["whole"] = time.monotonic()
         await asyncio.sleep(3)
 
@@ -189,20 +193,16 @@ async def test_a_consul_server_that_lost_its_disk_joins_again_under_load(hosts):
     """h3's Consul server is killed and its data removed, as when a server's disk is lost and it is replaced by an
     empty one of the same name and address: the cluster keeps a leader (elects another if h3 led), the new server
     joins the Raft peers in the old one's place, and no request fails."""
-    await lose_a_servers_disk(hosts, "h3")
-
-
-async def lose_a_servers_disk(hosts: Topology, host: str) -> None:
+    host = "h3"
     restock(hosts, 100_000)
     sale = Sale(hosts)
     times: dict[str, float] = {}
-    wait_until(lambda: three_voters(hosts), 120, 0.2, "three voters before the fault")
+    three_voters(hosts)
     before = hosts.raft_peers()
 
     def rejoined(peers: dict[str, tuple[str, bool]]) -> bool:
         """Three voters again, the lost one under a new id (the old one gone)."""
-        return (len(peers) == 3 and all(voter for _, voter in peers.values())
-                and peers.get(host, before[host])[0] != before[host][0])
+        return whole(peers) and peers.get(host, before[host])[0] != before[host][0]
 
     async def faults():
         proc = hosts.procs[f"consul@{host}"]

@@ -46,8 +46,10 @@ class Context:
 
     def __init__(self, caller: str | None):
         self.caller = caller
+        self.reads = 0
 
     def auth_context(self):
+        self.reads += 1
         if self.caller is None:
             return {"transport_security_type": [b"insecure"]}
         return {"transport_security_type": [b"ssl"], "x509_common_name": [self.caller.encode()]}
@@ -72,3 +74,12 @@ def test_refused(caller, method):
     assert refused is not None
     assert (refused.code, refused.reason, refused.metadata) == (
         grpc.StatusCode.PERMISSION_DENIED, "CALLER_NOT_ALLOWED", {"caller": caller})
+
+
+def test_a_call_reads_its_auth_context_once_however_often_it_asks_who_called():
+    first, second = Context("order"), Context("ops")
+    assert mtls.refusal(first, COMMIT) is None
+    assert mtls.believes_user_from(first) and mtls.peer_identity(first) == "order"
+    assert first.reads == 1
+    assert mtls.peer_identity(second) == "ops" and not mtls.believes_user_from(second)
+    assert (first.reads, second.reads) == (1, 1)
