@@ -25,12 +25,14 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 
 from shop_runtime import consul as shop_consul
 from shop_runtime import metrics
-from shop_runtime.mtls import Tls, refusal
+from shop_runtime.callers import refusal
+from shop_runtime.mtls import Tls
 from shop_runtime.clients import ServiceClient
 from shop_runtime.clock import Clock, SystemClock
 from shop_runtime.config import ConfigError, ServiceSettings, env_float
 from shop_runtime.db import migrate, open_pool
-from shop_runtime.errors import ErrorInterceptor, ServiceError
+from shop_runtime.errors import ServiceError
+from shop_runtime.interceptor import CallInterceptor
 from shop_runtime.live_settings import LiveSettings
 from shop_runtime.logs import setup_logging
 
@@ -109,8 +111,8 @@ class GrpcApp:
     port: int
     health: health.aio.HealthServicer
     service_names: list[str]
-    # Handlers keep working when their caller goes away; stopping waits for them (see ErrorInterceptor).
-    interceptor: ErrorInterceptor = field(default_factory=ErrorInterceptor)
+    # Handlers keep working when their caller goes away; stopping waits for them (see CallInterceptor).
+    interceptor: CallInterceptor = field(default_factory=CallInterceptor)
     # Coroutine functions run while the server serves (e.g. sweepers), cancelled when it stops.
     background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
@@ -159,7 +161,7 @@ def build_server(
     service_names: Sequence[str],
 ) -> GrpcApp:
     """A server with the given servicers, the standard health service and reflection, bound to its port."""
-    interceptor = ErrorInterceptor(settings.service_name, refusal=refusal)
+    interceptor = CallInterceptor(settings.service_name, refusal=refusal)
     server = grpc.aio.server(interceptors=[interceptor],
                              options=[("grpc.max_metadata_size", MAX_METADATA_BYTES),
                                       ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
