@@ -1,4 +1,4 @@
-"""WORKERS=2: one command runs two full instances of a service, each in Consul, each serving; a stop stops both."""
+"""WORKERS=2: two full instances of a service from one command, which end on a stop or with their supervisor."""
 
 import os
 import re
