@@ -50,10 +50,10 @@ MAX_PENDING_CALLS = 20_000
 
 # gRPC's own default lets a second process bind a port already taken (SO_REUSEPORT) and quietly take a share of its
 # connections: an instance left over from an earlier run would then answer for this one. A taken port is an error.
-SERVER_OPTIONS = [("grpc.max_metadata_size", MAX_METADATA_BYTES),
+SERVER_OPTIONS = (("grpc.max_metadata_size", MAX_METADATA_BYTES),
                   ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
                   ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
-                  ("grpc.so_reuseport", 0)]
+                  ("grpc.so_reuseport", 0))
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
