@@ -12,7 +12,8 @@ from inventory_svc import client as inventory_client
 from inventory_svc.client import InventoryClient
 from shop.cart.v1 import cart_pb2, cart_pb2_grpc
 from shop_runtime.config import ServiceSettings, env_float, env_int
-from shop_runtime.server import Deps, GrpcApp, ServiceSpec, build_server, reconciler
+from shop_runtime.background import reconciler
+from shop_runtime.server import Deps, GrpcApp, ServiceSpec, build_server
 
 
 def create_server(settings: ServiceSettings, deps: Deps) -> GrpcApp:

@@ -10,7 +10,8 @@ from inventory_svc.service import Inventory
 from inventory_svc.servicer import InventoryServicer
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shop_runtime.config import ServiceSettings, env_float
-from shop_runtime.server import Deps, GrpcApp, ServiceSpec, build_server, periodic
+from shop_runtime.background import periodic
+from shop_runtime.server import Deps, GrpcApp, ServiceSpec, build_server
 
 _LOGGER = logging.getLogger(__name__)
 

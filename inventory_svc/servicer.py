@@ -12,7 +12,7 @@ from inventory_svc.service import Inventory, Line
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shop_runtime.errors import ServiceError, invalid_argument
 from shop_runtime.calls import CALLER_METADATA, IDEMPOTENCY_METADATA, asserted_user, metadata_value
-from shop_runtime.mtls import peer_identity
+from shop_runtime.callers import peer_identity
 
 _STATES = {
     "ACTIVE": inventory_pb2.HOLD_STATE_ACTIVE,

@@ -16,7 +16,8 @@ from inventory_svc import client as inventory_client
 from inventory_svc.client import InventoryClient
 from shop.order.v1 import order_pb2, order_pb2_grpc
 from shop_runtime.config import ServiceSettings, env_float, env_int
-from shop_runtime.server import Deps, GrpcApp, ServiceSpec, build_server, periodic, reconciler
+from shop_runtime.background import periodic, reconciler
+from shop_runtime.server import Deps, GrpcApp, ServiceSpec, build_server
 
 _LOGGER = logging.getLogger(__name__)
 

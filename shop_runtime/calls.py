@@ -7,7 +7,7 @@ import grpc
 from shop_runtime.errors import ServiceError, error_info, invalid_argument, unavailable
 from shop_runtime.idempotency import MAX_KEY_LENGTH as MAX_IDEMPOTENCY_KEY
 from shop_runtime.logs import REQUEST_ID_METADATA, request_id
-from shop_runtime.mtls import believes_user_from
+from shop_runtime.callers import believes_user_from
 
 USER_METADATA = "x-shop-user-id"
 CALLER_METADATA = "x-shop-caller"
@@ -34,7 +34,7 @@ def idempotency_key(context: grpc.aio.ServicerContext) -> str:
 
 def asserted_user(context: grpc.aio.ServicerContext) -> str:
     """The end user the call is made for, '' if none: as the gateway verified it, passed on by the services; a
-    caller whose word the service does not take about users (shop_runtime.mtls) makes an anonymous call."""
+    caller whose word the service does not take about users (shop_runtime.callers) makes an anonymous call."""
     return metadata_value(context, USER_METADATA) if believes_user_from(context) else ""
 
 

@@ -44,7 +44,7 @@ def route_timeout(method: str) -> str:
 
 def begin(method: str) -> contextvars.Token:
     """Starts the deadline of a handler: its own budget. Not its caller's deadline: a handler whose caller
-    gave up still finishes its step (see shop_runtime.errors.ErrorInterceptor). A callee may therefore
+    gave up still finishes its step (see shop_runtime.interceptor.CallInterceptor). A callee may therefore
     outlive one attempt of its caller; the caller's next attempt carries the same idempotency key and
     waits for, or replays, the step still under way, and a step that must not land late is fenced by
     the callee itself (e.g. a payment attempt's holds, which only that attempt can sell)."""

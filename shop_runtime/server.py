@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
-import shlex
 import signal
 import sys
 from dataclasses import dataclass, field
@@ -14,32 +12,29 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Sequence
 
 import grpc
-import honcho.manager
 import psycopg
 import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from honcho.printer import Printer
 from psycopg_pool import AsyncConnectionPool
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from shop_runtime import consul as shop_consul
 from shop_runtime import metrics
-from shop_runtime.mtls import Tls, refusal
+from shop_runtime.callers import refusal
 from shop_runtime.clients import ServiceClient
 from shop_runtime.clock import Clock, SystemClock
 from shop_runtime.config import ConfigError, ServiceSettings, env_float
 from shop_runtime.db import migrate, open_pool
-from shop_runtime.errors import ErrorInterceptor, ServiceError
+from shop_runtime.interceptor import CallInterceptor
 from shop_runtime.live_settings import LiveSettings
 from shop_runtime.logs import setup_logging
+from shop_runtime.mtls import Tls
+from shop_runtime.registration import Readiness, keep_registered
+from shop_runtime.supervision import Supervisor, stop_with, supervise
 
 _LOGGER = logging.getLogger(__name__)
 
-# How often readiness (a database round trip) is re-checked for the health service.
-READINESS_INTERVAL = 2.0
-# How often a service checks that Consul still has its registration.
-REGISTRATION_CHECK_INTERVAL = 2.0
 # How long a starting process waits for Consul's first answer about the services it calls before serving anyway.
 DISCOVERY_WAIT = 10.0
 
@@ -53,11 +48,12 @@ MAX_METADATA_BYTES = 64 * 1024
 # decides how many requests wait; they wait here, in arrival order, within the route's timeout).
 MAX_PENDING_CALLS = 20_000
 
-# How often a worker checks that the supervisor that started it is still there.
-PARENT_CHECK_INTERVAL = 1.0
-
-# The exit codes honcho's Manager reports when it stopped its processes on SIGINT/SIGTERM.
-_STOPPED_ON_SIGNAL = (130, 143)
+# gRPC's own default lets a second process bind a port already taken (SO_REUSEPORT) and quietly take a share of its
+# connections: an instance left over from an earlier run would then answer for this one. A taken port is an error.
+SERVER_OPTIONS = (("grpc.max_metadata_size", MAX_METADATA_BYTES),
+                  ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+                  ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
+                  ("grpc.so_reuseport", 0))
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -101,6 +97,10 @@ class Deps:
         await asyncio.gather(*(c.close() for c in self._clients))
 
 
+class ListenError(RuntimeError):
+    """The server cannot listen on its address: the port is taken, or the address is not this host's."""
+
+
 @dataclass
 class GrpcApp:
     """A built, not yet started, gRPC server, its health service and its background work."""
@@ -109,8 +109,8 @@ class GrpcApp:
     port: int
     health: health.aio.HealthServicer
     service_names: list[str]
-    # Handlers keep working when their caller goes away; stopping waits for them (see ErrorInterceptor).
-    interceptor: ErrorInterceptor = field(default_factory=ErrorInterceptor)
+    # Handlers keep working when their caller goes away; stopping waits for them (see CallInterceptor).
+    interceptor: CallInterceptor = field(default_factory=CallInterceptor)
     # Coroutine functions run while the server serves (e.g. sweepers), cancelled when it stops.
     background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
@@ -121,49 +121,14 @@ class GrpcApp:
             await self.health.set(name, status)
 
 
-def periodic(name: str, work: Callable[[], Awaitable[bool]], interval: float) -> Callable[[], Awaitable[None]]:
-    """Background work for GrpcApp.background: `work` every `interval` seconds, at once again when it
-    says more is waiting; a failed pass is logged and the next one tries again."""
-
-    async def loop() -> None:
-        while True:
-            try:
-                more = await work()
-            except ServiceError as err:  # e.g. a service it needs is not found yet: expected, no traceback
-                _LOGGER.warning("%s: pass not done (%s: %s); next in %ss", name, err.reason, err.message, interval)
-                more = False
-            except Exception:  # one failed pass must not end the work for the process's lifetime
-                _LOGGER.exception("%s failed", name)
-                more = False
-            await asyncio.sleep(0 if more else interval)
-
-    loop.__name__ = name
-    return loop
-
-
-def reconciler(service: str, reconcile: Callable[[], Awaitable[int]],
-               interval: float) -> Callable[[], Awaitable[None]]:
-    """Background work for GrpcApp.background: a reconciler pass every `interval` seconds, its repairs logged."""
-
-    async def work() -> bool:
-        if repaired := await reconcile():
-            _LOGGER.info("%s reconciler: %d repair(s)", service, repaired)
-        return False
-
-    return periodic(f"{service}-reconciler", work, interval)
-
-
 def build_server(
     settings: ServiceSettings,
     servicers: Sequence[tuple[Callable[[Any, grpc.aio.Server], None], Any]],
     service_names: Sequence[str],
 ) -> GrpcApp:
     """A server with the given servicers, the standard health service and reflection, bound to its port."""
-    interceptor = ErrorInterceptor(settings.service_name, refusal=refusal)
-    server = grpc.aio.server(interceptors=[interceptor],
-                             options=[("grpc.max_metadata_size", MAX_METADATA_BYTES),
-                                      ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
-                                      ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS)])
+    interceptor = CallInterceptor(settings.service_name, refusal=refusal)
+    server = grpc.aio.server(interceptors=[interceptor], options=SERVER_OPTIONS)
     for add, servicer in servicers:
         add(servicer, server)
     health_servicer = health.aio.HealthServicer()
@@ -172,101 +137,28 @@ def build_server(
         [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
     )
     address = f"{settings.grpc_host}:{settings.grpc_port}"
+    credentials = None
     if settings.tls_dir:
-        port = server.add_secure_port(address, Tls.load(settings.tls_dir, settings.service_name).server_credentials())
+        credentials = Tls.load(settings.tls_dir, settings.service_name).server_credentials()
     else:
         _LOGGER.warning("TLS_DIR is not set: gRPC in plaintext, any caller that reaches %s is served", address)
-        port = server.add_insecure_port(address)
+    port = _listen(server, address, credentials)
     return GrpcApp(server=server, port=port, health=health_servicer, service_names=list(service_names),
                    interceptor=interceptor)
 
 
-class Readiness:
-    """Whether the database answers, asked on a connection of the probe's own: a pool busy to its last
-    connection (a flash sale) is a service at work, not one to take out of Consul."""
-
-    def __init__(self, dsn: str, recovered: Callable[[], Awaitable[None]] | None = None):
-        self._dsn = dsn
-        # Run when the database answers again after it did not: e.g. the pool's check of its idle connections,
-        # which the outage may have broken, before the service says it serves again.
-        self._recovered = recovered
-        self._conn: psycopg.AsyncConnection | None = None
-        # The last answer: the health status the service has now.
-        self.serving: bool | None = None
-
-    async def probe(self) -> bool:
-        """True if the database answers within READINESS_INTERVAL (reconnecting first if need be)."""
-        try:
-            async with asyncio.timeout(READINESS_INTERVAL):
-                if self._conn is None or self._conn.closed:
-                    self._conn = await psycopg.AsyncConnection.connect(self._dsn, autocommit=True)
-                await self._conn.execute("SELECT 1")
-            return True
-        except Exception as err:  # any failure to reach the database means not ready
-            if self.serving is not False:
-                _LOGGER.warning("database unreachable (%s): NOT_SERVING", err)
-            await self.close()
-            return False
-
-    async def close(self) -> None:
-        """Closes the probe's connection."""
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            await conn.close()
-
-    async def watch(self, app: GrpcApp) -> None:
-        """Keeps the health status true to whether the database answers."""
-        try:
-            while True:
-                now = await self.probe()
-                if now and self.serving is False and self._recovered is not None:
-                    try:
-                        await self._recovered()
-                    except Exception:  # noqa: BLE001 - a failed check is the next probe's to find
-                        _LOGGER.warning("checking connections after the database came back failed", exc_info=True)
-                if now != self.serving:
-                    await app.set_serving(now)
-                    self.serving = now
-                await asyncio.sleep(READINESS_INTERVAL)
-        finally:
-            await self.close()
-
-
-async def _keep_registered(client: Any, settings: ServiceSettings, port: int, readiness: Readiness) -> None:
-    """Registers the instance again whenever Consul has lost it (an agent restart; a registration reaped after
-    its check failed for a minute, say while the database was away) and the service serves again."""
-    lost = False
-    while True:
-        await asyncio.sleep(REGISTRATION_CHECK_INTERVAL)
-        if not readiness.serving:
-            continue
-        try:
-            if await shop_consul.is_registered(client, settings.instance_id):
-                lost = False
-                continue
-            await shop_consul.register(client, name=settings.service_name, service_id=settings.instance_id,
-                                       address=settings.advertise_address, port=port,
-                                       check_interval=settings.check_interval, retry_for=0, passing=True,
-                                       tls=bool(settings.tls_dir))
-            _LOGGER.warning("Consul had lost %s: registered again", settings.instance_id)
-            lost = False
-        except Exception as err:  # Consul away: try again at the next look, logged once
-            if not lost:
-                _LOGGER.warning("cannot reach Consul to check %s's registration (%s)", settings.instance_id, err)
-            lost = True
-
-
-async def _watch_parent(stop: asyncio.Event, parent: int) -> None:
-    """Stops this worker, gracefully, once the process that started it is gone.
-
-    honcho starts each worker in a session of its own, so a SIGKILL of the supervisor's process group
-    (a test's last resort, an OOM kill) does not reach the workers; without this they would live on as
-    orphans still registered in Consul. Polling the parent's pid needs no platform-specific prctl.
-    """
-    while os.getppid() == parent:
-        await asyncio.sleep(PARENT_CHECK_INTERVAL)
-    _LOGGER.warning("the supervisor (pid %s) is gone: stopping", parent)
-    stop.set()
+def _listen(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
+    """Binds `server` to `address` (over TLS with `credentials`); returns the port. A ListenError names the address
+    when it cannot be bound."""
+    try:
+        port = (server.add_insecure_port(address) if credentials is None
+                else server.add_secure_port(address, credentials))
+    except RuntimeError:  # this grpcio's "Failed to bind to address"; older releases returned 0 instead
+        port = 0
+    if not port:
+        raise ListenError(f"cannot listen on {address}: its port is taken by another process, or its host is not"
+                          " an address of this host")
+    return port
 
 
 async def _retry_database(what: Callable[[], Any], retry_for: float = 30.0) -> Any:
@@ -289,8 +181,10 @@ async def serve(
     create_server: Callable[[ServiceSettings, Deps], GrpcApp],
     stop: asyncio.Event | None = None,
 ) -> None:
-    """Runs one service until SIGTERM/SIGINT (or `stop`), then leaves Consul and drains in-flight calls."""
-    parent = os.getppid()
+    """Runs one service until SIGTERM/SIGINT (or `stop`), then leaves Consul and drains in-flight calls; a worker
+    also stops when its supervisor ends."""
+    # Held from the start: a supervisor that ends while this worker starts is seen when it begins to serve.
+    supervisor = Supervisor.of_this_worker() if settings.worker_index else None
     await _retry_database(lambda: migrate(settings.database_url, schema, migrations))
     pool = await _retry_database(lambda: open_pool(settings.database_url, max_size=settings.pool_max_size,
                                                    idle_in_transaction_seconds=settings.idle_in_transaction_seconds))
@@ -302,7 +196,16 @@ async def serve(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    app = create_server(settings, deps)
+    try:
+        app = create_server(settings, deps)
+    except BaseException:
+        # Nothing serves yet (e.g. its port is taken): what was opened for it is closed before the error goes on.
+        if supervisor is not None:
+            supervisor.close()
+        await deps.close()
+        await pool.close()
+        await client.close()
+        raise
     metrics.watch_pool(pool.get_stats)
     metrics.serve(settings.metrics_port)
     tasks: list[asyncio.Task] = []
@@ -318,8 +221,8 @@ async def serve(
         readiness = Readiness(settings.database_url, recovered=pool.check)
         tasks.append(asyncio.create_task(readiness.watch(app), name="readiness"))
         tasks += [asyncio.create_task(work(), name=work.__name__) for work in app.background]
-        if settings.worker_index:
-            tasks.append(asyncio.create_task(_watch_parent(stop, parent), name="parent"))
+        if supervisor is not None:
+            tasks.append(asyncio.create_task(stop_with(supervisor, stop), name="supervisor"))
         _LOGGER.info("%s serving gRPC on %s:%s", settings.service_name, settings.grpc_host, app.port)
         await shop_consul.register(
             client,
@@ -332,7 +235,7 @@ async def serve(
             tls=bool(settings.tls_dir),
         )
         registered = True
-        tasks.append(asyncio.create_task(_keep_registered(client, settings, app.port, readiness), name="registration"))
+        tasks.append(asyncio.create_task(keep_registered(client, settings, app.port, readiness), name="registration"))
         await stop.wait()
         _LOGGER.info("stopping: NOT_SERVING, leaving Consul, draining for %ss (after taking calls %ss more)",
                      settings.shutdown_grace_seconds, settings.shutdown_delay_seconds)
@@ -352,6 +255,8 @@ async def serve(
         await deps.close()
         await pool.close()
         await client.close()
+        if supervisor is not None:
+            supervisor.close()
         _LOGGER.info("%s stopped", settings.service_name)
 
 
@@ -381,44 +286,6 @@ class ServiceSpec:
                     create_server=self.create_server, stop=stop)
 
 
-def worker_env(settings: ServiceSettings, index: int) -> dict[str, str]:
-    """The environment of worker `index` (1..workers): this process's, made into one full instance."""
-    env = dict(os.environ)
-    env.update(
-        WORKERS="1",
-        WORKER_INDEX=str(index),
-        # The first worker takes the service's own port, so whatever is configured with it still
-        # reaches the service; the others take any free port, which they register in Consul.
-        GRPC_PORT=str(settings.grpc_port if index == 1 else 0),
-        # The pool size derived here from the service's budget and the worker count, not again there.
-        DB_POOL_MAX_SIZE=str(settings.pool_max_size),
-        METRICS_PORT=str(settings.metrics_port + index - 1 if settings.metrics_port else 0),
-    )
-    return env
-
-
-def supervise(settings: ServiceSettings) -> int:
-    """Runs `settings.workers` copies of this process's own command as workers until SIGTERM/SIGINT, which
-    each of them gets to stop gracefully; when one worker ends, the others are stopped too. Returns the
-    exit code: 0 for a stop asked for by a signal, else that of the worker that ended first."""
-    # Every worker may take its full drain (server stop, then handlers) before honcho kills it; its
-    # own wait (5 s, counted from the first worker's exit) is a module setting honcho reads at stop.
-    honcho.manager.KILL_WAIT = max(honcho.manager.KILL_WAIT, 2 * settings.shutdown_grace_seconds + 5)
-    # Workers' lines already name the worker (`catalog.2`); honcho's own prefix would only repeat it.
-    manager = honcho.manager.Manager(printer=Printer(sys.stderr, prefix=False))
-    command = "exec " + shlex.join([sys.executable, *sys.orig_argv[1:]])
-    for index in range(1, settings.workers + 1):
-        manager.add_process(f"{settings.service_name}.{index}", command, env=worker_env(settings, index))
-    _LOGGER.info("%s: %d workers, each with a pool of up to %d connections", settings.service_name,
-                 settings.workers, settings.pool_max_size)
-    manager.loop()
-    code = manager.returncode
-    if code in _STOPPED_ON_SIGNAL:
-        return 0
-    # A worker killed by a signal reports minus its number; a shell's convention is 128 plus it.
-    return 128 - code if code < 0 else code
-
-
 def main(spec: ServiceSpec) -> None:
     """The `python -m <service>` entry point: settings from the environment, then serve; with WORKERS
     above 1, that many worker processes of the same command instead, each a full instance."""
@@ -433,4 +300,8 @@ def main(spec: ServiceSpec) -> None:
     # uvloop's event loop: every database round trip and gRPC call of a service goes through the loop's
     # reader registration and callbacks, which the standard loop does in Python (a fifth more adds a second
     # per cart worker measured with make bench).
-    uvloop.run(spec.serve(settings))
+    try:
+        uvloop.run(spec.serve(settings))
+    except ListenError as err:
+        _LOGGER.error("%s", err)
+        raise SystemExit(1) from None

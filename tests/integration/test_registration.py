@@ -22,7 +22,7 @@ from devstack.stack import Ports, ProcessSpec, consul_process, http_get, passing
 from shop_runtime import consul as shop_consul
 from shop_runtime.consul import Discovery, Instance
 from shop_runtime.db import open_pool
-from shop_runtime.server import Readiness
+from shop_runtime.registration import Readiness
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""WORKERS=2: one command runs two full instances of a service, each in Consul, each serving; a stop stops both."""
+"""WORKERS=2: two full instances of a service from one command, which end on a stop or with their supervisor."""
 
 import os
 import re
@@ -41,6 +41,19 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def _children(pid: int) -> set[int]:
+    """The pids of the processes whose parent is `pid`."""
+    found = set()
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = open(f"/proc/{entry}/stat").read()
+        except OSError:
+            continue
+        if int(stat.rpartition(")")[2].split()[1]) == pid:
+            found.add(int(entry))
+    return found
 
 
 def _availability(port: int, sku: str) -> int:
@@ -118,6 +131,51 @@ def test_workers_leave_when_their_supervisor_is_killed(fresh_dsn, consul, ports,
         for pid in pids.values():
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_workers_leave_and_exit_when_their_supervisor_alone_is_killed(fresh_dsn, consul, ports, log_dir):
+    """kill -9 of the supervisor's process only (a replica's main process under supervisord): honcho's intermediate
+    process above each worker survives it, so a worker that watched its parent would serve on, still registered."""
+    proc, _, pids, _ = _start_two_workers(ports, fresh_dsn, log_dir, "inventory-supervisor-killed")
+    intermediates = _children(proc.pid) - set(pids.values())
+    try:
+        assert len(intermediates) == 2, "one honcho process above each worker"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.popen.wait(10)
+        assert all(_alive(pid) for pid in intermediates), "the workers' parents outlive the supervisor"
+        wait_until(lambda: _registered(ports, _ids(pids)) == set(), 10, 0.1, what="the workers out of Consul")
+        wait_until(lambda: not any(_alive(pid) for pid in [*pids.values(), *intermediates]), 15, 0.1,
+                   what="the workers (and honcho's processes above them) to exit")
+    finally:
+        proc.stop()
+        for pid in [*pids.values(), *intermediates]:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_process_started_on_a_port_already_taken_fails_naming_it(workers, fresh_dsn, consul, ports, log_dir):
+    """No two processes share a service port by accident: the second one to bind it exits non-zero, naming the
+    address, and the first one serves on alone."""
+    port = free_port()
+    first = Proc(service_process("inventory", ports, fresh_dsn, port=port, name="inventory-port-owner"), log_dir)
+    second = None
+    try:
+        first_id = f"inventory-{socket.gethostname()}-{first.pid}"
+        wait_until(lambda: first.popen.poll() is not None or _mine(ports, {first_id}), 30,
+                   what="the first process passing in Consul")
+        assert first.popen.poll() is None, first.log()
+        second = Proc(service_process("inventory", ports, fresh_dsn, port=port, name="inventory-port-taken",
+                                      workers=workers), log_dir)
+        assert second.popen.wait(30) != 0, second.log()
+        assert f"cannot listen on 127.0.0.1:{port}: its port is taken" in second.log()
+        assert [e["Service"]["ID"] for e in passing_instances(ports, "inventory")
+                if e["Service"]["Port"] == port] == [first_id], "only the first process is listed on the port"
+        assert _availability(port, "P-1") == 0 and first.popen.poll() is None, "the first process serves on"
+    finally:
+        if second is not None:
+            second.stop()
+        first.stop()
 
 
 @pytest.mark.parametrize("workers", ["0", "many", "65"])

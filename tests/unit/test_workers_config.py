@@ -4,7 +4,7 @@ import pytest
 
 from shop_runtime import config
 from shop_runtime.config import DB_CONNECTIONS, MAX_WORKERS, ConfigError, ServiceSettings, parse_workers, pool_size_for
-from shop_runtime.server import worker_env
+from shop_runtime.supervision import worker_env
 
 
 @pytest.fixture(autouse=True)
