@@ -8,7 +8,9 @@ from pathlib import Path
 from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 
-from gateway.envoy import ADMIN_PREFIX, PUBLIC_PREFIX, RATE_LIMITED_ROUTES, UPSTREAMS
+from gateway.auth import ADMIN_PREFIX, PUBLIC_PREFIX
+from gateway.limits import RATE_LIMITED_ROUTES
+from gateway.routes import UPSTREAMS
 
 FDP = descriptor_pb2.FieldDescriptorProto
 

@@ -9,7 +9,8 @@ import os
 import signal
 from pathlib import Path
 
-from gateway.envoy import UPSTREAMS, write_eds
+from gateway.clusters import write_eds
+from gateway.routes import UPSTREAMS
 from shop_runtime import consul as shop_consul
 from shop_runtime.config import env_str
 from shop_runtime.logs import setup_logging
