@@ -21,9 +21,11 @@ run: setup
 test: setup test-tools $(NEWMAN) lint
 	$(PY) -m pytest -q tests
 
-# Names that are undefined, unused or shadowed, and syntax errors.
-lint: venv
+# Names that are undefined, unused or shadowed, and syntax errors; then the types of the production packages
+# (pyproject.toml's [tool.mypy]), which needs gen/: the generated modules are checked against their .pyi stubs.
+lint: venv proto
 	$(PY) -m ruff check --quiet --select F,E9 --exclude gen .
+	$(PY) -m mypy
 
 # The OpenAPI document of the REST routes, generated from the protos (a test fails when it drifts).
 openapi: setup

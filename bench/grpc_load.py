@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import multiprocessing.queues
+import multiprocessing.synchronize
 import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import grpc
+from google.protobuf import message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
@@ -66,11 +70,12 @@ def _stubs(load: Load) -> tuple[list[grpc.aio.Channel], list]:
             if load.kind == HOLDS:
                 stubs.append(inventory_pb2_grpc.InventoryServiceStub(channel).CreateHolds)
             else:
-                stubs.append(health_pb2_grpc.HealthStub(channel).Check)
+                # types-grpcio-health-checking's HealthStub leaves out the stub's per-RPC attributes.
+                stubs.append(health_pb2_grpc.HealthStub(channel).Check)  # type: ignore[attr-defined]
     return channels, stubs
 
 
-def _request(load: Load, caller: int):
+def _request(load: Load, caller: int) -> message.Message:
     if load.kind == HOLDS:
         return inventory_pb2.CreateHoldsRequest(
             owner=f"bench:{caller}", lines=[inventory_pb2.HoldLine(sku=load.sku, qty=1)], ttl_seconds=3600,
@@ -101,7 +106,13 @@ async def _drive(load: Load, callers: int, seconds: float, stubs: list) -> GrpcR
     return run
 
 
-async def _client(load: Load, callers: int, barrier) -> GrpcRun:
+class _Barrier(Protocol):
+    """What _client waits on before measuring: the processes' barrier, or one that never waits."""
+
+    def wait(self, timeout: float, /) -> object: ...
+
+
+async def _client(load: Load, callers: int, barrier: _Barrier) -> GrpcRun:
     channels, stubs = _stubs(load)
     try:
         for channel in channels:
@@ -115,7 +126,8 @@ async def _client(load: Load, callers: int, barrier) -> GrpcRun:
             await channel.close()
 
 
-def _process_main(load: Load, callers: int, barrier, results) -> None:
+def _process_main(load: Load, callers: int, barrier: multiprocessing.synchronize.Barrier,
+                  results: multiprocessing.queues.Queue[GrpcRun | RuntimeError]) -> None:
     try:
         results.put(asyncio.run(_client(load, callers, barrier)))
     except BaseException as err:  # the parent must hear of it rather than wait for a result forever

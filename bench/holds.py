@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -37,14 +38,15 @@ from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 HOT = "BENCH-HOT"
 
 
-async def measure(concurrency: int, requests: int, call, seconds: float | None = None) -> tuple[float, list[float]]:
+async def measure(concurrency: int, requests: int, call: Callable[[int], Awaitable[None]],
+                  seconds: float | None = None) -> tuple[float, list[float]]:
     """Runs `requests` calls (or as many as `seconds` allow) with `concurrency` in flight; returns (calls per
     second, latencies in ms)."""
     latencies: list[float] = []
     remaining = iter(range(requests))
     deadline = time.monotonic() + seconds if seconds else None
 
-    async def worker():
+    async def worker() -> None:
         for i in remaining:
             if deadline and time.monotonic() >= deadline:
                 break
@@ -81,18 +83,20 @@ async def plain_sql(dsn: str, concurrency: int, requests: int,
     `requests` holds or as many as `seconds` allow."""
     await create_tables(dsn, 10 * requests)
     conns = [await psycopg.AsyncConnection.connect(dsn) for _ in range(concurrency)]
-    free = asyncio.Queue()
+    free: asyncio.Queue[psycopg.AsyncConnection] = asyncio.Queue()
     for c in conns:
         free.put_nowait(c)
     key = sku_lock_key(HOT)
 
-    async def one(_):
+    async def one(_: int) -> None:
         conn = await free.get()
         try:
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
                 cur = await conn.execute("SELECT on_hand - reserved FROM bench.stock WHERE sku = %s", (HOT,))
-                if (await cur.fetchone())[0] >= 1:
+                row = await cur.fetchone()
+                assert row is not None  # the bench's own SKU, made by create_tables
+                if row[0] >= 1:
                     await conn.execute("INSERT INTO bench.holds VALUES (%s, %s, 1, now() + interval '10 min')",
                                        (uuid.uuid4(), HOT))
                     await conn.execute("UPDATE bench.stock SET reserved = reserved + 1 WHERE sku = %s", (HOT,))
@@ -106,7 +110,7 @@ async def plain_sql(dsn: str, concurrency: int, requests: int,
             await c.close()
 
 
-async def run(args, dsn: str, port: int) -> list[tuple[str, float, list[float]]]:
+async def run(args: argparse.Namespace, dsn: str, port: int) -> list[tuple[str, float, list[float]]]:
     results = []
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         await asyncio.wait_for(channel.channel_ready(), 30)
@@ -114,13 +118,14 @@ async def run(args, dsn: str, port: int) -> list[tuple[str, float, list[float]]]
         health = health_pb2_grpc.HealthStub(channel)
         await stub.SetStock(inventory_pb2.SetStockRequest(sku=HOT, on_hand=1_000_000))
 
-        async def hold(i):
+        async def hold(i: int) -> None:
             await stub.CreateHolds(inventory_pb2.CreateHoldsRequest(
                 owner=f"cart:bench-{i}", lines=[inventory_pb2.HoldLine(sku=HOT, qty=1)], ttl_seconds=3600,
                 idempotency_key=uuid.uuid4().hex))
 
-        async def noop(_):
-            await health.Check(health_pb2.HealthCheckRequest())
+        async def noop(_: int) -> None:
+            # types-grpcio-health-checking's HealthStub leaves out the stub's per-RPC attributes.
+            await health.Check(health_pb2.HealthCheckRequest())  # type: ignore[attr-defined]
 
         await measure(args.concurrency, min(200, args.requests), hold)  # warm-up: pools, channels, caches
         results.append(("service: gRPC CreateHolds, 1 hot SKU", *await measure(args.concurrency, args.requests, hold)))

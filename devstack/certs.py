@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import os
 from pathlib import Path
+from typing import cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -71,7 +72,8 @@ def _ca(directory: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     """The CA's key and certificate, made unless both exist and are fresh; a new CA means new certificates."""
     ca_path, key_path = directory / CA_FILE, directory / CA_KEY_FILE
     if key_path.exists() and _fresh(ca_path):
-        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        # The key this function wrote: EC (load_pem_private_key is typed for any kind of key).
+        key = cast(ec.EllipticCurvePrivateKey, serialization.load_pem_private_key(key_path.read_bytes(), password=None))
         return key, x509.load_pem_x509_certificate(ca_path.read_bytes())
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.timezone.utc)

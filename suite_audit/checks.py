@@ -235,7 +235,9 @@ async def _audit(conn: AsyncConnection) -> Checked:
             _LOGGER.debug("check %s: %d violation(s)", check.tag, len(found))
             violations += found
         cur = await conn.execute(_COUNTS)
-        skus, holds, orders, charges = await cur.fetchone()
+        row = await cur.fetchone()
+        assert row is not None  # counts answer one row
+        skus, holds, orders, charges = row
     return Checked(skus, holds, orders, charges, violations)
 
 

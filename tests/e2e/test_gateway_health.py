@@ -11,7 +11,7 @@ import pytest
 
 from devstack.procs import Proc, wait_until
 from devstack.stack import envoy_hosts, free_port, gateway_processes, passing_instances, service_process
-from gateway.envoy import write_eds
+from gateway.clusters import write_eds
 
 pytestmark = pytest.mark.e2e
 

@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 from devstack.stack import DESCRIPTOR
-from gateway.envoy import exposed_methods
+from gateway.routes import exposed_methods
 from order_svc.service import PROVIDER_TIMEOUT_SECONDS
 from shop_runtime import deadlines
 

@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 
 from devstack.stack import DESCRIPTOR
-from gateway.envoy import (RATE_LIMITED_ROUTES, USER_HEADER, GatewayConfig, GatewayLimits, bootstrap,
-                           exposed_methods, limited_methods)
+from gateway.auth import USER_HEADER
+from gateway.envoy import GatewayConfig, bootstrap
+from gateway.limits import RATE_LIMITED_ROUTES, GatewayLimits, limited_methods
+from gateway.routes import exposed_methods
 from gateway.openapi import build
 from shop_runtime.config import ConfigError
 
