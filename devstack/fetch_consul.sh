@@ -37,4 +37,6 @@ apt-get -qq "${apt_opts[@]}" update
 (cd "$work" && apt-get -qq "${apt_opts[@]}" download consul)
 dpkg-deb -x "$work"/consul_*.deb "$work/x"
 install -m 0755 "$work/x/usr/bin/consul" "$dest/consul"
-"$dest/consul" version | head -n1
+# The whole output is read first: head closing the pipe early would fail the script under pipefail.
+version=$("$dest/consul" version)
+echo "${version%%$'\n'*}"
