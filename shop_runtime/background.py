@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable, Coroutine
 
 from shop_runtime.errors import ServiceError
 
 _LOGGER = logging.getLogger(__name__)
 
 
-def periodic(name: str, work: Callable[[], Awaitable[bool]], interval: float) -> Callable[[], Awaitable[None]]:
+def periodic(name: str, work: Callable[[], Awaitable[bool]],
+             interval: float) -> Callable[[], Coroutine[Any, Any, None]]:
     """Background work for GrpcApp.background: `work` every `interval` seconds, at once again when it
     says more is waiting; a failed pass is logged and the next one tries again."""
 
@@ -32,7 +33,7 @@ def periodic(name: str, work: Callable[[], Awaitable[bool]], interval: float) ->
 
 
 def reconciler(service: str, reconcile: Callable[[], Awaitable[int]],
-               interval: float) -> Callable[[], Awaitable[None]]:
+               interval: float) -> Callable[[], Coroutine[Any, Any, None]]:
     """Background work for GrpcApp.background: a reconciler pass every `interval` seconds, its repairs logged."""
 
     async def work() -> bool:

@@ -64,7 +64,7 @@ def _caller(context: grpc.aio.ServicerContext) -> tuple[bool, str | None]:
         return kept[1], kept[2]
     auth = context.auth_context() or {}
     names = auth.get("x509_common_name")
-    plaintext, identity = auth.get("transport_security_type") == [b"insecure"], names[0].decode() if names else None
+    plaintext, identity = auth.get("transport_security_type") == [b"insecure"], next(iter(names)).decode() if names else None
     _CALLER.set((context, plaintext, identity))
     return plaintext, identity
 

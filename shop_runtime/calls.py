@@ -17,14 +17,14 @@ IDEMPOTENCY_METADATA = "idempotency-key"
 def metadata_value(context: grpc.aio.ServicerContext, name: str) -> str:
     """The value of one metadata entry of the call, or ''."""
     for key, value in context.invocation_metadata() or ():
-        if key == name:
+        if key == name and isinstance(value, str):  # a text entry; only '-bin' names carry bytes
             return value
     return ""
 
 
 def idempotency_key(context: grpc.aio.ServicerContext) -> str:
     """The call's idempotency key, '' when absent; present, it must be one value of 1..255 characters."""
-    values = [v for k, v in context.invocation_metadata() or () if k == IDEMPOTENCY_METADATA]
+    values = [v for k, v in context.invocation_metadata() or () if k == IDEMPOTENCY_METADATA and isinstance(v, str)]
     if not values:
         return ""
     if len(values) > 1 or not 1 <= len(values[0]) <= MAX_IDEMPOTENCY_KEY:

@@ -92,7 +92,7 @@ async def migrate(dsn: str, schema: str, directory: Path) -> list[str]:
             cur = await conn.execute(
                 sql.SQL("SELECT version, checksum FROM {}.schema_migrations").format(schema_id)
             )
-            applied = dict(await cur.fetchall())
+            applied: dict[str, str] = dict(await cur.fetchall())
             for path in files:
                 text = path.read_text()
                 version = path.stem

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
@@ -14,7 +16,7 @@ ERROR_DOMAIN = "shop"
 class ServiceError(Exception):
     """A failure the caller must see as a status code and an upper-case reason."""
 
-    def __init__(self, code: grpc.StatusCode, reason: str, message: str, metadata: dict[str, str] | None = None):
+    def __init__(self, code: grpc.StatusCode, reason: str, message: str, metadata: Mapping[str, object] | None = None):
         super().__init__(message)
         self.code = code
         self.reason = reason
@@ -57,7 +59,9 @@ def unavailable(dependency: str) -> ServiceError:
 
 def error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | None:
     """The ErrorInfo carried by a failed call's rich status, if any."""
-    status = rpc_status.from_call(err)
+    # from_call reads only code(), details() and trailing_metadata(), which an aio call error has too; the stubs
+    # name the synchronous Call alone.
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
     for detail in status.details if status else ():
         info = error_details_pb2.ErrorInfo()
         if detail.Unpack(info):

@@ -45,7 +45,10 @@ async def claim(conn: AsyncConnection, table: sql.Composable, operation: str, ke
         sql.SQL("SELECT request_hash, response FROM {} WHERE operation = %s AND key = %s").format(table),
         (operation, key),
     )
-    stored_hash, response = await cur.fetchone()
+    row = await cur.fetchone()
+    # The insert above found the key taken, and a key is never deleted inside a transaction that saw it.
+    assert row is not None
+    stored_hash, response = row
     if bytes(stored_hash) != request_hash:
         raise reused(operation)
     return bytes(response)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, cast
 
 import grpc
 import psycopg
@@ -53,9 +53,9 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
@@ -67,7 +67,9 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         return kept[1]
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        inner = handler.unary_unary
+        # An aio server's handlers are coroutine functions taking an aio context; the stubs describe the
+        # synchronous server's, and intercept_service wraps only unary handlers, so this one is set.
+        inner = cast(Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]], handler.unary_unary)
         timer = metrics.RpcTimer(self._service, method)
 
         async def run(request: Any, context: grpc.aio.ServicerContext) -> tuple[Any, ServiceError | None]:
@@ -92,7 +94,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             started = time.perf_counter()
             # Before the work's task is made, which takes this context: the request id goes with the work.
             rid = logs.begin_request(next((v for k, v in context.invocation_metadata() or ()
-                                           if k == logs.REQUEST_ID_METADATA), ""))
+                                           if k == logs.REQUEST_ID_METADATA and isinstance(v, str)), ""))
             try:
                 return await serve(request, context, started)
             finally:

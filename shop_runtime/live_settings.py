@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from shop_runtime.consul import WATCH_TIMEOUT_SECONDS, WATCH_WAIT
 
@@ -48,7 +49,7 @@ def parse(name: str, raw: bytes | None, setting: Setting) -> tuple[int, str | No
 class LiveSettings:
     """The current values of STORE_SETTINGS; a missing or malformed value is its default, with a log line."""
 
-    def __init__(self, client, settings: dict[str, Setting] | None = None,
+    def __init__(self, client: Any, settings: dict[str, Setting] | None = None,
                  timeout: float = WATCH_TIMEOUT_SECONDS):
         self._client = client
         self._timeout = timeout

@@ -53,11 +53,14 @@ class RpcTimer:
 
 def watch_pool(stats: Callable[[], dict[str, int]]) -> None:
     """Reports the pool's size, idle and waiting connections from `stats` (psycopg_pool's get_stats) when scraped."""
+    def reader(key: str) -> Callable[[], float]:
+        return lambda: stats().get(key, 0)
+
     for state, key in (("size", "pool_size"), ("idle", "pool_available"), ("waiting", "requests_waiting")):
-        POOL.labels(state).set_function(lambda key=key: stats().get(key, 0))
+        POOL.labels(state).set_function(reader(key))
 
 
-def repaired(service: str, kind: str, message: str, *args) -> None:
+def repaired(service: str, kind: str, message: str, *args: object) -> None:
     """Records one repair of a reconciler: a log line (the message, lazily formatted) and a count."""
     _LOGGER.warning("repair (%s/%s): " + message, service, kind, *args)
     REPAIRS.labels(service, kind).inc()

@@ -9,7 +9,7 @@ import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any, Callable, Coroutine, Sequence
 
 import grpc
 import psycopg
@@ -112,7 +112,7 @@ class GrpcApp:
     # Handlers keep working when their caller goes away; stopping waits for them (see CallInterceptor).
     interceptor: CallInterceptor = field(default_factory=CallInterceptor)
     # Coroutine functions run while the server serves (e.g. sweepers), cancelled when it stops.
-    background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
 
     async def set_serving(self, serving: bool) -> None:
         """Sets the overall and every per-service health status."""

@@ -122,7 +122,12 @@ class Supervisor:
                 return
             loop = asyncio.get_running_loop()
             ended = loop.create_future()
-            loop.add_reader(self._fd, lambda: ended.done() or ended.set_result(None))
+
+            def readable() -> None:
+                if not ended.done():
+                    ended.set_result(None)
+
+            loop.add_reader(self._fd, readable)
             try:
                 await ended
             finally:
