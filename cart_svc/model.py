@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Iterable
+
+from catalog_svc.client import Product
 
 MAX_LINE_QTY = 100
 
@@ -20,14 +23,6 @@ class Line:
     hold_id: str
     reserved_until: datetime
     added_at: datetime
-
-
-@dataclass(frozen=True)
-class Product:
-    """What the cart shows of a product: its current name and price."""
-
-    name: str
-    price: int
 
 
 # A product since removed from the catalog.
@@ -71,6 +66,23 @@ class CartView:
         """A view stored by to_json."""
         return cls([ViewLine(x["sku"], Product(x["name"], x["price"]), x["qty"],
                              datetime.fromisoformat(x["reserved_until"]), x["expired"]) for x in doc["lines"]])
+
+
+@dataclass(frozen=True)
+class HandedLine:
+    """A cart line handed to an order: its units, the hold that keeps them, its name and price."""
+
+    sku: str
+    qty: int
+    hold_id: str
+    reserved_until: datetime
+    name: str
+    price: int
+
+
+def total_of(units: Iterable[tuple[str, int]], products: dict[str, Product]) -> int:
+    """What (sku, qty) pairs cost at `products`' prices; a SKU without a product counts nothing."""
+    return sum(products[sku].price * qty for sku, qty in units if sku in products)
 
 
 def owner_of(user: str) -> str:
