@@ -122,8 +122,9 @@ class Carts:
         from a read moments before are not asked again); PRODUCT_NOT_FOUND when one of `required` is not in the
         catalog, TOTAL_LIMIT when the cart would then total more than MAX_TOTAL (`units`: (sku, qty) pairs, those
         without a product counting nothing)."""
-        known = known or {}
-        products = known | await self._catalog.products([s for s in skus if s not in known])
+        products = await self._catalog.products([s for s in skus if s not in known] if known else skus)
+        if known:
+            products = known | products
         if gone := [s for s in required if s not in products]:
             if checkout:
                 raise refuse("PRODUCT_NOT_FOUND", "no longer in the catalog: " + ", ".join(gone), {"sku": gone[0]})

@@ -207,7 +207,8 @@ class StockTake:
             raise not_active(hold)
         target = hold.qty + add if add else qty
         if max_qty and target > max_qty:
-            raise refuse("QTY_LIMIT", f"a hold of this caller holds at most {max_qty} units, this one would hold {target}",
+            raise refuse("QTY_LIMIT",
+                         f"a hold of this caller holds at most {max_qty} units, this one would hold {target}",
                          {"max": max_qty, "qty": target}, table=INVENTORY_REASONS)
         check_qty(target)
         delta = target - hold.qty
