@@ -9,10 +9,10 @@ import uuid
 from psycopg_pool import AsyncConnectionPool
 
 from cart_svc import repository as repo
-from cart_svc.model import (MAX_LINE_QTY, MISSING_PRODUCT, CartView, HandedLine, Line, ViewLine, change_key,
-                            owner_of, total_of, user_of)
+from cart_svc.model import (MAX_LINE_QTY, CartView, HandedLine, Line, change_key, gone_from_cart, owner_of,
+                            total_of, user_of, view_of)
 from catalog_svc.client import CatalogClient, Product
-from inventory_svc.client import ACTIVE, COMMITTED, EXPIRED, HOLD_GONE, RELEASED, Hold, InventoryClient
+from inventory_svc.client import ACTIVE, EXPIRED, HOLD_GONE, Hold, InventoryClient
 from shop_runtime import idempotency
 from shop_runtime.clock import Clock
 from shop_runtime.errors import ServiceError, invalid_argument
@@ -45,35 +45,12 @@ def _shown(view: CartView) -> CartView:
     return view
 
 
-def _dead(hold: Hold) -> bool:
-    """Whether a line's hold was ended by a change whose answer was lost (given back, or sold): the line's
-    units are no longer the cart's. (A hold moved to an order the cart never recorded, its hand-over cut
-    off, still keeps the line's units: the next checkout moves it on.)"""
-    return hold.state in (RELEASED, COMMITTED)
-
-
 def _replayed(earlier: tuple[bytes, CartView], request_hash: bytes) -> CartView:
     """The first answer of a change made under the same key; the key with another request is refused."""
     stored_hash, view = earlier
     if stored_hash != request_hash:
         raise _reused()
     return view
-
-
-def _view_of(lines: list[Line], holds: dict[str, Hold], products: dict[str, Product]) -> CartView:
-    """The cart as the shopper sees it, from its lines, their holds (the truth of their units) and the products."""
-    shown = []
-    for line in lines:
-        hold = holds.get(line.hold_id)
-        if hold is None:
-            shown.append(ViewLine(line.sku, products.get(line.sku, MISSING_PRODUCT), line.qty,
-                                  line.reserved_until, True))
-        elif _dead(hold):
-            continue  # the line's units were given back or sold by a change whose answer was lost
-        else:
-            shown.append(ViewLine(line.sku, products.get(line.sku, MISSING_PRODUCT), hold.qty,
-                                  hold.expires_at, hold.state != ACTIVE))
-    return CartView(shown)
 
 
 class _TakeBack(Exception):
@@ -229,7 +206,7 @@ class Carts:
             hold = (await self._inventory.holds([hold.hold_id])).get(hold.hold_id, hold)
         added_at = line.added_at if line is not None else self._clock.now()
         placed = Line(sku, hold.qty, hold.hold_id, hold.expires_at, added_at)
-        view = _view_of(sorted([*others, placed], key=lambda x: (x.added_at, x.sku)), held | {hold.hold_id: hold},
+        view = view_of(sorted([*others, placed], key=lambda x: (x.added_at, x.sku)), held | {hold.hold_id: hold},
                         products)
         prior = line.hold_id if line is not None else None
         try:
@@ -285,7 +262,7 @@ class Carts:
             added_at = line.added_at if line is not None else self._clock.now()
             await repo.put_line(conn, user, Line(sku, hold.qty, hold.hold_id, hold.expires_at, added_at))
             lines = await repo.lines(conn, user)
-            view = _view_of(lines, await self._holds_of(lines), products)
+            view = view_of(lines, await self._holds_of(lines), products)
             if key:
                 await repo.record_change(conn, user, key, request_hash, view)
         return view
@@ -340,7 +317,7 @@ class Carts:
         return holds, products
 
     async def _view(self, lines: list[Line]) -> CartView:
-        return _view_of(lines, *await self._read(lines))
+        return view_of(lines, *await self._read(lines))
 
     async def checkout(self, user: str, order_id: str, ttl_seconds: int,
                        replay_only: bool = False) -> list[HandedLine]:
@@ -362,7 +339,7 @@ class Carts:
             # Lines whose units an earlier change (its answer lost) gave back or that went elsewhere are
             # not the cart's any more: they are dropped, not handed over.
             holds = await self._inventory.holds([line.hold_id for line in lines])
-            if dead := [line.sku for line in lines if line.hold_id in holds and _dead(holds[line.hold_id])]:
+            if dead := [x.sku for x in lines if x.hold_id in holds and gone_from_cart(holds[x.hold_id])]:
                 await repo.delete_lines(conn, user, dead)
                 lines = [line for line in lines if line.sku not in dead]
             if not lines:

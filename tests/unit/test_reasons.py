@@ -85,7 +85,8 @@ def test_the_runtimes_own_refusals_agree_with_the_table():
 
 def test_a_refusal_takes_its_code_from_the_table():
     err = refuse("OUT_OF_STOCK", "none left", {"sku": "A", "available": 0})
-    assert (err.code, err.reason, err.metadata) == (grpc.StatusCode.ABORTED, "OUT_OF_STOCK", {"sku": "A", "available": "0"})
+    assert (err.code, err.reason, err.metadata) == (grpc.StatusCode.ABORTED, "OUT_OF_STOCK",
+                                                    {"sku": "A", "available": "0"})
     with pytest.raises(KeyError):
         refuse("NO_SUCH_REASON", "x")
 
