@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime, timezone
-
-from cart_svc.model import owner_of
+from cart_svc.messages import handed_lines
+from cart_svc.model import HandedLine as HandedLine, owner_of
 from shop.cart.v1 import cart_pb2, cart_pb2_grpc
 from shop_runtime.clients import ServiceClient
 
@@ -14,18 +12,6 @@ CHECKOUT_NOT_FOUND = "CHECKOUT_NOT_FOUND"
 
 # The service's stub, for Deps.client.
 STUB = cart_pb2_grpc.CartServiceStub
-
-
-@dataclass(frozen=True)
-class HandedLine:
-    """A cart line handed to an order: its units, the hold that keeps them, its name and price."""
-
-    sku: str
-    qty: int
-    hold_id: str
-    reserved_until: datetime
-    name: str
-    price: int
 
 
 def cart_owner(user: str) -> str:
@@ -45,5 +31,4 @@ class CartClient:
         same); with replay_only, only an earlier hand-over is answered (CHECKOUT_NOT_FOUND if none)."""
         answer = await self._service.call("CheckoutCart", cart_pb2.CheckoutCartRequest(
             order_id=order_id, ttl_seconds=ttl_seconds, replay_only=replay_only), user=user, idempotent=True)
-        return [HandedLine(x.sku, x.qty, x.hold_id, x.reserved_until.ToDatetime(tzinfo=timezone.utc), x.name, x.price)
-                for x in answer.lines]
+        return handed_lines(answer)

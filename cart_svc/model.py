@@ -5,6 +5,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Iterable
+
+from catalog_svc.client import Product
+from inventory_svc.client import ACTIVE, COMMITTED, RELEASED, Hold
 
 MAX_LINE_QTY = 100
 
@@ -20,14 +24,6 @@ class Line:
     hold_id: str
     reserved_until: datetime
     added_at: datetime
-
-
-@dataclass(frozen=True)
-class Product:
-    """What the cart shows of a product: its current name and price."""
-
-    name: str
-    price: int
 
 
 # A product since removed from the catalog.
@@ -71,6 +67,46 @@ class CartView:
         """A view stored by to_json."""
         return cls([ViewLine(x["sku"], Product(x["name"], x["price"]), x["qty"],
                              datetime.fromisoformat(x["reserved_until"]), x["expired"]) for x in doc["lines"]])
+
+
+@dataclass(frozen=True)
+class HandedLine:
+    """A cart line handed to an order: its units, the hold that keeps them, its name and price."""
+
+    sku: str
+    qty: int
+    hold_id: str
+    reserved_until: datetime
+    name: str
+    price: int
+
+
+def gone_from_cart(hold: Hold) -> bool:
+    """Whether a line's hold was ended by a change whose answer was lost (given back, or sold): the line's
+    units are no longer the cart's. (A hold moved to an order the cart never recorded, its hand-over cut
+    off, still keeps the line's units: the next checkout moves it on.)"""
+    return hold.state in (RELEASED, COMMITTED)
+
+
+def view_of(lines: list[Line], holds: dict[str, Hold], products: dict[str, Product]) -> CartView:
+    """The cart as the shopper sees it, from its lines, their holds (the truth of their units) and the products."""
+    shown = []
+    for line in lines:
+        hold = holds.get(line.hold_id)
+        if hold is None:
+            shown.append(ViewLine(line.sku, products.get(line.sku, MISSING_PRODUCT), line.qty,
+                                  line.reserved_until, True))
+        elif gone_from_cart(hold):
+            continue  # the line's units were given back or sold by a change whose answer was lost
+        else:
+            shown.append(ViewLine(line.sku, products.get(line.sku, MISSING_PRODUCT), hold.qty,
+                                  hold.expires_at, hold.state != ACTIVE))
+    return CartView(shown)
+
+
+def total_of(units: Iterable[tuple[str, int]], products: dict[str, Product]) -> int:
+    """What (sku, qty) pairs cost at `products`' prices; a SKU without a product counts nothing."""
+    return sum(products[sku].price * qty for sku, qty in units if sku in products)
 
 
 def owner_of(user: str) -> str:

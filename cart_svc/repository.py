@@ -6,7 +6,9 @@ import json
 
 from psycopg import AsyncConnection
 
-from cart_svc.model import CartView, Line
+from cart_svc.messages import checkout_pb, handed_lines
+from cart_svc.model import CartView, HandedLine, Line
+from shop.cart.v1 import cart_pb2
 
 # First key of the two-int advisory lock that serialises one user's cart changes.
 USER_LOCK_NAMESPACE = 3
@@ -82,17 +84,18 @@ async def delete_lines(conn: AsyncConnection, user: str, skus: list[str]) -> Non
     await conn.execute("DELETE FROM cart.lines WHERE user_id = %s AND sku = ANY(%s)", (user, skus))
 
 
-async def checkout(conn: AsyncConnection, order_id: str) -> tuple[str, bytes] | None:
-    """(user, stored answer) of an earlier hand-over to `order_id`."""
+async def checkout(conn: AsyncConnection, order_id: str) -> tuple[str, list[HandedLine]] | None:
+    """(user, lines handed over) of an earlier hand-over to `order_id`."""
     cur = await conn.execute("SELECT user_id, response FROM cart.checkouts WHERE order_id = %s", (order_id,))
     row = await cur.fetchone()
-    return (row[0], bytes(row[1])) if row else None
+    return (row[0], handed_lines(cart_pb2.CheckoutCartResponse.FromString(bytes(row[1])))) if row else None
 
 
-async def record_checkout(conn: AsyncConnection, order_id: str, user: str, response: bytes) -> None:
-    """Keeps the answer of a hand-over to `order_id`."""
+async def record_checkout(conn: AsyncConnection, order_id: str, user: str, lines: list[HandedLine]) -> None:
+    """Keeps a hand-over to `order_id`, as the CheckoutCart answer it was (byte for byte, so a replay answers the
+    same)."""
     await conn.execute("INSERT INTO cart.checkouts (order_id, user_id, response) VALUES (%s, %s, %s)",
-                       (order_id, user, response))
+                       (order_id, user, checkout_pb(lines).SerializeToString()))
 
 
 async def change(conn: AsyncConnection, user: str, key: str) -> tuple[bytes, CartView] | None:

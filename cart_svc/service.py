@@ -6,21 +6,20 @@ import asyncio
 import logging
 import uuid
 
-import grpc
 from psycopg_pool import AsyncConnectionPool
 
 from cart_svc import repository as repo
-from cart_svc.model import (MAX_LINE_QTY, MISSING_PRODUCT, CartView, Line, Product, ViewLine, change_key,
-                            owner_of, user_of)
-from catalog_svc.client import CatalogClient
-from inventory_svc.client import ACTIVE, COMMITTED, EXPIRED, HOLD_GONE, RELEASED, Hold, InventoryClient
-from shop.cart.v1 import cart_pb2
+from cart_svc.model import (MAX_LINE_QTY, CartView, HandedLine, Line, change_key, gone_from_cart, owner_of,
+                            total_of, user_of, view_of)
+from catalog_svc.client import CatalogClient, Product
+from inventory_svc.client import ACTIVE, EXPIRED, HOLD_GONE, Hold, InventoryClient
 from shop_runtime import idempotency
 from shop_runtime.clock import Clock
 from shop_runtime.errors import ServiceError, invalid_argument
 from shop_runtime.live_settings import LiveSettings
 from shop_runtime import metrics
-from shop_runtime.validation import MAX_TOTAL
+from shop_runtime.reasons import STATE_REASONS, refuse
+from shop_runtime.validation import CURRENCY, MAX_TOTAL
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -29,21 +28,21 @@ ORPHAN_AGE_SECONDS = 60
 
 
 def _qty_limit(qty: int) -> ServiceError:
-    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "QTY_LIMIT",
-                        f"a line holds at most {MAX_LINE_QTY} units, this one would hold {qty}",
-                        {"max": MAX_LINE_QTY, "qty": qty})
+    return refuse("QTY_LIMIT", f"a line holds at most {MAX_LINE_QTY} units, this one would hold {qty}",
+                  {"max": MAX_LINE_QTY, "qty": qty})
 
 
 def _reused() -> ServiceError:
-    return ServiceError(grpc.StatusCode.ABORTED, "IDEMPOTENCY_KEY_REUSED",
-                        "this idempotency key was used for a different cart change")
+    return refuse("IDEMPOTENCY_KEY_REUSED", "this idempotency key was used for a different cart change")
 
 
-def _dead(hold: Hold) -> bool:
-    """Whether a line's hold was ended by a change whose answer was lost (given back, or sold): the line's
-    units are no longer the cart's. (A hold moved to an order the cart never recorded, its hand-over cut
-    off, still keeps the line's units: the next checkout moves it on.)"""
-    return hold.state in (RELEASED, COMMITTED)
+def _shown(view: CartView) -> CartView:
+    """The cart as answered: one that totals more than MAX_TOTAL (its prices rose since its lines were added) is
+    refused, as the state the cart is in, whatever the change did."""
+    if view.total > MAX_TOTAL:
+        raise refuse("TOTAL_LIMIT", f"the cart totals more than {MAX_TOTAL} {CURRENCY}; lower a quantity",
+                     {"max": MAX_TOTAL}, table=STATE_REASONS)
+    return view
 
 
 def _replayed(earlier: tuple[bytes, CartView], request_hash: bytes) -> CartView:
@@ -52,22 +51,6 @@ def _replayed(earlier: tuple[bytes, CartView], request_hash: bytes) -> CartView:
     if stored_hash != request_hash:
         raise _reused()
     return view
-
-
-def _view_of(lines: list[Line], holds: dict[str, Hold], products: dict[str, Product]) -> CartView:
-    """The cart as the shopper sees it, from its lines, their holds (the truth of their units) and the products."""
-    shown = []
-    for line in lines:
-        hold = holds.get(line.hold_id)
-        if hold is None:
-            shown.append(ViewLine(line.sku, products.get(line.sku, MISSING_PRODUCT), line.qty,
-                                  line.reserved_until, True))
-        elif _dead(hold):
-            continue  # the line's units were given back or sold by a change whose answer was lost
-        else:
-            shown.append(ViewLine(line.sku, products.get(line.sku, MISSING_PRODUCT), hold.qty,
-                                  hold.expires_at, hold.state != ACTIVE))
-    return CartView(shown)
 
 
 class _TakeBack(Exception):
@@ -110,12 +93,32 @@ class Carts:
         self._live = live
         self._clock = clock
 
-    @staticmethod
-    def _check_total(products: dict[str, Product], others: list[Line], qty: int, product: Product) -> None:
-        total = product.price * qty + sum(products[x.sku].price * x.qty for x in others if x.sku in products)
-        if total > MAX_TOTAL:
-            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "TOTAL_LIMIT",
-                               f"a cart totals at most {MAX_TOTAL} IDR", {"max": MAX_TOTAL})
+    async def _prices(self, skus: list[str], units: list[tuple[str, int]], required: list[str], *,
+                      known: dict[str, Product] | None = None, checkout: bool = False) -> dict[str, Product]:
+        """The one read of names and prices and its checks: `skus` asked of the catalog in one call (those `known`
+        from a read moments before are not asked again); PRODUCT_NOT_FOUND when one of `required` is not in the
+        catalog, TOTAL_LIMIT when the cart would then total more than MAX_TOTAL (`units`: (sku, qty) pairs, those
+        without a product counting nothing)."""
+        products = await self._catalog.products([s for s in skus if s not in known] if known else skus)
+        if known:
+            products = known | products
+        if gone := [s for s in required if s not in products]:
+            if checkout:
+                raise refuse("PRODUCT_NOT_FOUND", "no longer in the catalog: " + ", ".join(gone), {"sku": gone[0]})
+            raise refuse("PRODUCT_NOT_FOUND", f"no product {gone[0]!r}", {"sku": gone[0]})
+        if total_of(units, products) > MAX_TOTAL:
+            raise refuse("TOTAL_LIMIT", f"an order totals at most {MAX_TOTAL} {CURRENCY}; lower a quantity"
+                         if checkout else f"a cart totals at most {MAX_TOTAL} {CURRENCY}", {"max": MAX_TOTAL})
+        return products
+
+    async def _change_prices(self, sku: str, lines: list[Line], *, add: int, qty: int,
+                             known: dict[str, Product] | None = None) -> dict[str, Product]:
+        """The prices a change of `sku`'s line is decided at, checked. The line limit is decided on the hold's own
+        quantity, by inventory (max_qty) or in _hold; the cap on the total, on the cart's record of its lines."""
+        line = next((x for x in lines if x.sku == sku), None)
+        units = [(sku, min(qty or add + (line.qty if line else 0), MAX_LINE_QTY))]
+        return await self._prices(sorted({x.sku for x in lines} | {sku}),
+                                  units + [(x.sku, x.qty) for x in lines if x.sku != sku], [sku], known=known)
 
     async def _hold(self, user: str, sku: str, line: Line | None, change: str, *, add: int = 0, qty: int = 0,
                     take_back: bool = False) -> Hold:
@@ -189,18 +192,12 @@ class Carts:
         # The other lines' holds, for the answer, are read while the catalog and the change are under way.
         reading = asyncio.ensure_future(self._holds_of(others))
         try:
-            products = await self._catalog.products(sorted({x.sku for x in lines} | {sku}))
-            product = products.get(sku)
-            if product is None:
-                raise ServiceError(grpc.StatusCode.NOT_FOUND, "PRODUCT_NOT_FOUND", f"no product {sku!r}", {"sku": sku})
-            # The line limit is decided on the hold's own quantity, by inventory (max_qty) or in _hold; the cap on
-            # the total, on the cart's record of its lines.
-            self._check_total(products, others, min(qty or add + (line.qty if line else 0), MAX_LINE_QTY), product)
+            products = await self._change_prices(sku, lines, add=add, qty=qty)
             change = key or uuid.uuid4().hex
             try:
                 hold = await self._hold(user, sku, line, change, add=add, qty=qty)
             except _TakeBack:
-                return await self._change_locked(user, sku, key, request_hash, change, add=add, qty=qty)
+                return await self._change_locked(user, sku, key, request_hash, change, products, add=add, qty=qty)
             held = await reading
         finally:
             if not reading.done():
@@ -209,7 +206,7 @@ class Carts:
             hold = (await self._inventory.holds([hold.hold_id])).get(hold.hold_id, hold)
         added_at = line.added_at if line is not None else self._clock.now()
         placed = Line(sku, hold.qty, hold.hold_id, hold.expires_at, added_at)
-        view = _view_of(sorted([*others, placed], key=lambda x: (x.added_at, x.sku)), held | {hold.hold_id: hold},
+        view = view_of(sorted([*others, placed], key=lambda x: (x.added_at, x.sku)), held | {hold.hold_id: hold},
                         products)
         prior = line.hold_id if line is not None else None
         try:
@@ -229,30 +226,30 @@ class Carts:
                     # A new hold for a line another change wrote meanwhile: this one goes round again.
                     raise _LineMoved(hold)
         except _LineMoved as moved:
-            return await self._change_locked(user, sku, key, request_hash, change, add=add, qty=qty,
+            return await self._change_locked(user, sku, key, request_hash, change, products, add=add, qty=qty,
                                              made=(moved.hold, prior))
         return view
 
-    async def _change_locked(self, user: str, sku: str, key: str, request_hash: bytes, change: str, *,
-                             add: int = 0, qty: int = 0, made: tuple[Hold, str | None] | None = None) -> CartView:
+    async def _change_locked(self, user: str, sku: str, key: str, request_hash: bytes, change: str,
+                             known: dict[str, Product], *, add: int = 0, qty: int = 0,
+                             made: tuple[Hold, str | None] | None = None) -> CartView:
         """A change decided under the user's lock, held across its calls: for what the lock-free path cannot
         settle alone (taking a line's hold back from a cut-off checkout, or a line changed by another request
         while this one was under way). Rare: it follows a cut-off or two changes of one line at once.
 
         `made`: the hold the lock-free try made for a line it then found changed, and the line's hold it had read.
         It becomes the line if the line is as that try read it again (or a resend of the change placed it);
-        else the change is made on the line as it is now, and the hold given back."""
+        else the change is made on the line as it is now, and the hold given back.
+
+        `known`: the names and prices the lock-free try read, moments before: only a SKU it did not know (a line
+        added meanwhile) is asked of the catalog, so the change still reads the catalog once."""
         async with self._pool.connection() as conn, conn.transaction():
             await repo.lock_user(conn, user)
             if key and (earlier := await repo.change(conn, user, key)) is not None:
                 return _replayed(earlier, request_hash)
             lines = await repo.lines(conn, user)
             line = next((x for x in lines if x.sku == sku), None)
-            products = await self._catalog.products(sorted({x.sku for x in lines} | {sku}))
-            if (product := products.get(sku)) is None:
-                raise ServiceError(grpc.StatusCode.NOT_FOUND, "PRODUCT_NOT_FOUND", f"no product {sku!r}", {"sku": sku})
-            others = [x for x in lines if x.sku != sku]
-            self._check_total(products, others, min(qty or add + (line.qty if line else 0), MAX_LINE_QTY), product)
+            products = await self._change_prices(sku, lines, add=add, qty=qty, known=known)
             current = line.hold_id if line is not None else None
             if made is not None and current in (made[1], made[0].hold_id):
                 hold = made[0]
@@ -264,7 +261,8 @@ class Carts:
                                                           user=user)
             added_at = line.added_at if line is not None else self._clock.now()
             await repo.put_line(conn, user, Line(sku, hold.qty, hold.hold_id, hold.expires_at, added_at))
-            view = await self._view(await repo.lines(conn, user))
+            lines = await repo.lines(conn, user)
+            view = view_of(lines, await self._holds_of(lines), products)
             if key:
                 await repo.record_change(conn, user, key, request_hash, view)
         return view
@@ -275,14 +273,17 @@ class Carts:
             raise invalid_argument("qty", f"qty must be within 1..{MAX_LINE_QTY}")
         if not sku:
             raise invalid_argument("sku", "sku is required")
-        return await self._change(user, sku, key, idempotency.fingerprint("add", sku, qty), add=qty)
+        return _shown(await self._change(user, sku, key, idempotency.fingerprint("add", sku, qty), add=qty))
 
     async def set_quantity(self, user: str, sku: str, qty: int, key: str = "") -> CartView:
         """Sets the line to exactly `qty` units; 0 removes it and gives its units back."""
         if not 0 <= qty <= MAX_LINE_QTY:
             raise invalid_argument("qty", f"qty must be within 0..{MAX_LINE_QTY}")
         if qty > 0:
-            return await self._change(user, sku, key, idempotency.fingerprint("set", sku, qty), qty=qty)
+            return _shown(await self._change(user, sku, key, idempotency.fingerprint("set", sku, qty), qty=qty))
+        return _shown(await self._remove(user, sku, key))
+
+    async def _remove(self, user: str, sku: str, key: str) -> CartView:
         key = idempotency.check_key(key)
         request_hash = idempotency.fingerprint("set", sku, 0)
         # Under the user's lock, held across the release: a removal ends a hold, which a checkout moving the
@@ -307,7 +308,7 @@ class Carts:
         """The cart: units and expiry from the holds, current names and prices from the catalog."""
         async with self._pool.connection() as conn:
             lines = await repo.lines(conn, user)
-        return await self._view(lines)
+        return _shown(await self._view(lines))
 
     async def _read(self, lines: list[Line]) -> tuple[dict[str, Hold], dict[str, Product]]:
         """The lines' holds and products, asked of inventory and the catalog at the same time."""
@@ -316,10 +317,10 @@ class Carts:
         return holds, products
 
     async def _view(self, lines: list[Line]) -> CartView:
-        return _view_of(lines, *await self._read(lines))
+        return view_of(lines, *await self._read(lines))
 
     async def checkout(self, user: str, order_id: str, ttl_seconds: int,
-                       replay_only: bool = False) -> cart_pb2.CheckoutCartResponse:
+                       replay_only: bool = False) -> list[HandedLine]:
         """Moves every line's hold to the order and empties the cart, or changes nothing; the units handed
         over are the holds' own. The same order id answers the same, however often it is sent."""
         if not order_id:
@@ -330,40 +331,30 @@ class Carts:
                 owner, stored = earlier
                 if owner != user:
                     raise invalid_argument("order_id", "this order id belongs to another cart")
-                return cart_pb2.CheckoutCartResponse.FromString(stored)
+                return stored
             if replay_only:
-                raise ServiceError(grpc.StatusCode.NOT_FOUND, "CHECKOUT_NOT_FOUND",
-                                   f"no cart was handed over to order {order_id}", {"order_id": order_id})
+                raise refuse("CHECKOUT_NOT_FOUND", f"no cart was handed over to order {order_id}",
+                             {"order_id": order_id})
             lines = await repo.lines(conn, user)
             # Lines whose units an earlier change (its answer lost) gave back or that went elsewhere are
             # not the cart's any more: they are dropped, not handed over.
             holds = await self._inventory.holds([line.hold_id for line in lines])
-            if dead := [line.sku for line in lines if line.hold_id in holds and _dead(holds[line.hold_id])]:
+            if dead := [x.sku for x in lines if x.hold_id in holds and gone_from_cart(holds[x.hold_id])]:
                 await repo.delete_lines(conn, user, dead)
                 lines = [line for line in lines if line.sku not in dead]
             if not lines:
-                raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, "CART_EMPTY", "the cart is empty")
+                raise refuse("CART_EMPTY", "the cart is empty")
             # Prices are fixed, and checked, before any hold moves: a refusal leaves the cart as it was.
-            products = await self._catalog.products([line.sku for line in lines])
-            if gone := [line.sku for line in lines if line.sku not in products]:
-                raise ServiceError(grpc.StatusCode.NOT_FOUND, "PRODUCT_NOT_FOUND",
-                                   "no longer in the catalog: " + ", ".join(gone), {"sku": gone[0]})
-            if sum(products[line.sku].price * line.qty for line in lines) > MAX_TOTAL:
-                raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "TOTAL_LIMIT",
-                                   f"an order totals at most {MAX_TOTAL} IDR; lower a quantity", {"max": MAX_TOTAL})
+            skus = [line.sku for line in lines]
+            products = await self._prices(skus, [(line.sku, line.qty) for line in lines], skus, checkout=True)
             holds = await self._inventory.extend([line.hold_id for line in lines], f"order:{order_id}", order_id,
                                                  ttl_seconds, f"checkout:{order_id}", user=user,
                                                  max_units=self._live.get("max_units_per_user"))
-            response = cart_pb2.CheckoutCartResponse(lines=[
-                cart_pb2.CheckedOutLine(sku=line.sku, qty=hold.qty, hold_id=hold.hold_id,
-                                        name=products[line.sku].name, price=products[line.sku].price)
-                for line, hold in zip(lines, holds, strict=True)
-            ])
-            for message, hold in zip(response.lines, holds, strict=True):
-                message.reserved_until.FromDatetime(hold.expires_at)
-            await repo.delete_lines(conn, user, [line.sku for line in lines])
-            await repo.record_checkout(conn, order_id, user, response.SerializeToString())
-            return response
+            handed = [HandedLine(line.sku, hold.qty, hold.hold_id, hold.expires_at, products[line.sku].name,
+                                 products[line.sku].price) for line, hold in zip(lines, holds, strict=True)]
+            await repo.delete_lines(conn, user, skus)
+            await repo.record_checkout(conn, order_id, user, handed)
+            return handed
 
     async def reconcile(self, limit: int = 200) -> int:
         """Gives back cart holds that no line refers to (a change cut off between inventory and the cart);

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import grpc
 from google.protobuf import timestamp_pb2
 
+from cart_svc.messages import checkout_pb
 from cart_svc.model import CartView
 from cart_svc.service import Carts
 from shop.cart.v1 import cart_pb2, cart_pb2_grpc
 from shop_runtime.calls import idempotency_key, require_user
-from shop_runtime.errors import ServiceError
-from shop_runtime.validation import MAX_TOTAL
-
-CURRENCY = "IDR"
+from shop_runtime.validation import CURRENCY
 
 
 def cart_pb(view: CartView) -> cart_pb2.Cart:
     """A cart as a message."""
-    if view.total > MAX_TOTAL:  # prices rose since the lines were added
-        raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, "TOTAL_LIMIT",
-                           f"the cart totals more than {MAX_TOTAL} IDR; lower a quantity", {"max": MAX_TOTAL})
     items = []
     for line in view.lines:
         until = timestamp_pb2.Timestamp()
@@ -47,5 +41,5 @@ class CartServicer(cart_pb2_grpc.CartServiceServicer):
         return cart_pb(await self._carts.view(require_user(context)))
 
     async def CheckoutCart(self, request, context):
-        return await self._carts.checkout(require_user(context), request.order_id, request.ttl_seconds,
-                                          request.replay_only)
+        return checkout_pb(await self._carts.checkout(require_user(context), request.order_id, request.ttl_seconds,
+                                                      request.replay_only))

@@ -10,7 +10,7 @@ from catalog_svc.servicer import CatalogServicer
 from shop.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from inventory_svc import client as inventory_client
 from inventory_svc.client import InventoryClient
-from shop_runtime.config import ServiceSettings, env_float, env_int
+from shop_runtime.config import EnvSettings, ServiceSettings, setting
 from shop_runtime.server import Deps, GrpcApp, ServiceSpec, build_server
 
 # How long the catalog waits for inventory before answering UNAVAILABLE.
@@ -27,25 +27,18 @@ def availability_from(inventory: InventoryClient):
 
 
 @dataclass(frozen=True)
-class CatalogSettings:
+class CatalogSettings(EnvSettings):
     """The catalog's own settings."""
 
     # How long a product page's or a listing's answer (with its availability and units sold) is kept and
     # served again by this process; 0 turns the cache off, so every read asks the database and inventory.
-    cache_seconds: float = 1.0
+    cache_seconds: float = setting("CATALOG_CACHE_SECONDS", 1.0)
     # How long the number of a listing filter's matches (`total`) is kept, when the cache is on: it changes only
     # when products are added or removed or their names, descriptions or categories change (imports), never
     # with stock or sales.
-    count_seconds: float = 30.0
+    count_seconds: float = setting("CATALOG_COUNT_SECONDS", 30.0)
     # The most answers kept, per kind (product pages, listings, match counts); the least recently used go.
-    cache_entries: int = 1000
-
-    @classmethod
-    def from_env(cls) -> "CatalogSettings":
-        """Reads CATALOG_CACHE_SECONDS, CATALOG_COUNT_SECONDS and CATALOG_CACHE_ENTRIES."""
-        return cls(cache_seconds=env_float("CATALOG_CACHE_SECONDS", cls.cache_seconds),
-                   count_seconds=env_float("CATALOG_COUNT_SECONDS", cls.count_seconds),
-                   cache_entries=env_int("CATALOG_CACHE_ENTRIES", cls.cache_entries, minimum=1, maximum=1_000_000))
+    cache_entries: int = setting("CATALOG_CACHE_ENTRIES", 1000, minimum=1, maximum=1_000_000)
 
 
 def create_server(settings: ServiceSettings, deps: Deps, catalog_settings: CatalogSettings | None = None) -> GrpcApp:

@@ -8,7 +8,6 @@ import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
-import grpc
 from psycopg_pool import AsyncConnectionPool
 
 from catalog_svc import repository
@@ -16,6 +15,7 @@ from catalog_svc.cache import AnswerCache, Timer
 from catalog_svc.query import ListQuery
 from catalog_svc.model import ProductRow
 from shop_runtime.errors import ServiceError, invalid_argument
+from shop_runtime.reasons import refuse
 from shop_runtime.validation import distinct_batch
 
 # Asks inventory for the available units of a batch of SKUs.
@@ -26,9 +26,14 @@ MAX_BATCH = 500
 SKU_RE = re.compile(r"[A-Za-z0-9-]{1,64}\Z")
 
 
+def _no_product(sku: str) -> ServiceError:
+    return refuse("PRODUCT_NOT_FOUND", f"no product {sku!r}", {"sku": sku})
+
+
 @dataclass(frozen=True)
-class Product:
-    """A product with the units a buyer could hold when it was read (0 when inventory was not asked)."""
+class ProductWithAvailability:
+    """A product as the catalog shows it: its row and the units a buyer could hold when it was read (0 when
+    inventory was not asked). Its callers' view of a product is catalog_svc.client.Product."""
 
     row: ProductRow
     available: int
@@ -39,7 +44,7 @@ class Product:
 class ProductPage:
     """One page of a listing and the number of all matches."""
 
-    items: list[Product]
+    items: list[ProductWithAvailability]
     total: int
 
 
@@ -62,14 +67,14 @@ class Catalog:
         # listings of one filter in every order and page share: a count is most of a broad search's cost
         # (`search=a` counts all 100,000 demo products, 40 ms), and a third of the database's work for a
         # crowd browsing 32 listings when kept only as long as the pages.
-        self._products: AnswerCache[str, Product] = AnswerCache(cache_seconds, cache_entries, timer)
+        self._products: AnswerCache[str, ProductWithAvailability] = AnswerCache(cache_seconds, cache_entries, timer)
         self._pages: AnswerCache[ListQuery, ProductPage] = AnswerCache(cache_seconds, cache_entries, timer)
         self._counts: AnswerCache[tuple, int] = AnswerCache(
             max(cache_seconds, count_seconds) if cache_seconds > 0 else 0.0, cache_entries, timer)
 
-    async def _with_availability(self, rows: list[ProductRow]) -> list[Product]:
+    async def _with_availability(self, rows: list[ProductRow]) -> list[ProductWithAvailability]:
         available = await self._availability([r.sku for r in rows]) if rows else {}
-        return [Product(row=r, available=available.get(r.sku, 0)) for r in rows]
+        return [ProductWithAvailability(row=r, available=available.get(r.sku, 0)) for r in rows]
 
     async def list_products(self, query: ListQuery) -> ProductPage:
         """The page of products `query` asks for; an unknown category is an INVALID_ARGUMENT."""
@@ -89,22 +94,22 @@ class Catalog:
                 raise invalid_argument("category", f"unknown category {query.category!r}")
             return await repository.count_products(conn, query)
 
-    async def get_product(self, sku: str) -> Product:
+    async def get_product(self, sku: str) -> ProductWithAvailability:
         """One product; NOT_FOUND with reason PRODUCT_NOT_FOUND when the SKU is unknown."""
         if not sku:
             raise invalid_argument("sku", "sku is required")
         if not SKU_RE.match(sku):  # no product can have it (catalog.products' CHECK), and the database refuses some
-            raise ServiceError(grpc.StatusCode.NOT_FOUND, "PRODUCT_NOT_FOUND", f"no product {sku!r}", {"sku": sku})
+            raise _no_product(sku)
         return (await self._products.get(sku, lambda: self._load_product(sku))).value
 
-    async def _load_product(self, sku: str) -> Product:
+    async def _load_product(self, sku: str) -> ProductWithAvailability:
         async with self._pool.connection() as conn:
             rows = await repository.get_products(conn, [sku])
         if not rows:
-            raise ServiceError(grpc.StatusCode.NOT_FOUND, "PRODUCT_NOT_FOUND", f"no product {sku!r}", {"sku": sku})
+            raise _no_product(sku)
         return (await self._with_availability(rows))[0]
 
-    async def batch_get(self, skus: list[str], *, with_availability: bool) -> list[Product]:
+    async def batch_get(self, skus: list[str], *, with_availability: bool) -> list[ProductWithAvailability]:
         """The known products among `skus`, each once; without availability (0), inventory is not asked."""
         # SKUs no product can have are simply not found (the database would refuse some, e.g. with a NUL).
         unique = [sku for sku in distinct_batch(skus, "skus", MAX_BATCH) if SKU_RE.match(sku)]
@@ -113,7 +118,7 @@ class Catalog:
         async with self._pool.connection() as conn:
             rows = await repository.get_products(conn, unique)
         if not with_availability:
-            return [Product(row=r, available=0) for r in rows]
+            return [ProductWithAvailability(row=r, available=0) for r in rows]
         return await self._with_availability(rows)
 
     async def record_sales(self, order_id: str, lines: list[tuple[str, int]]) -> bool:

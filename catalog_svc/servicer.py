@@ -7,7 +7,7 @@ import weakref
 import grpc
 
 from catalog_svc.query import ListQuery, parse_list_query
-from catalog_svc.service import Catalog, Product, ProductPage
+from catalog_svc.service import Catalog, ProductWithAvailability, ProductPage
 from shop.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from shop_runtime.errors import invalid_argument
 
@@ -19,7 +19,7 @@ _WITH_AVAILABILITY = {
 }
 
 
-def _product_pb(product: Product) -> catalog_pb2.Product:
+def _product_pb(product: ProductWithAvailability) -> catalog_pb2.Product:
     row = product.row
     return catalog_pb2.Product(
         sku=row.sku,

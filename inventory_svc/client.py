@@ -8,6 +8,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Awaitable, Callable
 
+# A hold's states are its model's; re-exported for the callers, which branch on them.
+from inventory_svc.model import ACTIVE as ACTIVE, COMMITTED as COMMITTED, EXPIRED as EXPIRED, RELEASED as RELEASED
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shop_runtime import deadlines
 from shop_runtime.clients import TRANSIENT, ServiceClient
@@ -18,15 +20,15 @@ HOLD_GONE = frozenset({"HOLD_NOT_ACTIVE", "HOLD_NOT_OWNED", "HOLD_NOT_FOUND"})
 OUT_OF_STOCK = "OUT_OF_STOCK"
 QTY_LIMIT = "QTY_LIMIT"
 PURCHASE_LIMIT = "PURCHASE_LIMIT"
-# Trailing metadata of an answer replayed for an idempotency key already used (inventory_svc.servicer).
+# Trailing metadata of an answer replayed for an idempotency key already used (as Stripe's `Idempotent-Replayed`
+# header), set by inventory_svc.servicer: the holds in it are as they were then, not necessarily now.
 REPLAYED_METADATA = "idempotent-replayed"
 # Calls of one client that go to inventory one by one at once; hold changes beyond that wait and go together in
 # one ChangeHolds as soon as one of those calls is answered (so a crowd costs a few calls, not one per change).
 SEPARATE_CALLS = 2
-# The most changes one ChangeHolds carries (inventory's limit).
+# The most changes one ChangeHolds carries (inventory's limit, which its servicer enforces).
 MAX_CHANGES = 500
 _TRANSIENT_CODES = frozenset(code.value[0] for code in TRANSIENT)
-ACTIVE, COMMITTED, RELEASED, EXPIRED = "ACTIVE", "COMMITTED", "RELEASED", "EXPIRED"
 
 # The service's stub, for Deps.client.
 STUB = inventory_pb2_grpc.InventoryServiceStub

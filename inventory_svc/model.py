@@ -6,9 +6,8 @@ import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
-import grpc
-
 from shop_runtime.errors import ServiceError, invalid_argument
+from shop_runtime.reasons import INVENTORY_REASONS, refuse
 
 ACTIVE, COMMITTED, RELEASED, EXPIRED = "ACTIVE", "COMMITTED", "RELEASED", "EXPIRED"
 # A hold's life: ACTIVE, then exactly one of these.
@@ -60,8 +59,8 @@ class HoldRecord:
 def out_of_stock(short: dict[str, int]) -> ServiceError:
     """ABORTED/OUT_OF_STOCK naming every short SKU; the first one's available units in `available`."""
     first = next(iter(short))
-    return ServiceError(
-        grpc.StatusCode.ABORTED, "OUT_OF_STOCK",
+    return refuse(
+        "OUT_OF_STOCK",
         "not enough units available: " + ", ".join(f"{s} has {n}" for s, n in short.items()),
         {"sku": first, "available": short[first], "skus": ",".join(short)},
     )
@@ -69,8 +68,8 @@ def out_of_stock(short: dict[str, int]) -> ServiceError:
 
 def purchase_limit(sku: str, limit: int, has: int) -> ServiceError:
     """ABORTED/PURCHASE_LIMIT: the buyer would have more than `limit` units of `sku`; `has` is what they have now."""
-    return ServiceError(
-        grpc.StatusCode.ABORTED, "PURCHASE_LIMIT",
+    return refuse(
+        "PURCHASE_LIMIT",
         f"one buyer may have at most {limit} units of {sku} (held and bought); this buyer has {has}",
         {"sku": sku, "limit": limit, "has": has},
     )
@@ -78,27 +77,25 @@ def purchase_limit(sku: str, limit: int, has: int) -> ServiceError:
 
 def hold_not_found(hold_id: str) -> ServiceError:
     """NOT_FOUND/HOLD_NOT_FOUND."""
-    return ServiceError(grpc.StatusCode.NOT_FOUND, "HOLD_NOT_FOUND", f"no hold {hold_id}", {"hold_id": hold_id})
+    return refuse("HOLD_NOT_FOUND", f"no hold {hold_id}", {"hold_id": hold_id})
 
 
 def not_active(hold: HoldRecord) -> ServiceError:
     """FAILED_PRECONDITION/HOLD_NOT_ACTIVE, naming the hold's state."""
-    return ServiceError(grpc.StatusCode.FAILED_PRECONDITION, "HOLD_NOT_ACTIVE",
-                        f"hold {hold.id} is {hold.state}", {"hold_id": hold.id, "state": hold.state})
+    return refuse("HOLD_NOT_ACTIVE", f"hold {hold.id} is {hold.state}", {"hold_id": hold.id, "state": hold.state})
 
 
 def check_owner(holds: list[HoldRecord], owner: str) -> None:
     """With an expected owner, every hold must still be theirs."""
     for hold in holds:
         if owner and hold.owner != owner:
-            raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, "HOLD_NOT_OWNED",
-                               f"hold {hold.id} no longer belongs to {owner}", {"hold_id": hold.id})
+            raise refuse("HOLD_NOT_OWNED", f"hold {hold.id} no longer belongs to {owner}", {"hold_id": hold.id})
 
 
 def sku_not_found(skus: list[str]) -> ServiceError:
     """NOT_FOUND/SKU_NOT_FOUND naming every SKU without stock."""
-    return ServiceError(grpc.StatusCode.NOT_FOUND, "SKU_NOT_FOUND", "no stock for " + ", ".join(skus),
-                        {"sku": skus[0], "skus": ",".join(skus)})
+    return refuse("SKU_NOT_FOUND", "no stock for " + ", ".join(skus),
+                  {"sku": skus[0], "skus": ",".join(skus)})
 
 
 def check_qty(qty: int, field: str = "qty") -> int:
@@ -210,9 +207,9 @@ class StockTake:
             raise not_active(hold)
         target = hold.qty + add if add else qty
         if max_qty and target > max_qty:
-            raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, "QTY_LIMIT",
-                               f"a hold of this caller holds at most {max_qty} units, this one would hold {target}",
-                               {"max": max_qty, "qty": target})
+            raise refuse("QTY_LIMIT",
+                         f"a hold of this caller holds at most {max_qty} units, this one would hold {target}",
+                         {"max": max_qty, "qty": target}, table=INVENTORY_REASONS)
         check_qty(target)
         delta = target - hold.qty
         self.check_limit(hold.sku, hold.buyer, delta, limit)

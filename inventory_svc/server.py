@@ -9,24 +9,19 @@ from pathlib import Path
 from inventory_svc.service import Inventory
 from inventory_svc.servicer import InventoryServicer
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
-from shop_runtime.config import ServiceSettings, env_float
 from shop_runtime.background import periodic
+from shop_runtime.config import EnvSettings, ServiceSettings, setting
 from shop_runtime.server import Deps, GrpcApp, ServiceSpec, build_server
 
 _LOGGER = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class InventorySettings:
+class InventorySettings(EnvSettings):
     """The inventory's own settings."""
 
     # How often the sweeper looks for expired holds; 0 turns it off (expiry still holds on every read and write).
-    sweep_interval_seconds: float = 1.0
-
-    @classmethod
-    def from_env(cls) -> "InventorySettings":
-        """Reads INVENTORY_SWEEP_INTERVAL_SECONDS."""
-        return cls(sweep_interval_seconds=env_float("INVENTORY_SWEEP_INTERVAL_SECONDS", 1.0))
+    sweep_interval_seconds: float = setting("INVENTORY_SWEEP_INTERVAL_SECONDS", 1.0)
 
 
 SWEEP_BATCH = 100

@@ -11,7 +11,6 @@ from datetime import datetime, timedelta
 from typing import Awaitable, Callable
 
 import cachetools
-import grpc
 from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool
 
@@ -22,6 +21,7 @@ from inventory_svc.model import (ACTIVE, COMMITTED, EXPIRED, RELEASED, HoldRecor
 from shop_runtime import idempotency, metrics
 from shop_runtime.clock import Clock
 from shop_runtime.errors import ServiceError, invalid_argument
+from shop_runtime.reasons import refuse
 from shop_runtime.validation import distinct_batch
 
 _LOGGER = logging.getLogger(__name__)
@@ -65,8 +65,8 @@ class _Call:
 
 def batch_failed() -> ServiceError:
     """UNAVAILABLE: the transaction a call was decided in did not commit; nothing of it took effect."""
-    return ServiceError(grpc.StatusCode.UNAVAILABLE, "STOCK_WRITE_FAILED",
-                        "the stock change could not be written and did not take effect; retry with the same key")
+    return refuse("STOCK_WRITE_FAILED",
+                  "the stock change could not be written and did not take effect; retry with the same key")
 
 
 # --- validation ---------------------------------------------------------------------------------
@@ -450,9 +450,8 @@ class Inventory:
                 await repo.create_stock(conn, sku, now)
                 row = StockRow(sku, 0, 0)
             if on_hand < row.reserved:
-                raise ServiceError(grpc.StatusCode.ABORTED, "BELOW_RESERVED",
-                                   f"{row.reserved} units of {sku} are held; on hand cannot go below that",
-                                   {"sku": sku, "reserved": row.reserved})
+                raise refuse("BELOW_RESERVED", f"{row.reserved} units of {sku} are held; on hand cannot go below that",
+                             {"sku": sku, "reserved": row.reserved})
             if on_hand == row.on_hand:
                 return row
             return await repo.move_and_read(conn, sku=sku, reason="ADJUST", on_hand_delta=on_hand - row.on_hand,

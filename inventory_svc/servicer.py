@@ -7,7 +7,8 @@ import asyncio
 import grpc
 from google.protobuf import timestamp_pb2
 
-from inventory_svc.model import HoldRecord, StockRow
+from inventory_svc.client import MAX_CHANGES, REPLAYED_METADATA
+from inventory_svc.model import ACTIVE, COMMITTED, EXPIRED, RELEASED, HoldRecord, StockRow
 from inventory_svc.service import Inventory, Line
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shop_runtime.errors import ServiceError, invalid_argument
@@ -15,10 +16,10 @@ from shop_runtime.calls import CALLER_METADATA, IDEMPOTENCY_METADATA, asserted_u
 from shop_runtime.callers import peer_identity
 
 _STATES = {
-    "ACTIVE": inventory_pb2.HOLD_STATE_ACTIVE,
-    "COMMITTED": inventory_pb2.HOLD_STATE_COMMITTED,
-    "RELEASED": inventory_pb2.HOLD_STATE_RELEASED,
-    "EXPIRED": inventory_pb2.HOLD_STATE_EXPIRED,
+    ACTIVE: inventory_pb2.HOLD_STATE_ACTIVE,
+    COMMITTED: inventory_pb2.HOLD_STATE_COMMITTED,
+    RELEASED: inventory_pb2.HOLD_STATE_RELEASED,
+    EXPIRED: inventory_pb2.HOLD_STATE_EXPIRED,
 }
 
 
@@ -40,14 +41,6 @@ def hold_pb(hold: HoldRecord) -> inventory_pb2.Hold:
     expires.FromDatetime(hold.expires_at)
     return inventory_pb2.Hold(hold_id=hold.id, owner=hold.owner, sku=hold.sku, qty=hold.qty,
                               state=_STATES[hold.state], expires_at=expires, order_id=hold.order_id or "")
-
-
-# The most changes one ChangeHolds call makes.
-MAX_CHANGES = 500
-
-# Trailing metadata of an answer replayed for an idempotency key already used (as Stripe's
-# `Idempotent-Replayed` header): the holds in it are as they were then, not necessarily now.
-REPLAYED_METADATA = "idempotent-replayed"
 
 
 def answered(context: grpc.aio.ServicerContext, holds: list[HoldRecord]) -> list[inventory_pb2.Hold]:

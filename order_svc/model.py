@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import math
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
+
+from inventory_svc.client import COMMITTED, HOLD_GONE, OUT_OF_STOCK
+from shop_runtime.validation import CURRENCY
+
+if TYPE_CHECKING:
+    from cart_svc.client import HandedLine
 
 PENDING_PAYMENT, PAID, EXPIRED = "PENDING_PAYMENT", "PAID", "EXPIRED"
 # A payment attempt: PENDING (committed before the provider is called), then one of the others.
 PENDING, SUCCEEDED, DECLINED, REFUNDED = "PENDING", "SUCCEEDED", "DECLINED", "REFUNDED"
+
+# Inventory's refusals that mean an order's units are no longer held for it.
+HOLDS_GONE = HOLD_GONE | {OUT_OF_STOCK}
 
 # A payment started inside the window keeps the units this much longer while the provider answers.
 PAYMENT_GRACE_SECONDS = 60
@@ -80,4 +91,21 @@ class PaymentAttempt:
 
 def sold(hold_states: list[str], expected: int) -> bool:
     """Whether every one of an order's `expected` holds was sold (CommitHolds sells all or none)."""
-    return len(hold_states) == expected and all(s == "COMMITTED" for s in hold_states)
+    return len(hold_states) == expected and all(s == COMMITTED for s in hold_states)
+
+
+def as_order_uuid(order_id: str) -> str | None:
+    """An order id as stored (a uuid), or None for a text that is not one (no order has it)."""
+    try:
+        return str(uuid.UUID(order_id))
+    except ValueError:
+        return None
+
+
+def order_of(order_id: str, user: str, lines: list[HandedLine], now: datetime) -> OrderRecord:
+    """The order a hand-over of the cart makes: the lines' units, names and prices as handed over."""
+    items = [Item(x.sku, x.name, x.price, x.qty, x.hold_id) for x in lines]
+    # The window ends when the first hold runs out: a replayed hand-over keeps its first expiry.
+    pay_before = min(x.reserved_until for x in lines)
+    return OrderRecord(order_id, user, PENDING_PAYMENT, sum(i.price * i.qty for i in items), CURRENCY,
+                       pay_before, min(now, pay_before), None, None, items)

@@ -1,4 +1,4 @@
-"""The order rules: checkout takes the cart's holds, payment sells them, an unpaid order gives them back."""
+"""The order rules: checkout takes the cart's holds, payment sells them; the repairs are order_svc.repair's."""
 
 from __future__ import annotations
 
@@ -7,72 +7,62 @@ import logging
 import uuid
 from dataclasses import replace
 
-import grpc
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from cart_svc.client import CHECKOUT_NOT_FOUND, CartClient, HandedLine, cart_owner
-from catalog_svc.client import CatalogClient
-from inventory_svc.client import HOLD_GONE, OUT_OF_STOCK, InventoryClient
+from cart_svc.client import CART_EMPTY, CartClient
+from catalog_svc.client import PRODUCT_NOT_FOUND, CatalogClient
+from inventory_svc.client import COMMITTED, OUT_OF_STOCK, InventoryClient
 from order_svc import repository as repo
-from order_svc.model import (DECLINED, EXPIRED, PAID, PENDING, PENDING_PAYMENT, REFUNDED, SUCCEEDED, Item,
-                             OrderRecord, PaymentAttempt, sold)
+from order_svc.model import (DECLINED, EXPIRED, HOLDS_GONE, PAID, PENDING, PENDING_PAYMENT, REFUNDED, SUCCEEDED,
+                             OrderRecord, PaymentAttempt, as_order_uuid, order_of, sold)
 from order_svc.payments import Charge, PaymentProvider, ProviderUnavailable
+from order_svc.repair import RECONCILE_AGE_SECONDS, Repairs
 from shop.catalog.v1 import catalog_pb2
 from shop_runtime import deadlines, faults, idempotency
 from shop_runtime.clock import Clock
 from shop_runtime.errors import ServiceError
 from shop_runtime.live_settings import LiveSettings
 from shop_runtime import metrics
+from shop_runtime.reasons import refuse
 from shop_runtime.validation import page_and_limit
 
 _LOGGER = logging.getLogger(__name__)
 
-CURRENCY = "IDR"
 # How long the provider may take before the attempt counts as unanswered (well inside the grace).
 PROVIDER_TIMEOUT_SECONDS = 15.0
-# Inventory's refusals that mean an order's units are no longer held for it.
-_HOLDS_GONE = HOLD_GONE | {OUT_OF_STOCK}
 # Order ids of checkouts with an idempotency key derive from (user, key), so retries converge.
 _CHECKOUT_NAMESPACE = uuid.UUID("6f1c2a3e-7d4b-4b8e-9a51-2c0d8e4f5a61")
 # The cart's refusals of a hand-over that leave the cart as it was (anything else is left to the reconciler,
 # which asks the cart what happened).
-_NOT_HANDED_OVER = frozenset({"CART_EMPTY", "OUT_OF_STOCK", "PRODUCT_NOT_FOUND", "TOTAL_LIMIT", "INVALID_ARGUMENT"})
-# What a reconciler leaves alone: checkouts and payments younger than this may still be under way.
-RECONCILE_AGE_SECONDS = 60
-
-
-def _error(code: grpc.StatusCode, reason: str, message: str, **metadata) -> ServiceError:
-    return ServiceError(code, reason, message, metadata)
+_NOT_HANDED_OVER = frozenset({CART_EMPTY, OUT_OF_STOCK, PRODUCT_NOT_FOUND, "TOTAL_LIMIT", "INVALID_ARGUMENT"})
 
 
 def _not_found(order_id: str) -> ServiceError:
-    return _error(grpc.StatusCode.NOT_FOUND, "ORDER_NOT_FOUND", f"no order {order_id}", order_id=order_id)
+    return refuse("ORDER_NOT_FOUND", f"no order {order_id}", {"order_id": order_id})
 
 
 def _expired(order_id: str) -> ServiceError:
-    return _error(grpc.StatusCode.ABORTED, "ORDER_EXPIRED", "the payment window of this order has closed",
-                  order_id=order_id)
+    return refuse("ORDER_EXPIRED", "the payment window of this order has closed", {"order_id": order_id})
 
 
 def _reused() -> ServiceError:
-    return _error(grpc.StatusCode.ABORTED, "IDEMPOTENCY_KEY_REUSED",
-                  "this idempotency key was used for a different payment")
+    return refuse("IDEMPOTENCY_KEY_REUSED", "this idempotency key was used for a different payment")
 
 
 def _provider_unavailable(order_id: str) -> ServiceError:
-    return _error(grpc.StatusCode.UNAVAILABLE, "PAYMENT_PROVIDER_UNAVAILABLE",
-                  "the payment provider did not answer; retry with the same Idempotency-Key", order_id=order_id)
+    return refuse("PAYMENT_PROVIDER_UNAVAILABLE",
+                  "the payment provider did not answer; retry with the same Idempotency-Key", {"order_id": order_id})
 
 
 def _declined(order_id: str, why: str = "card declined") -> ServiceError:
-    return _error(grpc.StatusCode.INVALID_ARGUMENT, "PAYMENT_DECLINED",
-                  f"the payment was declined ({why}); the order stays payable until pay_before", order_id=order_id)
+    return refuse("PAYMENT_DECLINED", f"the payment was declined ({why}); the order stays payable until pay_before",
+                  {"order_id": order_id})
 
 
 def _already_paid(order_id: str) -> ServiceError:
-    return _error(grpc.StatusCode.ABORTED, "ALREADY_PAID", "this order is paid already", order_id=order_id)
+    return refuse("ALREADY_PAID", "this order is paid already", {"order_id": order_id})
 
 
 class _SoldMeanwhile(Exception):
@@ -88,22 +78,6 @@ def _attempt_owner(order_id: str, payment_id: str) -> str:
     return f"order:{order_id}/{payment_id}"
 
 
-def _order_uuid(order_id: str) -> str | None:
-    try:
-        return str(uuid.UUID(order_id))
-    except ValueError:
-        return None
-
-
-def _order_of(order_id: str, user: str, lines: list[HandedLine], now) -> OrderRecord:
-    """The order a hand-over of the cart makes: the lines' units, names and prices as handed over."""
-    items = [Item(x.sku, x.name, x.price, x.qty, x.hold_id) for x in lines]
-    # The window ends when the first hold runs out: a replayed hand-over keeps its first expiry.
-    pay_before = min(x.reserved_until for x in lines)
-    return OrderRecord(order_id, user, PENDING_PAYMENT, sum(i.price * i.qty for i in items), CURRENCY,
-                       pay_before, min(now, pay_before), None, None, items)
-
-
 class Orders:
     """Orders in the orders schema; their units held and sold through inventory, taken from the cart.
 
@@ -111,13 +85,14 @@ class Orders:
     attempt, so a retry after a lost answer is the same step: the hand-over is keyed by the order id,
     keeping the units by the attempt's payment id, selling them by the order id, the provider's
     charge and refund by the payment id. What a crash between steps leaves is settled by `settle`
-    (at the next payment, the window's end, or the reconciler): units sold mean the order is paid.
+    (at the next payment, the window's end, or the reconciler): units sold mean the order is paid. The
+    window's end and the reconciler are `repairs` (order_svc.repair), which finish payments through
+    `settle` and `refund`.
     """
 
     def __init__(self, pool: AsyncConnectionPool, dsn: str, cart: CartClient, catalog: CatalogClient,
                  inventory: InventoryClient, provider: PaymentProvider, live: LiveSettings, clock: Clock,
                  reconcile_age_seconds: int = RECONCILE_AGE_SECONDS):
-        self._reconcile_age = reconcile_age_seconds
         self._pool = pool
         self._dsn = dsn
         self._cart = cart
@@ -126,6 +101,7 @@ class Orders:
         self._provider = provider
         self._live = live
         self._clock = clock
+        self.repairs = Repairs(self, pool, cart, inventory, live, clock, reconcile_age_seconds)
 
     def _side(self):
         """A connection of its own, committing at once: for what must be stored while a payment holds the
@@ -155,7 +131,7 @@ class Orders:
                 async with self._pool.connection() as conn, conn.transaction():
                     await repo.drop_checkout(conn, order_id)
             raise
-        order = _order_of(order_id, user, lines, self._clock.now())
+        order = order_of(order_id, user, lines, self._clock.now())
         async with self._pool.connection() as conn, conn.transaction():
             await repo.insert_order(conn, order, key or None)
             return await self._as_of_now(conn, await repo.get_order(conn, order_id, user))
@@ -171,10 +147,9 @@ class Orders:
         refunded before a new one, and a charge whose units cannot be sold is refunded.
         """
         if not key:
-            raise _error(grpc.StatusCode.INVALID_ARGUMENT, "IDEMPOTENCY_KEY_REQUIRED",
-                         "POST /payment needs an Idempotency-Key header")
+            raise refuse("IDEMPOTENCY_KEY_REQUIRED", "POST /payment needs an Idempotency-Key header")
         key = idempotency.check_key(key)
-        if (order_uuid := _order_uuid(order_id)) is None:
+        if (order_uuid := as_order_uuid(order_id)) is None:
             raise _not_found(order_id)
         request_hash = idempotency.fingerprint("pay", order_uuid, amount, method, token)
         async with self._pool.connection() as conn:
@@ -193,7 +168,7 @@ class Orders:
                 order = await repo.get_order(conn, order_uuid, user, for_update=True)
                 if order.status == PENDING_PAYMENT:
                     await self.settle(conn, order)
-            await self._refund(sold_by_another.payment_id, order_id)  # this attempt charged nothing yet
+            await self.refund(sold_by_another.payment_id, order_id)  # this attempt charged nothing yet
             raise _already_paid(order_id) from None
         await self.deliver_sales()
         return paid
@@ -214,20 +189,20 @@ class Orders:
                 if attempt.state == DECLINED:
                     raise _declined(order_id)
                 if attempt.state == REFUNDED:
-                    raise _already_paid(order_id) if order.status == PAID else _error(
-                        grpc.StatusCode.ABORTED, "PAYMENT_SUPERSEDED",
-                        "this payment was cancelled and refunded; pay with a new Idempotency-Key", order_id=order_id)
+                    raise _already_paid(order_id) if order.status == PAID else refuse(
+                        "PAYMENT_SUPERSEDED", "this payment was cancelled and refunded; pay with a new Idempotency-Key",
+                        {"order_id": order_id})
             if order.status == PAID:
                 if attempt is not None:  # paid under another key meanwhile: this attempt's charge goes back
-                    await self._refund(attempt.payment_id, order_id)
+                    await self.refund(attempt.payment_id, order_id)
                 raise _already_paid(order_id)
             now = await self._clock.db_now(conn)
             if attempt is None:
                 if order.status_at(now) == EXPIRED:
                     raise _expired(order_id)
                 if amount != order.total:
-                    raise _error(grpc.StatusCode.INVALID_ARGUMENT, "AMOUNT_MISMATCH",
-                                 f"the order totals {order.total}, not {amount}", total=order.total)
+                    raise refuse("AMOUNT_MISMATCH", f"the order totals {order.total}, not {amount}",
+                                 {"total": order.total})
                 attempt = PaymentAttempt(request_hash, order_uuid, f"pay_{uuid.uuid4().hex}", PENDING)
                 async with await self._side() as side:
                     try:
@@ -236,14 +211,14 @@ class Orders:
                     except psycopg.errors.UniqueViolation:  # the same key, at the same moment, for another order
                         raise _reused() from None
             if order.status_at(now) == EXPIRED:
-                await self._refund(attempt.payment_id, order_id)
+                await self.refund(attempt.payment_id, order_id)
                 raise _expired(order_id)
             holds = await self._keep_units(order, attempt.payment_id, user)
             # The units are this attempt's now: an earlier attempt cut off (its commit perhaps still on its
             # way) can no longer sell them, so any charge of its goes back.
             for other in await repo.pending_attempts(conn, order_uuid):
                 if other != attempt.payment_id:
-                    await self._refund(other, order_id)
+                    await self.refund(other, order_id)
             try:
                 charge = await self._charge(attempt.payment_id, order, method, token)
             except (ProviderUnavailable, asyncio.TimeoutError) as err:
@@ -257,9 +232,9 @@ class Orders:
                 await self._inventory.commit(holds, f"pay:{attempt.payment_id}",
                                              owner=_attempt_owner(order_uuid, attempt.payment_id), user=user)
             except ServiceError as err:
-                if err.reason not in _HOLDS_GONE:
+                if err.reason not in HOLDS_GONE:
                     raise  # e.g. inventory unavailable: a retry with the key resumes this attempt
-                await self._refund(attempt.payment_id, order_id)
+                await self.refund(attempt.payment_id, order_id)
                 raise _expired(order_id) from err
             await self._record_paid(conn, order, attempt.payment_id)
             return await self._as_of_now(conn, await repo.get_order(conn, order_uuid, user))
@@ -279,7 +254,7 @@ class Orders:
             _LOGGER.error("order %s: units sold but no pending attempt is charged; recording %s", order.id, pending[-1])
         payer = charged[0] if charged else pending[-1]
         for other in charged[1:]:
-            await self._refund(other, order.id)
+            await self.refund(other, order.id)
         await self._record_paid(conn, order, payer)
         metrics.repaired("order", "sold_order_recorded_paid",
                          "order %s had its units sold by payment %s, cut off before it said so; recorded as paid",
@@ -301,10 +276,10 @@ class Orders:
             kept = await self._inventory.extend(order.hold_ids, _attempt_owner(order.id, payment_id), order.id,
                                                 order.payment_hold_seconds(), f"pay-hold:{payment_id}", user=user)
         except ServiceError as err:
-            if err.metadata.get("state") == "COMMITTED":
+            if err.metadata.get("state") == COMMITTED:
                 raise _SoldMeanwhile(payment_id) from err
-            if err.reason in _HOLDS_GONE:
-                await self._refund(payment_id, order.id)
+            if err.reason in HOLDS_GONE:
+                await self.refund(payment_id, order.id)
                 raise _expired(order.id) from err
             raise
         holds = [h.hold_id for h in kept]
@@ -320,7 +295,7 @@ class Orders:
             lambda: self._provider.charge(payment_id, order.total, order.currency, method, token),
             ProviderUnavailable), deadlines.attempt_timeout(PROVIDER_TIMEOUT_SECONDS))
 
-    async def _refund(self, payment_id: str, order_id: str) -> None:
+    async def refund(self, payment_id: str, order_id: str) -> None:
         """Refunds an attempt (the provider refunds once per payment id, so a lost answer is asked again)."""
         try:
             async for attempt in AsyncRetrying(stop=stop_after_attempt(3), reraise=True,
@@ -345,7 +320,7 @@ class Orders:
 
     async def get(self, user: str, order_id: str) -> OrderRecord:
         """One of the user's orders; anyone else's is NOT_FOUND, exactly like a missing one."""
-        if (order_uuid := _order_uuid(order_id)) is None:
+        if (order_uuid := as_order_uuid(order_id)) is None:
             raise _not_found(order_id)
         async with self._pool.connection() as conn:
             order = await repo.get_order(conn, order_uuid, user)
@@ -364,117 +339,12 @@ class Orders:
     # --- background -------------------------------------------------------------------------
 
     async def expire_due(self, limit: int = 100) -> int:
-        """Ends unpaid orders past their window: units back, cut-off charges refunded; safe in every replica.
-
-        An order whose units were sold by a payment cut off before it was recorded is finished as
-        paid instead: the charge happened before the units were sold.
-        """
-        ended = 0
-        for _ in range(limit):
-            async with self._pool.connection() as conn, conn.transaction():
-                due = await repo.due_orders(conn, await self._clock.db_now(conn), 1)
-                if not due:
-                    break
-                ((order_id, user),) = due
-                order = await repo.get_order(conn, order_id, user)
-                ended += 1
-                # Released first, whoever holds them now: once released, no attempt's commit still on its way
-                # can sell them, so what is sold now is all that ever will be.
-                for hold_id in order.hold_ids:  # one by one: a hold that already expired does not keep the others
-                    await self._inventory.release_if_held(hold_id, "", f"expire:{hold_id}")
-                if await self.settle(conn, order):
-                    continue
-                for payment_id in await repo.pending_attempts(conn, order_id):
-                    await self._refund(payment_id, order_id)
-                await repo.mark_expired(conn, order_id)
-        return ended
+        """Ends unpaid orders past their window (Repairs.expire_due), for the sweeper."""
+        return await self.repairs.expire_due(limit)
 
     async def reconcile(self) -> int:
-        """Repairs what a crash or a lost answer between steps left behind; safe in every replica (each
-        order is taken under its row lock, skipping those someone is working on). Returns the repairs."""
-        return await self._finish_checkouts() + await self._settle_attempts() + await self._release_orphans()
-
-    async def _finish_checkouts(self) -> int:
-        """Checkouts cut off after the cart handed its lines over: their order is stored from the hand-over."""
-        repaired = 0
-        async with self._pool.connection() as conn, conn.transaction():
-            now = await self._clock.db_now(conn)
-            for order_id, user, key in await repo.unfinished_checkouts(conn, now, self._reconcile_age, 50):
-                try:
-                    lines = await self._cart.hand_over(user, order_id, 1, replay_only=True)
-                except ServiceError as err:
-                    if err.reason != CHECKOUT_NOT_FOUND:
-                        raise
-                    # The cart never recorded a hand-over. If its move of the holds reached inventory (the
-                    # answer lost, the cart rolled back), the holds still keep the cart's lines: back they go.
-                    repaired += await self._give_back(order_id, user)
-                    await repo.drop_checkout(conn, order_id)
-                    continue
-                await repo.insert_order(conn, _order_of(order_id, user, lines, now), key)
-                metrics.repaired("order", "checkout_finished", "checkout %s of %s took the cart but stored no order;"
-                                 " order stored", order_id, user)
-                repaired += 1
-        return repaired
-
-    async def _give_back(self, order_id: str, user: str) -> int:
-        """Moves holds a cut-off hand-over took to `order_id` back to the user's cart; 1 if there were any."""
-        owner = f"order:{order_id}"
-        moved = [h.hold_id for h in await self._inventory.active_holds(owner, 0) if h.owner == owner]
-        if not moved:
-            return 0
-        try:
-            await self._inventory.extend(moved, cart_owner(user), "", self._live.get("reservation_ttl_seconds"),
-                                         f"undo-checkout:{order_id}", from_owner=owner)
-        except ServiceError as err:
-            if err.reason not in _HOLDS_GONE:
-                raise
-            return 0  # moved on meanwhile (a new checkout took them, or they ended): not ours to give back
-        metrics.repaired("order", "checkout_undone", "checkout %s of %s moved %d hold(s) but the cart never"
-                         " recorded it; holds given back to the cart", order_id, user, len(moved))
-        return 1
-
-    async def _settle_attempts(self) -> int:
-        """Payment attempts cut off and left pending: settled as paid if they sold the units; refunded once
-        their order has ended (paid by another attempt, or expired)."""
-        repaired = 0
-        async with self._pool.connection() as conn:
-            stale = await repo.orders_with_stale_attempts(conn, await self._clock.db_now(conn),
-                                                          self._reconcile_age, 50)
-        for order_id in stale:
-            async with self._pool.connection() as conn, conn.transaction():
-                order = await repo.lock_order(conn, order_id)
-                if order is None:  # a payment of it is under way
-                    continue
-                if order.status == PENDING_PAYMENT:
-                    # Sold: paid by it. Not sold: left for the order's next payment, which takes the units over
-                    # before refunding it, or for the end of its window (a commit may still be on its way).
-                    repaired += await self.settle(conn, order)
-                    continue
-                for payment_id in await repo.pending_attempts(conn, order_id):
-                    await self._refund(payment_id, order_id)
-                    metrics.repaired("order", "cut_off_payment_refunded",
-                                     "payment %s of order %s was cut off without selling; refunded", payment_id, order_id)
-                    repaired += 1
-        return repaired
-
-    async def _release_orphans(self) -> int:
-        """Holds still active for an order that has ended (paid or expired): units back. (Holds of an order
-        never stored belong to a checkout that `_finish_checkouts` finishes or gives back to the cart.)"""
-        repaired, after, limit = 0, "", 200
-        while True:
-            holds = await self._inventory.active_holds("order:", self._reconcile_age, after, limit)
-            async with self._pool.connection() as conn:
-                statuses = await repo.orders_by_id(conn, list({h.order_id for h in holds if _order_uuid(h.order_id)}))
-            for hold in holds:
-                if statuses.get(hold.order_id) not in (PAID, EXPIRED) or not await \
-                        self._inventory.release_if_held(hold.hold_id, hold.owner, f"reconcile:{hold.hold_id}"):
-                    continue
-                metrics.repaired("order", "orphan_order_hold", "released hold %s of order %s (%s), which no"
-                                 " order awaiting payment keeps", hold.hold_id, hold.order_id, statuses[hold.order_id])
-                repaired += 1
-            if len(holds) < limit:
-                return repaired
-            after = holds[-1].hold_id
+        """Repairs what a crash or a lost answer between steps left behind (Repairs.reconcile)."""
+        return await self.repairs.reconcile()
 
     async def deliver_sales(self, limit: int = 100) -> int:
         """Sends paid orders' units sold to the catalog (each once); what fails stays for the next pass."""

@@ -8,6 +8,7 @@ from shop_runtime.errors import ServiceError, error_info, invalid_argument, unav
 from shop_runtime.idempotency import MAX_KEY_LENGTH as MAX_IDEMPOTENCY_KEY
 from shop_runtime.logs import REQUEST_ID_METADATA, request_id
 from shop_runtime.callers import believes_user_from
+from shop_runtime.reasons import refuse
 
 USER_METADATA = "x-shop-user-id"
 CALLER_METADATA = "x-shop-caller"
@@ -42,7 +43,7 @@ def require_user(context: grpc.aio.ServicerContext) -> str:
     """The end user the gateway verified; UNAUTHENTICATED when the call carries none (or none to believe)."""
     user = asserted_user(context)
     if not user:
-        raise ServiceError(grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED", "no user on this call")
+        raise refuse("UNAUTHENTICATED", "no user on this call")
     return user
 
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass, field
-from typing import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Mapping, TypeVar
+
+N = TypeVar("N", int, float)
+S = TypeVar("S", bound="EnvSettings")
+_KIND_NAMES = {int: "an integer", float: "a number"}
 
 
 class ConfigError(RuntimeError):
@@ -22,34 +26,67 @@ def env_str(name: str, default: str | None = None) -> str:
     return default
 
 
-def env_int(name: str, default: int, *, minimum: int | None = None, maximum: int | None = None,
-            environ: Mapping[str, str] | None = None) -> int:
-    """Returns the variable as an int within [minimum, maximum], or the default when unset; from `environ` when
-    given (settings handed over as a mapping, e.g. a test's gateway of its own), else the process environment."""
+def parse_number(label: str, raw: str, kind: type[N], minimum: N | None = None, maximum: N | None = None) -> N:
+    """`raw` as an int or a float (`kind`) within [minimum, maximum]; a ConfigError naming `label` (the variable
+    or key it came from) when it is not one or out of range."""
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigError(f"{label}={raw!r} is not {_KIND_NAMES[kind]}") from None
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        if maximum is None:
+            raise ConfigError(f"{label}={value} is below {minimum}")
+        if minimum is None:
+            raise ConfigError(f"{label}={value} is above {maximum}")
+        raise ConfigError(f"{label}={value} is outside {minimum}..{maximum}")
+    return value
+
+
+def env_number(name: str, default: N, kind: type[N], *, minimum: N | None = None, maximum: N | None = None,
+               environ: Mapping[str, str] | None = None) -> N:
+    """The environment's one number parser: the variable as `kind` within [minimum, maximum], or the default when
+    unset; from `environ` when given (settings handed over as a mapping, e.g. a test's gateway of its own), else
+    the process environment."""
     raw = (os.environ if environ is None else environ).get(name, "").strip()
     if not raw:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"environment variable {name}={raw!r} is not an integer") from None
-    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        raise ConfigError(f"environment variable {name}={value} is outside {minimum}..{maximum}")
-    return value
+    return parse_number(f"environment variable {name}", raw, kind, minimum, maximum)
 
 
-def env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
-    """Returns the variable as a float no smaller than minimum, or the default when unset."""
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"environment variable {name}={raw!r} is not a number") from None
-    if value < minimum:
-        raise ConfigError(f"environment variable {name}={value} is below {minimum}")
-    return value
+def env_int(name: str, default: int, *, minimum: int | None = None, maximum: int | None = None,
+            environ: Mapping[str, str] | None = None) -> int:
+    """The variable as an int within [minimum, maximum], or the default when unset (env_number)."""
+    return env_number(name, default, int, minimum=minimum, maximum=maximum, environ=environ)
+
+
+def env_float(name: str, default: float, *, minimum: float = 0.0, maximum: float | None = None,
+              environ: Mapping[str, str] | None = None) -> float:
+    """The variable as a float no smaller than minimum (0 unless given), or the default when unset (env_number)."""
+    return env_number(name, default, float, minimum=minimum, maximum=maximum, environ=environ)
+
+
+def setting(var: str, default: N, *, minimum: N | None = None, maximum: N | None = None) -> N:
+    """A field of an EnvSettings class: read from `var` as the default's type (int or float), within bounds; a
+    float is never below 0 unless `minimum` says otherwise."""
+    if minimum is None and isinstance(default, float):
+        minimum = 0.0
+    return field(default=default, metadata={"var": var, "minimum": minimum, "maximum": maximum})
+
+
+class EnvSettings:
+    """The pattern of a service's own settings: a frozen dataclass whose fields are `setting(...)`s, each naming
+    its variable and default once; `from_env()` reads them all."""
+
+    @classmethod
+    def from_env(cls: type[S], environ: Mapping[str, str] | None = None) -> S:
+        """The settings from the environment (or `environ`), each unset one its default."""
+        values = {}
+        for f in fields(cls):  # type: ignore[arg-type]
+            if "var" in f.metadata:
+                values[f.name] = env_number(f.metadata["var"], f.default, type(f.default),
+                                            minimum=f.metadata["minimum"], maximum=f.metadata["maximum"],
+                                            environ=environ)
+        return cls(**values)
 
 
 def _advertise_address(value: str) -> str:

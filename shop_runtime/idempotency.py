@@ -6,10 +6,10 @@ import hashlib
 import json
 from typing import Any, Awaitable, Callable
 
-import grpc
 from psycopg import AsyncConnection, sql
 
 from shop_runtime.errors import ServiceError, invalid_argument
+from shop_runtime.reasons import refuse
 
 MAX_KEY_LENGTH = 255
 
@@ -101,8 +101,8 @@ async def claim_many(conn: AsyncConnection, table: sql.Composable, calls: list[t
 
 def reused(operation: str) -> ServiceError:
     """ABORTED/IDEMPOTENCY_KEY_REUSED: a key already used for a different request."""
-    return ServiceError(grpc.StatusCode.ABORTED, "IDEMPOTENCY_KEY_REUSED",
-                        "this idempotency key was used for a different request", {"operation": operation})
+    return refuse("IDEMPOTENCY_KEY_REUSED", "this idempotency key was used for a different request",
+                  {"operation": operation})
 
 
 async def record_many(conn: AsyncConnection, table: sql.Composable, answers: list[tuple[str, str, bytes]],

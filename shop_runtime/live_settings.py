@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from shop_runtime.config import ConfigError, parse_number
 from shop_runtime.consul import WATCH_TIMEOUT_SECONDS, WATCH_WAIT
 
 _LOGGER = logging.getLogger(__name__)
@@ -36,13 +37,11 @@ def parse(name: str, raw: bytes | None, setting: Setting) -> tuple[int, str | No
     """The value to use for a raw KV value, and why the default was used instead, if it was."""
     if raw is None:
         return setting.default, None
-    text = raw.decode(errors="replace").strip()
     try:
-        value = int(text)
-    except ValueError:
-        return setting.default, f"{PREFIX}{name}={text!r} is not an integer"
-    if not setting.minimum <= value <= setting.maximum:
-        return setting.default, f"{PREFIX}{name}={value} is outside {setting.minimum}..{setting.maximum}"
+        value = parse_number(f"{PREFIX}{name}", raw.decode(errors="replace").strip(), int, setting.minimum,
+                             setting.maximum)
+    except ConfigError as err:
+        return setting.default, str(err)
     return value, None
 
 

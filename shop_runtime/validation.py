@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from shop_runtime.errors import invalid_argument
 
-# The most a cart or an order may total, in IDR: every amount reaches REST as a 32-bit JSON number.
+# The store's one currency (ISO 4217): every price, total and amount of the suite is in its smallest unit.
+CURRENCY = "IDR"
+# The most a cart or an order may total, in CURRENCY: every amount reaches REST as a 32-bit JSON number.
 MAX_TOTAL = 2_000_000_000
 
 

@@ -8,18 +8,29 @@ import grpc
 import pytest
 
 from cart_svc import repository
+from cart_svc.messages import checkout_pb
 from cart_svc.service import Carts
 from catalog_svc.client import CatalogClient, Product
 from inventory_svc.client import ACTIVE, EXPIRED, RELEASED, InventoryClient
 from shop.cart.v1 import cart_pb2
 from shop_runtime.clock import ManualClock
 from shop_runtime.live_settings import LiveSettings
-from tests.unit.fakes import (FakeCartRepository, FakeCatalog, FakeInventory, FakePool, assert_fakes_match, install,
-                              refused)
+from tests.unit.fakes.catalog import FakeCatalog
+from tests.unit.fakes.checks import assert_fakes_match, install, refused
+from tests.unit.fakes.db import FakePool
+from tests.unit.fakes.inventory import FakeInventory
+from tests.unit.fakes.repositories import FakeCartRepository
 
 USER = "alice"
 TTL = LiveSettings(None).get("reservation_ttl_seconds")
 START = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
+
+
+class AnsweringCarts(Carts):
+    """The cart rules, their checkout answered as the servicer answers CheckoutCart (the message an order gets)."""
+
+    async def checkout(self, *args, **kwargs) -> cart_pb2.CheckoutCartResponse:
+        return checkout_pb(await super().checkout(*args, **kwargs))
 
 
 class World:
@@ -32,7 +43,7 @@ class World:
                                     "Z": Product("Zucchini", 700)})
         self.repo = FakeCartRepository()
         install(monkeypatch, repository, self.repo)
-        self.carts = Carts(FakePool(), self.inventory, self.catalog, LiveSettings(None), self.clock)
+        self.carts = AnsweringCarts(FakePool(), self.inventory, self.catalog, LiveSettings(None), self.clock)
 
     def line(self, sku: str, user: str = USER):
         """The cart's own record of a line (None if there is none)."""
@@ -282,6 +293,27 @@ async def test_an_add_is_not_refused_on_the_carts_stale_record(big):
     view = await big.carts.add(USER, "A", 96, "k3")  # 2 + 96 = 98 <= 100
 
     assert [(x.sku, x.qty) for x in view.lines] == [("A", 98)]
+
+
+async def test_an_add_asks_the_catalog_once(world):
+    await world.carts.add(USER, "A", 2, "k1")
+    await world.carts.add(USER, "B", 1, "k2")
+
+    assert world.catalog.asked == [["A"], ["A", "B"]]
+
+
+async def test_an_add_that_takes_its_line_back_from_a_cut_off_checkout_asks_the_catalog_once(world):
+    await world.carts.add(USER, "A", 2, "k1")
+    hold_id = world.line("A").hold_id
+    # A checkout moved the line's hold to its order, and was cut off before the cart recorded it.
+    await world.inventory.extend([hold_id], "order:o1", "o1", 900, "checkout:o1")
+    world.catalog.asked.clear()
+
+    view = await world.carts.add(USER, "A", 1, "k2")  # decided under the user's lock (Carts._change_locked)
+
+    assert [(x.sku, x.qty) for x in view.lines] == [("A", 3)]
+    assert world.inventory.hold_of(hold_id).owner == "cart:alice"
+    assert world.catalog.asked == [["A"]]
 
 
 # --- checkout -------------------------------------------------------------------------------------

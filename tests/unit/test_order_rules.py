@@ -19,10 +19,13 @@ from order_svc.payments import PaymentProvider
 from order_svc.service import Orders
 from shop_runtime.clock import ManualClock
 from shop_runtime.live_settings import LiveSettings
-from tests.unit.fakes import (FakeCart, FakeCartRepository, FakeCatalog, FakeConnection, FakeInventory,
-                              assert_fakes_match, refused,
-                              FakeOrderRepository,
-                              FakePool, FakeProvider, install)
+from tests.unit.fakes.cart import FakeCart
+from tests.unit.fakes.catalog import FakeCatalog
+from tests.unit.fakes.checks import assert_fakes_match, install, refused
+from tests.unit.fakes.db import FakeConnection, FakePool
+from tests.unit.fakes.inventory import FakeInventory
+from tests.unit.fakes.payments import FakeProvider
+from tests.unit.fakes.repositories import FakeCartRepository, FakeOrderRepository
 
 USER = "alice"
 WINDOW = LiveSettings(None).get("payment_window_seconds")
@@ -389,9 +392,7 @@ class CartsAsClient:
 
     async def hand_over(self, user: str, order_id: str, ttl_seconds: int, *,
                         replay_only: bool = False) -> list[HandedLine]:
-        answer = await self._carts.checkout(user, order_id, ttl_seconds, replay_only)
-        return [HandedLine(x.sku, x.qty, x.hold_id, x.reserved_until.ToDatetime(tzinfo=timezone.utc), x.name,
-                           x.price) for x in answer.lines]
+        return await self._carts.checkout(user, order_id, ttl_seconds, replay_only)
 
 
 async def test_a_hand_over_cut_off_in_the_cart_keeps_the_carts_units(world, monkeypatch):

@@ -1,0 +1,255 @@
+"""Inventory in memory, as InventoryClient shows it."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Callable
+
+from inventory_svc.client import ACTIVE, COMMITTED, EXPIRED, RELEASED, Hold, InventoryClient
+from shop_runtime.clock import ManualClock
+from shop_runtime.reasons import INVENTORY_REASONS, refuse
+from tests.unit.fakes.losses import Losses
+
+
+@dataclass
+class _StoredHold:
+    hold_id: str
+    owner: str
+    sku: str
+    qty: int
+    state: str
+    expires_at: datetime
+    order_id: str
+    created_at: datetime
+    replaced_by: str | None = None
+    buyer: str | None = None
+
+    def record(self) -> Hold:
+        return Hold(self.hold_id, self.owner, self.sku, self.qty, self.state, self.expires_at, self.order_id)
+
+
+class FakeInventory(Losses):
+    """Inventory as `InventoryClient` shows it: stock per SKU, holds that end once (sold, given back, or
+    expired by the ManualClock), all-or-nothing writes, and idempotency keys whose first answer is replayed.
+
+    `calls` lists every write that reached it, as (method, request), replays included."""
+
+    def __init__(self, clock: ManualClock, stock: dict[str, int]):
+        super().__init__("inventory")
+        self.clock = clock
+        self.on_hand = dict(stock)
+        self.stored: dict[str, _StoredHold] = {}
+        self.calls: list[tuple[str, dict]] = []
+        self._answers: dict[tuple[str, str], tuple[dict, Any]] = {}
+
+    # What tests look at.
+
+    def available(self, sku: str) -> int:
+        """Units of `sku` that can be held now."""
+        self._expire()
+        return self.on_hand.get(sku, 0) - sum(h.qty for h in self.stored.values() if h.sku == sku and h.state == ACTIVE)
+
+    def hold_of(self, hold_id: str) -> Hold:
+        """A hold as it is now."""
+        self._expire()
+        return self.stored[hold_id].record()
+
+    def holds_of(self, owner: str) -> list[Hold]:
+        """An owner's holds as they are now, in the order they were made."""
+        self._expire()
+        return [h.record() for h in self.stored.values() if h.owner == owner]
+
+    # The rules.
+
+    def _expire(self) -> None:
+        now = self.clock.now()
+        for h in self.stored.values():
+            if h.state == ACTIVE and h.expires_at <= now:
+                h.state = EXPIRED
+
+    def _find(self, hold_ids: list[str]) -> list[_StoredHold]:
+        for hold_id in hold_ids:
+            if hold_id not in self.stored:
+                raise refuse("HOLD_NOT_FOUND", f"no hold {hold_id}", dict(hold_id=hold_id))
+        return [self.stored[i] for i in hold_ids]
+
+    @staticmethod
+    def _check_owner(holds: list[_StoredHold], owner: str) -> None:
+        for h in holds:
+            if owner and h.owner != owner:
+                raise refuse("HOLD_NOT_OWNED",
+                             f"hold {h.hold_id} no longer belongs to {owner}", dict(hold_id=h.hold_id))
+
+    @staticmethod
+    def _check_active(holds: list[_StoredHold]) -> None:
+        for h in holds:
+            if h.state != ACTIVE:
+                raise refuse("HOLD_NOT_ACTIVE", f"hold {h.hold_id} is {h.state}",
+                             dict(hold_id=h.hold_id, state=h.state))
+
+    def _check_stock(self, wanted: dict[str, int]) -> None:
+        short = {sku: self.available(sku) for sku, qty in wanted.items() if qty > self.available(sku)}
+        if short:
+            sku = next(iter(short))
+            raise refuse("OUT_OF_STOCK", f"not enough units of {sku}",
+                         dict(sku=sku, available=short[sku], skus=",".join(short)))
+
+    def _check_limit(self, sku: str, buyer: str | None, more: int, limit: int) -> None:
+        """The per-buyer purchase limit: units held for or sold to the buyer, plus `more`, at most `limit`."""
+        if not (limit and buyer and more > 0):
+            return
+        has = sum(h.qty for h in self.stored.values() if h.sku == sku and h.buyer == buyer
+                  and h.state in (ACTIVE, COMMITTED))
+        if has + more > limit:
+            raise refuse("PURCHASE_LIMIT", f"at most {limit} units of {sku}", dict(sku=sku, limit=limit, has=has))
+
+    def _new_hold(self, owner: str, sku: str, qty: int, ttl_seconds: int, order_id: str = "",
+                  buyer: str | None = None) -> _StoredHold:
+        now = self.clock.now()
+        hold = _StoredHold(str(uuid.uuid4()), owner, sku, qty, ACTIVE, now + timedelta(seconds=ttl_seconds),
+                           order_id, now, buyer=buyer)
+        self.stored[hold.hold_id] = hold
+        return hold
+
+    def _newest(self, hold_id: str) -> str:
+        while (hold := self.stored.get(hold_id)) is not None and hold.replaced_by:
+            hold_id = hold.replaced_by
+        return hold_id
+
+    async def _write(self, method: str, key: str, request: dict, work: Callable[[], Any]) -> Any:
+        """Runs `work` once per key: the same key with the same request replays the first answer."""
+        self.calls.append((method, request))
+
+        async def once() -> Any:
+            if key and (method, key) in self._answers:
+                first, answer = self._answers[(method, key)]
+                if first != request:
+                    raise refuse("IDEMPOTENCY_KEY_REUSED",
+                                 "this idempotency key was used for a different request", dict(operation=method))
+                return answer
+            self._expire()
+            answer = work()  # validates everything before it changes anything: all or nothing
+            if key:
+                self._answers[(method, key)] = (request, answer)
+            return answer
+
+        return await self._lossy(method, once)
+
+    # InventoryClient's methods.
+
+    async def hold(self, owner: str, lines: dict[str, int], ttl_seconds: int, key: str, *,
+                   user: str | None = None, buyer: str = "", max_units: int = 0) -> list[Hold]:
+        def work() -> list[Hold]:
+            for sku, qty in lines.items():
+                self._check_limit(sku, buyer, qty, max_units)
+            self._check_stock(lines)
+            return [self._new_hold(owner, sku, qty, ttl_seconds, buyer=buyer or None).record()
+                    for sku, qty in lines.items()]
+
+        return await self._write("hold", key, dict(owner=owner, lines=dict(lines), ttl=ttl_seconds, buyer=buyer), work)
+
+    async def resize(self, hold_id: str, ttl_seconds: int, owner: str, key: str, *, qty: int = 0, add: int = 0,
+                     max_qty: int = 0, user: str | None = None, max_units: int = 0) -> Hold:
+        def work() -> Hold:
+            (h,) = self._find([hold_id])
+            self._check_owner([h], owner)
+            self._check_active([h])
+            target = h.qty + add if add else qty
+            if max_qty and target > max_qty:
+                raise refuse("QTY_LIMIT", f"at most {max_qty} units, this one would hold {target}",
+                             dict(max=max_qty, qty=target), table=INVENTORY_REASONS)
+            self._check_limit(h.sku, h.buyer, target - h.qty, max_units)
+            if target > h.qty:
+                self._check_stock({h.sku: target - h.qty})
+            h.qty = target
+            if ttl_seconds:
+                h.expires_at = self.clock.now() + timedelta(seconds=ttl_seconds)
+            return h.record()
+
+        return await self._write("resize", key, dict(hold_id=hold_id, ttl=ttl_seconds, owner=owner, qty=qty, add=add,
+                                                     max_qty=max_qty), work)
+
+    async def release(self, hold_ids: list[str], owner: str, key: str, *, user: str | None = None) -> list[Hold]:
+        def work() -> list[Hold]:
+            holds = self._find(hold_ids)
+            self._check_owner(holds, owner)
+            self._check_active(holds)
+            for h in holds:
+                h.state = RELEASED
+            return [h.record() for h in holds]
+
+        return await self._write("release", key, dict(hold_ids=list(hold_ids), owner=owner), work)
+
+    # The real client's: it only calls release() and reads the refusal.
+    release_if_held = InventoryClient.release_if_held
+
+    async def extend(self, hold_ids: list[str], owner: str, order_id: str, ttl_seconds: int, key: str, *,
+                     from_owner: str = "", user: str | None = None, max_units: int = 0) -> list[Hold]:
+        def work() -> list[Hold]:
+            # An expired hold already held again stands for its replacement.
+            holds = self._find([self._newest(i) for i in hold_ids])
+            self._check_owner(holds, from_owner)
+            self._check_active([h for h in holds if h.state != EXPIRED])
+            again: dict[str, int] = {}
+            for h in holds:
+                if h.state == EXPIRED:
+                    again[h.sku] = again.get(h.sku, 0) + h.qty
+            for h in holds:
+                if h.state == EXPIRED:
+                    self._check_limit(h.sku, h.buyer, h.qty, max_units)
+            self._check_stock(again)
+            result = []
+            for h in holds:
+                if h.state == ACTIVE:
+                    h.owner, h.order_id = owner, order_id
+                    h.expires_at = self.clock.now() + timedelta(seconds=ttl_seconds)
+                    result.append(h.record())
+                else:
+                    new = self._new_hold(owner, h.sku, h.qty, ttl_seconds, order_id, buyer=h.buyer)
+                    h.replaced_by = new.hold_id
+                    result.append(new.record())
+            return result
+
+        return await self._write("extend", key, dict(hold_ids=list(hold_ids), owner=owner, order_id=order_id,
+                                                     ttl=ttl_seconds, from_owner=from_owner), work)
+
+    async def commit(self, hold_ids: list[str], key: str, *, owner: str = "", user: str | None = None) -> list[Hold]:
+        def work() -> list[Hold]:
+            holds = self._find(hold_ids)
+            self._check_owner(holds, owner)
+            self._check_active(holds)
+            for h in holds:
+                h.state = COMMITTED
+                self.on_hand[h.sku] -= h.qty
+            return [h.record() for h in holds]
+
+        return await self._write("commit", key, dict(hold_ids=list(hold_ids), owner=owner), work)
+
+    async def holds(self, hold_ids: list[str]) -> dict[str, Hold]:
+        if not hold_ids:  # as the client: no call at all
+            return {}
+
+        async def read() -> dict[str, Hold]:
+            self._expire()
+            return {i: self.stored[i].record() for i in hold_ids if i in self.stored}
+
+        return await self._lossy("holds", read)
+
+    async def active_holds(self, owner_prefix: str, min_age_seconds: int, after: str = "",
+                           limit: int = 200) -> list[Hold]:
+        async def read() -> list[Hold]:
+            self._expire()
+            made_before = self.clock.now() - timedelta(seconds=min_age_seconds)
+            found = sorted((h for h in self.stored.values() if h.state == ACTIVE and h.owner.startswith(owner_prefix)
+                            and h.created_at <= made_before and h.hold_id > after), key=lambda h: h.hold_id)
+            return [h.record() for h in found[:limit]]
+
+        return await self._lossy("active_holds", read)
+
+    async def availability(self, skus: list[str], timeout: float) -> dict[str, int]:
+        async def read() -> dict[str, int]:
+            return {sku: self.available(sku) for sku in skus}
+
+        return await self._lossy("availability", read)
