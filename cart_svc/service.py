@@ -347,11 +347,13 @@ class Carts:
             # Prices are fixed, and checked, before any hold moves: a refusal leaves the cart as it was.
             skus = [line.sku for line in lines]
             products = await self._prices(skus, [(line.sku, line.qty) for line in lines], skus, checkout=True)
-            holds = await self._inventory.extend([line.hold_id for line in lines], f"order:{order_id}", order_id,
+            # The moved holds come back one per line, in the lines' order (an expired one held again has a new
+            # id); `holds` above is the by-id lookup of the holds as they were, a different thing.
+            moved = await self._inventory.extend([line.hold_id for line in lines], f"order:{order_id}", order_id,
                                                  ttl_seconds, f"checkout:{order_id}", user=user,
                                                  max_units=self._live.get("max_units_per_user"))
             handed = [HandedLine(line.sku, hold.qty, hold.hold_id, hold.expires_at, products[line.sku].name,
-                                 products[line.sku].price) for line, hold in zip(lines, holds, strict=True)]
+                                 products[line.sku].price) for line, hold in zip(lines, moved, strict=True)]
             await repo.delete_lines(conn, user, skus)
             await repo.record_checkout(conn, order_id, user, handed)
             return handed

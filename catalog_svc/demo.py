@@ -30,6 +30,8 @@ async def load(conn: AsyncConnection, products: Iterable[DemoProduct]) -> int:
             [(slug, slug.replace("-", " ").title()) for slug in sorted({p.category for p in products})],
         )
         before = await (await cur.execute("SELECT count(*) FROM catalog.products")).fetchone()
+        # count(*) without GROUP BY always returns exactly one row, even on an empty table.
+        assert before is not None
         await cur.executemany(
             # A demo product's units sold come from no order of this suite: all of them are imported.
             "INSERT INTO catalog.products (sku, name, description, category, price, sales, sales_imported, created_at)"
@@ -41,4 +43,5 @@ async def load(conn: AsyncConnection, products: Iterable[DemoProduct]) -> int:
             ],
         )
         after = await (await cur.execute("SELECT count(*) FROM catalog.products")).fetchone()
+        assert after is not None  # count(*) without GROUP BY: always one row, as above
     return after[0] - before[0]

@@ -52,7 +52,10 @@ async def count_products(conn: AsyncConnection, query: ListQuery) -> int:
     """The number of products matching `query`'s filters, over all pages."""
     where, params = _filters(query)
     cur = await conn.execute(sql.SQL("SELECT count(*) FROM catalog.products{where}").format(where=where), params)
-    (total,) = await cur.fetchone()
+    row = await cur.fetchone()
+    # count(*) without GROUP BY always returns exactly one row, even when nothing matches.
+    assert row is not None
+    (total,) = row
     return total
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from catalog_svc.service import Catalog
+from catalog_svc.service import AvailabilityLookup, Catalog
 from catalog_svc.servicer import CatalogServicer
 from shop.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from inventory_svc import client as inventory_client
@@ -17,7 +17,7 @@ from shop_runtime.server import Deps, GrpcApp, ServiceSpec, build_server
 AVAILABILITY_TIMEOUT = 2.0
 
 
-def availability_from(inventory: InventoryClient):
+def availability_from(inventory: InventoryClient) -> AvailabilityLookup:
     """An availability lookup through inventory's batch RPC, tried on another instance if the first is down."""
 
     async def lookup(skus: list[str]) -> dict[str, int]:

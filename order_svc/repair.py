@@ -60,6 +60,8 @@ class Repairs:
                     break
                 ((order_id, user),) = due
                 order = await repo.get_order(conn, order_id, user)
+                # due_orders just locked this row in this transaction, and orders are never deleted.
+                assert order is not None
                 ended += 1
                 # Released first, whoever holds them now: once released, no attempt's commit still on its way
                 # can sell them, so what is sold now is all that ever will be.

@@ -10,9 +10,11 @@ from order_svc.model import Item, OrderRecord, PaymentAttempt
 
 
 _ORDER_COLUMNS = "id::text, user_id, status, total, currency, pay_before, created_at, payment_id, paid_at"
+# A row of _ORDER_COLUMNS: every field of OrderRecord but its items, in the same order.
+OrderRow = tuple[str, str, str, int, str, datetime, datetime, "str | None", "datetime | None"]
 
 
-async def _with_items(conn: AsyncConnection, rows: list[tuple]) -> list[OrderRecord]:
+async def _with_items(conn: AsyncConnection, rows: list[OrderRow]) -> list[OrderRecord]:
     if not rows:
         return []
     cur = await conn.execute(
@@ -50,7 +52,10 @@ async def list_orders(conn: AsyncConnection, user: str, limit: int, offset: int)
         " LIMIT %s OFFSET %s", (user, limit, offset))
     rows = await cur.fetchall()
     cur = await conn.execute("SELECT count(*) FROM orders.orders WHERE user_id = %s", (user,))
-    return await _with_items(conn, rows), (await cur.fetchone())[0]
+    counted = await cur.fetchone()
+    # count(*) without GROUP BY always returns exactly one row, even for a user with no orders.
+    assert counted is not None
+    return await _with_items(conn, rows), counted[0]
 
 
 async def insert_order(conn: AsyncConnection, order: OrderRecord, checkout_key: str | None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable, Coroutine
 
 from order_svc.payments import StandInProvider
 from order_svc.repair import RECONCILE_AGE_SECONDS
@@ -24,7 +25,7 @@ from shop_runtime.server import Deps, GrpcApp, ServiceSpec, build_server
 _LOGGER = logging.getLogger(__name__)
 
 
-def sweeper(orders: Orders, interval: float):
+def sweeper(orders: Orders, interval: float) -> Callable[[], Coroutine[Any, Any, None]]:
     """Expires unpaid orders at the end of their window and delivers units sold to the catalog."""
 
     async def sweep() -> bool:

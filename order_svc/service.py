@@ -8,6 +8,7 @@ import uuid
 from dataclasses import replace
 
 import psycopg
+from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
@@ -134,7 +135,12 @@ class Orders:
         order = order_of(order_id, user, lines, self._clock.now())
         async with self._pool.connection() as conn, conn.transaction():
             await repo.insert_order(conn, order, key or None)
-            return await self._as_of_now(conn, await repo.get_order(conn, order_id, user))
+            stored = await repo.get_order(conn, order_id, user)
+            # Inserted just now, or already there: the insert skips only a row with this id or this user and
+            # key, and with a key the id derives from the user and key, so either is this user's order of this
+            # id, committed before the insert went on; orders are never deleted.
+            assert stored is not None
+            return await self._as_of_now(conn, stored)
 
     # --- payment ------------------------------------------------------------------------------
 
@@ -166,6 +172,8 @@ class Orders:
             # An earlier attempt's commit landed while this one was taking the units over: it paid.
             async with self._pool.connection() as conn, conn.transaction():
                 order = await repo.get_order(conn, order_uuid, user, for_update=True)
+                # _pay found this user's order before it took the units over, and orders are never deleted.
+                assert order is not None
                 if order.status == PENDING_PAYMENT:
                     await self.settle(conn, order)
             await self.refund(sold_by_another.payment_id, order_id)  # this attempt charged nothing yet
@@ -237,9 +245,12 @@ class Orders:
                 await self.refund(attempt.payment_id, order_id)
                 raise _expired(order_id) from err
             await self._record_paid(conn, order, attempt.payment_id)
-            return await self._as_of_now(conn, await repo.get_order(conn, order_uuid, user))
+            paid = await repo.get_order(conn, order_uuid, user)
+            # Read under the row lock this transaction took on the order above; orders are never deleted.
+            assert paid is not None
+            return await self._as_of_now(conn, paid)
 
-    async def settle(self, conn, order: OrderRecord) -> bool:
+    async def settle(self, conn: AsyncConnection, order: OrderRecord) -> bool:
         """Finishes an unpaid order whose units a cut-off payment attempt sold: as paid by the attempt the
         provider charged (other charges refunded). False, changing nothing, when its units are not sold.
         The caller holds the order's row lock."""
@@ -261,7 +272,7 @@ class Orders:
                          order.id, payer)
         return True
 
-    async def _record_paid(self, conn, order: OrderRecord, payment_id: str) -> None:
+    async def _record_paid(self, conn: AsyncConnection, order: OrderRecord, payment_id: str) -> None:
         """The order is paid: its status, its attempt, and its units sold queued for the catalog."""
         await repo.mark_paid(conn, order.id, payment_id, self._clock.now())
         await repo.set_attempt_state(conn, payment_id, SUCCEEDED)
@@ -314,7 +325,7 @@ class Orders:
 
     # --- reading ------------------------------------------------------------------------------
 
-    async def _as_of_now(self, conn, order: OrderRecord) -> OrderRecord:
+    async def _as_of_now(self, conn: AsyncConnection, order: OrderRecord) -> OrderRecord:
         """The order with its status as of the database's now (an unpaid order past its window is EXPIRED)."""
         return replace(order, status=order.status_at(await self._clock.db_now(conn)))
 

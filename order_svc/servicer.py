@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from google.protobuf import timestamp_pb2
 
-from order_svc.model import OrderRecord
+from order_svc.model import EXPIRED, PAID, PENDING_PAYMENT, OrderRecord
 from order_svc.service import Orders
 from shop.order.v1 import order_pb2, order_pb2_grpc
 from shop_runtime.calls import idempotency_key, require_user
 
 
-def _ts(value) -> timestamp_pb2.Timestamp:
+# The model's statuses (the orders table's CHECK allows no other) as the message's enum values, named alike.
+STATUSES: dict[str, order_pb2.OrderStatus] = {
+    PENDING_PAYMENT: order_pb2.PENDING_PAYMENT,
+    PAID: order_pb2.PAID,
+    EXPIRED: order_pb2.EXPIRED,
+}
+
+
+def _ts(value: datetime) -> timestamp_pb2.Timestamp:
     ts = timestamp_pb2.Timestamp()
     ts.FromDatetime(value)
     return ts
@@ -20,7 +30,7 @@ def order_pb(order: OrderRecord) -> order_pb2.Order:
     """An order as a message (the service layer gives its status as of now)."""
     message = order_pb2.Order(
         order_id=order.id,
-        status=order_pb2.OrderStatus.Value(order.status),
+        status=STATUSES[order.status],
         items=[order_pb2.OrderItem(sku=i.sku, name=i.name, price=i.price, qty=i.qty, subtotal=i.price * i.qty)
                for i in order.items],
         total=order.total,
@@ -29,6 +39,9 @@ def order_pb(order: OrderRecord) -> order_pb2.Order:
         created_at=_ts(order.created_at),
     )
     if order.payment_id:
+        # The payment id and the time paid are only ever written together (repository.mark_paid), and the
+        # orders table's CHECK requires both of a paid order.
+        assert order.paid_at is not None
         message.payment_id = order.payment_id
         message.paid_at.CopyFrom(_ts(order.paid_at))
     return message

@@ -17,6 +17,8 @@ from order_svc import repository
 from order_svc.model import DECLINED, EXPIRED, PAID, PENDING, PENDING_PAYMENT, REFUNDED, SUCCEEDED
 from order_svc.payments import PaymentProvider
 from order_svc.service import Orders
+from order_svc.servicer import STATUSES
+from shop.order.v1 import order_pb2
 from shop_runtime.clock import ManualClock
 from shop_runtime.live_settings import LiveSettings
 from tests.unit.fakes.cart import FakeCart
@@ -430,3 +432,10 @@ async def test_orphans_past_the_first_page_are_released(world):
 
     assert world.hold_states(ended) == [RELEASED, RELEASED], \
         "an ended order's holds are still active after 5 reconciler passes"
+
+
+def test_every_order_status_is_shown_as_the_enum_value_of_its_name():
+    # The servicer's table from the model's statuses to the message's enum covers every status and no other.
+    assert {status: order_pb2.OrderStatus.Name(value) for status, value in STATUSES.items()} == \
+        {status: status for status in (PENDING_PAYMENT, PAID, EXPIRED)}
+    assert set(STATUSES) == set(order_pb2.OrderStatus.keys()) - {"ORDER_STATUS_UNSPECIFIED"}
