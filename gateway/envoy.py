@@ -10,7 +10,7 @@ from typing import Any
 from gateway.auth import identity_filters
 from gateway.clusters import service_cluster, write_eds
 from gateway.limits import GatewayLimits, rate_limit_filter
-from gateway.replies import error_body, local_reply_mappers
+from gateway.replies import GATEWAY_ERROR, error_body, local_reply_mappers
 from gateway.routes import UPSTREAMS, Method, exposed_methods, route_table, transcoder_filter
 
 # devstack.stack imports GatewayLimits from here, where it lived before gateway.limits.
@@ -96,7 +96,7 @@ def _http_connection_manager(cfg: GatewayConfig, methods: list[Method]) -> dict[
         ],
         "local_reply_config": {
             "mappers": local_reply_mappers(cfg.limits),
-            "body_format": error_body(2, "GATEWAY_ERROR"),
+            "body_format": error_body(2, GATEWAY_ERROR),
         },
     }
 

@@ -22,6 +22,12 @@ _LOCAL_REPLIES = {
 # gRPC RESOURCE_EXHAUSTED: the code of a 429's body.
 _RESOURCE_EXHAUSTED = 8
 
+# The reason of a gateway-made reply that fits none of the others.
+GATEWAY_ERROR = "GATEWAY_ERROR"
+
+# Every reason the gateway answers with itself (docs/api.md's error table lists them beside the services').
+REASONS = frozenset({reason for _, reason in _LOCAL_REPLIES.values()} | {"RATE_LIMITED", GATEWAY_ERROR})
+
 
 def error_body(code: int, reason: str, message: str = "%LOCAL_REPLY_BODY%",
                metadata: dict[str, str] | None = None) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from gateway import replies as gateway_replies
 from shop_runtime.errors import invalid_argument, unavailable
 from shop_runtime.reasons import INVENTORY_REASONS, REASONS, STATE_REASONS, refuse
 
@@ -21,8 +22,7 @@ HTTP = {grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.FAILED_PRECONDITI
         grpc.StatusCode.UNAUTHENTICATED: 401, grpc.StatusCode.PERMISSION_DENIED: 403, grpc.StatusCode.NOT_FOUND: 404,
         grpc.StatusCode.ABORTED: 409, grpc.StatusCode.UNIMPLEMENTED: 501, grpc.StatusCode.UNAVAILABLE: 503}
 # Reasons of docs/api.md that only the gateway (Envoy) makes.
-GATEWAY_ONLY = {"PERMISSION_DENIED", "ROUTE_NOT_FOUND", "BODY_TOO_LARGE", "HEADERS_TOO_LARGE", "RATE_LIMITED",
-                "UPSTREAM_UNAVAILABLE"}
+GATEWAY_ONLY = gateway_replies.REASONS - REASONS.keys()
 # Reasons no route of the REST API answers: the cart's answer to the order, and the identity check between services.
 INTERNAL = {"CHECKOUT_NOT_FOUND", "CALLER_NOT_ALLOWED"}
 
