@@ -108,7 +108,10 @@ async def run(dsn: str) -> int:
     async with await psycopg.AsyncConnection.connect(dsn) as conn:
         violations = await audit(conn)
         cur = await conn.execute("SELECT count(*), (SELECT count(*) FROM inventory.holds) FROM inventory.stock")
-        skus, holds = await cur.fetchone()
+        row = await cur.fetchone()
+        # Aggregates without GROUP BY: always exactly one row, even over empty tables.
+        assert row is not None
+        skus, holds = row
     for line in violations:
         print(line)
     print(f"audit: {skus} SKUs, {holds} holds, {len(violations)} violation(s)", file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Awaitable, Callable
@@ -59,7 +60,7 @@ def _key_of(change: inventory_pb2.HoldChange) -> str:
     return getattr(change, change.WhichOneof("change")).idempotency_key
 
 
-def _holds(messages, trailers: dict | None = None) -> list[Hold]:
+def _holds(messages: Iterable[inventory_pb2.Hold], trailers: dict[str, str] | None = None) -> list[Hold]:
     replayed = (trailers or {}).get(REPLAYED_METADATA) == "true"
     return [replace(Hold.of(m), replayed=replayed) for m in messages]
 

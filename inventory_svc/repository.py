@@ -6,6 +6,7 @@ import hashlib
 import uuid
 from dataclasses import replace
 from datetime import datetime, timezone
+from typing import TypedDict, Unpack
 
 from psycopg import AsyncConnection, AsyncCursor
 
@@ -31,7 +32,10 @@ async def lock_skus(conn: AsyncConnection, skus: list[str]) -> None:
 async def try_lock_sku(conn: AsyncConnection, sku: str) -> bool:
     """Takes the SKU's lock if no one holds it; False at once otherwise."""
     cur = await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (sku_lock_key(sku),))
-    return (await cur.fetchone())[0]
+    row = await cur.fetchone()
+    # A SELECT of one function call without FROM: always exactly one row.
+    assert row is not None
+    return row[0]
 
 
 _MOVE = """
@@ -58,10 +62,12 @@ async def move(conn: AsyncConnection, *, sku: str, reason: str, on_hand_delta: i
                                    actor=actor, hold=hold_id, order=order_id))
 
 
-async def move_and_read(conn: AsyncConnection, **kwargs) -> StockRow:
+async def move_and_read(conn: AsyncConnection, *, sku: str, reason: str, on_hand_delta: int, reserved_delta: int,
+                        actor: str, now: datetime, hold_id: str | None = None, order_id: str | None = None) -> StockRow:
     """`move`, then the SKU's figures after it."""
-    await move(conn, **kwargs)
-    return (await stock_rows(conn, [kwargs["sku"]]))[kwargs["sku"]]
+    await move(conn, sku=sku, reason=reason, on_hand_delta=on_hand_delta, reserved_delta=reserved_delta, actor=actor,
+               now=now, hold_id=hold_id, order_id=order_id)
+    return (await stock_rows(conn, [sku]))[sku]
 
 
 async def reclaim_expired(conn: AsyncConnection, skus: list[str], now: datetime | None, actor: str) -> AsyncCursor:
@@ -152,7 +158,18 @@ async def get_holds(conn: AsyncConnection, ids: list[str]) -> dict[str, HoldReco
     return {r[0]: HoldRecord(*r) for r in await cur.fetchall()}
 
 
-async def update_hold(conn: AsyncConnection, hold: HoldRecord, now: datetime, **changes) -> HoldRecord:
+class HoldChanges(TypedDict, total=False):
+    """The fields of a hold `update_hold` writes, each one optional."""
+
+    owner: str
+    qty: int
+    state: str
+    expires_at: datetime
+    order_id: str | None
+
+
+async def update_hold(conn: AsyncConnection, hold: HoldRecord, now: datetime,
+                      **changes: Unpack[HoldChanges]) -> HoldRecord:
     """Writes changed fields of an active hold; an ending state also stamps ended_at."""
     new = replace(hold, **changes)
     await conn.execute(
@@ -241,8 +258,11 @@ async def take_stock(conn: AsyncConnection, skus: list[str], hold_ids: list[str]
             "                 UNION SELECT buyer FROM inventory.holds WHERE id = ANY(%(ids)s::uuid[]))"
             " GROUP BY sku, buyer",
             dict(skus=skus, counted=list(COUNTED), buyers=buyers, ids=hold_ids))
+    instant = await now.fetchone()
+    # A SELECT of one expression without FROM: always exactly one row.
+    assert instant is not None
     take = StockTake(
-        now=(await now.fetchone())[0],
+        now=instant[0],
         stock={r[0]: StockRow(*r) for r in await stock.fetchall()},
         holds={r[0]: HoldRecord(*r) for r in await holds.fetchall()} if holds is not None else {},
         buyer_units={(sku, buyer): n for sku, buyer, n in await units.fetchall()} if units is not None else {},

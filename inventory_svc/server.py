@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable, Coroutine
 
 from inventory_svc.service import Inventory
 from inventory_svc.servicer import InventoryServicer
@@ -27,7 +28,7 @@ class InventorySettings(EnvSettings):
 SWEEP_BATCH = 100
 
 
-def sweeper(inventory: Inventory, interval: float):
+def sweeper(inventory: Inventory, interval: float) -> Callable[[], Coroutine[Any, Any, None]]:
     """The background sweep: reclaims expired holds in every replica at once without stepping on the others."""
 
     async def sweep() -> bool:

@@ -2,41 +2,30 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
-import logging
-import uuid
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable, TypeVar
 
-import cachetools
-from psycopg import AsyncConnection, sql
+from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from inventory_svc import repository as repo
+from inventory_svc.answers import IDEMPOTENCY_TABLE, decode_holds, decode_stock, encode
+from inventory_svc.batched_writes import MAX_CALLS_PER_TRANSACTION, BatchedWrites
 from inventory_svc.coalescer import Coalescer
-from inventory_svc.model import (ACTIVE, COMMITTED, EXPIRED, RELEASED, HoldRecord, StockRow, StockTake, check_owner,
+from inventory_svc.model import (ACTIVE, COMMITTED, EXPIRED, RELEASED, HoldRecord, StockRow, check_owner,
                                  check_qty, hold_not_found, not_active, out_of_stock, purchase_limit, sku_not_found)
-from shop_runtime import idempotency, metrics
+from inventory_svc.sweep import sweep_once
+from inventory_svc.validation import (MAX_BATCH, MAX_LINES, MAX_ON_HAND, MAX_TTL_SECONDS, check_hold_ids, check_limit,
+                                      check_text, check_ttl, check_uuids)
+from shop_runtime import idempotency
 from shop_runtime.clock import Clock
-from shop_runtime.errors import ServiceError, invalid_argument
+from shop_runtime.errors import invalid_argument
 from shop_runtime.reasons import refuse
 from shop_runtime.validation import distinct_batch
 
-_LOGGER = logging.getLogger(__name__)
-
-MAX_BATCH = 500
-MAX_LINES = 100
-MAX_TTL_SECONDS = 86_400
-MAX_ON_HAND = 1_000_000
-MAX_OWNER = 200
-IDEMPOTENCY_TABLE = sql.Identifier("inventory", "idempotency")
-SWEEPER_ACTOR = "inventory-sweeper"
-# The most calls one coalesced transaction decides; the rest wait for the next one.
-MAX_CALLS_PER_TRANSACTION = 200
-# How many hold -> SKU lookups a process remembers (a hold's SKU never changes).
-HOLD_SKU_CACHE = 100_000
+# What a transaction of its own answers: holds (extend_holds) or a SKU's figures (set_stock).
+Answer = TypeVar("Answer", list[HoldRecord], StockRow)
 
 
 @dataclass(frozen=True)
@@ -47,211 +36,47 @@ class Line:
     qty: int
 
 
-@dataclass
-class _Call:
-    """One stock-changing call on its way into a transaction: its idempotency key and what it decides there."""
-
-    operation: str
-    key: str
-    fingerprint: bytes
-    actor: str
-    skus: list[str]
-    # Existing holds it names, read under the locks; buyers whose units it counts (None: no limit asked).
-    hold_ids: list[str]
-    buyers: list[str] | None
-    decide: Callable[[StockTake], list[HoldRecord]]
-    future: asyncio.Future = field(default=None)  # type: ignore[assignment]
-
-
-def batch_failed() -> ServiceError:
-    """UNAVAILABLE: the transaction a call was decided in did not commit; nothing of it took effect."""
-    return refuse("STOCK_WRITE_FAILED",
-                  "the stock change could not be written and did not take effect; retry with the same key")
-
-
-# --- validation ---------------------------------------------------------------------------------
-
-def _check_ttl(ttl: int) -> int:
-    if not 1 <= ttl <= MAX_TTL_SECONDS:
-        raise invalid_argument("ttl_seconds", f"ttl_seconds must be within 1..{MAX_TTL_SECONDS}")
-    return ttl
-
-
-def _check_text(value: str, field: str, maximum: int = MAX_OWNER) -> str:
-    if not 1 <= len(value) <= maximum:
-        raise invalid_argument(field, f"{field} must be 1..{maximum} characters")
-    return value
-
-
-def _check_limit(limit: int) -> int:
-    if limit < 0:
-        raise invalid_argument("max_units_per_buyer", "max_units_per_buyer must be 0 (no limit) or more")
-    return limit
-
-
-def _check_uuids(ids: list[str]) -> list[str]:
-    for hold_id in ids:
-        try:
-            uuid.UUID(hold_id)
-        except ValueError:
-            raise invalid_argument("hold_ids", f"{hold_id!r} is not a hold id") from None
-    return ids
-
-
-def _check_hold_ids(ids: list[str]) -> list[str]:
-    if not ids:
-        raise invalid_argument("hold_ids", "at least one hold id is required")
-    if len(set(ids)) != len(ids):
-        raise invalid_argument("hold_ids", "a hold id is named twice")
-    if len(ids) > MAX_LINES:
-        raise invalid_argument("hold_ids", f"at most {MAX_LINES} holds per call")
-    return _check_uuids(ids)
-
-
-# --- stored answers of idempotent calls -----------------------------------------------------------
-
-def _encode(result: list[HoldRecord] | StockRow) -> bytes:
-    if isinstance(result, StockRow):
-        return json.dumps({"stock": asdict(result)}).encode()
-    # Field by field rather than dataclasses.asdict, whose deep copies cost more than the rest of a hold's call.
-    return json.dumps({"holds": [
-        {"id": h.id, "owner": h.owner, "sku": h.sku, "qty": h.qty, "state": h.state,
-         "expires_at": h.expires_at.isoformat(), "order_id": h.order_id, "buyer": h.buyer} for h in result]}).encode()
-
-
-def _decode(data: bytes) -> list[HoldRecord] | StockRow:
-    """A stored answer; its holds are marked `replayed` (as they were when first answered)."""
-    doc = json.loads(data)
-    if "stock" in doc:
-        return StockRow(**doc["stock"])
-    return [HoldRecord(**(h | {"expires_at": datetime.fromisoformat(h["expires_at"]), "replayed": True}))
-            for h in doc["holds"]]
-
-
 class Inventory:
     """Stock, holds and the ledger of the inventory schema; the only writer of stock.
 
-    Holds, resizes, releases and sales go through one transaction runner (`_decide`), which coalesces
-    concurrent calls on the same SKU (inventory_svc.coalescer) and decides them against a StockTake
+    Holds, resizes, releases and sales go through one transaction runner (inventory_svc.batched_writes), which
+    coalesces concurrent calls on the same SKU (inventory_svc.coalescer) and decides them against a StockTake
     (inventory_svc.model); moves to an order and admin stock changes run one transaction per call.
     """
 
     def __init__(self, pool: AsyncConnectionPool, clock: Clock, *, max_calls: int = MAX_CALLS_PER_TRANSACTION):
         self._pool = pool
         self._clock = clock
-        self._coalescer: Coalescer[_Call] = Coalescer(self._decide, max_calls)
-        self._hold_skus: cachetools.LRUCache[str, str] = cachetools.LRUCache(HOLD_SKU_CACHE)
+        self._batches = BatchedWrites(pool, clock, max_calls)
 
     @property
     def coalescer(self) -> Coalescer:
         """The transactions run so far and the calls they decided (for metrics)."""
-        return self._coalescer
+        return self._batches.coalescer
 
     # --- the coalesced writes -------------------------------------------------------------------
-
-    async def _submit(self, operation: str, key: str, args: tuple, actor: str, skus: list[str],
-                      decide: Callable[[StockTake], list[HoldRecord]], *, hold_ids: list[str] = (),
-                      buyers: list[str] | None = None) -> list[HoldRecord]:
-        key = idempotency.check_key(key)
-        call = _Call(operation, key, idempotency.fingerprint(operation, *args) if key else b"", actor, skus,
-                     list(hold_ids), buyers, decide)
-        return await self._coalescer.submit(skus, call)
-
-    async def _decide(self, skus: list[str], calls: list[_Call]) -> None:
-        """One transaction: claims the calls' keys, locks the SKUs, reclaims their expired holds, decides each call in
-        order against what it finds, writes the end result and commits; then answers each call. Two round trips:
-        everything up to the reads, then the writes with the COMMIT. A failure of the transaction fails its calls
-        (and only them) with STOCK_WRITE_FAILED."""
-        answers: dict[int, list[HoldRecord] | ServiceError] = {}
-        replays: set[int] = set()
-        try:
-            # Pipeline mode: the statements whose answers are not needed to go on travel together: the key claims,
-            # the lock, clock, reclaim and reads in one round trip, the writes with the COMMIT.
-            async with self._pool.connection() as conn, conn.pipeline():
-                async with conn.transaction():
-                    keyed = [c for c in calls if c.key]
-                    claims = await idempotency.claim_many(
-                        conn, IDEMPOTENCY_TABLE, [(c.operation, c.key, c.fingerprint) for c in keyed]) if keyed else None
-                    buyers = [b for c in calls if c.buyers is not None for b in c.buyers]
-                    needs_units = any(c.buyers is not None for c in calls)
-                    take = await repo.take_stock(conn, skus, [h for c in calls for h in c.hold_ids],
-                                                 buyers if needs_units else None, self._clock.fixed(),
-                                                 calls[0].actor)
-                    stored = await claims() if claims is not None else {}
-                    recorded: list[tuple[str, str, bytes]] = []
-                    refused: list[tuple[str, str]] = []
-                    for i, call in enumerate(calls):
-                        earlier = stored.get((call.operation, call.key)) if call.key else None
-                        if earlier is not None:
-                            digest, response = earlier
-                            answers[i] = (_decode(response) if digest == call.fingerprint
-                                          else idempotency.reused(call.operation))
-                            replays.add(i)
-                            continue
-                        try:
-                            holds = call.decide(take)
-                        except ServiceError as err:
-                            answers[i] = err
-                            if call.key:
-                                refused.append((call.operation, call.key))
-                            continue
-                        answers[i] = holds
-                        if call.key:
-                            recorded.append((call.operation, call.key, _encode(holds)))
-                    await repo.write_take(conn, take)
-                    await idempotency.record_many(conn, IDEMPOTENCY_TABLE, recorded, refused)
-            metrics.HOLDS_EXPIRED.inc(take.reclaimed)
-        except Exception:
-            _LOGGER.exception("stock transaction for %s (%d call(s)) failed; none of them took effect",
-                              ",".join(skus), len(calls))
-            answers = {i: batch_failed() for i in range(len(calls))}
-        metrics.TRANSACTION_CALLS.observe(len(calls))
-        for i, call in enumerate(calls):
-            answer = answers[i]
-            outcome = answer.reason if isinstance(answer, ServiceError) else "REPLAYED" if i in replays else "OK"
-            metrics.HOLD_CALLS.labels(call.operation, outcome).inc()
-            if call.future.done():  # its waiter is gone (the process is stopping)
-                continue
-            if isinstance(answer, ServiceError):
-                call.future.set_exception(answer)
-            else:
-                for hold in answer:
-                    self._hold_skus[hold.id] = hold.sku
-                call.future.set_result(answer)
-
-    async def _skus_of(self, ids: list[str]) -> dict[str, str]:
-        """hold id -> SKU (a hold's SKU never changes, so remembered); HOLD_NOT_FOUND for an unknown hold."""
-        found = {i: self._hold_skus[i] for i in ids if i in self._hold_skus}
-        if missing := [i for i in ids if i not in found]:
-            async with self._pool.connection() as conn:
-                found |= await repo.hold_skus(conn, missing)
-            for i in missing:
-                if i not in found:
-                    raise hold_not_found(i)
-                self._hold_skus[i] = found[i]
-        return found
 
     async def create_holds(self, owner: str, lines: list[Line], ttl_seconds: int, *, key: str = "", actor: str,
                            buyer: str = "", max_units_per_buyer: int = 0) -> list[HoldRecord]:
         """Holds every line's units for `owner` until now + ttl, or nothing at all; with a limit, no line may take
         the buyer past max_units_per_buyer units of its SKU held or sold in all."""
-        _check_text(owner, "owner")
-        _check_ttl(ttl_seconds)
+        check_text(owner, "owner")
+        check_ttl(ttl_seconds)
         if buyer:
-            _check_text(buyer, "buyer")
-        _check_limit(max_units_per_buyer)
+            check_text(buyer, "buyer")
+        check_limit(max_units_per_buyer)
         if not 1 <= len(lines) <= MAX_LINES:
             raise invalid_argument("lines", f"1..{MAX_LINES} lines per call")
         if len({line.sku for line in lines}) != len(lines):
             raise invalid_argument("lines", "a SKU is named twice")
         for line in lines:
-            _check_text(line.sku, "sku")
+            check_text(line.sku, "sku")
             check_qty(line.qty)
         wanted = {line.sku: line.qty for line in lines}
         limit = max_units_per_buyer if buyer else 0
         # The fingerprint leaves the limit out: a retry under a changed setting is still the same request.
         args = (owner, [{"sku": x.sku, "qty": x.qty} for x in lines], ttl_seconds) + ((buyer,) if buyer else ())
-        return await self._submit(
+        return await self._batches.submit(
             "create_holds", key, args, actor, list(wanted),
             lambda take: take.create(owner, wanted, ttl_seconds, actor, buyer=buyer or None, limit=limit),
             buyers=[buyer] if limit else None)
@@ -262,16 +87,16 @@ class Inventory:
         """Sets an active hold's quantity, or grows it by `add` (and, with a ttl, sets its expiry), taking or
         giving back the difference; with max_qty, never above it (QTY_LIMIT); with a limit, never growing its
         buyer past max_units_per_buyer units of its SKU (PURCHASE_LIMIT)."""
-        _check_hold_ids([hold_id])
+        check_hold_ids([hold_id])
         if add:
             check_qty(add, "add_qty")
         else:
             check_qty(qty)
         if ttl_seconds:
-            _check_ttl(ttl_seconds)
-        _check_limit(max_units_per_buyer)
-        skus = await self._skus_of([hold_id])
-        (resized,) = await self._submit(
+            check_ttl(ttl_seconds)
+        check_limit(max_units_per_buyer)
+        skus = await self._batches.skus_of([hold_id])
+        (resized,) = await self._batches.submit(
             "resize_hold", key, (hold_id, qty, ttl_seconds, owner, add, max_qty), actor, [skus[hold_id]],
             lambda take: [take.resize(hold_id, actor, qty=qty, add=add, ttl_seconds=ttl_seconds, owner=owner,
                                       max_qty=max_qty, limit=max_units_per_buyer)],
@@ -281,10 +106,10 @@ class Inventory:
     async def _end_holds(self, operation: str, ids: list[str], state: str, key: str, actor: str,
                          owner: str = "") -> list[HoldRecord]:
         """Ends active holds as RELEASED (units back) or COMMITTED (units sold), all or nothing."""
-        _check_hold_ids(ids)
-        skus = await self._skus_of(ids)
-        return await self._submit(operation, key, (ids, owner), actor, sorted(set(skus.values())),
-                                  lambda take: take.end(ids, state, actor, owner=owner), hold_ids=ids)
+        check_hold_ids(ids)
+        skus = await self._batches.skus_of(ids)
+        return await self._batches.submit(operation, key, (ids, owner), actor, sorted(set(skus.values())),
+                                          lambda take: take.end(ids, state, actor, owner=owner), hold_ids=ids)
 
     async def release_holds(self, ids: list[str], *, key: str = "", actor: str, owner: str = "") -> list[HoldRecord]:
         """Gives the holds' units back; with `owner`, only if they are still theirs."""
@@ -296,9 +121,9 @@ class Inventory:
 
     # --- one transaction per call ---------------------------------------------------------------
 
-    async def _write(self, operation: str, key: str, args: tuple,
-                     work: Callable[[AsyncConnection], Awaitable[list[HoldRecord] | StockRow]]):
-        """Runs one stock-changing transaction, replaying the stored answer for a key already used.
+    async def _write(self, operation: str, key: str, args: tuple[Any, ...],
+                     work: Callable[[AsyncConnection], Awaitable[Answer]], decode: Callable[[bytes], Answer]) -> Answer:
+        """Runs one stock-changing transaction, replaying the stored answer (read by `decode`) for a key already used.
 
         `work` takes its SKU locks first and then reads the time (`_locked_now`): every decision of
         expiry is made by the database's clock, at an instant when no one else can change those SKUs.
@@ -313,10 +138,10 @@ class Inventory:
                     stored = await idempotency.claim(conn, IDEMPOTENCY_TABLE, operation, key,
                                                      idempotency.fingerprint(operation, *args))
                     if stored is not None:
-                        return _decode(stored)
+                        return decode(stored)
                 result = await work(conn)
                 if key:
-                    await idempotency.record(conn, IDEMPOTENCY_TABLE, operation, key, _encode(result))
+                    await idempotency.record(conn, IDEMPOTENCY_TABLE, operation, key, encode(result))
                 return result
 
     async def _locked_now(self, conn: AsyncConnection, skus: list[str], actor: str) -> datetime:
@@ -351,12 +176,12 @@ class Inventory:
         """Moves holds to `owner`/`order_id` (empty: no order) until now + ttl; expired ones are held anew if
         their units are free (and, with a limit, their buyer stays within it); with from_owner, only holds still
         that owner's."""
-        _check_hold_ids(ids)
-        _check_text(owner, "owner")
+        check_hold_ids(ids)
+        check_text(owner, "owner")
         if order_id:
-            _check_text(order_id, "order_id")
-        _check_ttl(ttl_seconds)
-        _check_limit(max_units_per_buyer)
+            check_text(order_id, "order_id")
+        check_ttl(ttl_seconds)
+        check_limit(max_units_per_buyer)
 
         async def work(conn: AsyncConnection) -> list[HoldRecord]:
             # An expired hold already held again stands for its replacement: a retry of the move, with
@@ -395,11 +220,12 @@ class Inventory:
                 result.append(new)
             return result
 
-        return await self._write("extend_holds", key, (ids, owner, order_id, ttl_seconds, from_owner), work)
+        return await self._write("extend_holds", key, (ids, owner, order_id, ttl_seconds, from_owner), work,
+                                 decode_holds)
 
     async def get_holds(self, ids: list[str]) -> list[HoldRecord]:
         """The holds among `ids`, with their state as of now."""
-        ids = _check_uuids(distinct_batch(ids, "hold_ids", MAX_BATCH))
+        ids = check_uuids(distinct_batch(ids, "hold_ids", MAX_BATCH))
         async with self._pool.connection() as conn:
             found = await repo.get_holds(conn, ids)
             now = await self._clock.db_now(conn)
@@ -407,13 +233,13 @@ class Inventory:
 
     async def active_holds(self, owner_prefix: str, min_age_seconds: int, after: str, limit: int) -> list[HoldRecord]:
         """A page of active holds of owners starting with `owner_prefix`, made min_age_seconds ago or earlier."""
-        _check_text(owner_prefix, "owner_prefix")
+        check_text(owner_prefix, "owner_prefix")
         if not 1 <= limit <= MAX_BATCH:
             raise invalid_argument("limit", f"limit must be within 1..{MAX_BATCH}")
         if not 0 <= min_age_seconds <= MAX_TTL_SECONDS:
             raise invalid_argument("min_age_seconds", f"min_age_seconds must be within 0..{MAX_TTL_SECONDS}")
         if after:
-            _check_uuids([after])
+            check_uuids([after])
         async with self._pool.connection() as conn:
             now = await self._clock.db_now(conn)
             return await repo.active_holds(conn, owner_prefix, now - timedelta(seconds=min_age_seconds),
@@ -430,7 +256,7 @@ class Inventory:
 
     async def get_stock(self, sku: str) -> StockRow:
         """One SKU's figures as of now; NOT_FOUND (SKU_NOT_FOUND) without a stock row."""
-        _check_text(sku, "sku")
+        check_text(sku, "sku")
         async with self._pool.connection() as conn:
             found = await repo.effective_stock(conn, [sku], await self._clock.db_now(conn))
         if sku not in found:
@@ -439,7 +265,7 @@ class Inventory:
 
     async def set_stock(self, sku: str, on_hand: int, *, key: str = "", actor: str) -> StockRow:
         """Sets the units on hand (creating the SKU's stock); never below what is held."""
-        _check_text(sku, "sku")
+        check_text(sku, "sku")
         if not 0 <= on_hand <= MAX_ON_HAND:
             raise invalid_argument("onHand", f"onHand must be within 0..{MAX_ON_HAND}")
 
@@ -457,19 +283,8 @@ class Inventory:
             return await repo.move_and_read(conn, sku=sku, reason="ADJUST", on_hand_delta=on_hand - row.on_hand,
                                             reserved_delta=0, actor=actor, now=now)
 
-        return await self._write("set_stock", key, (sku, on_hand), work)
+        return await self._write("set_stock", key, (sku, on_hand), work, decode_stock)
 
     async def sweep_once(self, limit: int = 100) -> int:
         """Reclaims expired holds of up to `limit` SKUs; a SKU whose lock is taken is left to its holder."""
-        async with self._pool.connection() as conn:
-            skus = await repo.skus_with_expired_holds(conn, await self._clock.db_now(conn), limit)
-        reclaimed = 0
-        for sku in skus:
-            async with self._pool.connection() as conn:
-                async with conn.transaction():
-                    # Another replica's sweeper, or a write for this SKU, is reclaiming it right now.
-                    if await repo.try_lock_sku(conn, sku):
-                        now = await self._clock.db_now(conn)
-                        reclaimed += (await repo.reclaim_expired(conn, [sku], now, SWEEPER_ACTOR)).rowcount
-        metrics.HOLDS_EXPIRED.inc(reclaimed)
-        return reclaimed
+        return await sweep_once(self._pool, self._clock, limit)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any, Awaitable, Callable
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -98,7 +99,10 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
             if kind is None:
                 return inventory_pb2.HoldChangeResult(status=invalid_argument("change", "a change is required")
                                                       .to_status_message())
-            do = {"create": self._create, "resize": self._resize, "release": self._release}[kind]
+            # Any: each takes the request message of its own kind, the one `kind` names.
+            kinds: dict[str, Callable[[Any, str, str], Awaitable[list[HoldRecord]]]] = {
+                "create": self._create, "resize": self._resize, "release": self._release}
+            do = kinds[kind]
             inner = getattr(change, kind)
             try:
                 holds = await do(inner, inner.idempotency_key, change.user or caller)

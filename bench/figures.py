@@ -1,0 +1,166 @@
+"""The flash-sale bench's figures: the load each puts on a running suite, and their ratios to their ceilings."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import urllib.request
+from pathlib import Path
+
+from bench import grpc_load, pgbench, wrk
+from bench.holds import plain_sql
+from bench.noop_gateway import NOOP_GET_PATH, NOOP_POST_PATH
+from bench.report import FIGURES, Figure, pct
+from bench.suite import Suite
+from gateway.identity import issue_token
+
+_LOGGER = logging.getLogger("bench")
+
+# The hot product of the REST figures: the demo catalog's first product ("Wireless Mouse"), always there.
+HOT_SKU = "EL-0001"
+# The gRPC holds take units of a SKU of their own, so the two figures do not draw on one stock.
+GRPC_HOT_SKU = "BENCH-HOLDS"
+# The most SetStock allows on hand.
+MAX_ON_HAND = 1_000_000
+# A cart line holds at most this many units: a user who passes it gets 400 QTY_LIMIT.
+MAX_LINE_QTY = 100
+# The listing figure rotates over these searches (prefixes of words in the demo catalog's names and
+# descriptions; `a` matches most of it) and sort orders, page 1 of 20: what a crowd browsing a sale asks.
+LISTING_SEARCHES = ("a", "wireless", "cotton", "organic", "mous", "stainless", "batik", "kids")
+LISTING_SORTS = (("price", "asc"), ("sales", "desc"), ("name", "asc"), ("newest", "desc"))
+
+
+def _http(method: str, url: str, token: str, body: dict) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method=method,
+                                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+class Bench(Suite):
+    """A running suite and the measurements made on it."""
+
+    def __init__(self, args: argparse.Namespace, work: Path) -> None:
+        super().__init__(args, work)
+        self.figures: dict[str, Figure] = {}
+        self.warmups: dict[str, wrk.RestRun] = {}
+        self.notes: list[str] = []
+
+    # --- the figures -----------------------------------------------------------------------------------
+
+    def _grpc(self, key: str, name: str, kind: str, sku: str = "") -> None:
+        args = self.args
+        targets = self._targets("inventory")
+        _LOGGER.info("%s: %d callers in %d process(es) on %s, %ss", name, args.grpc_callers, args.grpc_clients,
+                     ", ".join(targets), args.duration)
+        run = grpc_load.run(grpc_load.Load(
+            targets=targets, kind=kind, callers=args.grpc_callers, seconds=args.duration,
+            warmup_seconds=args.warmup, processes=args.grpc_clients, sku=sku, tls_dir=str(self.tls_dir or "")))
+        self.figures[key] = Figure(name, run.rate, pct(run.latencies_ms, 50), pct(run.latencies_ms, 99),
+                                   dict(run.codes))
+        self.memory.sample()
+
+    def _pgbench(self) -> None:
+        args = self.args
+        name = f"ceiling: 1 tx per hold, pgbench, {args.sql_clients} conns"
+        _LOGGER.info("%s, %ss", name, args.duration)
+        rate, latencies = pgbench.one_tx_per_hold(self.dsn, args.sql_clients, args.duration, args.warmup)
+        self.figures["pgbench"] = Figure(name, rate, pct(latencies, 50), pct(latencies, 99))
+        self.memory.sample()
+
+    def _sql(self) -> None:
+        args = self.args
+        name = f"ceiling: 1 tx per hold, Python client, {args.sql_clients} conns"
+        _LOGGER.info("%s, %ss", name, args.duration)
+        asyncio.run(plain_sql(self.dsn, args.sql_clients, 10_000, args.warmup))
+        rate, latencies = asyncio.run(plain_sql(self.dsn, args.sql_clients, 10_000_000, args.duration))
+        self.figures["sql"] = Figure(name, rate, pct(latencies, 50), pct(latencies, 99))
+        self.memory.sample()
+
+    def _rest(self, key: str, name: str, paths: list[str], *, tokens: list[str] | None = None, method: str = "GET",
+              body: str = "") -> None:
+        args = self.args
+        common = dict(connections=args.connections, threads=args.wrk_threads, work_dir=self.work, method=method,
+                      body=body)
+        _LOGGER.info("%s: %d connections, %ss", name, args.connections, args.duration)
+        if args.warmup:
+            self.warmups[key] = wrk.run(self.base_url, paths, seconds=args.warmup, tokens=tokens, **common)
+        run = wrk.run(self.base_url, paths, seconds=args.duration, tokens=tokens, **common)
+        statuses = dict(run.statuses)
+        for kind, count in run.errors.items():
+            statuses[f"socket {kind}"] = count
+        self.figures[key] = Figure(name, run.rate, run.p50_ms, run.p99_ms, statuses)
+        self.memory.sample()
+
+    def measure(self) -> None:
+        """Every figure selected, one after another."""
+        args = self.args
+        wanted = set(args.only or FIGURES)
+        # Every token is in hand before the first measurement, so no signing runs beside one.
+        users = self._tokens() if wanted & {"noop-post", "chart"} else None
+        admin = issue_token(self.secrets, "bench-admin", "admin")
+        for sku in (HOT_SKU, GRPC_HOT_SKU):
+            _http("PUT", f"{self.base_url}/admin/stock/{sku}", admin, {"onHand": MAX_ON_HAND})
+        if "noop-grpc" in wanted:
+            self._grpc("noop-grpc", f"ceiling: no-op gRPC, {args.grpc_callers} callers", grpc_load.NOOP)
+        if "holds" in wanted:
+            self._grpc("holds", f"gRPC holds, 1 hot SKU, {args.grpc_callers} callers", grpc_load.HOLDS,
+                       GRPC_HOT_SKU)
+        if "sql" in wanted:
+            self._sql()
+        if "pgbench" in wanted:
+            self._pgbench()
+        if "noop-get" in wanted:
+            self._rest("noop-get", "ceiling: no-op REST via Envoy, GET", [NOOP_GET_PATH])
+        if "noop-post" in wanted:
+            self._rest("noop-post", "ceiling: no-op REST via Envoy, POST + token", [NOOP_POST_PATH],
+                       tokens=users, method="POST", body='{"service": ""}')
+        if "chart" in wanted:
+            body = json.dumps({"sku": HOT_SKU, "qty": 1})
+            self._rest("chart", f"POST /chart, 1 hot SKU, {args.users} users", ["/chart"], tokens=users,
+                       method="POST", body=body)
+            self._check_chart()
+        if "product" in wanted:
+            self._rest("product", f"GET /catalogs/{HOT_SKU} (the hot SKU)", [f"/catalogs/{HOT_SKU}"])
+        if "listing" in wanted:
+            paths = [f"/catalogs?search={s}&sortBy={by}&sortDir={d}&limit=20"
+                     for s in LISTING_SEARCHES for by, d in LISTING_SORTS]
+            self._rest("listing", f"GET /catalogs search+sort, {args.products} products", paths)
+        self._ratios()
+
+    def _check_chart(self) -> None:
+        """Notes what would make the POST /chart figure measure something other than holds."""
+        chart = self.figures["chart"]
+        warm = self.warmups.get("chart")
+        # The warm-up's adds grow the same users' lines.
+        per_user = (chart.statuses.get("200", 0) + (warm.statuses.get("200", 0) if warm else 0)) / self.args.users
+        if per_user > MAX_LINE_QTY * 0.8:
+            self.notes.append(f"POST /chart: {per_user:.0f} units added per user, near the line limit of"
+                              f" {MAX_LINE_QTY}: use more --users or a shorter --duration")
+        # Each user's requests come evenly spaced (wrk rotates the tokens), so a user stays under the gateway's
+        # per-user limit when the average does; a 429 then means the gateway shed load, not one user.
+        rate_per_user = chart.rate / self.args.users
+        limit = (f"the gateway's per-user limit: {self.rate_limit[0]}/s, burst {self.rate_limit[1]}"
+                 if self.rate_limit else "the gateway has no per-user limit")
+        self.notes.append(f"POST /chart: {rate_per_user:.2f} requests/s per user ({limit})")
+        if self.rate_limit and rate_per_user > 0.8 * self.rate_limit[0]:
+            self.notes.append("POST /chart: users near their rate limit; use more --users to measure holds, not 429s")
+
+    def _ratios(self) -> None:
+        f = self.figures
+
+        def ratio(key: str, ceiling: str, label: str, target: float | None = None) -> None:
+            if key in f and ceiling in f and f[ceiling].rate:
+                f[key].ratios.append((f[key].rate / f[ceiling].rate, label, target))
+
+        ratio("holds", "noop-grpc", "no-op gRPC", 0.6)
+        # The issue's figure of one transaction per hold came from pgbench; the Python client's is beside it.
+        ratio("holds", "pgbench", "1 tx/hold pgbench", 3.0)
+        ratio("holds", "sql", "1 tx/hold Python", None if "pgbench" in f else 3.0)
+        ratio("chart", "noop-post", "no-op POST", 0.3)
+        ratio("chart", "noop-get", "no-op GET")
+        ratio("product", "noop-get", "no-op GET", 0.6)
+        ratio("listing", "noop-get", "no-op GET", 0.5)
+        ratio("noop-post", "noop-get", "no-op GET")
