@@ -69,7 +69,7 @@ def setting(var: str, default: N, *, minimum: N | None = None, maximum: N | None
     """A field of an EnvSettings class: read from `var` as the default's type (int or float), within bounds; a
     float is never below 0 unless `minimum` says otherwise."""
     if minimum is None and isinstance(default, float):
-        minimum = 0.0
+        minimum = type(default)(0)  # a float setting: its floor is 0.0
     return field(default=default, metadata={"var": var, "minimum": minimum, "maximum": maximum})
 
 
