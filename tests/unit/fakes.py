@@ -20,7 +20,7 @@ from catalog_svc.client import Product
 from inventory_svc.client import ACTIVE, COMMITTED, EXPIRED, RELEASED, Hold, InventoryClient
 from order_svc.model import PAID, PENDING, PENDING_PAYMENT, OrderRecord, PaymentAttempt
 from order_svc.payments import Charge, ProviderUnavailable
-from shop_runtime.clock import ManualClock
+from tests.clock import ManualClock
 from shop_runtime.errors import ServiceError, unavailable
 
 

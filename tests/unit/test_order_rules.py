@@ -17,7 +17,7 @@ from order_svc import repository
 from order_svc.model import DECLINED, EXPIRED, PAID, PENDING, PENDING_PAYMENT, REFUNDED, SUCCEEDED
 from order_svc.payments import PaymentProvider
 from order_svc.service import Orders
-from shop_runtime.clock import ManualClock
+from tests.clock import ManualClock
 from shop_runtime.live_settings import LiveSettings
 from tests.unit.fakes import (FakeCart, FakeCartRepository, FakeCatalog, FakeConnection, FakeInventory,
                               assert_fakes_match, refused,
