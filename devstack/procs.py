@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from devstack import supervise
 from devstack.stack import Ports, ProcessSpec, consul_process, http_get
 
 _LOGGER = logging.getLogger(__name__)
@@ -26,22 +27,12 @@ LOG_TAIL = 3000
 PORT_ATTEMPTS = 4
 
 
-class Proc:
-    """A process started on its own, logging to a file, stopped (and reaped) by whoever started it."""
+class _Logged:
+    """A started process (`popen`) whose output goes to the file `log_path`."""
 
-    def __init__(self, spec: ProcessSpec, log_dir: Path):
-        self.name = spec.name
-        self.env = spec.env
-        self.log_path = log_dir / f"{spec.name}-{uuid.uuid4().hex[:6]}.log"
-        self._log = self.log_path.open("wb")
-        self.popen = subprocess.Popen(
-            spec.argv, env=spec.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    @property
-    def pid(self) -> int:
-        """The process id."""
-        return self.popen.pid
+    name: str
+    log_path: Path
+    popen: subprocess.Popen
 
     def log(self) -> str:
         """What the process has printed so far."""
@@ -57,6 +48,24 @@ class Proc:
         """Whether it failed because a port it was given was taken."""
         text = self.log().lower()
         return any(sign in text for sign in PORT_TAKEN)
+
+
+class Proc(_Logged):
+    """A process started on its own, logging to a file, stopped (and reaped) by whoever started it."""
+
+    def __init__(self, spec: ProcessSpec, log_dir: Path):
+        self.name = spec.name
+        self.env = spec.env
+        self.log_path = log_dir / f"{spec.name}-{uuid.uuid4().hex[:6]}.log"
+        self._log = self.log_path.open("wb")
+        self.popen = subprocess.Popen(
+            spec.argv, env=spec.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    @property
+    def pid(self) -> int:
+        """The process id."""
+        return self.popen.pid
 
     def signal(self, signum: int) -> None:
         """Sends `signum` to the process."""
@@ -100,13 +109,25 @@ def consul_ready(http_addr: str) -> bool:
 class NotUp(AssertionError):
     """Processes that did not come up; the message ends with the tail of their logs."""
 
-    def __init__(self, what: str, procs: list[Proc], why: str = ""):
+    def __init__(self, what: str, procs: list[_Logged], why: str = ""):
         self.port_taken = any(p.port_taken() for p in procs)
         tails = "\n".join(p.tail() for p in procs)
         super().__init__(f"{what} did not come up{': ' + why if why else ''}\n{tails}")
 
 
-def wait_up(procs: list[Proc], ready: Callable[[], T], timeout: float, what: str, interval: float = 0.2) -> T:
+class Supervised(_Logged):
+    """supervisord (devstack.supervise) with `specs`, its programs' output and its own in the file `log_path`;
+    stopped by whoever started it (supervise.stop(self.popen))."""
+
+    name = "supervisord"
+
+    def __init__(self, specs: list[ProcessSpec], run_dir: Path, log_path: Path):
+        self.log_path = log_path
+        with log_path.open("wb") as log:
+            self.popen = supervise.start(specs, run_dir, stdout=log, stderr=log)
+
+
+def wait_up(procs: list[_Logged], ready: Callable[[], T], timeout: float, what: str, interval: float = 0.2) -> T:
     """Polls `ready` until it returns something truthy, which is returned. Raises NotUp, with the tails of the
     logs of `procs`, when one of them exits first or `timeout` passes."""
     deadline = time.monotonic() + timeout
