@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import time
-import logging
 import uuid
 from collections.abc import Callable
 from pathlib import Path

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,17 +23,22 @@ def log_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def pg_admin_dsn(tmp_path_factory):
+def pg_admin_dsn():
     """A Postgres server to create test databases on: TEST_DATABASE_URL's, else an embedded one for the session."""
     external = os.environ.get("TEST_DATABASE_URL", "").strip()
     if external:
         yield external
         return
-    server = start_embedded(tmp_path_factory.mktemp("pg") / "data")
+    # Not under pytest's temporary root: run as root, the server runs as a user of its own, which must be able to
+    # pass through the folders above its data, and every pytest session that starts on the machine closes that root
+    # to other users again (mode 0700): a session starting beside this one broke its initdb, or its running server.
+    base = Path(tempfile.mkdtemp(prefix="shop-test-pg-"))
+    server = start_embedded(base / "data")
     try:
         yield server.get_uri()
     finally:
         server.cleanup()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
