@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import collections
+import fcntl
 import json
 import os
+import random
 import shutil
 import socket
 import sys
+import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -36,11 +41,80 @@ SERVICE_MODULES = {
 }
 
 
+# Ports the tests pick are drawn at random from PICK_FLOOR up to the kernel's ephemeral range (where every outgoing
+# connection and every bind to port 0 takes its local port, so a port picked there can be taken by one of them
+# before the process meant to listen on it binds it), or from above that range when it leaves too little below.
+PICK_FLOOR = 15000
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+# Each picked port is also claimed by a lock on a file of its own, held by the picking process, so that test runs
+# side by side (another worktree, another session) never pick the same port; the oldest claims are let go past
+# this many (by then their processes have long bound them).
+PORT_CLAIMS_DIR = Path(tempfile.gettempdir()) / "shop-test-ports"
+MAX_PORT_CLAIMS = 1024
+_picked: set[int] = set()
+_claims: collections.deque[int] = collections.deque()
+_pick_lock = threading.Lock()
+_random = random.Random(f"{os.getpid()}-{time.time_ns()}")
+
+
+def ephemeral_range() -> tuple[int, int]:
+    """The kernel's range of ephemeral ports (ip_local_port_range), first and last."""
+    try:
+        first, last = map(int, EPHEMERAL_RANGE_FILE.read_text().split())
+        return first, last
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def pick_range() -> range:
+    """Where picked ports come from: below the ephemeral range, or above it when that leaves more."""
+    first, last = ephemeral_range()
+    below, above = range(PICK_FLOOR, first), range(last + 1, 65536)
+    return max(below, above, key=len)
+
+
+def _bindable(port: int) -> bool:
+    """Whether nothing holds `port` on any address, on TCP and on UDP (Consul's serf and DNS ports take both)."""
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                return False
+    return True
+
+
+def _claim(port: int) -> bool:
+    """Takes the cross-process claim on `port`: False if another process holds it (no claims dir: True)."""
+    try:
+        PORT_CLAIMS_DIR.mkdir(mode=0o1777, exist_ok=True)
+        fd = os.open(PORT_CLAIMS_DIR / f"{port}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False
+    _claims.append(fd)
+    while len(_claims) > MAX_PORT_CLAIMS:
+        os.close(_claims.popleft())
+    return True
+
+
 def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port for a test's process to listen on: outside the ephemeral range, free on TCP and UDP now, never
+    picked before by this process, and claimed against other processes picking at the same time."""
+    ports = pick_range()
+    with _pick_lock:
+        for _ in range(len(ports)):
+            port = _random.choice(ports)
+            if port in _picked:
+                continue
+            _picked.add(port)  # tried once, whatever the outcome: a port held by someone now is not tried again
+            if _bindable(port) and _claim(port):
+                return port
+    raise OSError(f"no free port left in {ports.start}..{ports.stop - 1}")
 
 
 @dataclass(frozen=True)
@@ -61,7 +135,8 @@ class Ports:
 
     @classmethod
     def free(cls) -> "Ports":
-        """A set of ports picked free now, for tests that must not collide with a running suite."""
+        """A set of ports picked free now (free_port: all different, outside the ephemeral range, free on TCP and UDP),
+        for tests that must not collide with a running suite nor with each other."""
         names = [f for f in cls.__dataclass_fields__ if f != "services"]
         return cls(**{n: free_port() for n in names}, services={s: free_port() for s in SERVICE_MODULES})
 
@@ -234,18 +309,24 @@ def passing_instances(ports: Ports, service: str) -> list[dict]:
     return json.loads(body) if status == 200 else []
 
 
+def suite_ready(ports: Ports, services: tuple[str, ...] = tuple(SERVICE_MODULES),
+                instances: int | dict[str, int] = 1) -> bool:
+    """Whether every service has `instances` passing instances (a number for all, or one per service) and the
+    gateway answers a catalog page."""
+    wanted = instances if isinstance(instances, dict) else dict.fromkeys(services, instances)
+    try:
+        return all(len(passing_instances(ports, s)) >= wanted.get(s, 1) for s in services) and \
+            http_get(f"http://127.0.0.1:{ports.gateway}/catalogs?limit=1")[0] == 200
+    except (OSError, ValueError):
+        return False  # not up yet
+
+
 def wait_for_suite(ports: Ports, timeout: float, services: tuple[str, ...] = tuple(SERVICE_MODULES),
                    instances: int | dict[str, int] = 1) -> bool:
-    """Waits until every service has `instances` passing instances (a number for all, or one per
-    service) and the gateway answers a catalog page."""
-    wanted = instances if isinstance(instances, dict) else dict.fromkeys(services, instances)
+    """Waits until the suite is ready (suite_ready); False if it is not within `timeout`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            if all(len(passing_instances(ports, s)) >= wanted.get(s, 1) for s in services) and \
-                    http_get(f"http://127.0.0.1:{ports.gateway}/catalogs?limit=1")[0] == 200:
-                return True
-        except (OSError, ValueError):
-            pass  # not up yet
+        if suite_ready(ports, services, instances):
+            return True
         time.sleep(0.3)
     return False

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import logging
 import sys
 from typing import NamedTuple
@@ -259,15 +257,3 @@ async def run(dsn: str) -> int:
     print(f"suite audit: checked {checked.skus} SKUs, {checked.holds} holds, {checked.orders} orders,"
           f" {checked.charges} charges; {len(checked.violations)} violation(s)", file=sys.stderr)
     return 1 if checked.violations else 0
-
-
-async def _audit_of(dsn: str) -> list[str]:
-    async with await psycopg.AsyncConnection.connect(dsn) as conn:
-        return await audit_suite(conn)
-
-
-def audit_dsn(dsn: str) -> list[str]:
-    """`audit_suite` of the database of `dsn`, for tests: callable from sync and async code alike."""
-    # Its own thread and event loop, so a caller already inside a running loop can wait for it.
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(lambda: asyncio.run(_audit_of(dsn))).result()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +16,8 @@ import pytest
 
 from devstack.prepare import prepare
 from gateway.identity import issue_token
-from devstack.stack import SERVICE_MODULES, Ports, gateway_processes, service_process, wait_for_suite
-from devstack.procs import Proc
+from devstack.stack import SERVICE_MODULES, Ports, free_port, gateway_processes, service_process, suite_ready
+from devstack.procs import Proc, on_free_ports, wait_up
 from devstack.postgres import create_database, dsn_for
 from shop_runtime import mtls
 from shop_runtime.mtls import Tls
@@ -70,20 +71,37 @@ E2E_ENV = {"catalog": {"CATALOG_CACHE_SECONDS": "0"}}
 E2E_GATEWAY_SETTINGS = {"GATEWAY_RATE_LIMIT_PER_SECOND": "1000", "GATEWAY_RATE_LIMIT_BURST": "1000"}
 
 
+def listening_ports(consul_ports: Ports) -> Ports:
+    """The session's Consul ports with the others (the services', the gateway's) picked afresh."""
+    return dataclasses.replace(consul_ports, gateway=free_port(), envoy_admin=free_port(),
+                               services={s: free_port() for s in SERVICE_MODULES})
+
+
 @pytest.fixture(scope="session")
 def suite(pg_admin_dsn, consul, ports, log_dir, tmp_path_factory, tls_dir):
     dsn = dsn_for(pg_admin_dsn, create_database(pg_admin_dsn))
     secrets = tmp_path_factory.mktemp("secrets")
     asyncio.run(prepare(dsn))
-    specs = [*(service_process(s, ports, dsn, workers=E2E_WORKERS[s], tls_dir=tls_dir, **E2E_ENV.get(s, {}))
-               for s in SERVICE_MODULES),
-             *gateway_processes(ports, tmp_path_factory.mktemp("gateway"), secrets, E2E_GATEWAY_SETTINGS, tls_dir)]
-    procs = [Proc(spec, log_dir) for spec in specs]
+    procs: list[Proc] = []
+
+    def start(picked: Ports) -> None:
+        specs = [*(service_process(s, picked, dsn, workers=E2E_WORKERS[s], tls_dir=tls_dir, **E2E_ENV.get(s, {}))
+                   for s in SERVICE_MODULES),
+                 *gateway_processes(picked, tmp_path_factory.mktemp("gateway"), secrets, E2E_GATEWAY_SETTINGS,
+                                    tls_dir)]
+        procs[:] = [Proc(spec, log_dir) for spec in specs]
+        try:
+            wait_up(procs, lambda: suite_ready(picked, instances=E2E_WORKERS), 60, "the suite")
+        except BaseException:
+            for p in procs:
+                p.stop()
+            raise
+
+    # The first try on the session's ports; when one is taken before its process binds it, others.
+    tries = iter([ports])
     try:
-        if not wait_for_suite(ports, 60, instances=E2E_WORKERS):
-            logs = "\n".join(f"--- {p.name}\n{p.log()[-3000:]}" for p in procs)
-            pytest.fail(f"the suite did not come up:\n{logs}")
-        yield Suite(ports=ports, dsn=dsn, secrets=secrets, tls_dir=tls_dir)
+        picked, _ = on_free_ports(start, lambda: next(tries, None) or listening_ports(ports), "the suite")
+        yield Suite(ports=picked, dsn=dsn, secrets=secrets, tls_dir=tls_dir)
     finally:
         for p in procs:
             p.stop()

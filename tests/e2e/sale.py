@@ -16,7 +16,7 @@ import httpx
 import psycopg
 
 from gateway.identity import issue_token
-from suite_audit.checks import audit_dsn
+from tests.audit import audit_dsn
 
 SKU = "HE-0042"
 SHOPPERS = 24

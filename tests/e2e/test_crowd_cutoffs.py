@@ -26,7 +26,7 @@ import httpx
 import psycopg
 import pytest
 
-from suite_audit.checks import audit_dsn
+from tests.audit import audit_dsn
 from tests.e2e.shop_client import seconds
 
 SKU = "HO-0138"  # the hot item; no other test uses it

@@ -19,9 +19,9 @@ import pytest
 from devstack import supervise
 from devstack.postgres import create_database, dsn_for
 from devstack.prepare import prepare
-from devstack.procs import consul_ready, wait_until
+from devstack.procs import Supervised, consul_ready, on_free_ports, wait_until, wait_up
 from devstack.stack import (SERVICE_MODULES, Ports, envoy_hosts, http_get, passing_instances, suite_processes,
-                            wait_for_suite)
+                            suite_ready)
 from tests.e2e.netlink import Link
 from tests.e2e.sale import PAYMENT_WINDOW_SECONDS, SHOPPERS, Sale, restock, settled_and_clean
 
@@ -84,32 +84,42 @@ def stack(pg_admin_dsn, tmp_path_factory, tls_dir):
     asyncio.run(prepare(dsn))
     link = Link(upstream_of(dsn))
     services_dsn = psycopg.conninfo.make_conninfo(dsn, host="127.0.0.1", port=str(link.port))
-    ports = Ports.free()
     secrets = run_dir / "secrets"
     env = dict(RECONCILE_INTERVAL_SECONDS="2", RECONCILE_MIN_AGE_SECONDS="5", CONSUL_CHECK_INTERVAL="1s",
                SHUTDOWN_GRACE_SECONDS="10", CATALOG_CACHE_SECONDS="0")
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # supervisord's programs take its environment
+
+    def start(ports: Ports) -> Stack:
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)  # supervisord's programs take its environment
+        try:
+            specs = suite_processes(ports, services_dsn, run_dir, secrets, workers=1,
+                                    replicas=dict.fromkeys(SERVICE_MODULES, REPLICAS), tls_dir=tls_dir)
+            supervised = Supervised(specs, run_dir / "supervisor", run_dir / "supervisord.log")
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        try:
+            wait_up([supervised], lambda: consul_ready(ports.consul_addr), 30, "consul under supervisord")
+            stack = Stack(ports, dsn, secrets, run_dir, supervised.popen, link)
+            stack.put_kv(WINDOW_KEY, str(PAYMENT_WINDOW_SECONDS))
+            wait_up([supervised], lambda: suite_ready(ports, instances=dict.fromkeys(SERVICE_MODULES, REPLICAS)),
+                    120, "the suite under supervisord")
+        except BaseException:
+            supervise.stop(supervised.popen)
+            raise
+        return stack
+
     try:
-        specs = suite_processes(ports, services_dsn, run_dir, secrets, workers=1,
-                                replicas=dict.fromkeys(SERVICE_MODULES, REPLICAS), tls_dir=tls_dir)
-        with open(run_dir / "supervisord.log", "wb") as log:
-            supervisor = supervise.start(specs, run_dir / "supervisor", stdout=log, stderr=log)
+        # On ports picked free, picked again when one was taken before its program bound it.
+        _, stack = on_free_ports(start, Ports.free, "the suite under supervisord")
+        try:
+            yield stack
+        finally:
+            supervise.stop(stack.supervisor)
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    try:
-        wait_until(lambda: consul_ready(ports.consul_addr), 30, what="consul")
-        stack = Stack(ports, dsn, secrets, run_dir, supervisor, link)
-        stack.put_kv(WINDOW_KEY, str(PAYMENT_WINDOW_SECONDS))
-        assert wait_for_suite(ports, 120, instances=dict.fromkeys(SERVICE_MODULES, REPLICAS)), \
-            (run_dir / "supervisord.log").read_text(errors="replace")[-3000:]
-        yield stack
-    finally:
-        supervise.stop(supervisor)
         link.close()
 
 

@@ -11,7 +11,7 @@ import uuid
 
 import httpx
 
-from suite_audit.checks import audit_dsn
+from tests.audit import audit_dsn
 
 SKU = "SP-0150"
 UNITS = 200

@@ -13,7 +13,7 @@ import grpc
 import httpx
 import pytest
 
-from devstack.procs import Proc, wait_until
+from devstack.procs import Proc, on_free_ports, wait_up
 from devstack.stack import free_port, gateway_processes, http_get
 from shop.cart.v1 import cart_pb2, cart_pb2_grpc
 
@@ -27,21 +27,31 @@ SKU = "SP-0201"
 
 @contextlib.contextmanager
 def own_gateway(suite, log_dir, run_dir, settings: dict[str, str]):
-    """An Envoy (and its Consul sync) in front of the suite's services with `settings`; yields its base URL."""
-    ports = dataclasses.replace(suite.ports, gateway=free_port(), envoy_admin=free_port())
-    procs = [Proc(spec, log_dir) for spec in gateway_processes(ports, run_dir, suite.secrets, settings,
-                                                                   suite.tls_dir)]
-    base = f"http://127.0.0.1:{ports.gateway}"
+    """An Envoy (and its Consul sync) in front of the suite's services with `settings`, on ports picked free (and
+    picked again when one was taken before Envoy bound it); yields its base URL."""
+    procs: list[Proc] = []
 
-    def up() -> bool:
+    def start(ports) -> None:
+        procs[:] = [Proc(spec, log_dir) for spec in gateway_processes(ports, run_dir, suite.secrets, settings,
+                                                                      suite.tls_dir)]
+
+        def up() -> bool:
+            try:
+                return http_get(f"http://127.0.0.1:{ports.gateway}/catalogs?limit=1")[0] == 200
+            except OSError:
+                return False  # Envoy not listening yet
+
         try:
-            return http_get(f"{base}/catalogs?limit=1")[0] == 200
-        except OSError:
-            return False  # Envoy not listening yet
+            wait_up(procs, up, 60, "the test's gateway")
+        except BaseException:
+            for p in procs:
+                p.stop()
+            raise
 
     try:
-        wait_until(up, 60, what="the test's gateway to serve")
-        yield base
+        ports, _ = on_free_ports(start, lambda: dataclasses.replace(suite.ports, gateway=free_port(),
+                                                                    envoy_admin=free_port()), "the test's gateway")
+        yield f"http://127.0.0.1:{ports.gateway}"
     finally:
         for p in procs:
             p.stop()

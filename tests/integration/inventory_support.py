@@ -12,22 +12,20 @@ from devstack.stack import free_port, service_process
 from inventory_svc.audit import audit
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shop_runtime.errors import error_info
-from devstack.procs import Proc
+from devstack.procs import PORT_ATTEMPTS, NotUp, Proc
 
 
 @contextlib.asynccontextmanager
 async def replicas(ports, dsn, log_dir, count=2, **env):
-    """`count` inventory processes on one database; yields (procs, stubs), one aio stub per process."""
-    port_list = [free_port() for _ in range(count)]
-    procs = [Proc(service_process("inventory", ports, dsn, port=p, name=f"inventory-r{i}", **env), log_dir)
-             for i, p in enumerate(port_list)]
-    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{p}") for p in port_list]
+    """`count` inventory processes on one database, each on a port picked free (and picked again when it was taken
+    before the process bound it); yields (procs, stubs), one aio stub per process. A callable value of `env` is
+    called for each start (`METRICS_PORT=lambda: str(free_port())`); a process's own is in its `env`."""
+    procs, channels = [], []
     try:
-        for proc, channel in zip(procs, channels):
-            try:
-                await _ready(channel, proc)
-            except Exception:
-                raise AssertionError(proc.log()) from None
+        for i in range(count):
+            proc, channel = await _start(ports, dsn, log_dir, f"inventory-r{i}", env)
+            procs.append(proc)
+            channels.append(channel)
         yield procs, [inventory_pb2_grpc.InventoryServiceStub(c) for c in channels]
     finally:
         for c in channels:
@@ -36,9 +34,34 @@ async def replicas(ports, dsn, log_dir, count=2, **env):
             p.stop()
 
 
-async def _ready(channel, proc, timeout=30.0):
-    await asyncio.wait_for(channel.channel_ready(), timeout)
-    assert proc.popen.poll() is None
+async def _start(ports, dsn, log_dir, name, env, timeout=30.0):
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        port = free_port()
+        values = {k: v() if callable(v) else v for k, v in env.items()}
+        proc = Proc(service_process("inventory", ports, dsn, port=port, name=name, **values), log_dir)
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        try:
+            await _ready(channel, proc, timeout)
+            return proc, channel
+        except (asyncio.TimeoutError, NotUp) as err:
+            await channel.close()
+            proc.stop()
+            failure = err if isinstance(err, NotUp) else NotUp(name, [proc], f"not serving after {timeout}s")
+            if not failure.port_taken or attempt == PORT_ATTEMPTS:
+                raise failure from None
+
+
+async def _ready(channel, proc, timeout):
+    """Until the process serves on the channel's port; NotUp if it exits first."""
+    async with asyncio.timeout(timeout):
+        while True:
+            if proc.popen.poll() is not None:
+                raise NotUp(proc.name, [proc], "it exited")
+            try:
+                await asyncio.wait_for(channel.channel_ready(), 0.5)
+                return
+            except asyncio.TimeoutError:
+                continue
 
 
 def reason(err: grpc.aio.AioRpcError) -> str:

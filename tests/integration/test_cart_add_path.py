@@ -13,7 +13,7 @@ import psycopg
 from cart_svc.repository import USER_LOCK_NAMESPACE
 from devstack.procs import wait_until
 from shop_runtime import faults
-from suite_audit.checks import audit_dsn
+from tests.audit import audit_dsn
 from tests.integration import test_cutoffs
 from tests.integration.purchase_support import Shopper, held_for_cart, rows
 

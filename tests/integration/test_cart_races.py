@@ -12,7 +12,7 @@ import grpc
 
 from devstack.procs import wait_until
 from shop_runtime import faults
-from suite_audit.checks import audit_dsn
+from tests.audit import audit_dsn
 from tests.integration import test_cutoffs
 from tests.integration.purchase_support import Shopper, held_for_cart, reason, rows
 

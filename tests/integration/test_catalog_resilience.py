@@ -7,27 +7,25 @@ import grpc
 import pytest
 
 from devstack.prepare import prepare
-from devstack.stack import Ports, consul_process, passing_instances, service_process
+from devstack.stack import passing_instances, service_process
 from shop.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from shop_runtime.errors import error_info
-from devstack.procs import Proc, consul_ready, wait_until
+from devstack.procs import Proc, start_consul, wait_until, wait_up
 
 
 @pytest.fixture
 def private_suite(fresh_dsn, log_dir):
     """Consul, a catalog and two inventory replicas of their own, so replicas can be stopped freely."""
-    ports = Ports.free()
     asyncio.run(prepare(fresh_dsn))
-    consul = Proc(consul_process(ports), log_dir)
+    ports, consul = start_consul(log_dir)
     procs = []
     try:
-        wait_until(lambda: consul_ready(ports.consul_addr), 30, what="consul")
         procs = [Proc(service_process("catalog", ports, fresh_dsn, port=0), log_dir)] + [
             Proc(service_process("inventory", ports, fresh_dsn, port=0, name=f"inventory-{i}"), log_dir)
             for i in range(2)
         ]
-        wait_until(lambda: len(passing_instances(ports, "inventory")) == 2 and passing_instances(ports, "catalog"),
-                   30, what="catalog and two inventory replicas")
+        wait_up(procs, lambda: len(passing_instances(ports, "inventory")) == 2 and passing_instances(ports, "catalog"),
+                30, "catalog and two inventory replicas")
         yield ports, procs
     finally:
         for p in procs:

@@ -13,8 +13,8 @@ import uuid
 import pytest
 
 from devstack.consul_setup import IDENTITIES, Consul, apply_acls, load_kv_defaults, wait_for_leader
-from devstack.procs import Proc, consul_ready, wait_until
-from devstack.stack import ProcessSpec, Ports, consul_process, service_process
+from devstack.procs import Proc, start_consul, wait_until
+from devstack.stack import ProcessSpec, service_process
 
 pytestmark = pytest.mark.integration
 
@@ -28,15 +28,12 @@ def registration(name: str, port: int) -> dict:
 @pytest.fixture
 def acl_consul(log_dir, tmp_path):
     """A Consul agent with ACLs on and default deny; yields its address, the management token and the suite's."""
-    ports = Ports.free()
     master = str(uuid.uuid4())
     config = tmp_path / "acl.json"
     config.write_text(json.dumps({"acl": {"enabled": True, "default_policy": "deny", "down_policy": "extend-cache",
                                           "tokens": {"master": master}}}))
-    agent = Proc(consul_process(ports, config_files=(config,)), log_dir)
+    ports, agent = start_consul(log_dir, config_files=(config,))
     try:
-        wait_until(lambda: agent.popen.poll() is not None or consul_ready(ports.consul_addr), 30, what="consul")
-        assert agent.popen.poll() is None, agent.log()
         admin = Consul(ports.consul_addr, master)
         wait_for_leader(admin)
         tokens = {i: str(uuid.uuid4()) for i in IDENTITIES}

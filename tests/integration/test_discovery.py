@@ -8,12 +8,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from devstack.stack import Ports, consul_process, free_port
+from devstack.stack import free_port
 from shop_runtime import consul as shop_consul
 from shop_runtime.clients import ServiceClient
 from shop_runtime.consul import Discovery, Instance
 from shop_runtime.errors import ServiceError
-from devstack.procs import Proc, consul_ready, wait_until
+from devstack.procs import start_consul
 
 
 class HealthServer:
@@ -132,13 +132,11 @@ async def test_a_call_made_as_discovery_starts_waits_for_consuls_first_answer(cl
 
 
 async def test_last_known_good_survives_consul_going_away(log_dir):
-    ports = Ports.free()
-    agent = Proc(consul_process(ports), log_dir)
+    ports, agent = await asyncio.to_thread(start_consul, log_dir)
     live = await HealthServer().start()
     c = shop_consul.connect("127.0.0.1", ports.consul_http)
     discovery = Discovery(c, "lkg")
     try:
-        await asyncio.to_thread(wait_until, lambda: consul_ready(ports.consul_addr), 30, what="private consul")
         await _register(c, "lkg", "lkg-1", live.port)
         discovery.start()
         expected = [Instance("127.0.0.1", live.port, "lkg-1")]

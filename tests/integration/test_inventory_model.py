@@ -23,7 +23,7 @@ from inventory_svc.audit import audit
 from inventory_svc.server import SPEC, InventorySettings, create_server
 from inventory_svc.service import Inventory
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
-from shop_runtime.clock import ManualClock
+from tests.clock import ManualClock
 from shop_runtime.config import ServiceSettings
 from shop_runtime.db import migrate, open_pool
 from shop_runtime.errors import error_info

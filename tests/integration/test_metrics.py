@@ -9,6 +9,7 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from devstack.procs import wait_until
 from devstack.stack import free_port, http_get
 from shop.inventory.v1 import inventory_pb2
 from tests.integration.inventory_support import hold, replicas, set_stock
@@ -27,9 +28,9 @@ def value(samples, name: str, **labels) -> float:
 
 
 async def test_a_service_counts_its_calls_holds_and_pool(fresh_dsn, consul, ports, log_dir):
-    metrics_port = free_port()
-    async with replicas(ports, fresh_dsn, log_dir, count=1, METRICS_PORT=str(metrics_port),
-                        INVENTORY_SWEEP_INTERVAL_SECONDS="0.2") as (_, (stub,)):
+    async with replicas(ports, fresh_dsn, log_dir, count=1, METRICS_PORT=lambda: str(free_port()),
+                        INVENTORY_SWEEP_INTERVAL_SECONDS="0.2") as ((proc,), (stub,)):
+        metrics_port = int(proc.env["METRICS_PORT"])
         await set_stock(stub, "M-1", 3)
         for owner in ("cart:a", "cart:b", "cart:c"):
             await hold(stub, owner, {"M-1": 1}, ttl=600 if owner != "cart:c" else 1)
@@ -37,8 +38,10 @@ async def test_a_service_counts_its_calls_holds_and_pool(fresh_dsn, consul, port
             await hold(stub, "cart:d", {"M-1": 1})  # sold out
         with pytest.raises(grpc.aio.AioRpcError):
             await stub.ReleaseHolds(inventory_pb2.ReleaseHoldsRequest(hold_ids=["not-a-hold-id"]))
-        await asyncio.sleep(1.6)  # cart:c's hold expires and the sweeper reclaims it
-        samples = scrape(metrics_port)
+        # cart:c's hold expires (1 s) and the sweeper (every 0.2 s) reclaims it: as soon as the machine lets it.
+        samples = await asyncio.to_thread(
+            wait_until, lambda: (s := scrape(metrics_port)) and value(s, "shop_inventory_holds_expired_total") and s,
+            30, 0.2, "the sweeper to reclaim the expired hold")
     method = "/shop.inventory.v1.InventoryService/CreateHolds"
     assert value(samples, "shop_rpc_calls_total", service="inventory", method=method, code="OK") == 3
     assert value(samples, "shop_rpc_calls_total", service="inventory", method=method, code="ABORTED") == 1

@@ -24,11 +24,10 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from devstack.postgres import create_database, dsn_for
 from devstack.prepare import prepare
-from devstack.procs import Proc, consul_ready, wait_until
-from devstack.stack import Ports, consul_process
+from devstack.procs import start_consul
 from shop.order.v1 import order_pb2
 from shop_runtime import deadlines, faults
-from suite_audit.checks import audit_dsn
+from tests.audit import audit_dsn
 from tests.integration.purchase_support import Shopper, held_for_cart, reason, rows, running_suite
 
 STOCK = 6
@@ -72,10 +71,8 @@ class SuiteThread:
 def shop(pg_admin_dsn, log_dir):
     dsn = dsn_for(pg_admin_dsn, create_database(pg_admin_dsn))
     asyncio.run(prepare(dsn, demo=False))
-    ports = Ports.free()
-    consul = Proc(consul_process(ports), log_dir)
+    ports, consul = start_consul(log_dir)
     try:
-        wait_until(lambda: consul_ready(ports.consul_addr), 30, what="consul")
         running = SuiteThread(dsn, ports.consul_addr)
         try:
             yield running

@@ -5,8 +5,10 @@ Consul has none registered. Real service processes, real Consul agents, real Pos
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import socket
 import sys
 import time
@@ -17,8 +19,8 @@ import pytest
 
 from devstack.postgres import dsn_for
 from devstack.prepare import prepare
-from devstack.procs import Proc, consul_ready, wait_until
-from devstack.stack import Ports, ProcessSpec, consul_process, http_get, passing_instances, service_process
+from devstack.procs import Proc, start_consul, wait_until, wait_up
+from devstack.stack import ProcessSpec, consul_process, http_get, passing_instances, service_process
 from shop_runtime import consul as shop_consul
 from shop_runtime.consul import Discovery, Instance
 from shop_runtime.db import open_pool
@@ -28,15 +30,14 @@ from shop_runtime.registration import Readiness
 @pytest.fixture
 def private(fresh_dsn, log_dir):
     """A Consul agent and one inventory process of their own (the agent is restarted by the tests)."""
-    ports = Ports.free()
     asyncio.run(prepare(fresh_dsn, demo=False))
-    agents = [Proc(consul_process(ports), log_dir)]
+    ports, agent = start_consul(log_dir)
+    agents = [agent]
     procs = []
     try:
-        wait_until(lambda: consul_ready(ports.consul_addr), 30, what="consul")
         procs.append(Proc(service_process("inventory", ports, fresh_dsn, port=0, name="inventory-reg",
                                           CONSUL_CHECK_INTERVAL="1s"), log_dir))
-        wait_until(lambda: passing_instances(ports, "inventory"), 30, what="inventory passing")
+        wait_up(procs, lambda: passing_instances(ports, "inventory"), 30, "inventory passing")
         yield ports, agents, procs[0]
     finally:
         for p in procs:
@@ -49,23 +50,35 @@ def service_id(proc: Proc) -> str:
     return f"inventory-{socket.gethostname()}-{proc.pid}"
 
 
+@contextlib.contextmanager
+def paused(proc: Proc):
+    """The service process stopped (SIGSTOP) meanwhile: it looks for its registration every few seconds and puts it
+    back when it is gone, which on a loaded machine could come before the test has seen it gone."""
+    proc.signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        proc.signal(signal.SIGCONT)
+
+
 def test_a_service_registers_again_after_its_consul_agent_restarts(private, log_dir):
     ports, agents, proc = private
     agents[0].stop()  # a dev agent keeps nothing: every registration is gone with it
-    agents.append(Proc(consul_process(ports), log_dir))
-    wait_until(lambda: consul_ready(ports.consul_addr), 30, what="the new agent")
+    agents.append(start_consul(log_dir, ports=ports)[1])  # on the same ports, where the service looks for it
     (entry,) = wait_until(lambda: passing_instances(ports, "inventory"), 20, what="inventory registered again")
     assert entry["Service"]["ID"] == service_id(proc)
     assert proc.popen.poll() is None, "without a restart of the service"
-    assert "registered again" in proc.log()
+    # Logged once Consul has answered the registration, which the test may have seen first.
+    wait_until(lambda: "registered again" in proc.log(), 10, what="the service to log its registering again")
 
 
 def test_a_reaped_registration_comes_back(private):
     ports, _, proc = private
     request = urllib.request.Request(f"http://{ports.consul_addr}/v1/agent/service/deregister/{service_id(proc)}",
                                      method="PUT")
-    urllib.request.urlopen(request, timeout=5).read()  # as Consul does to a registration failing for a minute
-    assert passing_instances(ports, "inventory") == []
+    with paused(proc):
+        urllib.request.urlopen(request, timeout=5).read()  # as Consul does to a registration failing for a minute
+        assert passing_instances(ports, "inventory") == []
     (entry,) = wait_until(lambda: passing_instances(ports, "inventory"), 20, what="inventory registered again")
     assert entry["Service"]["ID"] == service_id(proc)
     _, body = http_get(f"http://{ports.consul_addr}/v1/agent/checks")
@@ -109,9 +122,10 @@ async def test_clients_keep_their_last_instances_while_consul_has_none_registere
         port = passing_instances(ports, "inventory")[0]["Service"]["Port"]
         expected = [Instance("127.0.0.1", port, service_id(proc))]
         await asyncio.to_thread(wait_until, lambda: discovery.instances() == expected, 10, 0.1, "listed")
-        await shop_consul.deregister(client, service_id(proc))  # gone from Consul, not failing
-        await asyncio.sleep(1.0)
-        assert discovery.instances() == expected
+        with paused(proc):  # gone from Consul, not failing, for as long as the test looks
+            await shop_consul.deregister(client, service_id(proc))
+            await asyncio.sleep(1.0)
+            assert discovery.instances() == expected
         # It registers again by itself and stays listed throughout.
         await asyncio.to_thread(wait_until, lambda: passing_instances(ports, "inventory"), 20, 0.2, "back")
         assert discovery.instances() == expected

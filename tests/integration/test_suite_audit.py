@@ -14,7 +14,7 @@ from catalog_svc import repository as catalog_repository
 from catalog_svc.server import SPEC as CATALOG
 from devstack.prepare import migrate_all
 from shop_runtime.db import migrate
-from suite_audit.checks import audit_dsn
+from tests.audit import audit_dsn
 
 A, B = "AU-0001", "AU-0002"
 PRICE_A, PRICE_B = 1000, 2500

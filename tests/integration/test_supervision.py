@@ -11,7 +11,7 @@ import pytest
 
 from devstack import supervise
 from devstack.prepare import prepare
-from devstack.procs import consul_ready, wait_until
+from devstack.procs import Supervised, consul_ready, on_free_ports, wait_until, wait_up
 from devstack.stack import Ports, consul_process, parse_replicas, passing_instances, service_process, SERVICE_MODULES
 
 
@@ -21,16 +21,25 @@ def pids(ports: Ports, service: str) -> set[int]:
 
 
 def test_a_killed_replica_is_started_again_and_the_others_keep_running(fresh_dsn, tmp_path):
-    ports = Ports.free()
     asyncio.run(prepare(fresh_dsn, demo=False))
-    specs = [consul_process(ports)] + [
-        service_process("inventory", ports, fresh_dsn, port=0, name=f"inventory-{n}", CONSUL_CHECK_INTERVAL="1s")
-        for n in (1, 2, 3)]
     run_dir = tmp_path / "supervisor"
-    with open(tmp_path / "supervisord.log", "wb") as log:
-        proc = supervise.start(specs, run_dir, stdout=log, stderr=log)
+
+    def start(ports: Ports) -> Supervised:
+        specs = [consul_process(ports)] + [
+            service_process("inventory", ports, fresh_dsn, port=0, name=f"inventory-{n}", CONSUL_CHECK_INTERVAL="1s")
+            for n in (1, 2, 3)]
+        started = Supervised(specs, run_dir, tmp_path / "supervisord.log")
+        try:
+            wait_up([started], lambda: consul_ready(ports.consul_addr), 30, "consul under supervisord")
+        except BaseException:
+            supervise.stop(started.popen)
+            raise
+        return started
+
+    # Consul on ports picked free, picked again when one was taken before it bound it.
+    ports, supervised = on_free_ports(start, Ports.free, "consul under supervisord")
+    proc = supervised.popen
     try:
-        wait_until(lambda: consul_ready(ports.consul_addr), 30, what="consul under supervisord")
         def three(without: int = 0) -> set[int] | None:
             found = pids(ports, "inventory")
             return found if len(found) == 3 and without not in found else None

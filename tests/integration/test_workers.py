@@ -9,7 +9,7 @@ import grpc
 import psycopg
 import pytest
 
-from devstack.procs import Proc, wait_until
+from devstack.procs import Proc, on_free_ports, wait_until, wait_up
 from devstack.stack import free_port, http_get, passing_instances, service_process
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shop_runtime.config import DB_CONNECTIONS
@@ -64,15 +64,20 @@ def _availability(port: int, sku: str) -> int:
 
 
 def _start_two_workers(ports, dsn, log_dir, name):
-    """An inventory service with two workers, the first on a port of its own; waits for both to pass."""
-    first = free_port()
-    proc = Proc(service_process("inventory", ports, dsn, port=first, name=name, workers=2), log_dir)
-    pids = wait_until(lambda: proc.popen.poll() is not None or (len(p := _worker_pids(proc)) == 2 and p), 30,
-                      what="two workers started")
-    assert proc.popen.poll() is None, proc.log()
-    entries = wait_until(lambda: proc.popen.poll() is not None or (len(e := _mine(ports, _ids(pids))) == 2 and e),
-                         40, what="both workers passing in Consul")
-    assert proc.popen.poll() is None, proc.log()
+    """An inventory service with two workers, the first on a port of its own (picked again if it was taken before
+    the worker bound it); waits for both to pass."""
+    def start(first: int):
+        proc = Proc(service_process("inventory", ports, dsn, port=first, name=name, workers=2), log_dir)
+        try:
+            pids = wait_up([proc], lambda: len(p := _worker_pids(proc)) == 2 and p, 30, "two workers")
+            entries = wait_up([proc], lambda: len(e := _mine(ports, _ids(pids))) == 2 and e, 40,
+                              "both workers passing in Consul")
+        except BaseException:
+            proc.stop()
+            raise
+        return proc, pids, entries
+
+    first, (proc, pids, entries) = on_free_ports(start, free_port, name)
     return proc, first, pids, entries
 
 

@@ -13,7 +13,7 @@ from cart_svc.service import Carts
 from catalog_svc.client import CatalogClient, Product
 from inventory_svc.client import ACTIVE, EXPIRED, RELEASED, InventoryClient
 from shop.cart.v1 import cart_pb2
-from shop_runtime.clock import ManualClock
+from tests.clock import ManualClock
 from shop_runtime.live_settings import LiveSettings
 from tests.unit.fakes.catalog import FakeCatalog
 from tests.unit.fakes.checks import assert_fakes_match, install, refused

@@ -19,7 +19,7 @@ from order_svc.payments import PaymentProvider
 from order_svc.service import Orders
 from order_svc.servicer import STATUSES
 from shop.order.v1 import order_pb2
-from shop_runtime.clock import ManualClock
+from tests.clock import ManualClock
 from shop_runtime.live_settings import LiveSettings
 from tests.unit.fakes.cart import FakeCart
 from tests.unit.fakes.catalog import FakeCatalog

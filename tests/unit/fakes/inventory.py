@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any, Callable
 
 from inventory_svc.client import ACTIVE, COMMITTED, EXPIRED, RELEASED, Hold, InventoryClient
-from shop_runtime.clock import ManualClock
+from tests.clock import ManualClock
 from shop_runtime.reasons import INVENTORY_REASONS, refuse
 from tests.unit.fakes.losses import Losses
 

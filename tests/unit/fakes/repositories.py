@@ -11,7 +11,7 @@ import psycopg
 from cart_svc.client import HandedLine
 from cart_svc.model import CartView, Line
 from order_svc.model import PAID, PENDING, PENDING_PAYMENT, OrderRecord, PaymentAttempt
-from shop_runtime.clock import ManualClock
+from tests.clock import ManualClock
 from tests.unit.fakes.db import Tables
 
 
