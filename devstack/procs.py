@@ -17,10 +17,11 @@ from devstack.stack import Ports, ProcessSpec, consul_process, http_get
 
 _LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
+R = TypeVar("R")
 
 # What a process prints when a port it was given is taken (Go's and Envoy's "address already in use", gRPC's
-# "Failed to bind"): a start that failed so is tried again on other ports.
-PORT_TAKEN = ("address already in use", "failed to bind", "cannot bind")
+# "Failed to bind", a service's own ListenError): a start that failed so is tried again on other ports.
+PORT_TAKEN = ("address already in use", "failed to bind", "cannot bind", "its port is taken")
 # How much of a log a failure shows.
 LOG_TAIL = 3000
 # How many sets of ports a start tries before it gives up.
@@ -144,8 +145,8 @@ def wait_up(procs: list[_Logged], ready: Callable[[], T], timeout: float, what: 
         time.sleep(interval)
 
 
-def on_free_ports(start: Callable[[T], object], pick: Callable[[], T], what: str,
-                  attempts: int = PORT_ATTEMPTS):
+def on_free_ports(start: Callable[[T], R], pick: Callable[[], T], what: str,
+                  attempts: int = PORT_ATTEMPTS) -> tuple[T, R]:
     """`start(pick())`, picked again and started again while it fails with NotUp because a port was taken (between
     the pick and the process's bind, by anyone); returns (the ports, what `start` returned). `start` stops what it
     started before it raises."""

@@ -274,11 +274,11 @@ def parse_replicas(text: str) -> dict[str, int]:
         return dict.fromkeys(SERVICE_MODULES, count)
     counts: dict[str, int] = {}
     for part in text.split(","):
-        service, _, count = part.strip().partition("=")
-        if service not in SERVICE_MODULES or not count.isdigit() or not 1 <= int(count) <= 16:
+        service, _, given = part.strip().partition("=")
+        if service not in SERVICE_MODULES or not given.isdigit() or not 1 <= int(given) <= 16:
             raise ValueError(f"REPLICAS={text}: expected a count (1..16) or service=count pairs of "
                              f"{', '.join(SERVICE_MODULES)}")
-        counts[service] = int(count)
+        counts[service] = int(given)
     return counts
 
 

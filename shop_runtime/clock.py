@@ -33,7 +33,9 @@ class SystemClock:
         clock_timestamp(), not now(): now() is the transaction's start, before any lock was waited for.
         """
         cur = await conn.execute("SELECT clock_timestamp()")
-        return (await cur.fetchone())[0]
+        row = await cur.fetchone()
+        assert row is not None  # a SELECT without FROM has one row
+        return row[0]
 
     def fixed(self) -> datetime | None:
         """None: statements read the database's clock themselves, after the locks taken before them."""
