@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from devstack.certs import ensure_certs
-from gateway.envoy import GatewayConfig, GatewayLimits, write_config
+from gateway.envoy import GatewayConfig, write_config
+from gateway.limits import GatewayLimits
 from gateway.identity import ensure_keys
 from shop_runtime.mtls import CA_FILE, CHECK_SERVER_NAME, cert_file, key_file
 

@@ -13,9 +13,6 @@ from gateway.limits import GatewayLimits, rate_limit_filter
 from gateway.replies import GATEWAY_ERROR, error_body, local_reply_mappers
 from gateway.routes import UPSTREAMS, Method, exposed_methods, route_table, transcoder_filter
 
-# devstack.stack imports GatewayLimits from here, where it lived before gateway.limits.
-__all__ = ["MAX_HEADERS_KB", "MAX_REQUEST_BYTES", "GatewayConfig", "GatewayLimits", "bootstrap", "write_config"]
-
 # Request bodies larger than this are refused with 413 before reaching a service.
 MAX_REQUEST_BYTES = 64 * 1024
 # URL and headers larger than this are refused with 431.

@@ -210,7 +210,7 @@ class ServiceSettings:
             pool_max_size=pool_max_size,
             metrics_port=env_int("METRICS_PORT", 0, minimum=0, maximum=65535),
             workers=workers,
-            # Set by the supervisor for the processes it starts (shop_runtime.server), not by hand.
+            # Set by the supervisor for the processes it starts (shop_runtime.supervision), not by hand.
             worker_index=env_int("WORKER_INDEX", 0, minimum=0, maximum=MAX_WORKERS),
             tls_dir=os.environ.get("TLS_DIR", "").strip(),
             consul_token=os.environ.get("CONSUL_HTTP_TOKEN", "").strip(),
