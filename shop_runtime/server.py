@@ -44,7 +44,7 @@ MAX_METADATA_BYTES = 64 * 1024
 
 # Calls that have arrived but that the application has not taken up yet, before gRPC itself refuses some:
 # its default (1,000, then random refusals up to 3,000) answered CANCELLED to part of a crowd of 2,000
-# that the gateway had let through (gateway.envoy: GATEWAY_MAX_REQUESTS_PER_SERVICE, 10,000 by default,
+# that the gateway had let through (gateway.limits: GATEWAY_MAX_REQUESTS_PER_SERVICE, 10,000 by default,
 # decides how many requests wait; they wait here, in arrival order, within the route's timeout).
 MAX_PENDING_CALLS = 20_000
 

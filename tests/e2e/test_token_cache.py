@@ -2,7 +2,7 @@
 
 import time
 
-# Envoy accepts a token up to this long past its `exp` (clock_skew_seconds in gateway/envoy.py).
+# Envoy accepts a token up to this long past its `exp` (clock_skew_seconds in gateway/auth.py).
 SKEW = 30
 
 
