@@ -9,15 +9,22 @@ from psycopg import AsyncConnection
 
 
 class DemoProduct(Protocol):
-    """What a demo product gives the loader (devstack.demo_data makes them)."""
+    """What a demo product gives the loader (devstack.demo_data makes them); read-only, so frozen records fit."""
 
-    sku: str
-    name: str
-    description: str
-    category: str
-    price: int
-    sales: int
-    created_offset_seconds: int
+    @property
+    def sku(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def description(self) -> str: ...
+    @property
+    def category(self) -> str: ...
+    @property
+    def price(self) -> int: ...
+    @property
+    def sales(self) -> int: ...
+    @property
+    def created_offset_seconds(self) -> int: ...
 
 
 async def load(conn: AsyncConnection, products: Iterable[DemoProduct]) -> int:

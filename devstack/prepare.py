@@ -33,9 +33,7 @@ async def load_demo(dsn: str, count: int = DEMO_PRODUCTS) -> tuple[int, int]:
     products = demo_data.generate(count)
     async with await psycopg.AsyncConnection.connect(dsn) as conn:
         async with conn.transaction():
-            # catalog_svc.demo's protocol declares its members as settable, which these frozen products are
-            # not; the loader only reads them.
-            new_products = await catalog_demo.load(conn, products)  # type: ignore[arg-type]
+            new_products = await catalog_demo.load(conn, products)
             new_stock = await inventory_demo.load(conn, [(p.sku, p.on_hand) for p in products])
     _LOGGER.info("demo data: %d new products, %d new stock rows (%d in the demo set)",
                  new_products, new_stock, len(products))
