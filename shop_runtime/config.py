@@ -81,6 +81,8 @@ class EnvSettings:
     def from_env(cls: type[S], environ: Mapping[str, str] | None = None) -> S:
         """The settings from the environment (or `environ`), each unset one its default."""
         values = {}
+        # Every EnvSettings is a dataclass by the pattern's rule (each subclass is declared with @dataclass), which
+        # the bound of S cannot say to the type checker.
         for f in fields(cls):  # type: ignore[arg-type]
             if "var" in f.metadata:
                 values[f.name] = env_number(f.metadata["var"], f.default, type(f.default),
