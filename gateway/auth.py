@@ -11,8 +11,9 @@ from gateway.routes import Method
 # Verified tokens Envoy keeps (each worker thread), so a crowd's repeated requests skip the RSA check.
 JWT_CACHE_SIZE = 20_000
 
-# Paths anyone may call without a token; everything else needs one.
-PUBLIC_PREFIX = "/catalogs"
+# Paths anyone may call without a token (the catalog and the campaigns a storefront shows); everything else
+# needs one.
+PUBLIC_PREFIXES = ("/catalogs", "/campaigns")
 # REST paths under this need a token whose `role` is admin.
 ADMIN_PREFIX = "/admin/"
 # Headers the gateway sets from a verified token; a client's own copies are removed first.
@@ -56,7 +57,7 @@ def identity_filters(jwks: Path, methods: list[Method]) -> list[dict[str, Any]]:
                     }
                 },
                 "rules": [
-                    {"match": {"prefix": PUBLIC_PREFIX}},
+                    *({"match": {"prefix": prefix}} for prefix in PUBLIC_PREFIXES),
                     {"match": {"prefix": "/"}, "requires": {"provider_name": "shop"}},
                 ],
             },

@@ -9,9 +9,9 @@ from typing import Any
 from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 
-from gateway.auth import ADMIN_PREFIX, PUBLIC_PREFIX
+from gateway.auth import ADMIN_PREFIX, PUBLIC_PREFIXES
 from gateway.limits import RATE_LIMITED_ROUTES
-from gateway.routes import UPSTREAMS
+from gateway.routes import ROUTED_SERVICES
 
 FDP = descriptor_pb2.FieldDescriptorProto
 
@@ -156,7 +156,7 @@ def build(descriptor: Path) -> dict:
     paths: dict = {}
     for f in files.file:
         for service in f.service:
-            if f"{f.package}.{service.name}" not in UPSTREAMS.values():
+            if f"{f.package}.{service.name}" not in ROUTED_SERVICES:
                 continue
             for method in service.method:
                 if not method.options.HasExtension(annotations_pb2.http):
@@ -195,7 +195,7 @@ def build(descriptor: Path) -> dict:
                 errors |= ROUTE_ERRORS.get((verb, template), {})
                 if rule.body:
                     errors["413"] = "BODY_TOO_LARGE"
-                if not template.startswith(PUBLIC_PREFIX):
+                if not template.startswith(PUBLIC_PREFIXES):
                     operation["security"] = [{"bearer": []}]
                     errors["401"] = "UNAUTHENTICATED"
                     errors["403"] = "PERMISSION_DENIED" + (" (needs role admin)" if template.startswith(ADMIN_PREFIX) else "")

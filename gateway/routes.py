@@ -11,13 +11,17 @@ from google.protobuf import descriptor_pb2
 
 from shop_runtime import deadlines
 
-# Consul service name -> the gRPC service it serves.
-UPSTREAMS = {
-    "catalog": "shop.catalog.v1.CatalogService",
-    "cart": "shop.cart.v1.CartService",
-    "inventory": "shop.inventory.v1.InventoryService",
-    "order": "shop.order.v1.OrderService",
+# Consul service name -> the gRPC services it serves (the catalog serves its storefront reads, the merchant's
+# product management and the campaigns' routes as three services of one process).
+UPSTREAMS: dict[str, tuple[str, ...]] = {
+    "catalog": ("shop.catalog.v1.CatalogService", "shop.catalog.v1.CatalogAdminService",
+                "shop.catalog.v1.CampaignService"),
+    "cart": ("shop.cart.v1.CartService",),
+    "inventory": ("shop.inventory.v1.InventoryService",),
+    "order": ("shop.order.v1.OrderService",),
 }
+# Every gRPC service with REST routes.
+ROUTED_SERVICES = frozenset(s for services in UPSTREAMS.values() for s in services)
 
 # Retries of a route: only of requests that never reached a service (no connection, a stream the server
 # refused, a reset before the request was sent), on another instance; a request a service may have begun is
@@ -51,7 +55,7 @@ class Method:
 def exposed_methods(descriptor: Path) -> list[Method]:
     """The RPCs carrying a google.api.http rule; only these are routed."""
     files = descriptor_pb2.FileDescriptorSet.FromString(descriptor.read_bytes())
-    wanted = set(UPSTREAMS.values())
+    wanted = ROUTED_SERVICES
     found = []
     for file in files.file:
         for service in file.service:
@@ -68,7 +72,7 @@ def exposed_methods(descriptor: Path) -> list[Method]:
 
 def route_table(methods: list[Method]) -> list[dict[str, Any]]:
     """A route per RPC, by its gRPC path (the transcoder has already turned a REST call into one)."""
-    cluster_of = {grpc_name: cluster for cluster, grpc_name in UPSTREAMS.items()}
+    cluster_of = {grpc_name: cluster for cluster, grpc_names in UPSTREAMS.items() for grpc_name in grpc_names}
     return [
         # How long a REST call may take before the gateway answers 504: longer than the worst case of the
         # work behind it (its budget), so a client is never told "timeout" while its payment goes on.

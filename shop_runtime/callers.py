@@ -43,7 +43,9 @@ CALLERS: dict[str, frozenset[str]] = {
         "ReleaseHolds": {"cart", "order"}, "ExtendHolds": {"cart", "order"},
         "GetHolds": {"cart", "order"}, "ListHolds": {"cart", "order"},
         "CommitHolds": {"order"}, "GetAvailability": {"catalog"},
-        "SetStock": {"gateway"}, "GetStock": {"gateway"}}),
+        "SetStock": {"gateway"}, "GetStock": {"gateway"}, "AdjustStock": {"gateway"},
+        "CreateCampaign": {"catalog"}, "CancelCampaign": {"catalog"}, "GetCampaigns": {"catalog"},
+        "ListCampaigns": {"catalog"}}),
     **_rpcs("shop.order.v1.OrderService", {
         "Checkout": {"gateway"}, "Pay": {"gateway"}, "GetOrder": {"gateway"}, "ListOrders": {"gateway"}}),
 }

@@ -22,6 +22,13 @@ REASONS: dict[str, grpc.StatusCode] = {
     "IDEMPOTENCY_KEY_REUSED": _C.ABORTED,
     # catalog
     "PRODUCT_NOT_FOUND": _C.NOT_FOUND,
+    "PRODUCT_EXISTS": _C.ALREADY_EXISTS,  # POST /admin/products of a SKU the catalog has
+    # campaigns (decided by inventory, routed by the catalog)
+    "CAMPAIGN_NOT_FOUND": _C.NOT_FOUND,
+    "CAMPAIGN_OVERLAP": _C.ABORTED,  # a SKU already in a campaign whose window overlaps
+    "SALE_SOLD_OUT": _C.ABORTED,  # the quota cannot cover an add in full; `remaining` and `available`
+    "SALE_ENDED": _C.ABORTED,  # a sale line that can no longer be held at its sale price
+    "PRICE_CHANGED": _C.ABORTED,  # the units cannot be held at `expectedPrice`; `price` is what they would be
     # inventory
     "OUT_OF_STOCK": _C.ABORTED,
     "PURCHASE_LIMIT": _C.ABORTED,

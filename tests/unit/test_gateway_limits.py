@@ -19,6 +19,12 @@ SAMPLE_PATHS = {
     "/catalogs": "/catalogs?page=2", "/catalogs/{sku}": "/catalogs/EL-0001", "/chart": "/chart",
     "/chart/{sku}/{qty}": "/chart/EL-0001/3", "/checkout": "/checkout", "/payment": "/payment",
     "/orders": "/orders", "/orders/{order_id}": "/orders/0b6c", "/admin/stock/{sku}": "/admin/stock/EL-0001",
+    "/admin/stock/{sku}/adjustments": "/admin/stock/EL-0001/adjustments", "/admin/products": "/admin/products",
+    "/admin/products/{sku}": "/admin/products/EL-0001", "/admin/products:batchUpsert": "/admin/products:batchUpsert",
+    "/admin/products/{sku}/changes": "/admin/products/EL-0001/changes",
+    "/admin/campaigns": "/admin/campaigns", "/admin/campaigns/{campaign_id}": "/admin/campaigns/0b6c",
+    "/admin/campaigns/{campaign_id}:cancel": "/admin/campaigns/0b6c:cancel", "/campaigns": "/campaigns",
+    "/campaigns/{campaign_id}": "/campaigns/0b6c",
 }
 
 

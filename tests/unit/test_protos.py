@@ -23,6 +23,7 @@ CONTRACT_ROUTES = {
     ("get", "/orders"),
     ("put", "/admin/stock/{sku}"),
     ("get", "/admin/stock/{sku}"),
+    ("post", "/admin/stock/{sku}/adjustments"),
 }
 
 

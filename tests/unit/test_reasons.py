@@ -20,7 +20,7 @@ SERVICES = ("cart_svc", "catalog_svc", "inventory_svc", "order_svc")
 # gRPC's mapping of status codes to HTTP (Envoy's transcoder answers with it).
 HTTP = {grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.FAILED_PRECONDITION: 400,
         grpc.StatusCode.UNAUTHENTICATED: 401, grpc.StatusCode.PERMISSION_DENIED: 403, grpc.StatusCode.NOT_FOUND: 404,
-        grpc.StatusCode.ABORTED: 409, grpc.StatusCode.UNIMPLEMENTED: 501, grpc.StatusCode.UNAVAILABLE: 503}
+        grpc.StatusCode.ABORTED: 409, grpc.StatusCode.ALREADY_EXISTS: 409, grpc.StatusCode.UNIMPLEMENTED: 501, grpc.StatusCode.UNAVAILABLE: 503}
 # Reasons of docs/api.md that only the gateway (Envoy) makes.
 GATEWAY_ONLY = gateway_replies.REASONS - REASONS.keys()
 # Reasons no route of the REST API answers: the cart's answer to the order, and the identity check between services.
