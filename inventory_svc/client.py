@@ -48,12 +48,17 @@ class Hold:
     order_id: str
     # True when the answer was the stored one of an earlier call with the same key: the hold as it was then.
     replayed: bool = False
+    # The unit price the units were held at (0: a hold made without a price), and the campaign whose quota they
+    # came from ("" for regular stock).
+    price: int = 0
+    campaign_id: str = ""
 
     @classmethod
     def of(cls, m: inventory_pb2.Hold) -> "Hold":
         """The record of a message."""
         return cls(m.hold_id, m.owner, m.sku, m.qty, inventory_pb2.HoldState.Name(m.state).removeprefix("HOLD_STATE_"),
-                   m.expires_at.ToDatetime(tzinfo=timezone.utc), m.order_id)
+                   m.expires_at.ToDatetime(tzinfo=timezone.utc), m.order_id, price=m.price,
+                   campaign_id=m.campaign_id)
 
 
 def _key_of(change: inventory_pb2.HoldChange) -> str:
@@ -131,11 +136,19 @@ class InventoryClient:
             self._send_waiting()
 
     async def hold(self, owner: str, lines: dict[str, int], ttl_seconds: int, key: str, *,
-                   user: str | None = None, buyer: str = "", max_units: int = 0) -> list[Hold]:
+                   user: str | None = None, buyer: str = "", max_units: int = 0, prices: dict[str, int] | None = None,
+                   expected_prices: dict[str, int] | None = None) -> list[Hold]:
         """Holds every line's units for `owner`, all or nothing; OUT_OF_STOCK when any is short; with a buyer and
-        max_units, PURCHASE_LIMIT when a line would give the buyer more than that many units of its SKU."""
+        max_units, PURCHASE_LIMIT when a line would give the buyer more than that many units of its SKU.
+        `prices`: each SKU's regular price as the caller read it (the price of units held from regular stock);
+        `expected_prices`: the price each SKU must be held at (PRICE_CHANGED otherwise; absent or 0: any). While a
+        campaign of a SKU is live, its units are held from the quota at the sale price unless the regular price is
+        expected (SALE_SOLD_OUT when the quota cannot cover them)."""
+        prices, expected_prices = prices or {}, expected_prices or {}
         request = inventory_pb2.CreateHoldsRequest(
-            owner=owner, lines=[inventory_pb2.HoldLine(sku=s, qty=q) for s, q in lines.items()],
+            owner=owner, lines=[inventory_pb2.HoldLine(sku=s, qty=q, price=prices.get(s, 0),
+                                                       expected_price=expected_prices.get(s, 0))
+                                for s, q in lines.items()],
             ttl_seconds=ttl_seconds, idempotency_key=key, buyer=buyer, max_units_per_buyer=max_units)
 
         async def alone() -> list[Hold]:
@@ -146,13 +159,15 @@ class InventoryClient:
         return await self._change(alone, inventory_pb2.HoldChange(user=user or "", create=request))
 
     async def resize(self, hold_id: str, ttl_seconds: int, owner: str, key: str, *, qty: int = 0, add: int = 0,
-                     max_qty: int = 0, user: str | None = None, max_units: int = 0) -> Hold:
+                     max_qty: int = 0, user: str | None = None, max_units: int = 0, expected_price: int = 0) -> Hold:
         """Sets an active hold of `owner` to `qty` units, or grows it by `add`, until now + ttl, never above
         max_qty (QTY_LIMIT) nor taking its buyer past max_units (PURCHASE_LIMIT); HOLD_GONE reasons when the hold
-        is no longer the owner's active hold."""
+        is no longer the owner's active hold. The hold keeps its price: with expected_price, PRICE_CHANGED when
+        that is not it; a hold from a campaign's quota grows from it while the campaign is live (SALE_ENDED after,
+        SALE_SOLD_OUT when the quota cannot cover the growth)."""
         request = inventory_pb2.ResizeHoldRequest(
             hold_id=hold_id, qty=qty, add_qty=add, max_qty=max_qty, ttl_seconds=ttl_seconds, owner=owner,
-            idempotency_key=key, max_units_per_buyer=max_units)
+            idempotency_key=key, max_units_per_buyer=max_units, expected_price=expected_price)
 
         async def alone() -> list[Hold]:
             answer, trailers = await self._service.call("ResizeHold", request, user=user, idempotent=bool(key),
@@ -218,3 +233,27 @@ class InventoryClient:
         answer = await self._service.call("GetAvailability", inventory_pb2.GetAvailabilityRequest(skus=skus),
                                           idempotent=True, timeout=timeout, attempts=2)
         return {item.sku: item.available for item in answer.items}
+
+    # --- campaigns: the messages as inventory answers them; the catalog reshapes them for its routes -------------
+
+    async def create_campaign(self, request: inventory_pb2.CreateCampaignRequest, *,
+                              user: str | None = None) -> inventory_pb2.Campaign:
+        """Creates a campaign and sets its quotas aside (CAMPAIGN_OVERLAP, OUT_OF_STOCK, SKU_NOT_FOUND,
+        INVALID_ARGUMENT with `field`); retried with its idempotency key when it has one."""
+        return await self._service.call("CreateCampaign", request, user=user,
+                                        idempotent=bool(request.idempotency_key))
+
+    async def cancel_campaign(self, campaign_id: str, key: str, *, user: str | None = None) -> inventory_pb2.Campaign:
+        """Cancels a scheduled campaign or ends a live one now (CAMPAIGN_NOT_FOUND)."""
+        return await self._service.call("CancelCampaign", inventory_pb2.CancelCampaignRequest(
+            campaign_id=campaign_id, idempotency_key=key), user=user, idempotent=bool(key))
+
+    async def campaigns(self, campaign_ids: list[str]) -> inventory_pb2.GetCampaignsResponse:
+        """The campaigns among `campaign_ids` with their figures now, and the database's clock."""
+        return await self._service.call("GetCampaigns", inventory_pb2.GetCampaignsRequest(campaign_ids=campaign_ids),
+                                        idempotent=True)
+
+    async def list_campaigns(self, request: inventory_pb2.ListCampaignsRequest, *,
+                             timeout: float = deadlines.ATTEMPT_TIMEOUT) -> inventory_pb2.ListCampaignsResponse:
+        """A page of campaigns by status or SKU, soonest start first, and the database's clock."""
+        return await self._service.call("ListCampaigns", request, idempotent=True, timeout=timeout)
