@@ -22,7 +22,8 @@ async def lock_user(conn: AsyncConnection, user: str) -> None:
 async def lines(conn: AsyncConnection, user: str) -> list[Line]:
     """The user's lines, oldest first."""
     cur = await conn.execute(
-        "SELECT sku, qty, hold_id::text, reserved_until, added_at FROM cart.lines WHERE user_id = %s"
+        "SELECT sku, qty, hold_id::text, reserved_until, added_at, COALESCE(price, 0) FROM cart.lines"
+            " WHERE user_id = %s"
         " ORDER BY added_at, sku", (user,))
     return [Line(*r) for r in await cur.fetchall()]
 
@@ -36,7 +37,8 @@ async def read_cart(conn: AsyncConnection, user: str, key: str) -> tuple[tuple[b
         earlier = await conn.execute("SELECT request_hash, response FROM cart.changes WHERE user_id = %s AND key = %s",
                                      (user, key))
         rows = await conn.execute(
-            "SELECT sku, qty, hold_id::text, reserved_until, added_at FROM cart.lines WHERE user_id = %s"
+            "SELECT sku, qty, hold_id::text, reserved_until, added_at, COALESCE(price, 0) FROM cart.lines"
+            " WHERE user_id = %s"
             " ORDER BY added_at, sku", (user,))
         found = await earlier.fetchone()
         found_lines = [Line(*r) for r in await rows.fetchall()]
@@ -53,15 +55,16 @@ async def place_line(conn: AsyncConnection, user: str, line: Line, prior_hold_id
     there is no line), as the change that decided it read it; False, writing nothing, when another change got
     there first. One statement: outside a transaction it is one locked round trip."""
     values = dict(ns=USER_LOCK_NAMESPACE, user=user, sku=line.sku, qty=line.qty, hold=line.hold_id,
-                  until=line.reserved_until, added=line.added_at, prior=prior_hold_id)
+                  until=line.reserved_until, added=line.added_at, prior=prior_hold_id, price=line.price or None)
     if prior_hold_id is None:
         cur = await conn.execute(
-            _LOCKED + " INSERT INTO cart.lines (user_id, sku, qty, hold_id, reserved_until, added_at)"
-            " SELECT %(user)s, %(sku)s, %(qty)s, %(hold)s, %(until)s, %(added)s FROM locked"
+            _LOCKED + " INSERT INTO cart.lines (user_id, sku, qty, hold_id, reserved_until, added_at, price)"
+            " SELECT %(user)s, %(sku)s, %(qty)s, %(hold)s, %(until)s, %(added)s, %(price)s FROM locked"
             " ON CONFLICT (user_id, sku) DO NOTHING RETURNING 1", values)
     else:
         cur = await conn.execute(
-            _LOCKED + " UPDATE cart.lines SET qty = %(qty)s, hold_id = %(hold)s, reserved_until = %(until)s"
+            _LOCKED + " UPDATE cart.lines SET qty = %(qty)s, hold_id = %(hold)s, reserved_until = %(until)s,"
+            " price = %(price)s"
             " FROM locked WHERE user_id = %(user)s AND sku = %(sku)s AND hold_id = %(prior)s RETURNING 1", values)
     return await cur.fetchone() is not None
 
@@ -70,12 +73,13 @@ async def put_line(conn: AsyncConnection, user: str, line: Line) -> None:
     """Creates or replaces the user's line for the SKU."""
     await conn.execute(
         """
-        INSERT INTO cart.lines (user_id, sku, qty, hold_id, reserved_until, added_at)
-        VALUES (%s, %s, %s, %s, %s, %s)
+        INSERT INTO cart.lines (user_id, sku, qty, hold_id, reserved_until, added_at, price)
+        VALUES (%s, %s, %s, %s, %s, %s, %s)
         ON CONFLICT (user_id, sku) DO UPDATE
-           SET qty = EXCLUDED.qty, hold_id = EXCLUDED.hold_id, reserved_until = EXCLUDED.reserved_until
+           SET qty = EXCLUDED.qty, hold_id = EXCLUDED.hold_id, reserved_until = EXCLUDED.reserved_until,
+               price = EXCLUDED.price
         """,
-        (user, line.sku, line.qty, line.hold_id, line.reserved_until, line.added_at),
+        (user, line.sku, line.qty, line.hold_id, line.reserved_until, line.added_at, line.price or None),
     )
 
 

@@ -9,8 +9,8 @@ import uuid
 from psycopg_pool import AsyncConnectionPool
 
 from cart_svc import repository as repo
-from cart_svc.model import (MAX_LINE_QTY, CartView, HandedLine, Line, change_key, gone_from_cart, owner_of,
-                            total_of, user_of, view_of)
+from cart_svc.model import (MAX_LINE_QTY, CartView, HandedLine, Line, change_key, gone_from_cart, handed_line,
+                            owner_of, total_of, user_of, view_of)
 from catalog_svc.client import CatalogClient, Product
 from inventory_svc.client import ACTIVE, EXPIRED, HOLD_GONE, Hold, InventoryClient
 from shop_runtime import idempotency
@@ -20,6 +20,9 @@ from shop_runtime.live_settings import LiveSettings
 from shop_runtime import metrics
 from shop_runtime.reasons import STATE_REASONS, refuse
 from shop_runtime.validation import CURRENCY, MAX_TOTAL
+
+# The highest unit price a storefront may expect (a product's price is at most this).
+MAX_EXPECTED_PRICE = 2_000_000_000
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -37,12 +40,26 @@ def _reused() -> ServiceError:
 
 
 def _shown(view: CartView) -> CartView:
-    """The cart as answered: one that totals more than MAX_TOTAL (its prices rose since its lines were added) is
+    """The cart as answered, at the prices its units were held at: one that totals more than MAX_TOTAL (new units
+    held at a price above the catalog's the cap was checked with, or old lines shown at a risen catalog price) is
     refused, as the state the cart is in, whatever the change did."""
     if view.total > MAX_TOTAL:
         raise refuse("TOTAL_LIMIT", f"the cart totals more than {MAX_TOTAL} {CURRENCY}; lower a quantity",
                      {"max": MAX_TOTAL}, table=STATE_REASONS)
     return view
+
+
+def _expected(expected_price: int) -> int:
+    """A change's expected unit price, checked: 0 (none) or 1..MAX_EXPECTED_PRICE."""
+    if not 0 <= expected_price <= MAX_EXPECTED_PRICE:
+        raise invalid_argument("expectedPrice", f"expectedPrice must be within 1..{MAX_EXPECTED_PRICE}, or 0 for none")
+    return expected_price
+
+
+def _fingerprint(operation: str, sku: str, qty: int, expected_price: int) -> bytes:
+    """A change's request hash: the same key with another expected price is another request. A change without one
+    hashes as it did before prices were held, so its stored answer still replays."""
+    return idempotency.fingerprint(operation, sku, qty, *([expected_price] if expected_price else []))
 
 
 def _replayed(earlier: tuple[bytes, CartView], request_hash: bytes) -> CartView:
@@ -93,12 +110,12 @@ class Carts:
         self._live = live
         self._clock = clock
 
-    async def _prices(self, skus: list[str], units: list[tuple[str, int]], required: list[str], *,
+    async def _prices(self, skus: list[str], units: list[tuple[str, int, int]], required: list[str], *,
                       known: dict[str, Product] | None = None, checkout: bool = False) -> dict[str, Product]:
         """The one read of names and prices and its checks: `skus` asked of the catalog in one call (those `known`
         from a read moments before are not asked again); PRODUCT_NOT_FOUND when one of `required` is not in the
-        catalog, TOTAL_LIMIT when the cart would then total more than MAX_TOTAL (`units`: (sku, qty) pairs, those
-        without a product counting nothing)."""
+        catalog, TOTAL_LIMIT when the cart would then total more than MAX_TOTAL (`units`: (sku, qty, held price)
+        triples, a price of 0 counting at the catalog's, those without either counting nothing)."""
         products = await self._catalog.products([s for s in skus if s not in known] if known else skus)
         if known:
             products = known | products
@@ -114,16 +131,24 @@ class Carts:
     async def _change_prices(self, sku: str, lines: list[Line], *, add: int, qty: int,
                              known: dict[str, Product] | None = None) -> dict[str, Product]:
         """The prices a change of `sku`'s line is decided at, checked. The line limit is decided on the hold's own
-        quantity, by inventory (max_qty) or in _hold; the cap on the total, on the cart's record of its lines."""
+        quantity, by inventory (max_qty) or in _hold; the cap on the total, on the cart's record of its lines: units
+        held at the prices the cart recorded for their holds, new units at the catalog's (the price they will be
+        held at is inventory's to decide; the answer, _shown, checks the cart again at the held prices)."""
         line = next((x for x in lines if x.sku == sku), None)
-        units = [(sku, min(qty or add + (line.qty if line else 0), MAX_LINE_QTY))]
+        wanted = min(qty or add + (line.qty if line else 0), MAX_LINE_QTY)
+        kept = min(line.qty, wanted) if line is not None else 0
+        units = [(sku, kept, line.price if line is not None else 0), (sku, wanted - kept, 0)]
         return await self._prices(sorted({x.sku for x in lines} | {sku}),
-                                  units + [(x.sku, x.qty) for x in lines if x.sku != sku], [sku], known=known)
+                                  units + [(x.sku, x.qty, x.price) for x in lines if x.sku != sku], [sku], known=known)
 
-    async def _hold(self, user: str, sku: str, line: Line | None, change: str, *, add: int = 0, qty: int = 0,
-                    take_back: bool = False) -> Hold:
-        """Makes the line hold `qty` units, or `add` more: on its hold, or a new hold if it has none any more.
-        A hold a cut-off checkout moved to an order is taken back only with `take_back` (under the user's lock)."""
+    async def _hold(self, user: str, sku: str, line: Line | None, change: str, *, price: int, expected: int = 0,
+                    add: int = 0, qty: int = 0, take_back: bool = False) -> Hold:
+        """Makes the line hold `qty` units, or `add` more: on its hold (which keeps its price and source: inventory
+        decides), or a new hold if it has none any more, whose price inventory decides now (`price`: the catalog's
+        regular price as read; `expected`: the price the storefront showed, PRICE_CHANGED if the units cannot be
+        held at it). A hold a cut-off checkout moved to an order is taken back only with `take_back` (under the
+        user's lock). Inventory's refusals (OUT_OF_STOCK, PRICE_CHANGED, SALE_SOLD_OUT, SALE_ENDED,
+        PURCHASE_LIMIT) go to the caller as they are, with nothing written."""
         ttl = self._live.get("reservation_ttl_seconds")
         limit = self._live.get("max_units_per_user")
 
@@ -132,7 +157,7 @@ class Carts:
             try:
                 return await self._inventory.resize(hold_id, ttl, owner_of(user), change_key(user, change, step),
                                                     qty=qty, add=add, max_qty=MAX_LINE_QTY, user=user,
-                                                    max_units=limit)
+                                                    max_units=limit, expected_price=expected)
             except ServiceError as err:
                 if err.reason == "QTY_LIMIT":
                     raise _qty_limit(int(err.metadata.get("qty", 0))) from None
@@ -169,7 +194,8 @@ class Carts:
         prior = line.hold_id if line is not None else "none"
         (hold,) = await self._inventory.hold(owner_of(user), {sku: units}, ttl,
                                              change_key(user, change, f"create:{prior}"), user=user, buyer=user,
-                                             max_units=limit)
+                                             max_units=limit, prices={sku: price},
+                                             expected_prices={sku: expected} if expected else None)
         return hold
 
     async def _holds_of(self, lines: list[Line]) -> dict[str, Hold]:
@@ -184,7 +210,7 @@ class Carts:
         return earlier, lines, line, [x for x in lines if x.sku != sku]
 
     async def _change(self, user: str, sku: str, key: str, request_hash: bytes, *, add: int = 0,
-                      qty: int = 0) -> CartView:
+                      qty: int = 0, expected: int = 0) -> CartView:
         key = idempotency.check_key(key)
         earlier, lines, line, others = await self._read_for_change(user, sku, key)
         if earlier is not None:
@@ -195,9 +221,11 @@ class Carts:
             products = await self._change_prices(sku, lines, add=add, qty=qty)
             change = key or uuid.uuid4().hex
             try:
-                hold = await self._hold(user, sku, line, change, add=add, qty=qty)
+                hold = await self._hold(user, sku, line, change, price=products[sku].price, expected=expected,
+                                        add=add, qty=qty)
             except _TakeBack:
-                return await self._change_locked(user, sku, key, request_hash, change, products, add=add, qty=qty)
+                return await self._change_locked(user, sku, key, request_hash, change, products, add=add, qty=qty,
+                                                 expected=expected)
             held = await reading
         finally:
             if not reading.done():
@@ -205,7 +233,7 @@ class Carts:
         if hold.replayed:  # the stored answer of this change's first try: the hold may have changed since
             hold = (await self._inventory.holds([hold.hold_id])).get(hold.hold_id, hold)
         added_at = line.added_at if line is not None else self._clock.now()
-        placed = Line(sku, hold.qty, hold.hold_id, hold.expires_at, added_at)
+        placed = Line(sku, hold.qty, hold.hold_id, hold.expires_at, added_at, hold.price)
         view = view_of(sorted([*others, placed], key=lambda x: (x.added_at, x.sku)), held | {hold.hold_id: hold},
                         products)
         prior = line.hold_id if line is not None else None
@@ -227,11 +255,11 @@ class Carts:
                     raise _LineMoved(hold)
         except _LineMoved as moved:
             return await self._change_locked(user, sku, key, request_hash, change, products, add=add, qty=qty,
-                                             made=(moved.hold, prior))
+                                             expected=expected, made=(moved.hold, prior))
         return view
 
     async def _change_locked(self, user: str, sku: str, key: str, request_hash: bytes, change: str,
-                             known: dict[str, Product], *, add: int = 0, qty: int = 0,
+                             known: dict[str, Product], *, add: int = 0, qty: int = 0, expected: int = 0,
                              made: tuple[Hold, str | None] | None = None) -> CartView:
         """A change decided under the user's lock, held across its calls: for what the lock-free path cannot
         settle alone (taking a line's hold back from a cut-off checkout, or a line changed by another request
@@ -254,33 +282,40 @@ class Carts:
             if made is not None and current in (made[1], made[0].hold_id):
                 hold = made[0]
             else:
-                hold = await self._hold(user, sku, line, change, add=add, qty=qty, take_back=True)
+                hold = await self._hold(user, sku, line, change, price=products[sku].price, expected=expected,
+                                        add=add, qty=qty, take_back=True)
                 if made is not None:
                     await self._inventory.release_if_held(made[0].hold_id, owner_of(user),
                                                           change_key(user, change, f"undo:{made[0].hold_id}"),
                                                           user=user)
             added_at = line.added_at if line is not None else self._clock.now()
-            await repo.put_line(conn, user, Line(sku, hold.qty, hold.hold_id, hold.expires_at, added_at))
+            await repo.put_line(conn, user, Line(sku, hold.qty, hold.hold_id, hold.expires_at, added_at, hold.price))
             lines = await repo.lines(conn, user)
             view = view_of(lines, await self._holds_of(lines), products)
             if key:
                 await repo.record_change(conn, user, key, request_hash, view)
         return view
 
-    async def add(self, user: str, sku: str, qty: int, key: str = "") -> CartView:
-        """Adds `qty` units of `sku`, holding them; the line grows if it exists. A key replays its first answer."""
+    async def add(self, user: str, sku: str, qty: int, key: str = "", *, expected_price: int = 0) -> CartView:
+        """Adds `qty` units of `sku`, holding them; the line grows if it exists (at its price). With
+        expected_price, the units must be held at that price (PRICE_CHANGED). A key replays its first answer."""
         if not 1 <= qty <= MAX_LINE_QTY:
             raise invalid_argument("qty", f"qty must be within 1..{MAX_LINE_QTY}")
         if not sku:
             raise invalid_argument("sku", "sku is required")
-        return _shown(await self._change(user, sku, key, idempotency.fingerprint("add", sku, qty), add=qty))
+        expected = _expected(expected_price)
+        return _shown(await self._change(user, sku, key, _fingerprint("add", sku, qty, expected), add=qty,
+                                         expected=expected))
 
-    async def set_quantity(self, user: str, sku: str, qty: int, key: str = "") -> CartView:
-        """Sets the line to exactly `qty` units; 0 removes it and gives its units back."""
+    async def set_quantity(self, user: str, sku: str, qty: int, key: str = "", *,
+                           expected_price: int = 0) -> CartView:
+        """Sets the line to exactly `qty` units; 0 removes it and gives its units back (expected_price ignored)."""
         if not 0 <= qty <= MAX_LINE_QTY:
             raise invalid_argument("qty", f"qty must be within 0..{MAX_LINE_QTY}")
+        expected = _expected(expected_price)
         if qty > 0:
-            return _shown(await self._change(user, sku, key, idempotency.fingerprint("set", sku, qty), qty=qty))
+            return _shown(await self._change(user, sku, key, _fingerprint("set", sku, qty, expected), qty=qty,
+                                             expected=expected))
         return _shown(await self._remove(user, sku, key))
 
     async def _remove(self, user: str, sku: str, key: str) -> CartView:
@@ -305,7 +340,7 @@ class Carts:
         return view
 
     async def view(self, user: str) -> CartView:
-        """The cart: units and expiry from the holds, current names and prices from the catalog."""
+        """The cart: units, expiry and prices from the holds, current names from the catalog."""
         async with self._pool.connection() as conn:
             lines = await repo.lines(conn, user)
         return _shown(await self._view(lines))
@@ -344,16 +379,22 @@ class Carts:
                 lines = [line for line in lines if line.sku not in dead]
             if not lines:
                 raise refuse("CART_EMPTY", "the cart is empty")
-            # Prices are fixed, and checked, before any hold moves: a refusal leaves the cart as it was.
+            # Names are fixed, and the total checked at the held prices, before any hold moves: a refusal leaves
+            # the cart as it was.
             skus = [line.sku for line in lines]
-            products = await self._prices(skus, [(line.sku, line.qty) for line in lines], skus, checkout=True)
+            units = [(x.sku, holds[x.hold_id].qty if x.hold_id in holds else x.qty,
+                      holds[x.hold_id].price if x.hold_id in holds else x.price) for x in lines]
+            products = await self._prices(skus, units, skus, checkout=True)
             # The moved holds come back one per line, in the lines' order (an expired one held again has a new
             # id); `holds` above is the by-id lookup of the holds as they were, a different thing.
             moved = await self._inventory.extend([line.hold_id for line in lines], f"order:{order_id}", order_id,
                                                  ttl_seconds, f"checkout:{order_id}", user=user,
                                                  max_units=self._live.get("max_units_per_user"))
-            handed = [HandedLine(line.sku, hold.qty, hold.hold_id, hold.expires_at, products[line.sku].name,
-                                 products[line.sku].price) for line, hold in zip(lines, moved, strict=True)]
+            # Each line keeps the price and campaign of its hold (one held again after it expired keeps them:
+            # inventory's rule; SALE_ENDED or SALE_SOLD_OUT above when it cannot). A hold with no price (made
+            # before prices were held) is ordered at the catalog's price, as the cart showed it.
+            handed = [handed_line(line, hold, holds.get(line.hold_id), products[line.sku])
+                      for line, hold in zip(lines, moved, strict=True)]
             await repo.delete_lines(conn, user, skus)
             await repo.record_checkout(conn, order_id, user, handed)
             return handed

@@ -18,8 +18,9 @@ def cart_pb(view: CartView) -> cart_pb2.Cart:
     for line in view.lines:
         until = timestamp_pb2.Timestamp()
         until.FromDatetime(line.reserved_until)
-        items.append(cart_pb2.CartLine(sku=line.sku, name=line.product.name, price=line.product.price, qty=line.qty,
-                                       subtotal=line.subtotal, reserved_until=until, expired=line.expired))
+        items.append(cart_pb2.CartLine(sku=line.sku, name=line.name, price=line.price, qty=line.qty,
+                                       subtotal=line.subtotal, reserved_until=until, expired=line.expired,
+                                       campaign_id=line.campaign_id))
     return cart_pb2.Cart(items=items, total=view.total, currency=CURRENCY)
 
 
@@ -31,11 +32,12 @@ class CartServicer(cart_pb2_grpc.CartServiceServicer):
 
     async def AddItem(self, request, context):
         return cart_pb(await self._carts.add(require_user(context), request.sku, request.qty,
-                                             idempotency_key(context)))
+                                             idempotency_key(context), expected_price=request.expected_price))
 
     async def SetItemQuantity(self, request, context):
         return cart_pb(await self._carts.set_quantity(require_user(context), request.sku, request.qty,
-                                                      idempotency_key(context)))
+                                                      idempotency_key(context),
+                                                      expected_price=request.expected_price))
 
     async def GetCart(self, request, context):
         return cart_pb(await self._carts.view(require_user(context)))

@@ -18,8 +18,12 @@ PENDING_PAYMENT, PAID, EXPIRED = "PENDING_PAYMENT", "PAID", "EXPIRED"
 # A payment attempt: PENDING (committed before the provider is called), then one of the others.
 PENDING, SUCCEEDED, DECLINED, REFUNDED = "PENDING", "SUCCEEDED", "DECLINED", "REFUNDED"
 
+# A sale line whose hold expired cannot be held again at its sale price: its campaign is no longer live, or its quota
+# is spent. For an order awaiting payment, as OUT_OF_STOCK is: its units are gone.
+SALE_ENDED, SALE_SOLD_OUT = "SALE_ENDED", "SALE_SOLD_OUT"
+
 # Inventory's refusals that mean an order's units are no longer held for it.
-HOLDS_GONE = HOLD_GONE | {OUT_OF_STOCK}
+HOLDS_GONE = HOLD_GONE | {OUT_OF_STOCK, SALE_ENDED, SALE_SOLD_OUT}
 
 # A payment started inside the window keeps the units this much longer while the provider answers.
 PAYMENT_GRACE_SECONDS = 60
@@ -29,13 +33,15 @@ MAX_HOLD_SECONDS = 86_400
 
 @dataclass(frozen=True)
 class Item:
-    """An order line, its price fixed at checkout."""
+    """An order line at the price its units were held at (the hold's, handed over by the cart)."""
 
     sku: str
     name: str
     price: int
     qty: int
     hold_id: str
+    # The campaign whose quota the units came from; "" for regular stock.
+    campaign_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -103,8 +109,9 @@ def as_order_uuid(order_id: str) -> str | None:
 
 
 def order_of(order_id: str, user: str, lines: list[HandedLine], now: datetime) -> OrderRecord:
-    """The order a hand-over of the cart makes: the lines' units, names and prices as handed over."""
-    items = [Item(x.sku, x.name, x.price, x.qty, x.hold_id) for x in lines]
+    """The order a hand-over of the cart makes: the lines' units, names, prices and campaigns as handed over (the
+    prices the units were held at), its total their sum."""
+    items = [Item(x.sku, x.name, x.price, x.qty, x.hold_id, x.campaign_id) for x in lines]
     # The window ends when the first hold runs out: a replayed hand-over keeps its first expiry.
     pay_before = min(x.reserved_until for x in lines)
     return OrderRecord(order_id, user, PENDING_PAYMENT, sum(i.price * i.qty for i in items), CURRENCY,

@@ -18,7 +18,8 @@ async def _with_items(conn: AsyncConnection, rows: list[OrderRow]) -> list[Order
     if not rows:
         return []
     cur = await conn.execute(
-        "SELECT order_id::text, sku, name, price, qty, hold_id::text FROM orders.items"
+        "SELECT order_id::text, sku, name, price, qty, hold_id::text, COALESCE(campaign_id::text, '')"
+        " FROM orders.items"
         " WHERE order_id = ANY(%s::uuid[]) ORDER BY order_id, position", ([r[0] for r in rows],))
     items: dict[str, list[Item]] = {}
     for order_id, *rest in await cur.fetchall():
@@ -70,9 +71,10 @@ async def insert_order(conn: AsyncConnection, order: OrderRecord, checkout_key: 
         return
     async with conn.cursor() as c:
         await c.executemany(
-            "INSERT INTO orders.items (order_id, position, sku, name, price, qty, hold_id)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-            [(order.id, i, it.sku, it.name, it.price, it.qty, it.hold_id) for i, it in enumerate(order.items)])
+            "INSERT INTO orders.items (order_id, position, sku, name, price, qty, hold_id, campaign_id)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            [(order.id, i, it.sku, it.name, it.price, it.qty, it.hold_id, it.campaign_id or None)
+             for i, it in enumerate(order.items)])
 
 
 async def set_hold_ids(conn: AsyncConnection, order_id: str, hold_ids: list[str]) -> None:

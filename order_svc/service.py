@@ -16,8 +16,8 @@ from cart_svc.client import CART_EMPTY, CartClient
 from catalog_svc.client import PRODUCT_NOT_FOUND, CatalogClient
 from inventory_svc.client import COMMITTED, OUT_OF_STOCK, InventoryClient
 from order_svc import repository as repo
-from order_svc.model import (DECLINED, EXPIRED, HOLDS_GONE, PAID, PENDING, PENDING_PAYMENT, REFUNDED, SUCCEEDED,
-                             OrderRecord, PaymentAttempt, as_order_uuid, order_of, sold)
+from order_svc.model import (DECLINED, EXPIRED, HOLDS_GONE, PAID, PENDING, PENDING_PAYMENT, REFUNDED, SALE_ENDED,
+                             SALE_SOLD_OUT, SUCCEEDED, OrderRecord, PaymentAttempt, as_order_uuid, order_of, sold)
 from order_svc.payments import Charge, PaymentProvider, ProviderUnavailable
 from order_svc.repair import RECONCILE_AGE_SECONDS, Repairs
 from shop.catalog.v1 import catalog_pb2
@@ -36,8 +36,10 @@ PROVIDER_TIMEOUT_SECONDS = 15.0
 # Order ids of checkouts with an idempotency key derive from (user, key), so retries converge.
 _CHECKOUT_NAMESPACE = uuid.UUID("6f1c2a3e-7d4b-4b8e-9a51-2c0d8e4f5a61")
 # The cart's refusals of a hand-over that leave the cart as it was (anything else is left to the reconciler,
-# which asks the cart what happened).
-_NOT_HANDED_OVER = frozenset({CART_EMPTY, OUT_OF_STOCK, PRODUCT_NOT_FOUND, "TOTAL_LIMIT", "INVALID_ARGUMENT"})
+# which asks the cart what happened). An expired sale line that cannot be held again from its quota (SALE_ENDED,
+# SALE_SOLD_OUT) is refused by inventory's all-or-nothing move, before any hold moved, as OUT_OF_STOCK is.
+_NOT_HANDED_OVER = frozenset({CART_EMPTY, OUT_OF_STOCK, SALE_ENDED, SALE_SOLD_OUT, PRODUCT_NOT_FOUND, "TOTAL_LIMIT",
+                              "INVALID_ARGUMENT"})
 
 
 def _not_found(order_id: str) -> ServiceError:

@@ -31,8 +31,8 @@ def order_pb(order: OrderRecord) -> order_pb2.Order:
     message = order_pb2.Order(
         order_id=order.id,
         status=STATUSES[order.status],
-        items=[order_pb2.OrderItem(sku=i.sku, name=i.name, price=i.price, qty=i.qty, subtotal=i.price * i.qty)
-               for i in order.items],
+        items=[order_pb2.OrderItem(sku=i.sku, name=i.name, price=i.price, qty=i.qty, subtotal=i.price * i.qty,
+                                   campaign_id=i.campaign_id) for i in order.items],
         total=order.total,
         currency=order.currency,
         pay_before=_ts(order.pay_before),

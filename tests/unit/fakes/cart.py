@@ -21,8 +21,9 @@ class FakeCart(Losses):
         self.hand_over_calls = 0
 
     async def put(self, user: str, sku: str, qty: int, name: str, price: int, ttl_seconds: int = 600) -> Hold:
-        """Adds a line to the user's cart, its units held in inventory."""
-        (hold,) = await self.inventory.hold(f"cart:{user}", {sku: qty}, ttl_seconds, "")
+        """Adds a line to the user's cart, its units held in inventory at `price` (the regular price; a live sale's
+        price when the inventory has one)."""
+        (hold,) = await self.inventory.hold(f"cart:{user}", {sku: qty}, ttl_seconds, "", prices={sku: price})
         self.lines.setdefault(user, []).append((sku, name, price, hold.hold_id))
         return hold
 
@@ -40,7 +41,8 @@ class FakeCart(Losses):
                 raise refuse(CART_EMPTY, "the cart is empty")
             holds = await self.inventory.extend([x[3] for x in lines], f"order:{order_id}", order_id, ttl_seconds,
                                                 f"checkout:{order_id}", user=user)
-            answer = [HandedLine(sku, h.qty, h.hold_id, h.expires_at, name, price)
+            # As the cart: each line at its hold's price and campaign.
+            answer = [HandedLine(sku, h.qty, h.hold_id, h.expires_at, name, h.price or price, h.campaign_id)
                       for (sku, name, price, _), h in zip(lines, holds, strict=True)]
             self.handed[order_id] = (user, answer)
             self.lines[user] = []

@@ -25,14 +25,30 @@ class _StoredHold:
     created_at: datetime
     replaced_by: str | None = None
     buyer: str | None = None
+    price: int = 0
+    campaign_id: str = ""
 
     def record(self) -> Hold:
-        return Hold(self.hold_id, self.owner, self.sku, self.qty, self.state, self.expires_at, self.order_id)
+        return Hold(self.hold_id, self.owner, self.sku, self.qty, self.state, self.expires_at, self.order_id,
+                    price=self.price, campaign_id=self.campaign_id)
+
+
+@dataclass
+class Sale:
+    """A minimal campaign of one SKU: its quota is set aside while it is live (what holds from it have not taken),
+    and goes back to regular stock when it ends."""
+
+    campaign_id: str
+    sale_price: int
+    quota: int
+    live: bool = True
 
 
 class FakeInventory(Losses):
     """Inventory as `InventoryClient` shows it: stock per SKU, holds that end once (sold, given back, or
     expired by the ManualClock), all-or-nothing writes, and idempotency keys whose first answer is replayed.
+    Holds keep the price they were made at (the caller's regular price, or a live sale's price from its quota:
+    `start_sale`, `end_sale`); an expected price that is not the one the units would be held at is PRICE_CHANGED.
 
     `calls` lists every write that reached it, as (method, request), replays included."""
 
@@ -43,13 +59,33 @@ class FakeInventory(Losses):
         self.stored: dict[str, _StoredHold] = {}
         self.calls: list[tuple[str, dict]] = []
         self._answers: dict[tuple[str, str], tuple[dict, Any]] = {}
+        self.sales: dict[str, Sale] = {}  # sku -> its campaign, live or ended
 
-    # What tests look at.
+    # What tests set and look at.
+
+    def start_sale(self, sku: str, campaign_id: str, sale_price: int, quota: int) -> None:
+        """A campaign of `sku` goes live now, its quota set aside from the available units."""
+        assert quota <= self.available(sku)
+        self.sales[sku] = Sale(campaign_id, sale_price, quota)
+
+    def end_sale(self, sku: str) -> None:
+        """The campaign of `sku` ends: what is left of its quota is back in regular stock."""
+        self.sales[sku].live = False
+
+    def remaining(self, sku: str) -> int:
+        """Units of the live quota of `sku` neither held nor sold (0 without a live sale)."""
+        self._expire()
+        sale = self.sales.get(sku)
+        if sale is None or not sale.live:
+            return 0
+        return sale.quota - sum(h.qty for h in self.stored.values()
+                                if h.campaign_id == sale.campaign_id and h.state in (ACTIVE, COMMITTED))
 
     def available(self, sku: str) -> int:
-        """Units of `sku` that can be held now."""
+        """Units of `sku` that can be held now at the regular price."""
         self._expire()
-        return self.on_hand.get(sku, 0) - sum(h.qty for h in self.stored.values() if h.sku == sku and h.state == ACTIVE)
+        held = sum(h.qty for h in self.stored.values() if h.sku == sku and h.state == ACTIVE)
+        return self.on_hand.get(sku, 0) - held - self.remaining(sku)
 
     def hold_of(self, hold_id: str) -> Hold:
         """A hold as it is now."""
@@ -105,11 +141,33 @@ class FakeInventory(Losses):
         if has + more > limit:
             raise refuse("PURCHASE_LIMIT", f"at most {limit} units of {sku}", dict(sku=sku, limit=limit, has=has))
 
+    def _live_sale(self, sku: str, campaign_id: str = "") -> Sale | None:
+        sale = self.sales.get(sku)
+        return sale if sale is not None and sale.live and campaign_id in ("", sale.campaign_id) else None
+
+    def _check_quota(self, sku: str, qty: int) -> None:
+        if qty > (remaining := self.remaining(sku)):
+            raise refuse("SALE_SOLD_OUT", f"the sale of {sku} has {remaining} unit(s) left",
+                         dict(sku=sku, remaining=remaining, available=self.available(sku)))
+
+    def _source(self, sku: str, qty: int, price: int, expected: int) -> tuple[int, str]:
+        """(price, campaign) the units of a new hold would be held at, checked: from a live sale's quota unless
+        the regular price is expected, else regular stock at the caller's price."""
+        sale = self._live_sale(sku)
+        if sale is not None and expected in (0, sale.sale_price):
+            self._check_quota(sku, qty)
+            return sale.sale_price, sale.campaign_id
+        if expected and expected != price:
+            would = sale.sale_price if sale is not None else price
+            raise refuse("PRICE_CHANGED", f"{sku} would be held at {would}", dict(sku=sku, price=would))
+        self._check_stock({sku: qty})
+        return price, ""
+
     def _new_hold(self, owner: str, sku: str, qty: int, ttl_seconds: int, order_id: str = "",
-                  buyer: str | None = None) -> _StoredHold:
+                  buyer: str | None = None, price: int = 0, campaign_id: str = "") -> _StoredHold:
         now = self.clock.now()
         hold = _StoredHold(str(uuid.uuid4()), owner, sku, qty, ACTIVE, now + timedelta(seconds=ttl_seconds),
-                           order_id, now, buyer=buyer)
+                           order_id, now, buyer=buyer, price=price, campaign_id=campaign_id)
         self.stored[hold.hold_id] = hold
         return hold
 
@@ -140,18 +198,23 @@ class FakeInventory(Losses):
     # InventoryClient's methods.
 
     async def hold(self, owner: str, lines: dict[str, int], ttl_seconds: int, key: str, *,
-                   user: str | None = None, buyer: str = "", max_units: int = 0) -> list[Hold]:
+                   user: str | None = None, buyer: str = "", max_units: int = 0, prices: dict[str, int] | None = None,
+                   expected_prices: dict[str, int] | None = None) -> list[Hold]:
+        prices, expected_prices = dict(prices or {}), dict(expected_prices or {})
+
         def work() -> list[Hold]:
             for sku, qty in lines.items():
                 self._check_limit(sku, buyer, qty, max_units)
-            self._check_stock(lines)
-            return [self._new_hold(owner, sku, qty, ttl_seconds, buyer=buyer or None).record()
-                    for sku, qty in lines.items()]
+            sources = {sku: self._source(sku, qty, prices.get(sku, 0), expected_prices.get(sku, 0))
+                       for sku, qty in lines.items()}
+            return [self._new_hold(owner, sku, qty, ttl_seconds, buyer=buyer or None, price=sources[sku][0],
+                                   campaign_id=sources[sku][1]).record() for sku, qty in lines.items()]
 
-        return await self._write("hold", key, dict(owner=owner, lines=dict(lines), ttl=ttl_seconds, buyer=buyer), work)
+        return await self._write("hold", key, dict(owner=owner, lines=dict(lines), ttl=ttl_seconds, buyer=buyer,
+                                                   prices=prices, expected_prices=expected_prices), work)
 
     async def resize(self, hold_id: str, ttl_seconds: int, owner: str, key: str, *, qty: int = 0, add: int = 0,
-                     max_qty: int = 0, user: str | None = None, max_units: int = 0) -> Hold:
+                     max_qty: int = 0, user: str | None = None, max_units: int = 0, expected_price: int = 0) -> Hold:
         def work() -> Hold:
             (h,) = self._find([hold_id])
             self._check_owner([h], owner)
@@ -160,8 +223,15 @@ class FakeInventory(Losses):
             if max_qty and target > max_qty:
                 raise refuse("QTY_LIMIT", f"at most {max_qty} units, this one would hold {target}",
                              dict(max=max_qty, qty=target), table=INVENTORY_REASONS)
+            if expected_price and expected_price != h.price:
+                raise refuse("PRICE_CHANGED", f"hold {h.hold_id} keeps its price {h.price}",
+                             dict(sku=h.sku, price=h.price))
             self._check_limit(h.sku, h.buyer, target - h.qty, max_units)
-            if target > h.qty:
+            if target > h.qty and h.campaign_id:  # one line, one price: a sale hold grows from its quota only
+                if self._live_sale(h.sku, h.campaign_id) is None:
+                    raise refuse("SALE_ENDED", f"the sale of {h.sku} has ended", dict(sku=h.sku, skus=h.sku))
+                self._check_quota(h.sku, target - h.qty)
+            elif target > h.qty:
                 self._check_stock({h.sku: target - h.qty})
             h.qty = target
             if ttl_seconds:
@@ -169,7 +239,7 @@ class FakeInventory(Losses):
             return h.record()
 
         return await self._write("resize", key, dict(hold_id=hold_id, ttl=ttl_seconds, owner=owner, qty=qty, add=add,
-                                                     max_qty=max_qty), work)
+                                                     max_qty=max_qty, expected_price=expected_price), work)
 
     async def release(self, hold_ids: list[str], owner: str, key: str, *, user: str | None = None) -> list[Hold]:
         def work() -> list[Hold]:
@@ -194,11 +264,19 @@ class FakeInventory(Losses):
             self._check_active([h for h in holds if h.state != EXPIRED])
             again: dict[str, int] = {}
             for h in holds:
-                if h.state == EXPIRED:
+                if h.state == EXPIRED and not h.campaign_id:
                     again[h.sku] = again.get(h.sku, 0) + h.qty
             for h in holds:
                 if h.state == EXPIRED:
                     self._check_limit(h.sku, h.buyer, h.qty, max_units)
+            # An expired sale hold is held again only from its campaign's quota, while the campaign is live.
+            if ended := [h.sku for h in holds if h.state == EXPIRED and h.campaign_id
+                         and self._live_sale(h.sku, h.campaign_id) is None]:
+                raise refuse("SALE_ENDED", "the sale has ended: " + ", ".join(ended),
+                             dict(sku=ended[0], skus=",".join(ended)))
+            for h in holds:
+                if h.state == EXPIRED and h.campaign_id:
+                    self._check_quota(h.sku, h.qty)
             self._check_stock(again)
             result = []
             for h in holds:
@@ -207,7 +285,8 @@ class FakeInventory(Losses):
                     h.expires_at = self.clock.now() + timedelta(seconds=ttl_seconds)
                     result.append(h.record())
                 else:
-                    new = self._new_hold(owner, h.sku, h.qty, ttl_seconds, order_id, buyer=h.buyer)
+                    new = self._new_hold(owner, h.sku, h.qty, ttl_seconds, order_id, buyer=h.buyer, price=h.price,
+                                         campaign_id=h.campaign_id)
                     h.replaced_by = new.hold_id
                     result.append(new.record())
             return result
@@ -253,3 +332,18 @@ class FakeInventory(Losses):
             return {sku: self.available(sku) for sku in skus}
 
         return await self._lossy("availability", read)
+
+    # Campaign administration: the cart and the order never call it, so the fake does not model it (a test sets a
+    # sale up with start_sale and end_sale instead).
+
+    async def create_campaign(self, request: Any, *, user: str | None = None) -> Any:
+        raise NotImplementedError("FakeInventory does not model campaign administration; use start_sale")
+
+    async def cancel_campaign(self, campaign_id: str, key: str, *, user: str | None = None) -> Any:
+        raise NotImplementedError("FakeInventory does not model campaign administration; use end_sale")
+
+    async def campaigns(self, campaign_ids: list[str]) -> Any:
+        raise NotImplementedError("FakeInventory does not model campaign administration")
+
+    async def list_campaigns(self, request: Any, *, timeout: float = 0) -> Any:
+        raise NotImplementedError("FakeInventory does not model campaign administration")
