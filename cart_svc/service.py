@@ -137,7 +137,9 @@ class Carts:
         line = next((x for x in lines if x.sku == sku), None)
         wanted = min(qty or add + (line.qty if line else 0), MAX_LINE_QTY)
         kept = min(line.qty, wanted) if line is not None else 0
-        units = [(sku, kept, line.price if line is not None else 0), (sku, wanted - kept, 0)]
+        # A line whose hold ran out (as far as the cart knows) is held anew, at the price of now.
+        held = line.price if line is not None and line.reserved_until > self._clock.now() else 0
+        units = [(sku, kept, held), (sku, wanted - kept, 0)]
         return await self._prices(sorted({x.sku for x in lines} | {sku}),
                                   units + [(x.sku, x.qty, x.price) for x in lines if x.sku != sku], [sku], known=known)
 

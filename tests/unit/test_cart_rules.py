@@ -8,7 +8,8 @@ import grpc
 import pytest
 
 from cart_svc import repository
-from cart_svc.messages import checkout_pb
+from cart_svc import servicer as cart_servicer
+from cart_svc.messages import checkout_pb, handed_lines
 from cart_svc.service import Carts
 from catalog_svc.client import CatalogClient, Product
 from inventory_svc.client import ACTIVE, EXPIRED, RELEASED, InventoryClient
@@ -435,3 +436,203 @@ async def test_the_reconciler_leaves_holds_that_are_not_carts(world):
 
     assert await world.carts.reconcile() == 0
     assert world.inventory.available("A") == 9
+
+
+# --- prices held with the units ---------------------------------------------------------------------
+
+SALE = "5a1e0000-0000-4000-8000-000000000001"
+
+
+def priced(view) -> list[tuple[str, int, int, int, str]]:
+    """(sku, price, qty, subtotal, campaign) of each line of a view."""
+    return [(x.sku, x.price, x.qty, x.subtotal, x.campaign_id) for x in view.lines]
+
+
+async def test_a_line_shows_the_price_its_units_were_held_at_not_the_catalogs_current(world):
+    await world.carts.add(USER, "A", 2, "k1")
+    assert world.inventory.hold_of(world.line("A").hold_id).price == 1_000
+    world.catalog.by_sku["A"] = Product("Apple (new name)", 1_500)  # an admin changes the price, and the name
+
+    view = await world.carts.view(USER)
+
+    assert priced(view) == [("A", 1_000, 2, 2_000, "")]
+    assert view.total == 2_000
+    assert view.lines[0].name == "Apple (new name)"  # names still come from the catalog
+    message = cart_servicer.cart_pb(view)
+    assert (message.items[0].price, message.items[0].subtotal, message.items[0].campaign_id, message.total) == (
+        1_000, 2_000, "", 2_000)
+
+
+async def test_a_growing_line_keeps_its_price_and_an_expired_one_held_again_takes_the_price_of_now(world):
+    await world.carts.add(USER, "A", 2, "k1")
+    world.catalog.by_sku["A"] = Product("Apple", 1_500)
+
+    grown = await world.carts.add(USER, "A", 1, "k2")
+    assert priced(grown) == [("A", 1_000, 3, 3_000, "")]  # one line, one price: the hold's
+
+    world.clock.advance(TTL + 1)
+    again = await world.carts.add(USER, "A", 1, "k3")
+    assert priced(again) == [("A", 1_500, 4, 6_000, "")]  # a new hold, at the price decided now
+    assert world.line("A").price == 1_500
+
+
+async def test_a_hold_made_before_prices_were_held_is_shown_at_the_catalogs_price(world):
+    await world.carts.add(USER, "A", 2, "k1")
+    world.inventory.stored[world.line("A").hold_id].price = 0  # as a hold from before migration 0005
+    world.catalog.by_sku["A"] = Product("Apple", 1_200)
+
+    assert priced(await world.carts.view(USER)) == [("A", 1_200, 2, 2_400, "")]
+    (line,) = (await world.carts.checkout(USER, "order-1", 900)).lines
+    assert (line.price, line.campaign_id) == (1_200, "")
+
+
+async def test_an_add_gives_inventory_the_catalogs_price_and_the_expected_one(world):
+    await world.carts.add(USER, "A", 2, "k1", expected_price=1_000)
+    method, request = world.inventory.calls[-1]
+    assert (method, request["prices"], request["expected_prices"]) == ("hold", {"A": 1_000}, {"A": 1_000})
+
+    await world.carts.add(USER, "A", 1, "k2", expected_price=1_000)
+    method, request = world.inventory.calls[-1]
+    assert (method, request["expected_price"]) == ("resize", 1_000)
+
+    await world.carts.set_quantity(USER, "B", 2, "k3")  # no expectation: any price
+    method, request = world.inventory.calls[-1]
+    assert (method, request["prices"], request["expected_prices"]) == ("hold", {"B": 500}, {})
+
+
+async def test_an_unexpected_price_is_price_changed_and_changes_nothing(world):
+    await world.carts.add(USER, "A", 2, "k1")
+    before = world.line("A")
+
+    err = await refused("PRICE_CHANGED", world.carts.add(USER, "A", 1, "k2", expected_price=900))  # growing
+    assert err.code == grpc.StatusCode.ABORTED and err.metadata["price"] == "1000"
+    err = await refused("PRICE_CHANGED", world.carts.set_quantity(USER, "A", 5, "k3", expected_price=900))
+    assert err.metadata["price"] == "1000"
+    err = await refused("PRICE_CHANGED", world.carts.add(USER, "B", 1, "k4", expected_price=450))  # a new line
+    assert err.metadata["price"] == "500"
+
+    assert world.line("A") == before and world.line("B") is None
+    assert [(h.sku, h.qty) for h in world.inventory.holds_of("cart:alice")] == [("A", 2)]
+    assert world.inventory.available("B") == 5
+    assert world.repo.changes.keys() == {(USER, "k1")}
+
+
+@pytest.mark.parametrize("expected", [-1, 2_000_000_001])
+async def test_an_expected_price_out_of_range_is_invalid_argument_naming_it(world, expected):
+    for call in (world.carts.add(USER, "A", 1, "k1", expected_price=expected),
+                 world.carts.set_quantity(USER, "A", 1, "k1", expected_price=expected)):
+        err = await refused("INVALID_ARGUMENT", call)
+        assert err.metadata["field"] == "expectedPrice"
+    assert world.inventory.calls == [] and world.repo.rows == {}
+
+
+async def test_the_same_key_with_another_expected_price_is_refused(world):
+    first = await world.carts.add(USER, "A", 2, "k1", expected_price=1_000)
+
+    await refused("IDEMPOTENCY_KEY_REUSED", world.carts.add(USER, "A", 2, "k1"))
+    await refused("IDEMPOTENCY_KEY_REUSED", world.carts.add(USER, "A", 2, "k1", expected_price=999))
+    again = await world.carts.add(USER, "A", 2, "k1", expected_price=1_000)
+    assert again.to_json() == first.to_json() and world.line("A").qty == 2
+    await world.carts.set_quantity(USER, "A", 3, "k2")
+    await refused("IDEMPOTENCY_KEY_REUSED", world.carts.set_quantity(USER, "A", 3, "k2", expected_price=1_000))
+
+
+async def test_an_add_in_a_live_sale_holds_from_its_quota_at_the_sale_price(world):
+    world.inventory.start_sale("A", SALE, 700, quota=3)
+
+    view = await world.carts.add(USER, "A", 2, "k1")
+
+    assert priced(view) == [("A", 700, 2, 1_400, SALE)]
+    assert view.total == 1_400
+    assert cart_servicer.cart_pb(view).items[0].campaign_id == SALE
+    assert world.inventory.remaining("A") == 1 and world.inventory.available("A") == 7
+    # A stored answer replays with its campaign.
+    assert priced(await world.carts.add(USER, "A", 2, "k1")) == priced(view)
+
+
+async def test_a_sale_sold_out_refuses_the_add_with_what_is_left_and_changes_nothing(world):
+    world.inventory.start_sale("A", SALE, 700, quota=3)
+    await world.carts.add(USER, "A", 2, "k1")
+    before = world.line("A")
+
+    err = await refused("SALE_SOLD_OUT", world.carts.add(USER, "A", 2, "k2"))
+    assert err.code == grpc.StatusCode.ABORTED
+    assert (err.metadata["remaining"], err.metadata["available"]) == ("1", "7")
+    assert world.line("A") == before and world.inventory.hold_of(before.hold_id).qty == 2
+    await refused("SALE_SOLD_OUT", world.carts.add("bob", "A", 2, "b1"))
+    assert world.line("A", "bob") is None and world.inventory.holds_of("cart:bob") == []
+
+    # Bob says he wants the regular price: regular stock, at the regular price.
+    view = await world.carts.add("bob", "A", 2, "b2", expected_price=1_000)
+    assert priced(view) == [("A", 1_000, 2, 2_000, "")]
+    # Alice's sale line has one price: growing it at the regular price is refused.
+    err = await refused("PRICE_CHANGED", world.carts.add(USER, "A", 1, "k3", expected_price=1_000))
+    assert err.metadata["price"] == "700"
+
+
+async def test_a_sale_line_keeps_its_price_after_the_sale_ends_but_cannot_grow(world):
+    world.inventory.start_sale("A", SALE, 700, quota=3)
+    await world.carts.add(USER, "A", 2, "k1")
+    world.inventory.end_sale("A")
+    before = world.line("A")
+
+    assert priced(await world.carts.view(USER)) == [("A", 700, 2, 1_400, SALE)]
+    await refused("SALE_ENDED", world.carts.add(USER, "A", 1, "k2"))
+    assert world.line("A") == before
+    shrunk = await world.carts.set_quantity(USER, "A", 1, "k3")  # shrinking gives units back, at the same price
+    assert priced(shrunk) == [("A", 700, 1, 700, SALE)]
+
+
+async def test_the_cap_on_the_total_counts_held_units_at_their_held_prices(big):
+    await big.carts.add(USER, "A", 99, "k1")  # 99 x 1,000
+    big.catalog.by_sku["A"] = Product("Apple", 30_000_000)  # at this price the line would be 2,970,000,000
+
+    assert (await big.carts.view(USER)).total == 99_000  # not refused: its units are held at 1,000
+    big.inventory.on_hand["B"] = 10
+    view = await big.carts.add(USER, "B", 2, "k2")  # checked with A at its held price
+    assert view.total == 99_000 + 1_000
+    # Units to be held anew are checked at the catalog's price before they are held: nothing is held.
+    big.clock.advance(TTL + 1)
+    hold_id = big.line("A").hold_id
+    await refused("TOTAL_LIMIT", big.carts.add(USER, "A", 1, "k3"))
+    assert big.line("A").hold_id == hold_id and big.inventory.available("A") == 1_000
+
+
+async def test_checkout_hands_over_each_holds_price_and_campaign(world):
+    world.inventory.start_sale("A", SALE, 700, quota=3)
+    await world.carts.add(USER, "A", 2, "k1")
+    await world.carts.add(USER, "B", 1, "k2")
+    world.catalog.by_sku["A"] = Product("Apple", 1_500)
+    world.catalog.by_sku["B"] = Product("Banana", 800)
+
+    answer = await world.carts.checkout(USER, "order-1", 900)
+
+    assert [(x.sku, x.price, x.qty, x.campaign_id) for x in answer.lines] == [("A", 700, 2, SALE), ("B", 500, 1, "")]
+    assert [(x.price, x.campaign_id) for x in handed_lines(answer)] == [(700, SALE), (500, "")]
+
+
+async def test_checkout_holds_an_expired_sale_line_again_from_its_quota_at_its_price(world):
+    world.inventory.start_sale("A", SALE, 700, quota=3)
+    await world.carts.add(USER, "A", 2, "k1")
+    world.clock.advance(TTL + 1)
+
+    (line,) = (await world.carts.checkout(USER, "order-1", 900)).lines
+
+    assert (line.price, line.campaign_id, line.qty) == (700, SALE, 2)
+    assert world.inventory.remaining("A") == 1
+
+
+async def test_checkout_of_an_expired_sale_line_after_the_sale_is_sale_ended_and_changes_nothing(world):
+    world.inventory.start_sale("A", SALE, 700, quota=3)
+    await world.carts.add(USER, "A", 2, "k1")
+    await world.carts.add(USER, "B", 1, "k2")
+    world.clock.advance(TTL + 1)
+    world.inventory.end_sale("A")
+    lines = dict(world.repo.rows)
+
+    err = await refused("SALE_ENDED", world.carts.checkout(USER, "order-1", 900))
+
+    assert err.code == grpc.StatusCode.ABORTED and "A" in err.metadata["skus"]
+    assert world.repo.rows == lines and world.repo.checkouts == {}
+    assert all(h.owner == "cart:alice" for h in world.inventory.holds_of("cart:alice"))
+    assert world.inventory.holds_of("order:order-1") == []

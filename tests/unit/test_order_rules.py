@@ -17,7 +17,7 @@ from order_svc import repository
 from order_svc.model import DECLINED, EXPIRED, PAID, PENDING, PENDING_PAYMENT, REFUNDED, SUCCEEDED
 from order_svc.payments import PaymentProvider
 from order_svc.service import Orders
-from order_svc.servicer import STATUSES
+from order_svc.servicer import STATUSES, order_pb
 from shop.order.v1 import order_pb2
 from tests.clock import ManualClock
 from shop_runtime.live_settings import LiveSettings
@@ -439,3 +439,66 @@ def test_every_order_status_is_shown_as_the_enum_value_of_its_name():
     assert {status: order_pb2.OrderStatus.Name(value) for status, value in STATUSES.items()} == \
         {status: status for status in (PENDING_PAYMENT, PAID, EXPIRED)}
     assert set(STATUSES) == set(order_pb2.OrderStatus.keys()) - {"ORDER_STATUS_UNSPECIFIED"}
+
+
+# --- prices held with the units ---------------------------------------------------------------------
+
+SALE = "5a1e0000-0000-4000-8000-000000000001"
+
+
+async def test_an_order_keeps_the_prices_and_campaigns_its_units_were_held_at(world):
+    world.inventory.start_sale("A", SALE, 700, quota=3)
+    await world.fill_cart()  # A x 2 from the sale's quota at 700, B x 1 at 500
+    world.catalog.by_sku["A"] = Product("Apple", 1_500)  # later price changes do not reach the cart's holds
+
+    order = await world.orders.checkout(USER, "c1")
+
+    assert [(i.sku, i.price, i.qty, i.campaign_id) for i in order.items] == [("A", 700, 2, SALE), ("B", 500, 1, "")]
+    assert order.total == 2 * 700 + 500
+    assert world.stored(order) == order
+    message = order_pb(order)
+    assert [(x.price, x.subtotal, x.campaign_id) for x in message.items] == [(700, 1_400, SALE), (500, 500, "")]
+    assert message.total == 1_900
+
+    world.inventory.end_sale("A")  # neither the sale's end nor a price change touches an order awaiting payment
+    world.catalog.by_sku["B"] = Product("Banana", 900)
+    assert (await world.orders.get(USER, order.id)).total == 1_900
+    await refused("AMOUNT_MISMATCH", world.pay(order, "p0", amount=TOTAL))
+    paid = await world.pay(order, "p1", amount=1_900)
+    assert paid.status == PAID and [i.price for i in paid.items] == [700, 500]
+
+
+async def test_a_checkout_whose_expired_sale_line_cannot_be_held_again_is_sale_ended_and_changes_nothing(
+        world, monkeypatch):
+    cart_repo = FakeCartRepository()
+    install(monkeypatch, cart_repository, cart_repo)
+    carts = Carts(world.pool, world.inventory, world.catalog, LiveSettings(None), world.clock)
+    orders = world.make_orders(CartsAsClient(carts))
+    world.inventory.start_sale("A", SALE, 700, quota=3)
+    await carts.add(USER, "A", 2, "k1")
+    await carts.add(USER, "B", 1, "k2")
+    world.clock.advance(LiveSettings(None).get("reservation_ttl_seconds") + 1)
+    world.inventory.end_sale("A")
+    before = await carts.view(USER)
+
+    err = await refused("SALE_ENDED", orders.checkout(USER, "c1"))
+
+    assert err.code == grpc.StatusCode.ABORTED and err.metadata["skus"] == "A"
+    assert world.repo.checkouts == {} and world.repo.orders == {}  # the order book as it was
+    assert await carts.view(USER) == before and cart_repo.checkouts == {}  # the cart as it was
+    assert not any(h.owner.startswith("order:") for h in world.inventory.stored.values())  # no hold moved
+
+
+async def test_a_checkout_of_a_live_sales_expired_line_holds_it_again_at_its_price(world, monkeypatch):
+    cart_repo = FakeCartRepository()
+    install(monkeypatch, cart_repository, cart_repo)
+    carts = Carts(world.pool, world.inventory, world.catalog, LiveSettings(None), world.clock)
+    orders = world.make_orders(CartsAsClient(carts))
+    world.inventory.start_sale("A", SALE, 700, quota=3)
+    await carts.add(USER, "A", 2, "k1")
+    world.clock.advance(LiveSettings(None).get("reservation_ttl_seconds") + 1)
+
+    order = await orders.checkout(USER, "c1")
+
+    assert [(i.sku, i.price, i.qty, i.campaign_id) for i in order.items] == [("A", 700, 2, SALE)]
+    assert order.total == 1_400 and world.inventory.remaining("A") == 1
