@@ -180,7 +180,8 @@ CHECKS: list[Check] = [
         "{0}: paid by {1}, but its charges not refunded are {3} ({2}), not exactly its own",
     ),
     Check(
-        # e. Totals are fixed at checkout from the lines' prices.
+        # e. Totals are fixed at checkout from the lines' prices (the prices their units were held at, f.): a paid
+        # order's revenue is the sum of its lines.
         "order-total",
         """
         SELECT o.id, o.status, o.total, sum(i.price::bigint * i.qty)
@@ -190,6 +191,71 @@ CHECKS: list[Check] = [
          ORDER BY o.id
         """,
         "{0}: {1} order totals {2}, but its lines add up to {3}",
+    ),
+    Check(
+        # f. An order line's price and campaign are its hold's (one owner per fact: the hold keeps the price its
+        # units were held at; the cart and the order copy it). A hold without a price (NULL or 0: made before
+        # prices were held with the units) is ordered at the catalog's price, so its line's price is not checked;
+        # its campaign still is.
+        "order-line-hold",
+        """
+        SELECT o.id, i.sku, i.price, COALESCE(i.campaign_id::text, 'none'), i.hold_id,
+               CASE WHEN h.id IS NULL THEN 'missing'
+                    ELSE format('at %s of campaign %s', COALESCE(h.price::text, 'no price'),
+                                COALESCE(h.campaign_id::text, 'none')) END
+          FROM orders.orders o
+          JOIN orders.items i ON i.order_id = o.id
+          LEFT JOIN inventory.holds h ON h.id = i.hold_id
+         WHERE h.id IS NULL
+            OR (h.price > 0 AND h.price <> i.price)
+            OR h.campaign_id IS DISTINCT FROM i.campaign_id
+         ORDER BY o.id, i.position
+        """,
+        "{0}: its line of {1} at {2} of campaign {3} names hold {4}, which is {5}",
+    ),
+    Check(
+        # f. A line from a campaign's quota was held while the campaign ran, at its sale price: its campaign has an
+        # item of its SKU, whose window [starts_at, ends_at) contained the hold's creation.
+        "campaign-line",
+        """
+        SELECT o.id, i.sku, i.campaign_id, i.price,
+               CASE WHEN ci.sku IS NULL THEN 'the campaign has no item of that SKU'
+                    WHEN h.id IS NULL THEN 'its hold is missing'
+                    WHEN NOT (h.created_at >= c.starts_at AND h.created_at < c.ends_at)
+                         THEN format('its hold was made at %s, outside the window %s .. %s', h.created_at,
+                                     c.starts_at, c.ends_at)
+                    ELSE format('the sale price is %s', ci.sale_price) END
+          FROM orders.orders o
+          JOIN orders.items i ON i.order_id = o.id
+          LEFT JOIN inventory.campaign_items ci ON ci.campaign_id = i.campaign_id AND ci.sku = i.sku
+          LEFT JOIN inventory.campaigns c ON c.id = i.campaign_id
+          LEFT JOIN inventory.holds h ON h.id = i.hold_id
+         WHERE i.campaign_id IS NOT NULL
+           AND (ci.sku IS NULL OR h.id IS NULL OR i.price <> ci.sale_price
+                OR NOT (h.created_at >= c.starts_at AND h.created_at < c.ends_at))
+         ORDER BY o.id, i.position
+        """,
+        "{0}: its line of {1} from campaign {2} at {3}, but {4}",
+    ),
+    Check(
+        # f. Every unit of a campaign item's quota is in exactly one place: still set aside (remaining), back in
+        # regular stock (returned), held (its ACTIVE holds, until reclaimed) or sold (its COMMITTED holds).
+        "campaign-quota",
+        """
+        WITH units AS (
+            SELECT campaign_id, sku,
+                   sum(qty) FILTER (WHERE state = 'ACTIVE') AS held,
+                   sum(qty) FILTER (WHERE state = 'COMMITTED') AS sold
+              FROM inventory.holds WHERE campaign_id IS NOT NULL
+             GROUP BY campaign_id, sku
+        )
+        SELECT ci.campaign_id, ci.sku, ci.quota, ci.remaining, COALESCE(u.held, 0), COALESCE(u.sold, 0), ci.returned
+          FROM inventory.campaign_items ci
+          LEFT JOIN units u ON u.campaign_id = ci.campaign_id AND u.sku = ci.sku
+         WHERE ci.quota <> ci.remaining + COALESCE(u.held, 0) + COALESCE(u.sold, 0) + ci.returned
+         ORDER BY ci.campaign_id, ci.sku
+        """,
+        "{0}: the quota of {1} is {2}, but remaining {3} + held {4} + sold {5} + returned {6} differ",
     ),
     Check(
         # e. A checkout of an empty cart is refused, so every order has a line.

@@ -303,6 +303,140 @@ async def test_an_active_hold_past_its_expiry_is_no_orphan(suite_dsn):
     assert audit_dsn(suite_dsn) == []
 
 
+# --- campaigns ------------------------------------------------------------------------------------
+
+CAMPAIGN = str(uuid.uuid4())         # live now: A at SALE_PRICE, quota 4
+SALE_PRICE = 600
+QUOTA = 4
+DAVE_HOLD = str(uuid.uuid4())        # dave's paid order: 1 x A from the quota, committed
+ERIN_HOLD = str(uuid.uuid4())        # erin's cart line: 1 x A from the quota, active
+DAVE_ORDER = str(uuid.uuid4())
+
+
+def aside(sku: str, reason: str, set_aside_delta: int, reserved_delta: int, on_hand_delta: int = 0,
+          hold_id: str | None = None, order_id: str | None = None) -> tuple[str, tuple]:
+    """A stock change that moves set-aside units too, and its ledger entry naming the campaign."""
+    return ("""
+        WITH s AS (
+            UPDATE inventory.stock SET on_hand = on_hand + %(dh)s, reserved = reserved + %(dr)s,
+                                       set_aside = set_aside + %(ds)s
+             WHERE sku = %(sku)s RETURNING sku, on_hand, reserved, set_aside
+        )
+        INSERT INTO inventory.ledger (sku, reason, on_hand_delta, reserved_delta, on_hand_after, reserved_after,
+                                      set_aside_delta, set_aside_after, actor, hold_id, order_id, campaign_id)
+        SELECT sku, %(reason)s, %(dh)s, %(dr)s, on_hand, reserved, %(ds)s, set_aside, 'test', %(hold)s, %(order)s,
+               %(campaign)s FROM s
+        """, dict(sku=sku, reason=reason, dh=on_hand_delta, dr=reserved_delta, ds=set_aside_delta, hold=hold_id,
+                  order=order_id, campaign=CAMPAIGN))
+
+
+def sale_hold(hold_id: str, owner: str, sku: str, qty: int, *, order_id: str | None = None) -> list[tuple[str, tuple]]:
+    """An active hold from the campaign's quota, at its sale price, and the ledger entry that takes its units."""
+    return [
+        ("INSERT INTO inventory.holds (id, owner, sku, qty, state, expires_at, order_id, created_at, price, campaign_id)"
+         " VALUES (%s, %s, %s, %s, 'ACTIVE', now() + interval '10 minutes', %s, now(), %s, %s)",
+         (hold_id, owner, sku, qty, order_id, SALE_PRICE, CAMPAIGN)),
+        aside(sku, "HOLD", -qty, qty, hold_id=hold_id, order_id=order_id),
+    ]
+
+
+@pytest.fixture
+async def campaign_dsn(suite_dsn) -> str:
+    """The consistent suite and a live campaign selling QUOTA units of A at SALE_PRICE: set aside when it was
+    created; dave's paid order of 1 x A from it (delivered to the catalog), erin's cart line of 1 x A from it;
+    2 remaining. The regular holds carry the regular price."""
+    execute(
+        suite_dsn,
+        ("UPDATE inventory.holds SET price = %s WHERE sku = %s", (PRICE_A, A)),
+        ("UPDATE inventory.holds SET price = %s WHERE sku = %s", (PRICE_B, B)),
+        ("INSERT INTO inventory.campaigns (id, name, starts_at, ends_at, created_at, created_by)"
+         " VALUES (%s, 'audit sale', now() - interval '1 hour', now() + interval '1 hour',"
+         " now() - interval '2 hours', 'ops')", (CAMPAIGN,)),
+        ("INSERT INTO inventory.campaign_items (campaign_id, sku, position, sale_price, quota, max_per_user, remaining)"
+         " VALUES (%s, %s, 0, %s, %s, 0, %s)", (CAMPAIGN, A, SALE_PRICE, QUOTA, QUOTA - 2)),
+        aside(A, "SET_ASIDE", QUOTA, 0),
+        *sale_hold(DAVE_HOLD, f"order:{DAVE_ORDER}", A, 1, order_id=DAVE_ORDER),
+        *commit_hold(DAVE_HOLD, A, 1, DAVE_ORDER),
+        *new_order(DAVE_ORDER, "dave", "PAID", [(A, SALE_PRICE, 1, DAVE_HOLD)], payment_id="pay_dave"),
+        ("UPDATE orders.items SET campaign_id = %s WHERE order_id = %s", (CAMPAIGN, DAVE_ORDER)),
+        *sales_delivered(DAVE_ORDER, {A: 1}),
+        *sale_hold(ERIN_HOLD, "cart:erin", A, 1),
+        ("INSERT INTO cart.lines (user_id, sku, qty, hold_id, reserved_until, added_at, price)"
+         " VALUES ('erin', %s, 1, %s, now() + interval '10 minutes', now(), %s)", (A, ERIN_HOLD, SALE_PRICE)),
+    )
+    return suite_dsn
+
+
+async def test_a_consistent_suite_with_a_campaign_is_clean(campaign_dsn):
+    assert audit_dsn(campaign_dsn) == []
+
+
+async def test_a_campaign_ended_with_units_back_in_regular_stock_is_clean(campaign_dsn):
+    # The campaign ended: what was left of its quota went back (returned), its held and sold units keep their price.
+    execute(
+        campaign_dsn,
+        ("UPDATE inventory.campaigns SET ends_at = now() - interval '1 minute' WHERE id = %s", (CAMPAIGN,)),
+        ("UPDATE inventory.campaign_items SET remaining = 0, returned = %s, closed_at = now()"
+         " WHERE campaign_id = %s", (QUOTA - 2, CAMPAIGN)),
+        aside(A, "CAMPAIGN_END", -(QUOTA - 2), 0),
+        # Its holds were made while it ran.
+        ("UPDATE inventory.holds SET created_at = now() - interval '30 minutes' WHERE campaign_id = %s",
+         (CAMPAIGN,)),
+    )
+    assert audit_dsn(campaign_dsn) == []
+
+
+OTHER_CAMPAIGN = str(uuid.uuid4())
+
+# kind -> (the one inconsistency seeded into the suite with a campaign, tag, what the line must also name)
+CAMPAIGN_SEEDS = {
+    "order line at another price than its hold's": (
+        [("UPDATE inventory.holds SET price = 650 WHERE id = %s", (DAVE_HOLD,))],
+        "order-line-hold", DAVE_ORDER),
+    "regular order line at another price than its hold's": (
+        [("UPDATE orders.items SET price = 999 WHERE order_id = %s AND sku = %s", (PENDING_ORDER, A)),
+         ("UPDATE orders.orders SET total = 999 WHERE id = %s", (PENDING_ORDER,))],
+        "order-line-hold", PENDING_ORDER),
+    "order line without the campaign of its hold": (
+        [("UPDATE orders.items SET campaign_id = NULL WHERE order_id = %s", (DAVE_ORDER,))],
+        "order-line-hold", DAVE_ORDER),
+    "order line of a campaign its hold is not from": (
+        [("UPDATE orders.items SET campaign_id = %s WHERE order_id = %s AND sku = %s", (CAMPAIGN, PENDING_ORDER, A))],
+        "order-line-hold", PENDING_ORDER),
+    "campaign line held before its campaign started": (
+        [("UPDATE inventory.holds SET created_at = now() - interval '90 minutes' WHERE id = %s", (DAVE_HOLD,))],
+        "campaign-line", DAVE_ORDER),
+    "campaign line held after its campaign ended": (
+        [("UPDATE inventory.campaigns SET ends_at = now() - interval '1 minute' WHERE id = %s", (CAMPAIGN,))],
+        "campaign-line", DAVE_ORDER),
+    "campaign line not at the sale price": (
+        [("UPDATE orders.items SET price = 700 WHERE order_id = %s", (DAVE_ORDER,)),
+         ("UPDATE inventory.holds SET price = 700 WHERE id = %s", (DAVE_HOLD,))],
+        "campaign-line", DAVE_ORDER),
+    "campaign line of a SKU the campaign does not sell": (
+        [("UPDATE orders.items SET campaign_id = %s WHERE order_id = %s AND sku = %s", (CAMPAIGN, PAID_ORDER, B))],
+        "campaign-line", PAID_ORDER),
+    "campaign line of an unknown campaign": (
+        [("UPDATE orders.items SET campaign_id = %s WHERE order_id = %s", (OTHER_CAMPAIGN, DAVE_ORDER))],
+        "campaign-line", OTHER_CAMPAIGN),
+    "quota that is not remaining + held + sold + returned": (
+        [("UPDATE inventory.campaign_items SET quota = quota + 1 WHERE campaign_id = %s", (CAMPAIGN,))],
+        "campaign-quota", CAMPAIGN),
+    "campaign hold released without going back to the quota": (
+        [("UPDATE inventory.holds SET state = 'RELEASED', ended_at = now() WHERE id = %s", (ERIN_HOLD,)),
+         "DELETE FROM cart.lines WHERE user_id = 'erin'"],
+        "campaign-quota", CAMPAIGN),
+}
+
+
+@pytest.mark.parametrize("kind", list(CAMPAIGN_SEEDS))
+async def test_each_campaign_inconsistency_is_found_and_tagged(campaign_dsn, kind):
+    statements, tag, subject = CAMPAIGN_SEEDS[kind]
+    execute(campaign_dsn, *statements)
+    found = audit_dsn(campaign_dsn)
+    assert any(line.startswith(f"{tag} ") and subject in line for line in found), found
+
+
 def _command(dsn: str | None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     if dsn is not None:
