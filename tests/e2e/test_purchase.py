@@ -4,7 +4,7 @@ import psycopg
 
 from tests.e2e.shop_client import Shopper, reason
 
-CART_LINE = {"sku", "name", "price", "qty", "subtotal", "reservedUntil", "expired"}
+CART_LINE = {"sku", "name", "price", "qty", "subtotal", "reservedUntil", "expired", "campaignId"}
 ORDER = {"orderId", "status", "items", "total", "currency", "payBefore", "createdAt"}
 
 
@@ -24,7 +24,7 @@ def test_full_purchase(http, suite):
     assert resp.status_code == 200, resp.text
     cart = resp.json()
     assert [(i["sku"], i["qty"], i["expired"]) for i in cart["items"]] == [(sku, 2, False)]
-    assert set(cart["items"][0]) == CART_LINE
+    assert set(cart["items"][0]) == CART_LINE and cart["items"][0]["campaignId"] == ""
     assert cart["total"] == 2 * product["price"] and cart["currency"] == "IDR"
     assert http.get(f"/catalogs/{sku}").json()["available"] == 18
 
@@ -41,8 +41,8 @@ def test_full_purchase(http, suite):
     order = resp.json()
     assert set(order) == ORDER
     assert order["status"] == "PENDING_PAYMENT"
-    assert [(i["sku"], i["qty"], i["price"], i["subtotal"]) for i in order["items"]] == [
-        (sku, 3, product["price"], 3 * product["price"])]
+    assert [(i["sku"], i["qty"], i["price"], i["subtotal"], i["campaignId"]) for i in order["items"]] == [
+        (sku, 3, product["price"], 3 * product["price"], "")]
     assert order["total"] == 3 * product["price"]
     assert shopper.cart() == {"items": [], "total": 0, "currency": "IDR"}
     assert stock(http, suite, sku) == {"sku": sku, "onHand": 20, "reserved": 3, "available": 17}
