@@ -127,7 +127,8 @@ class Orders:
             async with conn.transaction():
                 await repo.add_checkout(conn, order_id, user, key or None)
         try:
-            # The cart fixes names and prices and refuses what cannot be ordered before any hold moves.
+            # The cart fixes names, takes each line's price and campaign from its hold, and refuses what cannot be
+            # ordered before any hold moves.
             lines = await self._cart.hand_over(user, order_id, window)
         except ServiceError as err:
             if err.reason in _NOT_HANDED_OVER:  # refused before any hold moved: nothing to finish or give back
