@@ -47,12 +47,16 @@ ROUTE_ERRORS = {
     ("get", "/orders/{order_id}"): {"404": "ORDER_NOT_FOUND"},
     ("put", "/admin/stock/{sku}"): {"409": "BELOW_RESERVED"},
     ("get", "/admin/stock/{sku}"): {"404": "SKU_NOT_FOUND"},
+    ("post", "/admin/stock/{sku}/adjustments"): {"400": "INVALID_ARGUMENT, IDEMPOTENCY_KEY_REQUIRED",
+                                                 "409": "BELOW_RESERVED, IDEMPOTENCY_KEY_REUSED"},
 }
 HEADERS = {
     ("post", "/checkout"): {"name": "Idempotency-Key", "in": "header", "required": False,
                             "schema": {"type": "string", "minLength": 1, "maxLength": 255}},
     ("post", "/payment"): {"name": "Idempotency-Key", "in": "header", "required": True,
                            "schema": {"type": "string", "minLength": 1, "maxLength": 255}},
+    ("post", "/admin/stock/{sku}/adjustments"): {"name": "Idempotency-Key", "in": "header", "required": True,
+                                                 "schema": {"type": "string", "minLength": 1, "maxLength": 255}},
 }
 
 

@@ -332,18 +332,3 @@ class FakeInventory(Losses):
             return {sku: self.available(sku) for sku in skus}
 
         return await self._lossy("availability", read)
-
-    # Campaign administration: the cart and the order never call it, so the fake does not model it (a test sets a
-    # sale up with start_sale and end_sale instead).
-
-    async def create_campaign(self, request: Any, *, user: str | None = None) -> Any:
-        raise NotImplementedError("FakeInventory does not model campaign administration; use start_sale")
-
-    async def cancel_campaign(self, campaign_id: str, key: str, *, user: str | None = None) -> Any:
-        raise NotImplementedError("FakeInventory does not model campaign administration; use end_sale")
-
-    async def campaigns(self, campaign_ids: list[str]) -> Any:
-        raise NotImplementedError("FakeInventory does not model campaign administration")
-
-    async def list_campaigns(self, request: Any, *, timeout: float = 0) -> Any:
-        raise NotImplementedError("FakeInventory does not model campaign administration")
