@@ -42,11 +42,11 @@ def move(sku: str, reason: str, on_hand_delta: int, reserved_delta: int, hold_id
     return ("""
         WITH s AS (
             UPDATE inventory.stock SET on_hand = on_hand + %(dh)s, reserved = reserved + %(dr)s WHERE sku = %(sku)s
-            RETURNING sku, on_hand, reserved
+            RETURNING sku, on_hand, reserved, set_aside
         )
         INSERT INTO inventory.ledger (sku, reason, on_hand_delta, reserved_delta, on_hand_after, reserved_after,
-                                      actor, hold_id, order_id)
-        SELECT sku, %(reason)s, %(dh)s, %(dr)s, on_hand, reserved, 'test', %(hold)s, %(order)s FROM s
+                                      set_aside_after, actor, hold_id, order_id)
+        SELECT sku, %(reason)s, %(dh)s, %(dr)s, on_hand, reserved, set_aside, 'test', %(hold)s, %(order)s FROM s
         """, dict(sku=sku, reason=reason, dh=on_hand_delta, dr=reserved_delta, hold=hold_id, order=order_id))
 
 
