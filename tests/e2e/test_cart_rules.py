@@ -105,4 +105,4 @@ def test_checkout_holds_an_expired_line_again_when_its_units_are_free(http, suit
     assert resp.status_code == 200, resp.text
     assert [(i["sku"], i["qty"]) for i in resp.json()["items"]] == [(sku, 2)]
     assert http.get(f"/admin/stock/{sku}", headers=admin).json() == {
-        "sku": sku, "onHand": 6, "reserved": 2, "available": 4}
+        "sku": sku, "onHand": 6, "reserved": 2, "available": 4, "setAside": 0}

@@ -45,13 +45,13 @@ def test_full_purchase(http, suite):
         (sku, 3, product["price"], 3 * product["price"], "")]
     assert order["total"] == 3 * product["price"]
     assert shopper.cart() == {"items": [], "total": 0, "currency": "IDR"}
-    assert stock(http, suite, sku) == {"sku": sku, "onHand": 20, "reserved": 3, "available": 17}
+    assert stock(http, suite, sku) == {"sku": sku, "onHand": 20, "reserved": 3, "available": 17, "setAside": 0}
 
     resp = shopper.pay(order["orderId"], order["total"])
     assert resp.status_code == 200, resp.text
     paid = resp.json()
     assert paid["status"] == "PAID" and paid["paymentId"] and paid["paidAt"]
-    assert stock(http, suite, sku) == {"sku": sku, "onHand": 17, "reserved": 0, "available": 17}
+    assert stock(http, suite, sku) == {"sku": sku, "onHand": 17, "reserved": 0, "available": 17, "setAside": 0}
     assert http.get(f"/catalogs/{sku}").json()["sales"] == sales_before + 3
     assert shopper.order(order["orderId"]).json() == paid
     listed = shopper.orders().json()
