@@ -194,9 +194,13 @@ class Carts:
         if units > MAX_LINE_QTY:
             raise _qty_limit(units)
         prior = line.hold_id if line is not None else "none"
+        # The step's key names the regular price too: inventory fingerprints it, so a resend of this change that
+        # reads another price (an admin changed it after the first try's answer was lost) is a new hold rather
+        # than a refusal of the shopper's own key; the first try's hold, which no line names, is the
+        # reconciler's to give back.
         (hold,) = await self._inventory.hold(owner_of(user), {sku: units}, ttl,
-                                             change_key(user, change, f"create:{prior}"), user=user, buyer=user,
-                                             max_units=limit, prices={sku: price},
+                                             change_key(user, change, f"create:{prior}:{price}"), user=user,
+                                             buyer=user, max_units=limit, prices={sku: price},
                                              expected_prices={sku: expected} if expected else None)
         return hold
 

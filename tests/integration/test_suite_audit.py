@@ -333,8 +333,8 @@ def aside(sku: str, reason: str, set_aside_delta: int, reserved_delta: int, on_h
 def sale_hold(hold_id: str, owner: str, sku: str, qty: int, *, order_id: str | None = None) -> list[tuple[str, tuple]]:
     """An active hold from the campaign's quota, at its sale price, and the ledger entry that takes its units."""
     return [
-        ("INSERT INTO inventory.holds (id, owner, sku, qty, state, expires_at, order_id, created_at, price, campaign_id)"
-         " VALUES (%s, %s, %s, %s, 'ACTIVE', now() + interval '10 minutes', %s, now(), %s, %s)",
+        ("INSERT INTO inventory.holds (id, owner, sku, qty, state, expires_at, order_id, created_at, price,"
+         " campaign_id) VALUES (%s, %s, %s, %s, 'ACTIVE', now() + interval '10 minutes', %s, now(), %s, %s)",
          (hold_id, owner, sku, qty, order_id, SALE_PRICE, CAMPAIGN)),
         aside(sku, "HOLD", -qty, qty, hold_id=hold_id, order_id=order_id),
     ]

@@ -638,3 +638,17 @@ async def test_checkout_of_an_expired_sale_line_after_the_sale_is_sale_ended_and
     assert world.repo.rows == lines and world.repo.checkouts == {}
     assert all(h.owner == "cart:alice" for h in world.inventory.holds_of("cart:alice"))
     assert world.inventory.holds_of("order:order-1") == []
+
+
+async def test_a_lost_add_resent_after_a_price_change_holds_once_at_the_new_price(world):
+    world.inventory.lose_next("hold", after=True)  # the hold is made at 1,000; its answer never comes back
+    await refused("DEPENDENCY_UNAVAILABLE", world.carts.add(USER, "A", 2, "k1"))
+    world.catalog.by_sku["A"] = Product("Apple", 1_200)
+
+    view = await world.carts.add(USER, "A", 2, "k1")  # the shopper's resend, same key: not a reused key
+
+    assert priced(view) == [("A", 1_200, 2, 2_400, "")]
+    world.clock.advance(61)
+    assert await world.carts.reconcile() == 1  # the first try's hold, which no line names, goes back
+    assert world.inventory.available("A") == 8
+    assert priced(await world.carts.add(USER, "A", 2, "k1")) == priced(view)  # and the key still replays
