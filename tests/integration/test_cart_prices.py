@@ -211,3 +211,27 @@ async def test_checkout_of_an_expired_sale_line_after_the_sale_is_sale_ended_and
     assert rows(suite.dsn, "SELECT count(*) FROM orders.checkouts WHERE user_id = %s", shopper.user) == [(0,)]
     await suite.reconcile()
     assert audit_dsn(suite.dsn) == []
+
+
+async def test_checkout_holds_expired_lines_again_at_their_prices(suite):
+    sku, sale_sku = fresh_sku(), fresh_sku()
+    await suite.set_stock(sku, 10)
+    await suite.set_stock(sale_sku, 10)
+    price, sale_regular = catalog_price(suite.dsn, sku), catalog_price(suite.dsn, sale_sku)
+    campaign = await create_campaign(suite, sale_sku, sale_regular // 2, quota=3)
+    shopper = Shopper(suite)
+    await add(shopper, sku, 2)
+    await add(shopper, sale_sku, 1)
+    set_catalog_price(suite.dsn, sku, price + 500)
+    await until_the_catalog_answers(shopper, sku, price + 500)
+    rows(suite.dsn, "UPDATE inventory.holds SET expires_at = clock_timestamp() WHERE owner = %s RETURNING id",
+         f"cart:{shopper.user}")
+    assert [x.expired for x in (await shopper.cart()).items] == [True, True]
+
+    order = await shopper.checkout()
+
+    assert [(i.sku, i.price, i.qty, i.campaign_id) for i in order.items] == [
+        (sku, price, 2, ""), (sale_sku, sale_regular // 2, 1, campaign)]
+    assert order.total == 2 * price + sale_regular // 2
+    await suite.reconcile()
+    assert audit_dsn(suite.dsn) == []
