@@ -29,6 +29,9 @@ CONSTRAINTS: dict[str, dict[str, Any]] = {
     "AddItemRequest.qty": {"minimum": 1, "maximum": 100},
     "AddItemRequest.sku": {"minLength": 1},
     "SetItemQuantityRequest.qty": {"minimum": 0, "maximum": 100},
+    # 0: no expected price (cart_svc.service.MAX_EXPECTED_PRICE).
+    "AddItemRequest.expected_price": {"minimum": 0, "maximum": 2_000_000_000},
+    "SetItemQuantityRequest.expected_price": {"minimum": 0, "maximum": 2_000_000_000},
     "SetStockRequest.on_hand": {"minimum": 0, "maximum": 1_000_000},
 }
 # Request body fields a client must send.
@@ -39,9 +42,11 @@ OPTIONAL_OUTPUT = {"Order.paid_at", "Order.payment_id"}
 # Statuses beyond the ones every route can answer, with the reasons behind them.
 ROUTE_ERRORS = {
     ("get", "/catalogs/{sku}"): {"404": "PRODUCT_NOT_FOUND"},
-    ("post", "/chart"): {"404": "PRODUCT_NOT_FOUND", "409": "OUT_OF_STOCK"},
-    ("put", "/chart/{sku}/{qty}"): {"404": "PRODUCT_NOT_FOUND", "409": "OUT_OF_STOCK"},
-    ("post", "/checkout"): {"409": "OUT_OF_STOCK"},
+    ("post", "/chart"): {"404": "PRODUCT_NOT_FOUND",
+                         "409": "OUT_OF_STOCK, PRICE_CHANGED, SALE_SOLD_OUT, SALE_ENDED, PURCHASE_LIMIT"},
+    ("put", "/chart/{sku}/{qty}"): {"404": "PRODUCT_NOT_FOUND",
+                                    "409": "OUT_OF_STOCK, PRICE_CHANGED, SALE_SOLD_OUT, SALE_ENDED, PURCHASE_LIMIT"},
+    ("post", "/checkout"): {"409": "OUT_OF_STOCK, SALE_ENDED, SALE_SOLD_OUT, PURCHASE_LIMIT"},
     ("post", "/payment"): {"404": "ORDER_NOT_FOUND", "409": "ORDER_EXPIRED, ALREADY_PAID, IDEMPOTENCY_KEY_REUSED",
                            "503": "UPSTREAM_UNAVAILABLE, PAYMENT_PROVIDER_UNAVAILABLE (retry with the same key)"},
     ("get", "/orders/{order_id}"): {"404": "ORDER_NOT_FOUND"},
