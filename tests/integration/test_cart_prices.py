@@ -151,11 +151,12 @@ async def test_an_expected_price_inventory_cannot_hold_at_is_price_changed_and_c
     assert audit_dsn(suite.dsn) == []
 
 
-async def create_campaign(suite, sku: str, sale_price: int, quota: int, seconds: int = 3600) -> str:
+async def create_campaign(suite, sku: str, sale_price: int, quota: int, seconds: int = 3600,
+                          max_per_user: int = 0) -> str:
     """A campaign of `sku` live from now, through inventory's own call."""
     now = datetime.now(timezone.utc)
     request = inventory_pb2.CreateCampaignRequest(name=f"sale of {sku}", items=[inventory_pb2.NewCampaignItem(
-        sku=sku, sale_price=sale_price, quota=quota)], idempotency_key=uuid.uuid4().hex)
+        sku=sku, sale_price=sale_price, quota=quota, max_per_user=max_per_user)], idempotency_key=uuid.uuid4().hex)
     request.starts_at.FromDatetime(now - timedelta(seconds=5))
     request.ends_at.FromDatetime(now + timedelta(seconds=seconds))
     campaign = await suite.inventory.CreateCampaign(request, metadata=ADMIN, timeout=30)
@@ -233,5 +234,43 @@ async def test_checkout_holds_expired_lines_again_at_their_prices(suite):
     assert [(i.sku, i.price, i.qty, i.campaign_id) for i in order.items] == [
         (sku, price, 2, ""), (sale_sku, sale_regular // 2, 1, campaign)]
     assert order.total == 2 * price + sale_regular // 2
+    await suite.reconcile()
+    assert audit_dsn(suite.dsn) == []
+
+
+async def test_a_campaigns_per_user_limit_refuses_the_add_and_changes_nothing(suite):
+    sku = fresh_sku()
+    await suite.set_stock(sku, 10)
+    price = catalog_price(suite.dsn, sku)
+    campaign = await create_campaign(suite, sku, price // 2, quota=5, max_per_user=2)
+    shopper = Shopper(suite)
+    await add(shopper, sku, 2)
+
+    err = await refusal(add(shopper, sku, 1))
+
+    assert (err.code(), reason(err)) == (grpc.StatusCode.ABORTED, "PURCHASE_LIMIT")
+    assert lines(await shopper.cart()) == [(sku, price // 2, 2, 2 * (price // 2), campaign)]
+    assert held_for_cart(suite.dsn, shopper.user) == {sku: 2}
+    await suite.reconcile()
+    assert audit_dsn(suite.dsn) == []
+
+
+async def test_checkout_of_an_expired_sale_line_whose_quota_is_gone_is_sale_sold_out_and_changes_nothing(suite):
+    sku = fresh_sku()
+    await suite.set_stock(sku, 10)
+    price = catalog_price(suite.dsn, sku)
+    await create_campaign(suite, sku, price // 2, quota=3)
+    shopper = Shopper(suite)
+    await add(shopper, sku, 2)
+    rows(suite.dsn, "UPDATE inventory.holds SET expires_at = clock_timestamp() WHERE owner = %s RETURNING id",
+         f"cart:{shopper.user}")
+    await add(Shopper(suite), sku, 3)  # the expired line's units went back to the quota; another buyer took them
+    before = lines(await shopper.cart())
+
+    err = await refusal(shopper.checkout())
+
+    assert (err.code(), reason(err)) == (grpc.StatusCode.ABORTED, "SALE_SOLD_OUT")
+    assert lines(await shopper.cart()) == before
+    assert await shopper.orders() == []
     await suite.reconcile()
     assert audit_dsn(suite.dsn) == []
