@@ -59,6 +59,8 @@ ROUTE_ERRORS = {
     ("get", "/orders/{order_id}"): {"404": "ORDER_NOT_FOUND"},
     ("put", "/admin/stock/{sku}"): {"409": "BELOW_RESERVED"},
     ("get", "/admin/stock/{sku}"): {"404": "SKU_NOT_FOUND"},
+    ("post", "/admin/stock/{sku}/adjustments"): {"400": "INVALID_ARGUMENT, IDEMPOTENCY_KEY_REQUIRED",
+                                                 "409": "BELOW_RESERVED, IDEMPOTENCY_KEY_REUSED"},
     ("post", "/admin/campaigns"): {"404": "PRODUCT_NOT_FOUND", "409": "CAMPAIGN_OVERLAP, OUT_OF_STOCK"},
     ("post", "/admin/campaigns/{campaign_id}:cancel"): {"404": "CAMPAIGN_NOT_FOUND"},
     ("get", "/admin/campaigns/{campaign_id}"): {"404": "CAMPAIGN_NOT_FOUND"},
@@ -72,6 +74,8 @@ HEADERS = {
     ("post", "/admin/campaigns/{campaign_id}:cancel"): _OPTIONAL_KEY,
     ("post", "/payment"): {"name": "Idempotency-Key", "in": "header", "required": True,
                            "schema": {"type": "string", "minLength": 1, "maxLength": 255}},
+    ("post", "/admin/stock/{sku}/adjustments"): {"name": "Idempotency-Key", "in": "header", "required": True,
+                                                 "schema": {"type": "string", "minLength": 1, "maxLength": 255}},
 }
 
 

@@ -48,12 +48,13 @@ CHECKS: list[tuple[str, str]] = [
         "{0}: on_hand={1} reserved={2} breaks 0 <= reserved <= on_hand",
     ),
     (
-        # Conservation: what came in (initial stock and adjustments) is on hand or sold.
+        # Conservation: what came in (initial stock, stock set, adjustments by delta) is on hand or sold.
         """
         SELECT s.sku, s.on_hand, COALESCE(i.came_in, 0), COALESCE(c.sold, 0)
           FROM inventory.stock s
           LEFT JOIN (SELECT sku, sum(on_hand_delta) AS came_in FROM inventory.ledger
-                      WHERE reason IN ('INITIAL', 'ADJUST') GROUP BY sku) i ON i.sku = s.sku
+                      WHERE reason IN ('INITIAL', 'ADJUST', 'RESTOCK', 'DAMAGED', 'RETURNED', 'CORRECTION')
+                      GROUP BY sku) i ON i.sku = s.sku
           LEFT JOIN (SELECT sku, sum(qty) AS sold FROM inventory.holds WHERE state = 'COMMITTED' GROUP BY sku) c
                  ON c.sku = s.sku
          WHERE COALESCE(i.came_in, 0) <> s.on_hand + COALESCE(c.sold, 0)

@@ -140,7 +140,9 @@ class FakeInventory(Losses):
     # InventoryClient's methods.
 
     async def hold(self, owner: str, lines: dict[str, int], ttl_seconds: int, key: str, *,
-                   user: str | None = None, buyer: str = "", max_units: int = 0) -> list[Hold]:
+                   user: str | None = None, buyer: str = "", max_units: int = 0, prices: dict[str, int] | None = None,
+                   expected_prices: dict[str, int] | None = None) -> list[Hold]:
+        # Prices are not modelled yet: the holds come back without one.
         def work() -> list[Hold]:
             for sku, qty in lines.items():
                 self._check_limit(sku, buyer, qty, max_units)
@@ -151,7 +153,7 @@ class FakeInventory(Losses):
         return await self._write("hold", key, dict(owner=owner, lines=dict(lines), ttl=ttl_seconds, buyer=buyer), work)
 
     async def resize(self, hold_id: str, ttl_seconds: int, owner: str, key: str, *, qty: int = 0, add: int = 0,
-                     max_qty: int = 0, user: str | None = None, max_units: int = 0) -> Hold:
+                     max_qty: int = 0, user: str | None = None, max_units: int = 0, expected_price: int = 0) -> Hold:
         def work() -> Hold:
             (h,) = self._find([hold_id])
             self._check_owner([h], owner)
