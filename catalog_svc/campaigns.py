@@ -221,8 +221,11 @@ def check_items(items: list[inventory_pb2.NewCampaignItem], products: Mapping[st
                                    f"salePrice of {item.sku} must be within 1..{row.price - 1} (below its price {row.price})")
 
 
-def check_shape(items: list[inventory_pb2.NewCampaignItem]) -> None:
-    """1..MAX_ITEMS items, each naming a SKU, none twice (INVALID_ARGUMENT naming the field)."""
+def check_shape(name: str, items: list[inventory_pb2.NewCampaignItem]) -> None:
+    """No NUL in the name (Postgres cannot store it), 1..MAX_ITEMS items, each naming a SKU, none twice
+    (INVALID_ARGUMENT naming the field). The name's length is inventory's to check."""
+    if "\x00" in name:
+        raise invalid_argument("name", "name must not contain NUL characters")
     if not 1 <= len(items) <= MAX_ITEMS:
         raise invalid_argument("items", f"a campaign has 1..{MAX_ITEMS} items")
     seen: set[str] = set()
@@ -255,10 +258,12 @@ class Campaigns:
         self._public: AnswerCache[str, CampaignView | None] = AnswerCache(cache_seconds, cache_entries, timer)
 
     async def _products(self, skus: list[str]) -> dict[str, ProductRow]:
-        if not skus:
+        # A SKU with a NUL no product can have, and Postgres refuses it in a query: it is simply not found.
+        askable = [sku for sku in dict.fromkeys(skus) if "\x00" not in sku]
+        if not askable:
             return {}
         async with self._pool.connection() as conn:
-            return {r.sku: r for r in await repository.get_products(conn, list(dict.fromkeys(skus)))}
+            return {r.sku: r for r in await repository.get_products(conn, askable)}
 
     async def _views(self, campaigns: list[Campaign], read_at: datetime) -> list[CampaignView]:
         products = await self._products([i.sku for c in campaigns for i in c.items])
@@ -271,7 +276,7 @@ class Campaigns:
         """Checks the items against the catalog's products, then has inventory create the campaign and set its
         quotas aside (its refusals pass through as they are). With `key`, a resent call takes effect once."""
         items = list(request.items)
-        check_shape(items)
+        check_shape(request.name, items)
         products = await self._products([i.sku for i in items])
         check_items(items, products)
         ask = inventory_pb2.CreateCampaignRequest()

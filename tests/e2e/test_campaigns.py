@@ -185,6 +185,10 @@ def test_every_refusal_has_its_reason_and_metadata_and_changes_nothing(http, adm
 
     assert refused(post(body(items=[{"sku": "NO-0000", "salePrice": 1, "quota": 1}])), 404,
                    "PRODUCT_NOT_FOUND") == {"sku": "NO-0000"}
+    # A NUL, which Postgres cannot take: still a plain refusal, never a 5xx.
+    assert refused(post(body(items=[{"sku": "BO-\u0000", "salePrice": 1, "quota": 1}])), 404,
+                   "PRODUCT_NOT_FOUND") == {"sku": "BO-\u0000"}
+    assert refused(post(body(name="a\u0000b")), 400, "INVALID_ARGUMENT") == {"field": "name"}
     for sale_price in (0, -1, p.price, p.price + 1):
         item = {"sku": p.sku, "salePrice": sale_price, "quota": 1}
         assert refused(post(body(items=[{"sku": q.sku, "salePrice": 1, "quota": 1}, item])), 400,

@@ -126,7 +126,7 @@ async def test_a_campaign_is_created_with_the_key_and_admin_and_answered_with_na
     assert again.campaign.campaign_id == view.campaign.campaign_id and inventory.available("EL-0001") == 300
 
 
-@pytest.mark.parametrize("sku", ["NO-SUCH", "EL-0003", "bad sku!"])
+@pytest.mark.parametrize("sku", ["NO-SUCH", "EL-0003", "bad sku!", "EL-\x00", "x" * 300])
 async def test_an_unknown_or_unlisted_sku_is_product_not_found_before_inventory_is_asked(campaigns, inventory, db, sku):
     err = await refused(campaigns.create(new(db, ("EL-0001", 99000, 1), (sku, 100, 1)), "", "admin"))
     assert (err.code, err.reason, err.metadata) == (grpc.StatusCode.NOT_FOUND, "PRODUCT_NOT_FOUND", {"sku": sku})
@@ -138,6 +138,12 @@ async def test_a_sale_price_outside_one_to_the_price_less_one_names_its_item(cam
     err = await refused(campaigns.create(new(db, ("EL-0002", 1000, 1), ("EL-0001", price, 1)), "", "admin"))
     assert (err.code, err.reason, err.metadata) == (
         grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", {"field": "items[1].salePrice"})
+    assert inventory.calls == []
+
+
+async def test_a_name_with_a_nul_is_refused_before_inventory_is_asked(campaigns, inventory, db):
+    err = await refused(campaigns.create(new(db, ("EL-0001", 1, 1), name="a\x00b"), "", "admin"))
+    assert (err.reason, err.metadata) == ("INVALID_ARGUMENT", {"field": "name"})
     assert inventory.calls == []
 
 
