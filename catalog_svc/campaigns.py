@@ -42,6 +42,7 @@ INVENTORY_PAGE = 100
 MAX_PAGES = 10
 
 SCHEDULED, LIVE, ENDED, CANCELLED = "SCHEDULED", "LIVE", "ENDED", "CANCELLED"
+STATUSES = (SCHEDULED, LIVE, ENDED, CANCELLED)
 # Statuses a storefront shows on a product and in GET /campaigns.
 SHOWN = (SCHEDULED, LIVE)
 
@@ -327,6 +328,8 @@ class Campaigns:
     async def list_page(self, status: str, page: int | None, limit: int | None) -> tuple[CampaignPage, int, int]:
         """A page of campaigns (of `status` now, or any when empty) with their figures, soonest start first; and
         the page and page size it was read with."""
+        if status not in ("", *STATUSES):
+            raise invalid_argument("status", f"status must be one of {', '.join(STATUSES)}")
         page, limit = page_and_limit(page, limit)
         answer = await self._inventory.list_campaigns(inventory_pb2.ListCampaignsRequest(
             status=status or None, page=page, limit=limit))

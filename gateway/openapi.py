@@ -36,6 +36,7 @@ CONSTRAINTS: dict[str, dict[str, Any]] = {
     "NewCampaignItem.sale_price": {"minimum": 1},
     "NewCampaignItem.quota": {"minimum": 1},
     "NewCampaignItem.max_per_user": {"minimum": 0},
+    "ListCampaignsRequest.status": {"enum": ["", "SCHEDULED", "LIVE", "ENDED", "CANCELLED"]},
     "ListCampaignsRequest.page": {"minimum": 1},
     "ListCampaignsRequest.limit": {"minimum": 1, "maximum": 100},
 }

@@ -213,6 +213,8 @@ async def test_the_admin_list_filters_by_status_and_pages(campaigns, db):
     assert ([v.campaign.name for v in page.views], page.total, number) == (["c2"], 3, 2)
     err = await refused(campaigns.list_page("", 1, 101))
     assert err.metadata == {"field": "limit"}
+    for bad in ("live", "2", "BOGUS"):
+        assert (await refused(campaigns.list_page(bad, None, None))).metadata == {"field": "status"}
 
 
 # --- what a storefront is shown ------------------------------------------------------------------------------------
