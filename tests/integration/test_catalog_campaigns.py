@@ -186,3 +186,17 @@ async def test_a_kept_product_page_turns_live_at_starts_at_by_the_database_clock
     assert flipped is not None and flipped - starts < 0.5
     await campaigns.CancelCampaign(campaigns_pb2.CancelCampaignRequest(campaign_id=created.campaign_id),
                                    metadata=ADMIN, timeout=10)
+
+
+@pytest.mark.parametrize("method", ["ListCampaigns", "GetAvailability"])
+async def test_a_page_fails_whole_when_inventory_answers_neither_campaigns_nor_availability(suite, method):
+    running, campaigns, catalog = suite
+    sku = fresh_sku()  # never read before: no kept answer
+    faults.cut("catalog", "inventory", method, BEFORE, times=deadlines.ATTEMPTS)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await catalog.GetProduct(catalog_pb2.GetProductRequest(sku=sku), timeout=10)
+    assert (err.value.code(), reason(err.value)) == (grpc.StatusCode.UNAVAILABLE, "DEPENDENCY_UNAVAILABLE")
+    faults.clear()
+    # The failure was not kept: the next read answers, with both.
+    product = await catalog.GetProduct(catalog_pb2.GetProductRequest(sku=sku), timeout=10)
+    assert product.available == stock(running.dsn, sku)[0] and product.campaign.WhichOneof("kind") == "null_value"
