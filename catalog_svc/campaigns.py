@@ -289,8 +289,8 @@ class Campaigns:
             if err.reason == "SKU_NOT_FOUND":
                 # A listed product that never had stock: no unit of it is available for a quota.
                 sku = err.metadata.get("sku", "")
-                raise refuse("OUT_OF_STOCK", f"{sku} has no stock", {"sku": sku, "available": 0, "skus": sku}) \
-                    from err
+                raise refuse("OUT_OF_STOCK", f"{sku} has no stock",
+                             {"sku": sku, "available": 0, "skus": err.metadata.get("skus", sku)}) from err
             raise
         campaign = Campaign.of(created)
         read_at = _utc(created.server_time)

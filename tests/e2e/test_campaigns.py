@@ -108,6 +108,8 @@ def test_a_campaign_sets_its_quota_aside_shows_on_product_pages_and_cancel_gives
     assert page["campaign"] == {"campaignId": created["campaignId"], "name": created["name"], "status": "SCHEDULED",
                                 "startsAt": created["startsAt"], "endsAt": created["endsAt"],
                                 "salePrice": p.price // 2, "quota": 20, "sold": 0, "remaining": 20, "maxPerUser": 2}
+    # Numbers print as JSON integers (a google.protobuf.Value carries them as doubles).
+    assert all(type(page["campaign"][f]) is int for f in ("salePrice", "quota", "sold", "remaining", "maxPerUser"))
     # The listing shows the same object, and null for the others.
     listed = {}
     for n in range(1, 4):
@@ -258,18 +260,29 @@ def test_bad_admin_list_parameters_are_400(http, admin, query):
     assert resp.status_code == 400, resp.text
 
 
-def test_a_resend_with_the_same_key_creates_once_and_without_a_key_is_stopped_by_the_overlap(http, admin, campaigns):
+def test_a_resend_with_the_same_key_creates_once_and_without_a_key_is_stopped_by_the_overlap(http, admin, campaigns,
+                                                                                               db_now):
     p = fresh()
     before = available(http, p.sku)
+    starts = db_now() + timedelta(hours=2)
+    body = {"name": "resent", "startsAt": iso(starts), "endsAt": iso(starts + timedelta(hours=1)),
+            "items": [{"sku": p.sku, "salePrice": p.price // 2, "quota": 3}]}
     key = uuid.uuid4().hex
-    first = campaigns((p, 3), key=key)
-    second = campaigns((p, 3), key=key)
+    first = campaigns(key=key, body=body)
+    second = campaigns(key=key, body=body)
     assert first.status_code == second.status_code == 200
     assert first.json()["campaignId"] == second.json()["campaignId"]
     assert available(http, p.sku) == before - 3
+    # The same key with another body is refused, and changes nothing.
+    refused(campaigns(key=key, body=body | {"name": "another"}), 409, "IDEMPOTENCY_KEY_REUSED")
+    assert available(http, p.sku) == before - 3
+    # Without a key, a resend of a created campaign is stopped by the overlap with it.
     q = fresh()
-    assert campaigns((q, 1), starts_in=7200).status_code == 200
-    refused(campaigns((q, 1), starts_in=7200), 409, "CAMPAIGN_OVERLAP")
+    body = body | {"items": [{"sku": q.sku, "salePrice": q.price // 2, "quota": 1}]}
+    created = campaigns(body=body)
+    assert created.status_code == 200
+    assert refused(campaigns(body=body), 409, "CAMPAIGN_OVERLAP") == {"sku": q.sku,
+                                                                       "campaignId": created.json()["campaignId"]}
 
 
 def test_the_admin_list_filters_by_status_and_pages(http, admin, campaigns):
