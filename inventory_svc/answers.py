@@ -19,7 +19,8 @@ def encode(result: list[HoldRecord] | StockRow) -> bytes:
     # Field by field rather than dataclasses.asdict, whose deep copies cost more than the rest of a hold's call.
     return json.dumps({"holds": [
         {"id": h.id, "owner": h.owner, "sku": h.sku, "qty": h.qty, "state": h.state,
-         "expires_at": h.expires_at.isoformat(), "order_id": h.order_id, "buyer": h.buyer} for h in result]}).encode()
+         "expires_at": h.expires_at.isoformat(), "order_id": h.order_id, "buyer": h.buyer, "price": h.price,
+         "campaign_id": h.campaign_id} for h in result]}).encode()
 
 
 def decode(data: bytes) -> list[HoldRecord] | StockRow:

@@ -15,23 +15,30 @@ CHECKS: list[tuple[str, str]] = [
     (
         # The ledger replays to the stock row.
         """
-        SELECT s.sku, s.on_hand, s.reserved, COALESCE(sum(l.on_hand_delta), 0), COALESCE(sum(l.reserved_delta), 0)
+        SELECT s.sku, s.on_hand, s.reserved, s.set_aside, COALESCE(sum(l.on_hand_delta), 0),
+               COALESCE(sum(l.reserved_delta), 0), COALESCE(sum(l.set_aside_delta), 0)
           FROM inventory.stock s LEFT JOIN inventory.ledger l ON l.sku = s.sku
-         GROUP BY s.sku, s.on_hand, s.reserved
+         GROUP BY s.sku, s.on_hand, s.reserved, s.set_aside
         HAVING s.on_hand <> COALESCE(sum(l.on_hand_delta), 0) OR s.reserved <> COALESCE(sum(l.reserved_delta), 0)
+            OR s.set_aside <> COALESCE(sum(l.set_aside_delta), 0)
         """,
-        "{0}: stock row on_hand={1} reserved={2}, ledger replays to on_hand={3} reserved={4}",
+        "{0}: stock row on_hand={1} reserved={2} set_aside={3}, ledger replays to on_hand={4} reserved={5}"
+        " set_aside={6}",
     ),
     (
         # Every ledger entry follows from the one before it.
         """
-        SELECT sku, id, on_hand_after, reserved_after, prev_on_hand + on_hand_delta, prev_reserved + reserved_delta
+        SELECT sku, id, on_hand_after, reserved_after, set_aside_after, prev_on_hand + on_hand_delta,
+               prev_reserved + reserved_delta, prev_set_aside + set_aside_delta
           FROM (SELECT *, COALESCE(lag(on_hand_after) OVER w, 0) AS prev_on_hand,
-                          COALESCE(lag(reserved_after) OVER w, 0) AS prev_reserved
+                          COALESCE(lag(reserved_after) OVER w, 0) AS prev_reserved,
+                          COALESCE(lag(set_aside_after) OVER w, 0) AS prev_set_aside
                   FROM inventory.ledger WINDOW w AS (PARTITION BY sku ORDER BY id)) l
          WHERE on_hand_after <> prev_on_hand + on_hand_delta OR reserved_after <> prev_reserved + reserved_delta
+            OR set_aside_after <> prev_set_aside + set_aside_delta
         """,
-        "{0}: ledger entry {1} says on_hand={2} reserved={3}, the entries before it give {4} and {5}",
+        "{0}: ledger entry {1} says on_hand={2} reserved={3} set_aside={4}, the entries before it give {5}, {6}"
+        " and {7}",
     ),
     (
         # Held units are exactly the active holds.
@@ -43,9 +50,11 @@ CHECKS: list[tuple[str, str]] = [
         "{0}: reserved={1} but active holds add up to {2}",
     ),
     (
-        # Nothing negative, nothing held beyond what is on hand.
-        "SELECT sku, on_hand, reserved FROM inventory.stock WHERE on_hand < 0 OR reserved < 0 OR reserved > on_hand",
-        "{0}: on_hand={1} reserved={2} breaks 0 <= reserved <= on_hand",
+        # Nothing negative, nothing held or set aside beyond what is on hand.
+        "SELECT sku, on_hand, reserved, set_aside FROM inventory.stock"
+        " WHERE on_hand < 0 OR reserved < 0 OR set_aside < 0 OR reserved + set_aside > on_hand",
+        "{0}: on_hand={1} reserved={2} set_aside={3} breaks 0 <= reserved, 0 <= set_aside, reserved + set_aside"
+        " <= on_hand",
     ),
     (
         # Conservation: what came in (initial stock, stock set, adjustments by delta) is on hand or sold.
@@ -80,6 +89,45 @@ CHECKS: list[tuple[str, str]] = [
         HAVING COALESCE(sum(l.reserved_delta), 0) <> CASE WHEN h.state = 'ACTIVE' THEN h.qty ELSE 0 END
         """,
         "hold {0} ({1}, qty {2}) has ledger entries holding {3} units",
+    ),
+    (
+        # Set-aside units are exactly what is left of the quotas of open campaign items.
+        """
+        SELECT s.sku, s.set_aside, COALESCE(sum(ci.remaining), 0)
+          FROM inventory.stock s LEFT JOIN inventory.campaign_items ci ON ci.sku = s.sku AND ci.closed_at IS NULL
+         GROUP BY s.sku, s.set_aside HAVING s.set_aside <> COALESCE(sum(ci.remaining), 0)
+        """,
+        "{0}: set_aside={1} but the open campaign items have {2} remaining",
+    ),
+    (
+        # Every unit of a quota is somewhere: remaining, held (active holds), sold (committed) or back in regular
+        # stock (returned). Stored figures: an expired hold not yet reclaimed still counts as held.
+        """
+        SELECT ci.campaign_id, ci.sku, ci.quota, ci.remaining, COALESCE(h.held, 0), COALESCE(h.sold, 0), ci.returned
+          FROM inventory.campaign_items ci
+          LEFT JOIN (SELECT campaign_id, sku, sum(qty) FILTER (WHERE state = 'ACTIVE') AS held,
+                            sum(qty) FILTER (WHERE state = 'COMMITTED') AS sold
+                       FROM inventory.holds WHERE campaign_id IS NOT NULL GROUP BY campaign_id, sku) h
+                 ON h.campaign_id = ci.campaign_id AND h.sku = ci.sku
+         WHERE ci.quota <> ci.remaining + COALESCE(h.held, 0) + COALESCE(h.sold, 0) + ci.returned
+        """,
+        "campaign {0} {1}: quota {2} but remaining {3} + held {4} + sold {5} + returned {6} differ",
+    ),
+    (
+        # A quota's units are held at its sale price, and only inside its campaign's window.
+        """
+        SELECT h.id, h.campaign_id, h.sku, h.price, ci.sale_price, h.created_at, c.starts_at, c.ends_at
+          FROM inventory.holds h
+          JOIN inventory.campaign_items ci ON ci.campaign_id = h.campaign_id AND ci.sku = h.sku
+          JOIN inventory.campaigns c ON c.id = h.campaign_id
+         WHERE h.price IS DISTINCT FROM ci.sale_price OR h.created_at < c.starts_at OR h.created_at >= c.ends_at
+        """,
+        "hold {0} of campaign {1} {2}: price {3} (sale price {4}), made {5}, outside or off [{6}, {7})",
+    ),
+    (
+        # A closed item has given everything left back.
+        "SELECT campaign_id, sku, remaining FROM inventory.campaign_items WHERE closed_at IS NOT NULL AND remaining <> 0",
+        "campaign {0} {1}: closed with {2} remaining",
     ),
 ]
 

@@ -21,7 +21,8 @@ _LOGGER = logging.getLogger(__name__)
 class InventorySettings(EnvSettings):
     """The inventory's own settings."""
 
-    # How often the sweeper looks for expired holds; 0 turns it off (expiry still holds on every read and write).
+    # How often the sweeper looks for expired holds and ended campaigns; 0 turns it off (expiry, and a campaign's
+    # end, still hold on every read and write).
     sweep_interval_seconds: float = setting("INVENTORY_SWEEP_INTERVAL_SECONDS", 1.0)
 
 
@@ -34,7 +35,7 @@ def sweeper(inventory: Inventory, interval: float) -> Callable[[], Coroutine[Any
     async def sweep() -> bool:
         reclaimed = await inventory.sweep_once(SWEEP_BATCH)
         if reclaimed:
-            _LOGGER.info("sweeper reclaimed %d expired hold(s)", reclaimed)
+            _LOGGER.info("sweeper reclaimed %d expired hold(s) and ended campaign item(s)", reclaimed)
         return reclaimed >= SWEEP_BATCH  # a full batch: more are waiting
 
     return periodic("inventory-sweeper", sweep, interval)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, Awaitable, Callable, TypeVar
 
@@ -12,9 +12,10 @@ from psycopg_pool import AsyncConnectionPool
 from inventory_svc import repository as repo
 from inventory_svc.answers import IDEMPOTENCY_TABLE, decode_holds, decode_stock, encode
 from inventory_svc.batched_writes import MAX_CALLS_PER_TRANSACTION, BatchedWrites
+from inventory_svc.campaigns import Campaigns
 from inventory_svc.coalescer import Coalescer
-from inventory_svc.model import (ACTIVE, COMMITTED, EXPIRED, RELEASED, HoldRecord, StockRow, check_owner,
-                                 check_qty, hold_not_found, not_active, out_of_stock, purchase_limit, sku_not_found)
+from inventory_svc.model import (COMMITTED, RELEASED, HoldRecord, Line, StockRow, check_qty, hold_not_found,
+                                 sku_not_found)
 from inventory_svc.sweep import sweep_once
 from inventory_svc.validation import (MAX_BATCH, MAX_LINES, MAX_ON_HAND, MAX_TTL_SECONDS, check_hold_ids, check_limit,
                                       check_text, check_ttl, check_uuids)
@@ -27,16 +28,13 @@ from shop_runtime.validation import distinct_batch
 # Why the units on hand of a SKU changed, as a stock adjustment says (the ledger's reason of the entry).
 ADJUSTMENT_REASONS = ("RESTOCK", "DAMAGED", "RETURNED", "CORRECTION")
 
+# A line to hold is the model's; named here too for the servicer and the tests.
+__all__ = ["Inventory", "Line"]
+
 # What a transaction of its own answers: holds (extend_holds) or a SKU's figures (set_stock).
 Answer = TypeVar("Answer", list[HoldRecord], StockRow)
 
-
-@dataclass(frozen=True)
-class Line:
-    """Units of one SKU to hold."""
-
-    sku: str
-    qty: int
+MAX_PRICE = 2_000_000_000
 
 
 class Inventory:
@@ -51,6 +49,8 @@ class Inventory:
         self._pool = pool
         self._clock = clock
         self._batches = BatchedWrites(pool, clock, max_calls)
+        # Flash-sale campaigns: created, cancelled and read one transaction per call (inventory_svc.campaigns).
+        self.campaigns = Campaigns(pool, clock)
 
     @property
     def coalescer(self) -> Coalescer:
@@ -62,7 +62,8 @@ class Inventory:
     async def create_holds(self, owner: str, lines: list[Line], ttl_seconds: int, *, key: str = "", actor: str,
                            buyer: str = "", max_units_per_buyer: int = 0) -> list[HoldRecord]:
         """Holds every line's units for `owner` until now + ttl, or nothing at all; with a limit, no line may take
-        the buyer past max_units_per_buyer units of its SKU held or sold in all."""
+        the buyer past max_units_per_buyer units of its SKU held or sold in all. A line of a SKU whose campaign is
+        live holds from its quota at the sale price unless the line expects the regular price (its `price`)."""
         check_text(owner, "owner")
         check_ttl(ttl_seconds)
         if buyer:
@@ -75,21 +76,30 @@ class Inventory:
         for line in lines:
             check_text(line.sku, "sku")
             check_qty(line.qty)
-        wanted = {line.sku: line.qty for line in lines}
+            if not 0 <= line.price <= MAX_PRICE:
+                raise invalid_argument("price", f"price must be within 0..{MAX_PRICE}")
+            if not 0 <= line.expected_price <= MAX_PRICE:
+                raise invalid_argument("expected_price", f"expected_price must be within 0..{MAX_PRICE}")
         limit = max_units_per_buyer if buyer else 0
-        # The fingerprint leaves the limit out: a retry under a changed setting is still the same request.
-        args = (owner, [{"sku": x.sku, "qty": x.qty} for x in lines], ttl_seconds) + ((buyer,) if buyer else ())
+        # The fingerprint leaves the limit out: a retry under a changed setting is still the same request. Prices
+        # are in it only when given, so a line without them is fingerprinted as before they existed.
+        args = (owner, [{"sku": x.sku, "qty": x.qty} | ({"price": x.price, "expected": x.expected_price}
+                                                        if x.price or x.expected_price else {}) for x in lines],
+                ttl_seconds) + ((buyer,) if buyer else ())
+        # The buyer's units are read whenever there is a buyer: a live campaign's per-user limit applies even
+        # without the store's.
         return await self._batches.submit(
-            "create_holds", key, args, actor, list(wanted),
-            lambda take: take.create(owner, wanted, ttl_seconds, actor, buyer=buyer or None, limit=limit),
-            buyers=[buyer] if limit else None)
+            "create_holds", key, args, actor, [line.sku for line in lines],
+            lambda take: take.create(owner, lines, ttl_seconds, actor, buyer=buyer or None, limit=limit),
+            buyers=[buyer] if buyer else None)
 
     async def resize_hold(self, hold_id: str, qty: int, ttl_seconds: int = 0, *, key: str = "", actor: str,
                           owner: str = "", add: int = 0, max_qty: int = 0,
-                          max_units_per_buyer: int = 0) -> HoldRecord:
+                          max_units_per_buyer: int = 0, expected_price: int = 0) -> HoldRecord:
         """Sets an active hold's quantity, or grows it by `add` (and, with a ttl, sets its expiry), taking or
         giving back the difference; with max_qty, never above it (QTY_LIMIT); with a limit, never growing its
-        buyer past max_units_per_buyer units of its SKU (PURCHASE_LIMIT)."""
+        buyer past max_units_per_buyer units of its SKU (PURCHASE_LIMIT); with expected_price, only a hold of that
+        price (PRICE_CHANGED). A quota hold grows from its quota while its campaign is live (SALE_ENDED after)."""
         check_hold_ids([hold_id])
         if add:
             check_qty(add, "add_qty")
@@ -98,12 +108,16 @@ class Inventory:
         if ttl_seconds:
             check_ttl(ttl_seconds)
         check_limit(max_units_per_buyer)
+        if not 0 <= expected_price <= MAX_PRICE:
+            raise invalid_argument("expected_price", f"expected_price must be within 0..{MAX_PRICE}")
         skus = await self._batches.skus_of([hold_id])
+        args = (hold_id, qty, ttl_seconds, owner, add, max_qty) + ((expected_price,) if expected_price else ())
+        # The hold's buyer's units are read always: a quota hold's campaign may have a per-user limit of its own.
         (resized,) = await self._batches.submit(
-            "resize_hold", key, (hold_id, qty, ttl_seconds, owner, add, max_qty), actor, [skus[hold_id]],
+            "resize_hold", key, args, actor, [skus[hold_id]],
             lambda take: [take.resize(hold_id, actor, qty=qty, add=add, ttl_seconds=ttl_seconds, owner=owner,
-                                      max_qty=max_qty, limit=max_units_per_buyer)],
-            hold_ids=[hold_id], buyers=[] if max_units_per_buyer else None)
+                                      max_qty=max_qty, limit=max_units_per_buyer, expected_price=expected_price)],
+            hold_ids=[hold_id], buyers=[])
         return resized
 
     async def _end_holds(self, operation: str, ids: list[str], state: str, key: str, actor: str,
@@ -148,36 +162,18 @@ class Inventory:
                 return result
 
     async def _locked_now(self, conn: AsyncConnection, skus: list[str], actor: str) -> datetime:
-        """Locks the SKUs, reads the time after the locks, and reclaims their holds expired by then."""
+        """Locks the SKUs, reads the time after the locks, reclaims their holds expired by then and gives the quotas
+        of their campaigns ended by then back to regular stock."""
         await repo.lock_skus(conn, skus)
         now = await self._clock.db_now(conn)
-        await repo.reclaim_expired(conn, sorted(set(skus)), now, actor)
+        await repo.settle(conn, skus, now, actor)
         return now
-
-    async def _locked_holds(self, conn: AsyncConnection, ids: list[str], actor: str, *,
-                            replaced: bool = False) -> tuple[list[HoldRecord], datetime]:
-        """Locks the SKUs of the holds, reclaims their expired holds, and returns the holds as they now are;
-        with `replaced`, an expired hold held again stands for its replacement (read under the same locks,
-        since a replacement holds the same SKU)."""
-        skus = await repo.hold_skus(conn, ids)
-        missing = [i for i in ids if i not in skus]
-        if missing:
-            raise hold_not_found(missing[0])
-        now = await self._locked_now(conn, list(skus.values()), actor)
-        if replaced:
-            named = await repo.replacements(conn, ids)
-            ids = [named.get(i, i) for i in ids]
-        holds = await repo.get_holds(conn, ids)
-        return [holds[i] for i in ids], now
-
-    @staticmethod
-    def _short(rows: dict[str, StockRow], wanted: dict[str, int]) -> dict[str, int]:
-        return {sku: rows[sku].available for sku, qty in wanted.items() if qty > rows[sku].available}
 
     async def extend_holds(self, ids: list[str], owner: str, order_id: str, ttl_seconds: int, *, key: str = "",
                            actor: str, from_owner: str = "", max_units_per_buyer: int = 0) -> list[HoldRecord]:
-        """Moves holds to `owner`/`order_id` (empty: no order) until now + ttl; expired ones are held anew if
-        their units are free (and, with a limit, their buyer stays within it); with from_owner, only holds still
+        """Moves holds to `owner`/`order_id` (empty: no order) until now + ttl; expired ones are held anew at their
+        own price if their units are free (a quota hold's only from its quota while its campaign is live:
+        SALE_ENDED otherwise) and, with a limit, their buyer stays within it; with from_owner, only holds still
         that owner's."""
         check_hold_ids(ids)
         check_text(owner, "owner")
@@ -187,40 +183,23 @@ class Inventory:
         check_limit(max_units_per_buyer)
 
         async def work(conn: AsyncConnection) -> list[HoldRecord]:
-            # An expired hold already held again stands for its replacement: a retry of the move, with
-            # whatever key, moves the replacement (as it would move a hold still active) instead of
-            # holding the units twice; read under the locks, so two moves at once cannot both find it unreplaced.
-            holds, now = await self._locked_holds(conn, ids, actor, replaced=True)
-            check_owner(holds, from_owner)
-            if ended := [h for h in holds if h.state in (COMMITTED, RELEASED)]:
-                raise not_active(ended[0])
-            again: dict[str, int] = {}
-            per_buyer: dict[tuple[str, str], int] = {}
-            for h in holds:
-                if h.state == EXPIRED:
-                    again[h.sku] = again.get(h.sku, 0) + h.qty
-                    if h.buyer:
-                        per_buyer[(h.sku, h.buyer)] = per_buyer.get((h.sku, h.buyer), 0) + h.qty
-            if again and max_units_per_buyer and per_buyer:
-                has = await repo.buyer_units(conn, list(again), sorted({b for _, b in per_buyer}))
-                for (sku, buyer), more in per_buyer.items():
-                    if has.get((sku, buyer), 0) + more > max_units_per_buyer:
-                        raise purchase_limit(sku, max_units_per_buyer, has.get((sku, buyer), 0))
-            if again and (short := self._short(await repo.stock_rows(conn, list(again)), again)):
-                raise out_of_stock(short)
-            expires_at = now + timedelta(seconds=ttl_seconds)
-            result = []
-            for h in holds:
-                if h.state == ACTIVE:
-                    result.append(await repo.update_hold(conn, h, now, owner=owner, order_id=order_id or None,
-                                                         expires_at=expires_at))
-                    continue
-                new = await repo.insert_hold(conn, owner=owner, sku=h.sku, qty=h.qty, expires_at=expires_at,
-                                             order_id=order_id or None, now=now, buyer=h.buyer)
-                await repo.link_replacement(conn, h.id, new.id)
-                await repo.move(conn, sku=h.sku, reason="HOLD", on_hand_delta=0, reserved_delta=h.qty,
-                                actor=actor, now=now, hold_id=new.id, order_id=order_id or None)
-                result.append(new)
+            skus = await repo.hold_skus(conn, ids)
+            if missing := [i for i in ids if i not in skus]:
+                raise hold_not_found(missing[0])
+            take = await repo.take_stock(conn, sorted(set(skus.values())), ids, [], self._clock.fixed(), actor)
+            # An expired hold already held again stands for its replacement: a retry of the move, with whatever
+            # key, moves the replacement (as it would move a hold still active) instead of holding the units twice;
+            # read under the locks, so two moves at once cannot both find it unreplaced. A replacement holds the
+            # same SKU for the same buyer, so its buyer's units are among those read.
+            named = await repo.replacements(conn, ids)
+            if named:
+                take.holds |= await repo.get_holds(conn, list(set(named.values())))
+            holds = [take.hold(named.get(i, i)) for i in ids]
+            result = take.extend(holds, owner, order_id or None, ttl_seconds, actor, from_owner=from_owner,
+                                 limit=max_units_per_buyer)
+            await repo.write_take(conn, take)
+            for expired_id, replacement_id in take.replaced.items():
+                await repo.link_replacement(conn, expired_id, replacement_id)
             return result
 
         return await self._write("extend_holds", key, (ids, owner, order_id, ttl_seconds, from_owner), work,
@@ -267,7 +246,7 @@ class Inventory:
         return found[sku]
 
     async def set_stock(self, sku: str, on_hand: int, *, key: str = "", actor: str) -> StockRow:
-        """Sets the units on hand (creating the SKU's stock); never below what is held."""
+        """Sets the units on hand (creating the SKU's stock); never below what is held and set aside."""
         check_text(sku, "sku")
         if not 0 <= on_hand <= MAX_ON_HAND:
             raise invalid_argument("onHand", f"onHand must be within 0..{MAX_ON_HAND}")
@@ -278,9 +257,11 @@ class Inventory:
             if row is None:
                 await repo.create_stock(conn, sku, now)
                 row = StockRow(sku, 0, 0)
-            if on_hand < row.reserved:
-                raise refuse("BELOW_RESERVED", f"{row.reserved} units of {sku} are held; on hand cannot go below that",
-                             {"sku": sku, "reserved": row.reserved})
+            if on_hand < row.reserved + row.set_aside:
+                raise refuse("BELOW_RESERVED",
+                             f"{row.reserved} units of {sku} are held and {row.set_aside} set aside for campaigns;"
+                             " on hand cannot go below that",
+                             {"sku": sku, "reserved": row.reserved, "setAside": row.set_aside})
             if on_hand == row.on_hand:
                 return row
             return await repo.move_and_read(conn, sku=sku, reason="ADJUST", on_hand_delta=on_hand - row.on_hand,
@@ -290,7 +271,7 @@ class Inventory:
 
     async def adjust_stock(self, sku: str, delta: int, reason: str, *, key: str, actor: str) -> StockRow:
         """Changes the units on hand by `delta` for `reason` (goods received, damaged, returned, counted), under the
-        SKU's lock, so concurrent adjustments all count; never below what is held (BELOW_RESERVED). The key is
+        SKU's lock, so concurrent adjustments all count; never below what is held and set aside (BELOW_RESERVED). The key is
         required: a clerk's resend after a lost answer must not count the delivery twice."""
         check_text(sku, "sku")
         if not key:
@@ -306,9 +287,11 @@ class Inventory:
             if row is None:
                 await repo.create_stock(conn, sku, now)
                 row = StockRow(sku, 0, 0)
-            if row.on_hand + delta < row.reserved:
-                raise refuse("BELOW_RESERVED", f"{row.reserved} units of {sku} are held; on hand cannot go below that",
-                             {"sku": sku, "reserved": row.reserved})
+            if row.on_hand + delta < row.reserved + row.set_aside:
+                raise refuse("BELOW_RESERVED",
+                             f"{row.reserved} units of {sku} are held and {row.set_aside} set aside for campaigns;"
+                             " on hand cannot go below that",
+                             {"sku": sku, "reserved": row.reserved, "setAside": row.set_aside})
             if row.on_hand + delta > MAX_ON_HAND:
                 raise invalid_argument("delta", f"on hand would pass {MAX_ON_HAND}")
             return await repo.move_and_read(conn, sku=sku, reason=reason, on_hand_delta=delta, reserved_delta=0,

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
 import grpc
 from google.protobuf import timestamp_pb2
 
+from inventory_svc.campaigns import CANCELLED, ENDED, LIVE, SCHEDULED, CampaignView, NewItem
 from inventory_svc.client import MAX_CHANGES, REPLAYED_METADATA
 from inventory_svc.model import ACTIVE, COMMITTED, EXPIRED, RELEASED, HoldRecord, StockRow
 from inventory_svc.service import Inventory, Line
@@ -22,6 +24,26 @@ _STATES = {
     RELEASED: inventory_pb2.HOLD_STATE_RELEASED,
     EXPIRED: inventory_pb2.HOLD_STATE_EXPIRED,
 }
+
+_CAMPAIGN_STATUSES = {
+    SCHEDULED: inventory_pb2.SCHEDULED,
+    LIVE: inventory_pb2.LIVE,
+    ENDED: inventory_pb2.ENDED,
+    CANCELLED: inventory_pb2.CANCELLED,
+}
+_STATUS_NAMES = {number: name for name, number in _CAMPAIGN_STATUSES.items()}
+
+
+def timestamp(at: datetime) -> timestamp_pb2.Timestamp:
+    """An instant as a message."""
+    message = timestamp_pb2.Timestamp()
+    message.FromDatetime(at)
+    return message
+
+
+def instant(message: timestamp_pb2.Timestamp) -> datetime:
+    """A message's instant, in UTC."""
+    return message.ToDatetime(tzinfo=timezone.utc)
 
 
 def actor_of(context: grpc.aio.ServicerContext) -> str:
@@ -41,7 +63,8 @@ def hold_pb(hold: HoldRecord) -> inventory_pb2.Hold:
     expires = timestamp_pb2.Timestamp()
     expires.FromDatetime(hold.expires_at)
     return inventory_pb2.Hold(hold_id=hold.id, owner=hold.owner, sku=hold.sku, qty=hold.qty,
-                              state=_STATES[hold.state], expires_at=expires, order_id=hold.order_id or "")
+                              state=_STATES[hold.state], expires_at=expires, order_id=hold.order_id or "",
+                              price=hold.price, campaign_id=hold.campaign_id or "")
 
 
 def answered(context: grpc.aio.ServicerContext, holds: list[HoldRecord]) -> list[inventory_pb2.Hold]:
@@ -53,7 +76,23 @@ def answered(context: grpc.aio.ServicerContext, holds: list[HoldRecord]) -> list
 
 def stock_pb(row: StockRow) -> inventory_pb2.StockLevel:
     """Stock figures as a message."""
-    return inventory_pb2.StockLevel(sku=row.sku, on_hand=row.on_hand, reserved=row.reserved, available=row.available)
+    return inventory_pb2.StockLevel(sku=row.sku, on_hand=row.on_hand, reserved=row.reserved, available=row.available,
+                                    set_aside=row.set_aside)
+
+
+def campaign_pb(view: CampaignView) -> inventory_pb2.Campaign:
+    """A campaign and its figures as a message."""
+    message = inventory_pb2.Campaign(
+        campaign_id=view.id, name=view.name, status=_CAMPAIGN_STATUSES[view.status],
+        starts_at=timestamp(view.starts_at), ends_at=timestamp(view.ends_at), server_time=timestamp(view.server_time),
+        created_at=timestamp(view.created_at), created_by=view.created_by,
+        items=[inventory_pb2.CampaignItem(
+            sku=i.sku, sale_price=i.sale_price, quota=i.quota, max_per_user=i.max_per_user, held=i.held, sold=i.sold,
+            remaining=i.remaining, returned=i.returned, revenue=i.revenue, buyers=i.buyers, refused=i.refused)
+            for i in view.items])
+    if view.cancelled_at is not None:
+        message.cancelled_at.CopyFrom(timestamp(view.cancelled_at))
+    return message
 
 
 class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
@@ -64,13 +103,15 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
 
     async def _create(self, request: inventory_pb2.CreateHoldsRequest, key: str, actor: str) -> list[HoldRecord]:
         return await self._inventory.create_holds(
-            request.owner, [Line(line.sku, line.qty) for line in request.lines], request.ttl_seconds,
+            request.owner, [Line(line.sku, line.qty, line.price, line.expected_price) for line in request.lines],
+            request.ttl_seconds,
             key=key, actor=actor, buyer=request.buyer, max_units_per_buyer=request.max_units_per_buyer)
 
     async def _resize(self, request: inventory_pb2.ResizeHoldRequest, key: str, actor: str) -> list[HoldRecord]:
         return [await self._inventory.resize_hold(
             request.hold_id, request.qty, request.ttl_seconds, key=key, actor=actor, owner=request.owner,
-            add=request.add_qty, max_qty=request.max_qty, max_units_per_buyer=request.max_units_per_buyer)]
+            add=request.add_qty, max_qty=request.max_qty, max_units_per_buyer=request.max_units_per_buyer,
+            expected_price=request.expected_price)]
 
     async def _release(self, request: inventory_pb2.ReleaseHoldsRequest, key: str, actor: str) -> list[HoldRecord]:
         return await self._inventory.release_holds(list(request.hold_ids), key=key, actor=actor,
@@ -157,3 +198,33 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
         row = await self._inventory.adjust_stock(request.sku, request.delta, reason, key=key_of("", context),
                                                  actor=actor_of(context))
         return stock_pb(row)
+
+    async def CreateCampaign(self, request, context):
+        view = await self._inventory.campaigns.create(
+            request.name, instant(request.starts_at) if request.HasField("starts_at") else None,
+            instant(request.ends_at) if request.HasField("ends_at") else None,
+            [NewItem(i.sku, i.sale_price, i.quota, i.max_per_user) for i in request.items],
+            key=key_of(request.idempotency_key, context), actor=actor_of(context))
+        if view.replayed:
+            context.set_trailing_metadata(((REPLAYED_METADATA, "true"),))
+        return campaign_pb(view)
+
+    async def CancelCampaign(self, request, context):
+        view = await self._inventory.campaigns.cancel(request.campaign_id, key=key_of(request.idempotency_key, context),
+                                                      actor=actor_of(context))
+        if view.replayed:
+            context.set_trailing_metadata(((REPLAYED_METADATA, "true"),))
+        return campaign_pb(view)
+
+    async def GetCampaigns(self, request, context):
+        views, now = await self._inventory.campaigns.get(list(request.campaign_ids))
+        return inventory_pb2.GetCampaignsResponse(campaigns=[campaign_pb(v) for v in views], server_time=timestamp(now))
+
+    async def ListCampaigns(self, request, context):
+        if request.status and request.status not in _STATUS_NAMES:
+            raise invalid_argument("status", "status must be one of " + ", ".join(_CAMPAIGN_STATUSES))
+        views, total, now = await self._inventory.campaigns.list(
+            status=_STATUS_NAMES.get(request.status), skus=list(request.skus),
+            starting_within=request.starting_within_seconds, page=request.page, limit=request.limit)
+        return inventory_pb2.ListCampaignsResponse(campaigns=[campaign_pb(v) for v in views], total=total,
+                                                   server_time=timestamp(now))

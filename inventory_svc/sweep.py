@@ -1,4 +1,5 @@
-"""The sweep of expired holds left unreclaimed, safe to run in every replica at once."""
+"""The sweep of expired holds left unreclaimed and of ended campaigns' quotas not yet given back, safe to run in every
+replica at once."""
 
 from __future__ import annotations
 
@@ -12,16 +13,20 @@ SWEEPER_ACTOR = "inventory-sweeper"
 
 
 async def sweep_once(pool: AsyncConnectionPool, clock: Clock, limit: int = 100) -> int:
-    """Reclaims expired holds of up to `limit` SKUs; a SKU whose lock is taken is left to its holder."""
+    """Reclaims expired holds, and closes the items of ended campaigns (their quotas back to regular stock), of up
+    to `limit` SKUs nobody wrote to since; a SKU whose lock is taken is left to its holder. Returns the holds
+    reclaimed and items closed."""
     async with pool.connection() as conn:
-        skus = await repo.skus_with_expired_holds(conn, await clock.db_now(conn), limit)
-    reclaimed = 0
+        skus = await repo.skus_to_settle(conn, await clock.db_now(conn), limit)
+    expired = closed = 0
     for sku in skus:
         async with pool.connection() as conn:
             async with conn.transaction():
-                # Another replica's sweeper, or a write for this SKU, is reclaiming it right now.
+                # Another replica's sweeper, or a write for this SKU, is settling it right now.
                 if await repo.try_lock_sku(conn, sku):
                     now = await clock.db_now(conn)
-                    reclaimed += (await repo.reclaim_expired(conn, [sku], now, SWEEPER_ACTOR)).rowcount
-    metrics.HOLDS_EXPIRED.inc(reclaimed)
-    return reclaimed
+                    holds, items = await repo.settle(conn, [sku], now, SWEEPER_ACTOR)
+                    expired += max(holds.rowcount, 0)
+                    closed += max(items.rowcount, 0)
+    metrics.HOLDS_EXPIRED.inc(expired)
+    return expired + closed

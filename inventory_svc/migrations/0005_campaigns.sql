@@ -46,6 +46,8 @@ CREATE TABLE inventory.campaign_items (
 
 -- The open items of a SKU (read under its lock by every write), and those a sweeper must close.
 CREATE INDEX campaign_items_open_sku_idx ON inventory.campaign_items (sku) WHERE closed_at IS NULL;
+-- Every campaign of a SKU, open or closed: the overlap check of a new campaign, the SKU filter of a listing.
+CREATE INDEX campaign_items_sku_idx ON inventory.campaign_items (sku, campaign_id);
 
 -- Adds refused per campaign item and reason, for the campaign's report.
 CREATE TABLE inventory.campaign_refusals (

@@ -1,0 +1,317 @@
+"""Flash-sale campaigns inside inventory, against real Postgres: quotas set aside under the SKUs' locks, bought from
+while live, given back at the instant a campaign ends, decided by the database's clock, and proven by the audit.
+
+The real inventory gRPC server runs in the test's own event loop on a fresh database. Tests that move time use a
+manual clock (tests/clock.py) that every statement takes as now; the tests of the opening instant and of the
+crowds run on the database's own clock, with real concurrent calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from datetime import datetime, timedelta
+
+import grpc
+import psycopg
+import pytest
+
+from inventory_svc.server import SPEC, InventorySettings, create_server
+from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+from shop_runtime.clock import SystemClock
+from shop_runtime.config import ServiceSettings
+from shop_runtime.db import migrate, open_pool
+from shop_runtime.errors import error_info
+from shop_runtime.server import Deps
+from tests.clock import ManualClock
+from tests.integration.inventory_support import audit_of, stored
+
+ADMIN = [("x-shop-user-id", "ops")]
+PRICE, SALE = 1000, 600
+
+
+class Inventory:
+    """A stub of the real server, its database and its clock."""
+
+    def __init__(self, stub, dsn: str, clock):
+        self.stub = stub
+        self.dsn = dsn
+        self.clock = clock
+
+    async def db_now(self) -> datetime:
+        if isinstance(self.clock, ManualClock):
+            return self.clock.now()
+        return stored(self.dsn, "SELECT clock_timestamp()")[0][0]
+
+    async def stock(self, sku: str, on_hand: int) -> None:
+        await self.stub.SetStock(inventory_pb2.SetStockRequest(sku=sku, on_hand=on_hand), metadata=ADMIN)
+
+    async def campaign(self, items: list[tuple[str, int, int, int]], *, starts_in: float = 0, lasts: float = 3600,
+                       key: str = "", name: str = "Flash") -> inventory_pb2.Campaign:
+        """A campaign of (sku, sale price, quota, max per user) starting `starts_in` seconds from now."""
+        now = await self.db_now()
+        return await self.stub.CreateCampaign(new_campaign(items, now + timedelta(seconds=starts_in),
+                                                           now + timedelta(seconds=starts_in + lasts), key, name),
+                                              metadata=ADMIN)
+
+    async def level(self, sku: str) -> inventory_pb2.StockLevel:
+        return (await self.stub.GetAvailability(inventory_pb2.GetAvailabilityRequest(skus=[sku]))).items[0]
+
+    async def figures(self, campaign_id: str) -> inventory_pb2.Campaign:
+        (campaign,) = (await self.stub.GetCampaigns(inventory_pb2.GetCampaignsRequest(campaign_ids=[campaign_id]))
+                       ).campaigns
+        return campaign
+
+    async def add(self, buyer: str, sku: str, qty: int = 1, *, expected: int = 0, limit: int = 0, ttl: int = 600,
+                  price: int = PRICE) -> inventory_pb2.Hold:
+        (hold,) = (await self.stub.CreateHolds(inventory_pb2.CreateHoldsRequest(
+            owner=f"cart:{buyer}", buyer=buyer, ttl_seconds=ttl, max_units_per_buyer=limit,
+            lines=[inventory_pb2.HoldLine(sku=sku, qty=qty, price=price, expected_price=expected)]))).holds
+        return hold
+
+
+def new_campaign(items, starts_at: datetime, ends_at: datetime, key: str = "",
+                 name: str = "Flash") -> inventory_pb2.CreateCampaignRequest:
+    request = inventory_pb2.CreateCampaignRequest(
+        name=name, idempotency_key=key,
+        items=[inventory_pb2.NewCampaignItem(sku=s, sale_price=p, quota=q, max_per_user=m) for s, p, q, m in items])
+    request.starts_at.FromDatetime(starts_at)
+    request.ends_at.FromDatetime(ends_at)
+    return request
+
+
+@contextlib.asynccontextmanager
+async def running(dsn: str, clock, pool_size: int = 8):
+    await migrate(dsn, SPEC.schema, SPEC.migrations)
+    pool = await open_pool(dsn, max_size=pool_size)
+    settings = ServiceSettings(service_name="inventory", database_url=dsn, grpc_host="127.0.0.1", grpc_port=0,
+                               advertise_address="127.0.0.1", consul_host="127.0.0.1", consul_port=1,
+                               shutdown_grace_seconds=1, check_interval="1s", pool_max_size=pool_size)
+    app = create_server(settings, Deps(pool=pool, clock=clock), InventorySettings(0))
+    await app.server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
+    try:
+        yield Inventory(inventory_pb2_grpc.InventoryServiceStub(channel), dsn, clock)
+    finally:
+        await channel.close()
+        await app.server.stop(0)
+        await pool.close()
+
+
+@pytest.fixture
+async def inv(fresh_dsn):
+    """The server on a manual clock."""
+    async with running(fresh_dsn, ManualClock()) as inventory:
+        yield inventory
+
+
+@pytest.fixture
+async def live_inv(fresh_dsn):
+    """The server on the database's own clock."""
+    async with running(fresh_dsn, SystemClock(), pool_size=12) as inventory:
+        yield inventory
+
+
+async def refusal(call) -> tuple[grpc.StatusCode, str, dict[str, str]]:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    info = error_info(caught.value)
+    return caught.value.code(), info.reason if info else "", dict(info.metadata) if info else {}
+
+
+def figures(item: inventory_pb2.CampaignItem) -> dict[str, int]:
+    return {k: getattr(item, k) for k in ("quota", "held", "sold", "remaining", "returned", "revenue", "buyers")}
+
+
+# --- creating, cancelling, reading ---------------------------------------------------------------------
+
+
+async def test_a_campaign_sets_its_quota_aside_from_regular_stock(inv):
+    await inv.stock("A", 100)
+    await inv.stock("B", 10)
+    campaign = await inv.campaign([("A", SALE, 30, 2), ("B", 50, 10, 0)], starts_in=60)
+    assert campaign.status == inventory_pb2.SCHEDULED
+    assert campaign.created_by == "ops" and not campaign.HasField("cancelled_at")
+    assert [(i.sku, i.quota, i.remaining, i.max_per_user) for i in campaign.items] == [("A", 30, 30, 2),
+                                                                                      ("B", 10, 10, 0)]
+    level = await inv.level("A")
+    assert (level.on_hand, level.reserved, level.set_aside, level.available) == (100, 0, 30, 70)
+    assert (await inv.level("B")).available == 0
+    stock = await inv.stub.GetStock(inventory_pb2.GetStockRequest(sku="A"))
+    assert (stock.set_aside, stock.available) == (30, 70)
+    # Before it starts, the SKU sells at its regular price from regular stock only.
+    hold = await inv.add("u1", "A", 5)
+    assert (hold.price, hold.campaign_id) == (PRICE, "")
+    assert await refusal(inv.add("u2", "B", 1)) == (grpc.StatusCode.ABORTED, "OUT_OF_STOCK",
+                                                    {"sku": "B", "available": "0", "skus": "B"})
+    # On hand cannot go below what is held and set aside.
+    code, reason, meta = await refusal(inv.stub.SetStock(inventory_pb2.SetStockRequest(sku="A", on_hand=34),
+                                                         metadata=ADMIN))
+    assert (reason, meta["reserved"], meta["setAside"]) == ("BELOW_RESERVED", "5", "30")
+    await inv.stub.SetStock(inventory_pb2.SetStockRequest(sku="A", on_hand=35), metadata=ADMIN)
+    assert stored(inv.dsn, "SELECT reason, set_aside_delta, set_aside_after, campaign_id::text FROM inventory.ledger"
+                           " WHERE reason = 'SET_ASIDE' ORDER BY sku") == [
+        ("SET_ASIDE", 30, 30, campaign.campaign_id), ("SET_ASIDE", 10, 10, campaign.campaign_id)]
+    assert await audit_of(inv.dsn) == []
+
+
+async def test_overlap_out_of_stock_and_unknown_skus_are_refused_whole(inv):
+    await inv.stock("A", 100)
+    await inv.stock("B", 5)
+    first = await inv.campaign([("A", SALE, 10, 0)], starts_in=3600, lasts=3600)
+    # [now+1h, now+2h) is taken for A: one starting inside it, or ending inside it, overlaps.
+    for starts_in, lasts in ((1800, 3600), (5400, 600), (3000, 7200)):
+        code, reason, meta = await refusal(inv.campaign([("B", 10, 1, 0), ("A", SALE, 1, 0)],
+                                                        starts_in=starts_in, lasts=lasts))
+        assert (code, reason, meta) == (grpc.StatusCode.ABORTED, "CAMPAIGN_OVERLAP",
+                                        {"sku": "A", "campaignId": first.campaign_id})
+    # Touching windows do not overlap: [now, now+1h) ends as the first begins.
+    await inv.campaign([("A", SALE, 1, 0)], starts_in=0, lasts=3600)
+    assert await refusal(inv.campaign([("B", 10, 6, 0)], starts_in=10000)) == (
+        grpc.StatusCode.ABORTED, "OUT_OF_STOCK", {"sku": "B", "available": "5", "skus": "B"})
+    assert (await refusal(inv.campaign([("B", 10, 1, 0), ("NOPE", 10, 1, 0)], starts_in=10000)))[:2] == (
+        grpc.StatusCode.NOT_FOUND, "SKU_NOT_FOUND")
+    # Nothing of a refused campaign stays: B is untouched, and only the two made exist.
+    assert (await inv.level("B")).set_aside == 0
+    assert stored(inv.dsn, "SELECT count(*) FROM inventory.campaigns") == [(2,)]
+    # A campaign cancelled before it started frees its window.
+    await inv.stub.CancelCampaign(inventory_pb2.CancelCampaignRequest(campaign_id=first.campaign_id))
+    await inv.campaign([("A", SALE, 10, 0)], starts_in=3600, lasts=3600)
+    assert await audit_of(inv.dsn) == []
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    (dict(name=""), "name"),
+    (dict(name="x" * 201), "name"),
+    (dict(starts_at=None), "startsAt"),
+    (dict(ends_at=None), "endsAt"),
+    (dict(lasts=0), "endsAt"),
+    (dict(lasts=-60), "endsAt"),
+    (dict(lasts=7 * 86400 + 1), "endsAt"),
+    (dict(starts_in=-7200, lasts=3600), "endsAt"),  # ended already, by the database's clock
+    (dict(items=[]), "items"),
+    (dict(items=[("A", 10, 1, 0)] * 2), "items[1].sku"),
+    (dict(items=[(f"S{i}", 10, 1, 0) for i in range(101)]), "items"),
+    (dict(items=[("", 10, 1, 0)]), "items[0].sku"),
+    (dict(items=[("A", 0, 1, 0)]), "items[0].salePrice"),
+    (dict(items=[("A", 2_000_000_001, 1, 0)]), "items[0].salePrice"),
+    (dict(items=[("B", 10, 1, 0), ("A", 10, 0, 0)]), "items[1].quota"),
+    (dict(items=[("A", 10, 1_000_001, 0)]), "items[0].quota"),
+    (dict(items=[("A", 3000, 1_000_000, 0)]), "items[0].quota"),  # revenue past an int32
+    (dict(items=[("A", 10, 1, -1)]), "items[0].maxPerUser"),
+])
+async def test_a_bad_campaign_is_invalid_argument_naming_the_rest_field(inv, change, field):
+    await inv.stock("A", 10)
+    await inv.stock("B", 10)
+    now = await inv.db_now()
+    starts = now + timedelta(seconds=change.get("starts_in", 60))
+    request = new_campaign(change.get("items", [("A", SALE, 5, 0)]), starts,
+                           starts + timedelta(seconds=change.get("lasts", 3600)), name=change.get("name", "Flash"))
+    for unset in ("starts_at", "ends_at"):
+        if unset in change:
+            request.ClearField(unset)
+    assert await refusal(inv.stub.CreateCampaign(request)) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT",
+                                                               {"field": field})
+    assert stored(inv.dsn, "SELECT count(*), (SELECT sum(set_aside) FROM inventory.stock) FROM inventory.campaigns"
+                  ) == [(0, 0)]
+
+
+async def test_creating_and_cancelling_are_idempotent_with_their_keys(inv):
+    await inv.stock("A", 100)
+    first = await inv.campaign([("A", SALE, 10, 0)], starts_in=60, key="c-1")
+    now = await inv.db_now()
+    again = await inv.stub.CreateCampaign(new_campaign([("A", SALE, 10, 0)], first.starts_at.ToDatetime(),
+                                                       first.ends_at.ToDatetime(), "c-1"))
+    assert again.campaign_id == first.campaign_id
+    assert (await inv.level("A")).set_aside == 10
+    assert await refusal(inv.stub.CreateCampaign(new_campaign([("A", SALE, 11, 0)], now + timedelta(seconds=60),
+                                                              now + timedelta(hours=1), "c-1"))) == (
+        grpc.StatusCode.ABORTED, "IDEMPOTENCY_KEY_REUSED", {"operation": "create_campaign"})
+    cancel = inventory_pb2.CancelCampaignRequest(campaign_id=first.campaign_id, idempotency_key="x-1")
+    cancelled = await inv.stub.CancelCampaign(cancel)
+    inv.clock.advance(5)
+    replayed = await inv.stub.CancelCampaign(cancel)
+    assert cancelled.status == replayed.status == inventory_pb2.CANCELLED
+    assert replayed.cancelled_at == cancelled.cancelled_at
+    assert stored(inv.dsn, "SELECT reason, count(*) FROM inventory.ledger WHERE campaign_id IS NOT NULL"
+                           " GROUP BY reason ORDER BY reason") == [("CAMPAIGN_END", 1), ("SET_ASIDE", 1)]
+    assert await audit_of(inv.dsn) == []
+
+
+async def test_cancel_gives_the_quota_back_and_unknown_campaigns_are_not_found(inv):
+    await inv.stock("A", 100)
+    await inv.stock("B", 100)
+    scheduled = await inv.campaign([("A", SALE, 30, 0)], starts_in=60)
+    live = await inv.campaign([("B", SALE, 20, 0)], starts_in=0)
+    assert live.status == inventory_pb2.LIVE
+    held = await inv.add("u1", "B", 3)
+    assert (held.price, held.campaign_id) == (SALE, live.campaign_id)
+    inv.clock.advance(10)
+    now = inv.clock.now()
+
+    cancelled = await inv.stub.CancelCampaign(inventory_pb2.CancelCampaignRequest(campaign_id=scheduled.campaign_id))
+    assert cancelled.status == inventory_pb2.CANCELLED
+    assert cancelled.cancelled_at.ToDatetime() == now.replace(tzinfo=None)
+    assert cancelled.ends_at == scheduled.ends_at
+    assert figures(cancelled.items[0]) == dict(quota=30, held=0, sold=0, remaining=0, returned=30, revenue=0,
+                                               buyers=0)
+    assert (await inv.level("A")).available == 100
+
+    ended = await inv.stub.CancelCampaign(inventory_pb2.CancelCampaignRequest(campaign_id=live.campaign_id))
+    assert ended.status == inventory_pb2.ENDED
+    assert ended.ends_at.ToDatetime() == ended.cancelled_at.ToDatetime() == now.replace(tzinfo=None)
+    assert figures(ended.items[0]) == dict(quota=20, held=3, sold=0, remaining=0, returned=17, revenue=0, buyers=0)
+    level = await inv.level("B")
+    assert (level.reserved, level.set_aside, level.available) == (3, 0, 97)
+    # The held units keep their price; growing them is refused now the sale has ended.
+    assert (await refusal(inv.stub.ResizeHold(inventory_pb2.ResizeHoldRequest(hold_id=held.hold_id, add_qty=1))
+                          ))[1:] == ("SALE_ENDED", {"sku": "B", "skus": "B"})
+    # Cancelling again answers the campaign as it is.
+    again = await inv.stub.CancelCampaign(inventory_pb2.CancelCampaignRequest(campaign_id=live.campaign_id))
+    assert (again.status, again.ends_at) == (inventory_pb2.ENDED, ended.ends_at)
+    for unknown in ("3f1c1a52-5d0e-4a55-9a7e-0d1f4e6c2b11", "not-a-uuid", ""):
+        assert (await refusal(inv.stub.CancelCampaign(inventory_pb2.CancelCampaignRequest(campaign_id=unknown)))
+                )[:2] == (grpc.StatusCode.NOT_FOUND, "CAMPAIGN_NOT_FOUND")
+    got = await inv.stub.GetCampaigns(inventory_pb2.GetCampaignsRequest(
+        campaign_ids=[live.campaign_id, "nope", "3f1c1a52-5d0e-4a55-9a7e-0d1f4e6c2b11", scheduled.campaign_id]))
+    assert [c.campaign_id for c in got.campaigns] == [live.campaign_id, scheduled.campaign_id]
+    assert got.server_time.ToDatetime() == now.replace(tzinfo=None)
+    assert await audit_of(inv.dsn) == []
+
+
+async def test_listing_filters_by_status_sku_and_what_a_storefront_shows(inv):
+    for sku in "ABCDE":
+        await inv.stock(sku, 100)
+    live = await inv.campaign([("A", SALE, 5, 0)], starts_in=0, lasts=600, name="live")
+    soon = await inv.campaign([("B", SALE, 5, 0), ("C", SALE, 5, 0)], starts_in=3600, name="soon")
+    later = await inv.campaign([("C", SALE, 5, 0)], starts_in=2 * 86400, name="later")
+    cancelled = await inv.campaign([("D", SALE, 5, 0)], starts_in=60, name="cancelled")
+    await inv.stub.CancelCampaign(inventory_pb2.CancelCampaignRequest(campaign_id=cancelled.campaign_id))
+    ended = await inv.campaign([("E", SALE, 5, 0)], starts_in=0, lasts=30, name="ended")
+    inv.clock.advance(31)
+
+    async def names(**kwargs) -> tuple[list[str], int]:
+        answer = await inv.stub.ListCampaigns(inventory_pb2.ListCampaignsRequest(**kwargs))
+        return [c.name for c in answer.campaigns], answer.total
+
+    assert await names() == (["live", "ended", "cancelled", "soon", "later"], 5)
+    assert await names(status=inventory_pb2.LIVE) == (["live"], 1)
+    assert await names(status=inventory_pb2.SCHEDULED) == (["soon", "later"], 2)
+    assert await names(status=inventory_pb2.ENDED) == (["ended"], 1)
+    assert await names(status=inventory_pb2.CANCELLED) == (["cancelled"], 1)
+    assert await names(starting_within_seconds=86400) == (["live", "soon"], 2)
+    assert await names(starting_within_seconds=86400, skus=["C", "Z"]) == (["soon"], 1)
+    assert await names(skus=["C"]) == (["soon", "later"], 2)
+    assert await names(limit=2, page=2) == (["cancelled", "soon"], 5)
+    assert await names(limit=2, page=9) == ([], 5)
+    listed = (await inv.stub.ListCampaigns(inventory_pb2.ListCampaignsRequest(skus=["C"]))).campaigns[0]
+    assert [i.sku for i in listed.items] == ["B", "C"], "a campaign answered carries all its items"
+    assert {c.campaign_id for c in (await inv.stub.ListCampaigns(inventory_pb2.ListCampaignsRequest(
+        status=inventory_pb2.SCHEDULED))).campaigns} == {soon.campaign_id, later.campaign_id}
+    assert live.campaign_id and ended.campaign_id
+    for bad, field in ((dict(limit=101), "limit"), (dict(page=-1), "page"), (dict(status=9), "status"),
+                       (dict(starting_within_seconds=-1), "starting_within_seconds"),
+                       (dict(skus=[f"S{i}" for i in range(501)]), "skus")):
+        assert await refusal(inv.stub.ListCampaigns(inventory_pb2.ListCampaignsRequest(**bad))) == (
+            grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", {"field": field})
