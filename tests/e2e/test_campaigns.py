@@ -147,6 +147,9 @@ def test_a_campaign_whose_start_has_passed_is_live_on_its_product_page(http, adm
     assert http.get(f"/campaigns/{resp.json()['campaignId']}").json()["status"] == "LIVE"
     live = http.get("/admin/campaigns", params={"status": "LIVE", "limit": 100}, headers=admin).json()
     assert resp.json()["campaignId"] in {c["campaignId"] for c in live["campaigns"]}
+    # A campaign whose start has passed when it is created is LIVE at once.
+    at_once = campaigns((fresh(), 2), starts_in=-60, lasts=600)
+    assert at_once.status_code == 200 and at_once.json()["status"] == "LIVE", at_once.text
     # Cancelling a live campaign (no body at all) ends it now: ENDED, and its product page shows none.
     ended = http.post(f"/admin/campaigns/{resp.json()['campaignId']}:cancel", headers=admin).json()
     assert ended["status"] == "ENDED" and http.get(f"/catalogs/{p.sku}").json()["campaign"] is None
