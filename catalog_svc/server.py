@@ -44,7 +44,8 @@ class CatalogSettings(EnvSettings):
 
 
 def create_server(settings: ServiceSettings, deps: Deps, catalog_settings: CatalogSettings | None = None) -> GrpcApp:
-    """The catalog server, asking inventory (found through Consul) for availability."""
+    """The catalog server (its storefront reads and the campaigns' routes), asking inventory (found through
+    Consul) for availability and campaigns."""
     own = catalog_settings or CatalogSettings.from_env()
     inventory = InventoryClient(deps.client("inventory", inventory_client.STUB, settings.service_name))
     # Campaigns are inventory's; the catalog routes their REST calls and shows them, kept as product pages are.
