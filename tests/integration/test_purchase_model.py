@@ -3,8 +3,9 @@
 Every step a shopper takes (add, set, checkout, pay) may have one call between services cut off
 before or after its callee commits, every attempt of it, so the shopper sees the failure; the
 shopper then clicks again with the same key, a new key, or gives up. After every step a
-reconciler pass runs and the whole suite must be exact: the suite audit clean, every cart showing
-what inventory holds for it, a paid order with exactly one standing charge and any other order
+reconciler pass runs and the whole suite must be exact: the suite audit clean (every order line at
+its hold's price, whatever an admin did to the catalog's price meanwhile), every cart showing what
+inventory holds for it, at the prices it holds it at, a paid order with exactly one standing charge and any other order
 with none, and stock conserved. The services run in this test's process on their own event loop
 thread (real gRPC, Postgres and Consul), so the cut-offs land exactly where they are asked to.
 """
@@ -140,6 +141,11 @@ class PurchaseMachine(RuleBasedStateMachine):
         shopper = self.shoppers[i]
         self._step("change", cut, retry, lambda key: shopper.set(self.sku, qty, key=key))
 
+    @rule(price=st.sampled_from([1_000, 1_500, 2_500]))
+    def reprice(self, price):
+        """An admin changes the product's regular price: units already held keep theirs."""
+        rows(self.dsn, "UPDATE catalog.products SET price = %s WHERE sku = %s RETURNING 1", price, self.sku)
+
     @rule(i=st.integers(0, USERS - 1), cut=cuts, retry=retries)
     def checkout(self, i, cut, retry):
         shopper = self.shoppers[i]
@@ -162,6 +168,9 @@ class PurchaseMachine(RuleBasedStateMachine):
         for shopper in self.shoppers:
             cart = self.shop.call(shopper.cart())
             assert {x.sku: x.qty for x in cart.items if not x.expired} == held_for_cart(self.dsn, shopper.user)
+            assert {x.sku: x.price for x in cart.items if not x.expired} == dict(rows(
+                self.dsn, "SELECT sku, price FROM inventory.holds WHERE owner = %s AND state = 'ACTIVE'"
+                          " AND expires_at > clock_timestamp()", f"cart:{shopper.user}"))
         orders = rows(self.dsn, "SELECT o.id::text, o.status, (SELECT count(*) FROM orders.provider_charges c"
                                 " JOIN orders.payments p ON p.payment_id = c.payment_id WHERE p.order_id = o.id"
                                 " AND c.refunded_at IS NULL) FROM orders.orders o WHERE o.user_id LIKE %s",
