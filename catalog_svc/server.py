@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from catalog_svc.admin import CatalogAdmin
+from catalog_svc.admin_servicer import CatalogAdminServicer
 from catalog_svc.service import AvailabilityLookup, Catalog
 from catalog_svc.servicer import CatalogServicer
-from shop.catalog.v1 import catalog_pb2, catalog_pb2_grpc
+from shop.catalog.v1 import catalog_admin_pb2, catalog_admin_pb2_grpc, catalog_pb2, catalog_pb2_grpc
 from inventory_svc import client as inventory_client
 from inventory_svc.client import InventoryClient
 from shop_runtime.config import EnvSettings, ServiceSettings, setting
@@ -49,8 +51,11 @@ def create_server(settings: ServiceSettings, deps: Deps, catalog_settings: Catal
                       cache_entries=own.cache_entries)
     return build_server(
         settings,
-        [(catalog_pb2_grpc.add_CatalogServiceServicer_to_server, CatalogServicer(catalog))],
-        [catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name],
+        [(catalog_pb2_grpc.add_CatalogServiceServicer_to_server, CatalogServicer(catalog)),
+         (catalog_admin_pb2_grpc.add_CatalogAdminServiceServicer_to_server,
+          CatalogAdminServicer(CatalogAdmin(deps.pool, availability_from(inventory))))],
+        [catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name,
+         catalog_admin_pb2.DESCRIPTOR.services_by_name["CatalogAdminService"].full_name],
     )
 
 

@@ -23,7 +23,7 @@ AvailabilityLookup = Callable[[list[str]], Awaitable[dict[str, int]]]
 
 MAX_BATCH = 500
 # What a SKU looks like (catalog.products' CHECK).
-SKU_RE = re.compile(r"[A-Za-z0-9-]{1,64}\Z")
+SKU_RE = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
 
 
 def _no_product(sku: str) -> ServiceError:
@@ -116,7 +116,7 @@ class Catalog:
         if not unique:
             return []
         async with self._pool.connection() as conn:
-            rows = await repository.get_products(conn, unique)
+            rows = await repository.get_products(conn, unique, unlisted=True)  # held units of them still check out
         if not with_availability:
             return [ProductWithAvailability(row=r, available=0) for r in rows]
         return await self._with_availability(rows)

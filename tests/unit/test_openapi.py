@@ -19,7 +19,8 @@ def test_every_route_of_the_contract_is_documented_with_its_security():
         ("get", "/catalogs"), ("get", "/catalogs/{sku}"), ("post", "/chart"), ("put", "/chart/{sku}/{qty}"),
         ("get", "/chart"), ("post", "/checkout"), ("post", "/payment"), ("get", "/orders/{orderId}"),
         ("get", "/orders"), ("put", "/admin/stock/{sku}"), ("get", "/admin/stock/{sku}"),
-        ("post", "/admin/stock/{sku}/adjustments")}
+        ("post", "/admin/stock/{sku}/adjustments"), ("post", "/admin/products"), ("patch", "/admin/products/{sku}"),
+        ("post", "/admin/products:batchUpsert"), ("get", "/admin/products/{sku}/changes")}
     assert "security" not in ops[("get", "/catalogs")]
     assert ops[("post", "/payment")]["security"] == [{"bearer": []}]
     assert {p["name"] for p in ops[("get", "/catalogs")]["parameters"]} == {

@@ -24,6 +24,10 @@ CONTRACT_ROUTES = {
     ("put", "/admin/stock/{sku}"),
     ("get", "/admin/stock/{sku}"),
     ("post", "/admin/stock/{sku}/adjustments"),
+    ("post", "/admin/products"),
+    ("patch", "/admin/products/{sku}"),
+    ("post", "/admin/products:batchUpsert"),
+    ("get", "/admin/products/{sku}/changes"),
 }
 
 
