@@ -167,8 +167,12 @@ class CatalogAdmin:
         return answer
 
     async def update(self, actor: str, sku: str, patch: ProductPatch) -> ProductWithAvailability:
-        """Sets the fields `patch` gives; PRODUCT_NOT_FOUND for an unknown SKU. A patch that changes nothing
-        (no field, or the values the product has) writes and records nothing, and answers the product."""
+        """Sets the fields `patch` gives; PRODUCT_NOT_FOUND for an unknown SKU. A patch of no field is an
+        INVALID_ARGUMENT (field `body`): the gateway drops body fields it does not know, so a misspelt field
+        arrives as nothing at all, which an error tells the admin about. A patch of the values the product has
+        writes and records nothing, and answers the product."""
+        if all(v is None for v in dataclasses.asdict(patch).values()):
+            raise invalid_argument("body", "give at least one of name, description, category, price and listed")
         if patch.name is not None:
             check_name(patch.name)
         if patch.description is not None:
