@@ -293,8 +293,9 @@ _WORDS = ("compact", "sturdy", "classic", "wireless", "bamboo", "steel", "foldab
 _NOUNS = ("lamp", "kettle", "chair", "speaker", "leash", "drill", "board", "planter", "mug", "headset")
 
 
-def generate(path: Path, count: int, seed: int = 1) -> None:
-    """Writes `count` generated products (SKUs IM-000001 ...) as CSV, or JSON lines for a .jsonl path."""
+def generate(path: Path, count: int, seed: int = 1, prefix: str = "IM") -> None:
+    """Writes `count` generated products (SKUs IM-000001 ..., or `prefix`-000001 ...) as CSV, or JSON lines for a
+    .jsonl path."""
     rng = random.Random(seed)
     jsonl = path.suffix.lower() in (".jsonl", ".ndjson")
     with path.open("w", encoding="utf-8", newline="") as f:
@@ -303,7 +304,7 @@ def generate(path: Path, count: int, seed: int = 1) -> None:
             writer.writerow(FIELDS)
         for n in range(1, count + 1):
             noun, word = rng.choice(_NOUNS), rng.choice(_WORDS)
-            product = (f"IM-{n:06d}", f"{word.title()} {noun.title()} {n}",
+            product = (f"{prefix}-{n:06d}", f"{word.title()} {noun.title()} {n}",
                        f"A {word} {noun} for everyday use, item {n}.", rng.choice(_CATEGORIES),
                        rng.randrange(10, 5000) * 1000)
             if writer:
