@@ -35,14 +35,15 @@ from tqdm import tqdm
 from catalog_svc.admin import MAX_BATCH, check_product
 from catalog_svc.model import ProductRow
 from devstack.stack import SECRETS_DIR
-from gateway.envoy import MAX_REQUEST_BYTES
+from gateway.routes import LARGE_BODY_ROUTES
 from gateway.identity import issue_token
 from shop_runtime.errors import ServiceError
 
 DEFAULT_URL = "http://localhost:9000"
 ROUTE = "/admin/products:batchUpsert"
 FIELDS = ("sku", "name", "description", "category", "price")
-# A batch's body stays this far below the gateway's limit (MAX_REQUEST_BYTES, refused with 413 above it).
+# The gateway's limit of a batch's body (413 above it), and how far below it a batch stays.
+MAX_BODY = LARGE_BODY_ROUTES[("post", ROUTE)]
 BODY_MARGIN = 1024
 # Attempts of one batch that fails in transit.
 ATTEMPTS = 6
@@ -162,7 +163,7 @@ def good_rows(path: Path, bad_lines: set[int]) -> Iterator[Row]:
 
 
 def batches(rows: Iterator[Row], max_rows: int = MAX_BATCH,
-            max_bytes: int = MAX_REQUEST_BYTES - BODY_MARGIN) -> Iterator[list[Row]]:
+            max_bytes: int = MAX_BODY - BODY_MARGIN) -> Iterator[list[Row]]:
     """The rows in batches of at most `max_rows` whose JSON body stays under `max_bytes`."""
     batch: list[Row] = []
     size = len(b'{"products":[]}')

@@ -294,3 +294,22 @@ def test_an_import_with_a_bad_row_sends_nothing_and_names_it(suite, tmp_path):
     out, err = run.communicate(timeout=60)
     assert run.returncode == 1 and "line 3: price" in err, err
     assert db_product(suite, sku) is None
+
+
+def test_a_batch_of_a_thousand_products_passes_the_gateway_and_a_larger_body_is_413(http, suite, admin, made):
+    prefix = f"E2E-BIG-{uuid.uuid4().hex[:6]}"
+    rows = [body(f"{prefix}-{n:04d}", description="d" * 600) for n in range(1000)]
+    made.extend(r["sku"] for r in rows)
+    resp = http.post("/admin/products:batchUpsert", json={"products": rows}, headers=admin, timeout=60)
+    assert resp.status_code == 200, resp.text[:300]
+    assert resp.json() == {"created": 1000, "updated": 0}
+    # Past the route's own limit (1 MiB), the gateway refuses the body before any service sees it.
+    huge = [r | {"description": "d" * 1100} for r in rows]
+    resp = http.post("/admin/products:batchUpsert", json={"products": huge}, headers=admin, timeout=60)
+    assert resp.status_code == 413 and reason(resp) == "BODY_TOO_LARGE"
+    with psycopg.connect(suite.dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM catalog.products WHERE sku LIKE %s AND description = %s",
+                            (prefix + "-%", "d" * 600)).fetchone() == (1000,)
+    # Every other route keeps the gateway's limit of 64 KiB.
+    resp = http.post("/admin/products", json=body(new_sku(), description="d" * 70_000), headers=admin)
+    assert resp.status_code == 413

@@ -6,7 +6,6 @@ import json
 import pytest
 
 from devstack import import_catalog as imp
-from gateway.envoy import MAX_REQUEST_BYTES
 
 
 def write(tmp_path, name, text):
@@ -50,15 +49,15 @@ def test_json_lines_rows_are_checked_the_same_way(tmp_path):
 def test_batches_keep_to_the_row_count_and_the_body_limit():
     small = [imp.Row(n, {"sku": f"S-{n}", "name": "n", "description": "", "category": "c", "price": 1})
              for n in range(2500)]
-    assert [len(b) for b in imp.batches(iter(small), max_bytes=10**9)] == [1000, 1000, 500]
-    assert [len(b) for b in imp.batches(iter(small), max_rows=300, max_bytes=10**9)] == [300] * 8 + [100]
+    assert [len(b) for b in imp.batches(iter(small))] == [1000, 1000, 500]
+    assert [len(b) for b in imp.batches(iter(small), max_rows=300)] == [300] * 8 + [100]
     big = [imp.Row(n, {"sku": f"B-{n}", "name": "n", "description": "d" * 4000, "category": "c", "price": 1})
-           for n in range(100)]
+           for n in range(1000)]
     sent = list(imp.batches(iter(big)))
-    assert sum(len(b) for b in sent) == 100
+    assert sum(len(b) for b in sent) == 1000 and len(sent) > 1
     for batch in sent:
         body = json.dumps({"products": [r.product for r in batch]}).encode()
-        assert len(body) < MAX_REQUEST_BYTES
+        assert len(body) < imp.MAX_BODY
 
 
 def test_the_checkpoint_belongs_to_the_file_as_it_was(tmp_path):
