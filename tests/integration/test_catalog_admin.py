@@ -4,6 +4,7 @@ nothing with the bad row's index, every change recorded with its actor and what 
 gone from the listing, search and product page but still read by the cart, and concurrent batches exact."""
 
 import asyncio
+import time
 
 import grpc
 import psycopg
@@ -44,6 +45,26 @@ def address(catalog_dsn, log_dir):
         procs = [Proc(service_process("catalog", ports, catalog_dsn, port=0, name="catalog-admin",
                                       CATALOG_CACHE_SECONDS="0"), log_dir),
                  Proc(service_process("inventory", ports, catalog_dsn, port=0, name="inventory-for-admin"), log_dir)]
+        wait_up(procs, lambda: passing_instances(ports, "inventory") and passing_instances(ports, "catalog"),
+                30, "catalog and inventory")
+        (instance,) = passing_instances(ports, "catalog")
+        yield f"127.0.0.1:{instance['Service']['Port']}"
+    finally:
+        for p in procs:
+            p.stop()
+        consul.stop()
+
+
+@pytest.fixture(scope="module")
+def cached_address(catalog_dsn, log_dir):
+    """A catalog keeping answers as by default (CATALOG_CACHE_SECONDS 1 s, counts 30 s) and an inventory, on the
+    same database, found through a Consul of their own."""
+    ports, consul = start_consul(log_dir)
+    procs = []
+    try:
+        procs = [Proc(service_process("catalog", ports, catalog_dsn, port=0, name="catalog-admin-cached"), log_dir),
+                 Proc(service_process("inventory", ports, catalog_dsn, port=0, name="inventory-for-admin-cached"),
+                      log_dir)]
         wait_up(procs, lambda: passing_instances(ports, "inventory") and passing_instances(ports, "catalog"),
                 30, "catalog and inventory")
         (instance,) = passing_instances(ports, "catalog")
@@ -300,3 +321,57 @@ async def test_a_change_needs_a_user(stubs):
     admin, _ = stubs
     code, reason, _ = await refusal(admin.CreateProduct(product("ADM-ANON-1"), timeout=10))
     assert (code, reason) == (grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED")
+
+
+# The storefront's staleness of pages and products (CATALOG_CACHE_SECONDS' default), and what a loaded machine may add.
+CACHE_SECONDS, SLACK = 1.0, 0.5
+
+
+async def shown_within(check, what: str) -> float:
+    """Polls `check` until it is true; the seconds that took, which must stay within the documented staleness."""
+    started = time.monotonic()
+    while not await check():
+        assert time.monotonic() - started < CACHE_SECONDS + SLACK, f"{what} not shown within {CACHE_SECONDS} s"
+        await asyncio.sleep(0.05)
+    return time.monotonic() - started
+
+
+async def test_changes_show_through_the_default_cache_within_its_second(cached_address):
+    async with grpc.aio.insecure_channel(cached_address) as channel:
+        admin = admin_grpc.CatalogAdminServiceStub(channel)
+        catalog = catalog_pb2_grpc.CatalogServiceStub(channel)
+        word = "xylofon"
+        search = catalog_pb2.ListProductsRequest(search=word, sort_by="newest")
+        assert (await catalog.ListProducts(search, timeout=10)).total == 0  # the page and its count now kept
+
+        await admin.CreateProduct(product("ADM-CACHE-1", name=f"Cached {word}"), metadata=as_user(), timeout=10)
+
+        async def listed() -> bool:
+            return [p.sku for p in (await catalog.ListProducts(search, timeout=10)).items] == ["ADM-CACHE-1"]
+
+        # The kept count (0, for up to 30 s) does not keep the new product off the page.
+        await shown_within(listed, "a created product in a search kept as empty")
+        await catalog.GetProduct(catalog_pb2.GetProductRequest(sku="ADM-CACHE-1"), timeout=10)  # now kept
+
+        await admin.UpdateProduct(admin_pb2.UpdateProductRequest(sku="ADM-CACHE-1", price=777), metadata=as_user(),
+                                  timeout=10)
+
+        async def repriced() -> bool:
+            return (await catalog.GetProduct(catalog_pb2.GetProductRequest(sku="ADM-CACHE-1"), timeout=10)).price == 777
+
+        await shown_within(repriced, "a new price")
+        await admin.UpdateProduct(admin_pb2.UpdateProductRequest(sku="ADM-CACHE-1", listed=False), metadata=as_user(),
+                                  timeout=10)
+
+        async def gone() -> bool:
+            try:
+                await catalog.GetProduct(catalog_pb2.GetProductRequest(sku="ADM-CACHE-1"), timeout=10)
+            except grpc.aio.AioRpcError as err:
+                return err.code() == grpc.StatusCode.NOT_FOUND
+            return False
+
+        async def unlisted() -> bool:
+            return not (await catalog.ListProducts(search, timeout=10)).items
+
+        await shown_within(gone, "an unlisted product's 404")
+        await shown_within(unlisted, "an unlisted product's absence from search")
