@@ -41,7 +41,9 @@ def made(suite):
 
 
 def new_sku() -> str:
-    return f"E2E-ADM-{uuid.uuid4().hex[:10]}"
+    """A SKU of its own, with each of the characters a SKU may have beyond letters, digits and '-'."""
+    tail = uuid.uuid4().hex
+    return f"E2E-ADM_{tail[:6]}.{tail[6:10]}"
 
 
 def body(sku, **kw):
