@@ -47,7 +47,7 @@ token: venv
 # A catalog file loaded through the REST gateway of a running suite (devstack/import_catalog.py):
 # `make import FILE=products.csv` (or .jsonl); IMPORT_ARGS="--skip-bad", "--restart", "--url http://host:9000",
 # "--token ..." (default: an admin token of the local issuer, like `make token USER=ops ROLE=admin`).
-import: venv
+import: venv proto
 	@test -n "$(FILE)" || { echo "usage: make import FILE=products.csv" >&2; exit 2; }
 	$(PY) -m devstack.import_catalog "$(FILE)" $(IMPORT_ARGS)
 

@@ -92,7 +92,8 @@ def _records(path: Path) -> Iterator[tuple[int, dict[str, object] | None, BadRow
                     continue
                 yield number, value, None
         return
-    with path.open(encoding="utf-8", newline="") as f:
+    # utf-8-sig: a spreadsheet's export may begin with a byte-order mark.
+    with path.open(encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f)
         if tuple(reader.fieldnames or ()) != FIELDS:
             raise ImportStopped(f"{path}: the CSV header must be {','.join(FIELDS)}, got {reader.fieldnames}")

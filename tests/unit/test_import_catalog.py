@@ -77,3 +77,9 @@ def test_the_sample_file_imports_cleanly(tmp_path):
         path = tmp_path / name
         imp.generate(path, 300)
         assert imp.read_rows(path) == ([], 300)
+
+
+def test_a_byte_order_mark_before_the_header_is_no_bad_header(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_bytes("\ufeffsku,name,description,category,price\nA-1,Lamp,,home,5\n".encode())
+    assert imp.read_rows(path) == ([], 1)
