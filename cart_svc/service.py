@@ -117,8 +117,11 @@ class Carts:
         quantity, by inventory (max_qty) or in _hold; the cap on the total, on the cart's record of its lines."""
         line = next((x for x in lines if x.sku == sku), None)
         units = [(sku, min(qty or add + (line.qty if line else 0), MAX_LINE_QTY))]
-        return await self._prices(sorted({x.sku for x in lines} | {sku}),
-                                  units + [(x.sku, x.qty) for x in lines if x.sku != sku], [sku], known=known)
+        products = await self._prices(sorted({x.sku for x in lines} | {sku}),
+                                      units + [(x.sku, x.qty) for x in lines if x.sku != sku], [sku], known=known)
+        if line is None and not products[sku].listed:  # out of sale: no new line; a line the cart has goes on
+            raise refuse("PRODUCT_NOT_FOUND", f"no product {sku!r}", {"sku": sku})
+        return products
 
     async def _hold(self, user: str, sku: str, line: Line | None, change: str, *, add: int = 0, qty: int = 0,
                     take_back: bool = False) -> Hold:
