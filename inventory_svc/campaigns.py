@@ -360,7 +360,8 @@ class Campaigns:
         if len(ids) > MAX_IDS:
             raise invalid_argument("campaign_ids", f"at most {MAX_IDS} campaigns per call")
         wanted = list(dict.fromkeys(i for i in ids if is_uuid(i)))
-        async with self._pool.connection() as conn:
+        # Pipeline mode: the reads of the figures travel together (one round trip after the clock's).
+        async with self._pool.connection() as conn, conn.pipeline():
             now = await self._clock.db_now(conn)
             return await read_campaigns(conn, wanted, now), now
 
@@ -376,7 +377,8 @@ class Campaigns:
         if not 0 <= limit <= MAX_PAGE_SIZE:
             raise invalid_argument("limit", f"limit must be within 1..{MAX_PAGE_SIZE}")
         page, limit = page or 1, limit or MAX_PAGE_SIZE
-        async with self._pool.connection() as conn:
+        # Pipeline mode: the count and the page travel together, then the figures of the page together.
+        async with self._pool.connection() as conn, conn.pipeline():
             now = await self._clock.db_now(conn)
             ids, total = await list_ids(conn, now, status=status, skus=list(dict.fromkeys(skus)),
                                         starting_within=starting_within, limit=limit, offset=(page - 1) * limit)

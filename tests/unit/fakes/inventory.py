@@ -8,6 +8,8 @@ from datetime import datetime, timedelta
 from typing import Any, Callable
 
 from inventory_svc.client import ACTIVE, COMMITTED, EXPIRED, RELEASED, Hold, InventoryClient
+from shop.inventory.v1 import inventory_pb2
+from shop_runtime import deadlines
 from tests.clock import ManualClock
 from shop_runtime.reasons import INVENTORY_REASONS, refuse
 from tests.unit.fakes.losses import Losses
@@ -25,9 +27,12 @@ class _StoredHold:
     created_at: datetime
     replaced_by: str | None = None
     buyer: str | None = None
+    # The unit price the units were held at, kept for life (no campaigns here: always the regular price given).
+    price: int = 0
 
     def record(self) -> Hold:
-        return Hold(self.hold_id, self.owner, self.sku, self.qty, self.state, self.expires_at, self.order_id)
+        return Hold(self.hold_id, self.owner, self.sku, self.qty, self.state, self.expires_at, self.order_id,
+                    price=self.price)
 
 
 class FakeInventory(Losses):
@@ -43,6 +48,9 @@ class FakeInventory(Losses):
         self.stored: dict[str, _StoredHold] = {}
         self.calls: list[tuple[str, dict]] = []
         self._answers: dict[tuple[str, str], tuple[dict, Any]] = {}
+        # Campaigns as inventory answers them, by id: a stand-in that keeps what it was given and its status by the
+        # clock (no quotas set aside, no sale prices held: the rules of campaigns are proven against Postgres).
+        self.campaign_messages: dict[str, inventory_pb2.Campaign] = {}
 
     # What tests look at.
 
@@ -106,10 +114,10 @@ class FakeInventory(Losses):
             raise refuse("PURCHASE_LIMIT", f"at most {limit} units of {sku}", dict(sku=sku, limit=limit, has=has))
 
     def _new_hold(self, owner: str, sku: str, qty: int, ttl_seconds: int, order_id: str = "",
-                  buyer: str | None = None) -> _StoredHold:
+                  buyer: str | None = None, price: int = 0) -> _StoredHold:
         now = self.clock.now()
         hold = _StoredHold(str(uuid.uuid4()), owner, sku, qty, ACTIVE, now + timedelta(seconds=ttl_seconds),
-                           order_id, now, buyer=buyer)
+                           order_id, now, buyer=buyer, price=price)
         self.stored[hold.hold_id] = hold
         return hold
 
@@ -140,22 +148,34 @@ class FakeInventory(Losses):
     # InventoryClient's methods.
 
     async def hold(self, owner: str, lines: dict[str, int], ttl_seconds: int, key: str, *,
-                   user: str | None = None, buyer: str = "", max_units: int = 0) -> list[Hold]:
+                   user: str | None = None, buyer: str = "", max_units: int = 0, prices: dict[str, int] | None = None,
+                   expected_prices: dict[str, int] | None = None) -> list[Hold]:
+        prices, expected_prices = prices or {}, expected_prices or {}
+
         def work() -> list[Hold]:
+            for sku in lines:
+                if expected_prices.get(sku, 0) not in (0, prices.get(sku, 0)):
+                    raise refuse("PRICE_CHANGED", f"{sku} would be held at {prices.get(sku, 0)}",
+                                 dict(sku=sku, price=prices.get(sku, 0)))
             for sku, qty in lines.items():
                 self._check_limit(sku, buyer, qty, max_units)
             self._check_stock(lines)
-            return [self._new_hold(owner, sku, qty, ttl_seconds, buyer=buyer or None).record()
+            return [self._new_hold(owner, sku, qty, ttl_seconds, buyer=buyer or None, price=prices.get(sku, 0)).record()
                     for sku, qty in lines.items()]
 
-        return await self._write("hold", key, dict(owner=owner, lines=dict(lines), ttl=ttl_seconds, buyer=buyer), work)
+        request = dict(owner=owner, lines=dict(lines), ttl=ttl_seconds, buyer=buyer)
+        if prices or expected_prices:
+            request |= dict(prices=prices, expected_prices=expected_prices)
+        return await self._write("hold", key, request, work)
 
     async def resize(self, hold_id: str, ttl_seconds: int, owner: str, key: str, *, qty: int = 0, add: int = 0,
-                     max_qty: int = 0, user: str | None = None, max_units: int = 0) -> Hold:
+                     max_qty: int = 0, user: str | None = None, max_units: int = 0, expected_price: int = 0) -> Hold:
         def work() -> Hold:
             (h,) = self._find([hold_id])
             self._check_owner([h], owner)
             self._check_active([h])
+            if expected_price and expected_price != h.price:
+                raise refuse("PRICE_CHANGED", f"{h.sku} is held at {h.price}", dict(sku=h.sku, price=h.price))
             target = h.qty + add if add else qty
             if max_qty and target > max_qty:
                 raise refuse("QTY_LIMIT", f"at most {max_qty} units, this one would hold {target}",
@@ -168,8 +188,10 @@ class FakeInventory(Losses):
                 h.expires_at = self.clock.now() + timedelta(seconds=ttl_seconds)
             return h.record()
 
-        return await self._write("resize", key, dict(hold_id=hold_id, ttl=ttl_seconds, owner=owner, qty=qty, add=add,
-                                                     max_qty=max_qty), work)
+        request = dict(hold_id=hold_id, ttl=ttl_seconds, owner=owner, qty=qty, add=add, max_qty=max_qty)
+        if expected_price:
+            request["expected_price"] = expected_price
+        return await self._write("resize", key, request, work)
 
     async def release(self, hold_ids: list[str], owner: str, key: str, *, user: str | None = None) -> list[Hold]:
         def work() -> list[Hold]:
@@ -207,7 +229,7 @@ class FakeInventory(Losses):
                     h.expires_at = self.clock.now() + timedelta(seconds=ttl_seconds)
                     result.append(h.record())
                 else:
-                    new = self._new_hold(owner, h.sku, h.qty, ttl_seconds, order_id, buyer=h.buyer)
+                    new = self._new_hold(owner, h.sku, h.qty, ttl_seconds, order_id, buyer=h.buyer, price=h.price)
                     h.replaced_by = new.hold_id
                     result.append(new.record())
             return result
@@ -253,3 +275,83 @@ class FakeInventory(Losses):
             return {sku: self.available(sku) for sku in skus}
 
         return await self._lossy("availability", read)
+
+    # Campaigns: kept as given, their status and server_time by the clock.
+
+    def _campaign_now(self, campaign: inventory_pb2.Campaign) -> inventory_pb2.Campaign:
+        now = self.clock.now()
+        answer = inventory_pb2.Campaign()
+        answer.CopyFrom(campaign)
+        answer.server_time.FromDatetime(now)
+        starts, ends = campaign.starts_at.ToDatetime(now.tzinfo), campaign.ends_at.ToDatetime(now.tzinfo)
+        if campaign.HasField("cancelled_at") and campaign.cancelled_at.ToDatetime(now.tzinfo) <= starts:
+            answer.status = inventory_pb2.CANCELLED
+        else:
+            answer.status = (inventory_pb2.SCHEDULED if now < starts else inventory_pb2.LIVE if now < ends
+                             else inventory_pb2.ENDED)
+        return answer
+
+    async def create_campaign(self, request: inventory_pb2.CreateCampaignRequest, *,
+                              user: str | None = None) -> inventory_pb2.Campaign:
+        def work() -> inventory_pb2.Campaign:
+            campaign = inventory_pb2.Campaign(
+                campaign_id=str(uuid.uuid4()), name=request.name, starts_at=request.starts_at,
+                ends_at=request.ends_at, created_by=user or "",
+                items=[inventory_pb2.CampaignItem(sku=i.sku, sale_price=i.sale_price, quota=i.quota,
+                                                  max_per_user=i.max_per_user, remaining=i.quota)
+                       for i in request.items])
+            campaign.created_at.FromDatetime(self.clock.now())
+            self.campaign_messages[campaign.campaign_id] = campaign
+            return self._campaign_now(campaign)
+
+        return await self._write("create_campaign", request.idempotency_key,
+                                 dict(request=request.SerializeToString()), work)
+
+    async def cancel_campaign(self, campaign_id: str, key: str, *, user: str | None = None) -> inventory_pb2.Campaign:
+        def work() -> inventory_pb2.Campaign:
+            campaign = self.campaign_messages.get(campaign_id)
+            if campaign is None:
+                raise refuse("CAMPAIGN_NOT_FOUND", f"no campaign {campaign_id}", dict(campaignId=campaign_id))
+            status = self._campaign_now(campaign).status
+            if status in (inventory_pb2.SCHEDULED, inventory_pb2.LIVE):
+                campaign.cancelled_at.FromDatetime(self.clock.now())
+                if status == inventory_pb2.LIVE:
+                    campaign.ends_at.FromDatetime(self.clock.now())
+            return self._campaign_now(campaign)
+
+        return await self._write("cancel_campaign", key, dict(campaign_id=campaign_id), work)
+
+    async def campaigns(self, campaign_ids: list[str]) -> inventory_pb2.GetCampaignsResponse:
+        async def read() -> inventory_pb2.GetCampaignsResponse:
+            answer = inventory_pb2.GetCampaignsResponse(campaigns=[
+                self._campaign_now(self.campaign_messages[i]) for i in campaign_ids if i in self.campaign_messages])
+            answer.server_time.FromDatetime(self.clock.now())
+            return answer
+
+        return await self._lossy("campaigns", read)
+
+    async def list_campaigns(self, request: inventory_pb2.ListCampaignsRequest, *,
+                             timeout: float = deadlines.ATTEMPT_TIMEOUT) -> inventory_pb2.ListCampaignsResponse:
+        async def read() -> inventory_pb2.ListCampaignsResponse:
+            now = self.clock.now()
+            found = []
+            for campaign in sorted(self.campaign_messages.values(), key=lambda c: (c.starts_at.ToDatetime(),
+                                                                                  c.campaign_id)):
+                shown = self._campaign_now(campaign)
+                if request.skus and not {i.sku for i in campaign.items} & set(request.skus):
+                    continue
+                if request.starting_within_seconds > 0:
+                    if shown.status not in (inventory_pb2.SCHEDULED, inventory_pb2.LIVE) or (
+                            campaign.starts_at.ToDatetime(now.tzinfo) > now + timedelta(
+                                seconds=request.starting_within_seconds)):
+                        continue
+                elif request.status and shown.status != request.status:
+                    continue
+                found.append(shown)
+            limit, page = request.limit or 100, request.page or 1
+            answer = inventory_pb2.ListCampaignsResponse(campaigns=found[(page - 1) * limit:page * limit],
+                                                         total=len(found))
+            answer.server_time.FromDatetime(now)
+            return answer
+
+        return await self._lossy("list_campaigns", read)
