@@ -14,15 +14,14 @@ from inventory_svc.answers import IDEMPOTENCY_TABLE, decode_holds, decode_stock,
 from inventory_svc.batched_writes import MAX_CALLS_PER_TRANSACTION, BatchedWrites
 from inventory_svc.campaigns import Campaigns
 from inventory_svc.coalescer import Coalescer
-from inventory_svc.model import (COMMITTED, RELEASED, HoldRecord, Line, StockRow, check_qty, hold_not_found,
-                                 sku_not_found)
+from inventory_svc.model import (COMMITTED, RELEASED, HoldRecord, Line, StockRow, check_on_hand, check_qty,
+                                 hold_not_found, sku_not_found)
 from inventory_svc.sweep import sweep_once
 from inventory_svc.validation import (MAX_BATCH, MAX_LINES, MAX_ON_HAND, MAX_TTL_SECONDS, check_hold_ids, check_limit,
                                       check_text, check_ttl, check_uuids)
 from shop_runtime import idempotency
 from shop_runtime.clock import Clock
 from shop_runtime.errors import invalid_argument
-from shop_runtime.reasons import refuse
 from shop_runtime.validation import distinct_batch
 
 # A line to hold is the model's; named here too for the servicer and the tests.
@@ -254,11 +253,7 @@ class Inventory:
             if row is None:
                 await repo.create_stock(conn, sku, now)
                 row = StockRow(sku, 0, 0)
-            if on_hand < row.reserved + row.set_aside:
-                raise refuse("BELOW_RESERVED",
-                             f"{row.reserved} units of {sku} are held and {row.set_aside} set aside for campaigns;"
-                             " on hand cannot go below that",
-                             {"sku": sku, "reserved": row.reserved, "setAside": row.set_aside})
+            check_on_hand(row, on_hand)
             if on_hand == row.on_hand:
                 return row
             return await repo.move_and_read(conn, sku=sku, reason="ADJUST", on_hand_delta=on_hand - row.on_hand,

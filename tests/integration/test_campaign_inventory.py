@@ -597,3 +597,16 @@ async def test_the_database_clock_decides_the_opening_and_closing_instants(live_
     level = await live_inv.level("A")
     assert (level.set_aside, level.available) == (0, 500 - 60)
     assert await audit_of(live_inv.dsn) == []
+
+
+async def test_checkout_of_an_expired_sale_line_keeps_the_buyer_within_the_campaigns_limit(inv):
+    await inv.stock("A", 20)
+    await inv.campaign([("A", SALE, 10, 2)])
+    lapsed = await inv.add("u1", "A", 2, ttl=10)
+    inv.clock.advance(11)
+    await inv.add("u1", "A", 1)  # within the limit again once the first expired
+    assert await refusal(inv.stub.ExtendHolds(inventory_pb2.ExtendHoldsRequest(
+        hold_ids=[lapsed.hold_id], owner="order:o", order_id="o", ttl_seconds=900))) == (
+        grpc.StatusCode.ABORTED, "PURCHASE_LIMIT", {"sku": "A", "limit": "2", "has": "1"})
+    assert stored(inv.dsn, "SELECT count(*) FROM inventory.holds WHERE state = 'ACTIVE'") == [(1,)]
+    assert await audit_of(inv.dsn) == []
