@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 import grpc
 import pytest
@@ -610,3 +610,44 @@ async def test_checkout_of_an_expired_sale_line_keeps_the_buyer_within_the_campa
         grpc.StatusCode.ABORTED, "PURCHASE_LIMIT", {"sku": "A", "limit": "2", "has": "1"})
     assert stored(inv.dsn, "SELECT count(*) FROM inventory.holds WHERE state = 'ACTIVE'") == [(1,)]
     assert await audit_of(inv.dsn) == []
+
+
+async def test_concurrent_creates_of_overlapping_campaigns_make_exactly_one_and_never_deadlock(live_inv):
+    for sku in ("A", "B", "C"):
+        await live_inv.stock(sku, 100)
+    orders = [["A", "B", "C"], ["C", "B", "A"], ["B", "A"], ["C", "A"]]
+    answers = await asyncio.gather(*(outcome(live_inv.campaign([(s, SALE, 10, 0) for s in orders[i % 4]],
+                                                               name=f"c{i}")) for i in range(12)))
+    made = [a for a in answers if not isinstance(a, str)]
+    assert len(made) == 1 and collections.Counter(a for a in answers if isinstance(a, str)) == {
+        "CAMPAIGN_OVERLAP": 11}
+    levels = (await live_inv.stub.GetAvailability(inventory_pb2.GetAvailabilityRequest(skus=["A", "B", "C"]))).items
+    assert {lv.sku: lv.set_aside for lv in levels} == {s: (10 if s in {i.sku for i in made[0].items} else 0)
+                                                       for s in "ABC"}
+    assert await audit_of(live_inv.dsn) == []
+
+
+async def test_a_live_campaign_cancelled_in_a_crowd_sells_nothing_after_its_cancel(live_inv):
+    await live_inv.stock("A", 300)
+    campaign = await live_inv.campaign([("A", SALE, 100, 0)])
+
+    async def buyer(i: int):
+        await asyncio.sleep(i * 0.01)
+        return await outcome(live_inv.add(f"b{i}", "A"))
+
+    crowd = asyncio.gather(*(buyer(i) for i in range(120)))
+    await asyncio.sleep(0.5)
+    cancelled = await live_inv.stub.CancelCampaign(inventory_pb2.CancelCampaignRequest(
+        campaign_id=campaign.campaign_id))
+    holds = [h for h in await crowd if not isinstance(h, str)]
+    assert len(holds) == 120
+    at = cancelled.ends_at.ToDatetime(timezone.utc)
+    made = dict(stored(live_inv.dsn, "SELECT id::text, created_at FROM inventory.holds"))
+    assert all((h.price == SALE) == (made[h.hold_id] < at) for h in holds)
+    sale = sum(h.price == SALE for h in holds)
+    assert 0 < sale < 120
+    level = await live_inv.level("A")
+    assert (level.reserved, level.set_aside, level.available) == (120, 0, 180)
+    item = (await live_inv.figures(campaign.campaign_id)).items[0]
+    assert (item.held, item.remaining, item.returned) == (sale, 0, 100 - sale)
+    assert await audit_of(live_inv.dsn) == []
