@@ -120,8 +120,8 @@ def is_uuid(value: str) -> bool:
 def check_new(name: str, starts_at: datetime | None, ends_at: datetime | None, items: list[NewItem]) -> None:
     """The rules of a new campaign that need no clock: INVALID_ARGUMENT naming the REST field of the first broken.
     `endsAt` after now is decided under the SKUs' locks, by the database's clock."""
-    if not 1 <= len(name) <= MAX_NAME:
-        raise invalid_argument("name", f"name must be 1..{MAX_NAME} characters")
+    if not 1 <= len(name) <= MAX_NAME or "\x00" in name:
+        raise invalid_argument("name", f"name must be 1..{MAX_NAME} characters, none of them NUL")
     if starts_at is None:
         raise invalid_argument("startsAt", "startsAt is required")
     if ends_at is None:
@@ -136,6 +136,8 @@ def check_new(name: str, starts_at: datetime | None, ends_at: datetime | None, i
     for i, item in enumerate(items):
         where = f"items[{i}]"
         check_text(item.sku, f"{where}.sku")
+        if "\x00" in item.sku:
+            raise invalid_argument(f"{where}.sku", "a SKU has no NUL character")
         if item.sku in seen:
             raise invalid_argument(f"{where}.sku", f"{item.sku} is named twice")
         seen.add(item.sku)

@@ -196,6 +196,9 @@ async def test_overlap_out_of_stock_and_unknown_skus_are_refused_whole(inv):
     (dict(items=[("A", 10, 1, 0)] * 2), "items[1].sku"),
     (dict(items=[(f"S{i}", 10, 1, 0) for i in range(101)]), "items"),
     (dict(items=[("", 10, 1, 0)]), "items[0].sku"),
+    (dict(items=[("A\x00", 10, 1, 0)]), "items[0].sku"),
+    (dict(name="a\x00b"), "name"),
+    (dict(raw_starts=400_000_000_000), "startsAt"),  # past any calendar date
     (dict(items=[("A", 0, 1, 0)]), "items[0].salePrice"),
     (dict(items=[("A", 2_000_000_001, 1, 0)]), "items[0].salePrice"),
     (dict(items=[("B", 10, 1, 0), ("A", 10, 0, 0)]), "items[1].quota"),
@@ -213,6 +216,8 @@ async def test_a_bad_campaign_is_invalid_argument_naming_the_rest_field(inv, cha
     for unset in ("starts_at", "ends_at"):
         if unset in change:
             request.ClearField(unset)
+    if "raw_starts" in change:
+        request.starts_at.seconds = change["raw_starts"]
     assert await refusal(inv.stub.CreateCampaign(request)) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT",
                                                                {"field": field})
     assert stored(inv.dsn, "SELECT count(*), (SELECT sum(set_aside) FROM inventory.stock) FROM inventory.campaigns"
