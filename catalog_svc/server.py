@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from catalog_svc.campaign_servicer import CampaignServicer
+from catalog_svc.campaigns import Campaigns
 from catalog_svc.service import AvailabilityLookup, Catalog
 from catalog_svc.servicer import CatalogServicer
-from shop.catalog.v1 import catalog_pb2, catalog_pb2_grpc
+from shop.catalog.v1 import campaigns_pb2, campaigns_pb2_grpc, catalog_pb2, catalog_pb2_grpc
 from inventory_svc import client as inventory_client
 from inventory_svc.client import InventoryClient
 from shop_runtime.config import EnvSettings, ServiceSettings, setting
@@ -42,15 +44,21 @@ class CatalogSettings(EnvSettings):
 
 
 def create_server(settings: ServiceSettings, deps: Deps, catalog_settings: CatalogSettings | None = None) -> GrpcApp:
-    """The catalog server, asking inventory (found through Consul) for availability."""
+    """The catalog server (its storefront reads and the campaigns' routes), asking inventory (found through
+    Consul) for availability and campaigns."""
     own = catalog_settings or CatalogSettings.from_env()
     inventory = InventoryClient(deps.client("inventory", inventory_client.STUB, settings.service_name))
+    # Campaigns are inventory's; the catalog routes their REST calls and shows them, kept as product pages are.
+    campaigns = Campaigns(deps.pool, inventory, cache_seconds=own.cache_seconds, cache_entries=own.cache_entries,
+                          timeout=AVAILABILITY_TIMEOUT)
     catalog = Catalog(deps.pool, availability_from(inventory), cache_seconds=own.cache_seconds, count_seconds=own.count_seconds,
-                      cache_entries=own.cache_entries)
+                      cache_entries=own.cache_entries, campaigns=campaigns.for_skus)
     return build_server(
         settings,
-        [(catalog_pb2_grpc.add_CatalogServiceServicer_to_server, CatalogServicer(catalog))],
-        [catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name],
+        [(catalog_pb2_grpc.add_CatalogServiceServicer_to_server, CatalogServicer(catalog, campaigns.clock)),
+         (campaigns_pb2_grpc.add_CampaignServiceServicer_to_server, CampaignServicer(campaigns))],
+        [catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name,
+         campaigns_pb2.DESCRIPTOR.services_by_name["CampaignService"].full_name],
     )
 
 

@@ -1,4 +1,4 @@
-"""The catalog's rules: listing and lookup, joined with availability from inventory, briefly cached."""
+"""The catalog's rules: listing and lookup, joined with availability and campaigns from inventory, briefly cached."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from catalog_svc import repository
 from catalog_svc.cache import AnswerCache, Timer
+from catalog_svc.campaigns import Campaign, CampaignLookup, gather_both
 from catalog_svc.query import ListQuery
 from catalog_svc.model import ProductRow
 from shop_runtime.errors import ServiceError, invalid_argument
@@ -33,10 +34,13 @@ def _no_product(sku: str) -> ServiceError:
 @dataclass(frozen=True)
 class ProductWithAvailability:
     """A product as the catalog shows it: its row and the units a buyer could hold when it was read (0 when
-    inventory was not asked). Its callers' view of a product is catalog_svc.client.Product."""
+    inventory was not asked), and the campaigns of its SKU live or starting within 24 hours when it was read,
+    soonest first (the one shown is chosen when the answer is sent: campaigns.shown_campaign). Its callers' view
+    of a product is catalog_svc.client.Product."""
 
     row: ProductRow
     available: int
+    campaigns: tuple[Campaign, ...] = ()
 
 
 # Compared and hashed by identity: a kept page is one object, which the servicer turns into its message once.
@@ -51,8 +55,11 @@ class ProductPage:
 class Catalog:
     """Reads products from the catalog schema and asks inventory, once per call, what is available.
 
-    With `cache_seconds` above 0, the answers of product pages and listings (availability and units sold
-    included) are kept that long from when their reads began, per process, and concurrent readers of one
+    With `campaigns`, the campaigns of a page's SKUs are asked for beside availability, at once, and a page
+    answers only when both have (inventory not answering either fails it the same way).
+
+    With `cache_seconds` above 0, the answers of product pages and listings (availability, units sold and
+    campaigns included) are kept that long from when their reads began, per process, and concurrent readers of one
     page share one read: a flash-sale crowd on one product costs a database query and an inventory call
     per `cache_seconds`, not per reader. The number of a filter's matches is kept for `count_seconds`
     (at least `cache_seconds`): it depends on neither stock nor sales, only on which products exist and
@@ -60,9 +67,11 @@ class Catalog:
     """
 
     def __init__(self, pool: AsyncConnectionPool, availability: AvailabilityLookup, *, cache_seconds: float = 0.0,
-                 count_seconds: float = 0.0, cache_entries: int = 1000, timer: Timer = time.monotonic):
+                 count_seconds: float = 0.0, cache_entries: int = 1000, timer: Timer = time.monotonic,
+                 campaigns: CampaignLookup | None = None):
         self._pool = pool
         self._availability = availability
+        self._campaigns = campaigns
         # GetProduct by SKU; ListProducts by the whole validated query; match counts by filter, which the
         # listings of one filter in every order and page share: a count is most of a broad search's cost
         # (`search=a` counts all 100,000 demo products, 40 ms), and a third of the database's work for a
@@ -72,9 +81,17 @@ class Catalog:
         self._counts: AnswerCache[tuple, int] = AnswerCache(
             max(cache_seconds, count_seconds) if cache_seconds > 0 else 0.0, cache_entries, timer)
 
-    async def _with_availability(self, rows: list[ProductRow]) -> list[ProductWithAvailability]:
-        available = await self._availability([r.sku for r in rows]) if rows else {}
-        return [ProductWithAvailability(row=r, available=available.get(r.sku, 0)) for r in rows]
+    async def _with_availability(self, rows: list[ProductRow], *,
+                                 with_campaigns: bool = True) -> list[ProductWithAvailability]:
+        if not rows:
+            return []
+        skus = [r.sku for r in rows]
+        if self._campaigns is None or not with_campaigns:
+            available, campaigns = await self._availability(skus), {}
+        else:
+            available, campaigns = await gather_both(self._availability(skus), self._campaigns(skus))
+        return [ProductWithAvailability(row=r, available=available.get(r.sku, 0), campaigns=campaigns.get(r.sku, ()))
+                for r in rows]
 
     async def list_products(self, query: ListQuery) -> ProductPage:
         """The page of products `query` asks for; an unknown category is an INVALID_ARGUMENT."""
@@ -119,7 +136,8 @@ class Catalog:
             rows = await repository.get_products(conn, unique)
         if not with_availability:
             return [ProductWithAvailability(row=r, available=0) for r in rows]
-        return await self._with_availability(rows)
+        # Other services' reads: prices are the catalog's, campaigns are theirs to ask inventory about.
+        return await self._with_availability(rows, with_campaigns=False)
 
     async def record_sales(self, order_id: str, lines: list[tuple[str, int]]) -> bool:
         """Counts a paid order's units as sold, once per order."""

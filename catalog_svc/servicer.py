@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import weakref
+from datetime import datetime
 
 import grpc
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
+from catalog_svc.campaigns import Campaign, SaleItem, ServerClock, shown_campaign
 from catalog_svc.query import ListQuery, parse_list_query
 from catalog_svc.service import Catalog, ProductWithAvailability, ProductPage
 from shop.catalog.v1 import catalog_pb2, catalog_pb2_grpc
@@ -19,9 +22,50 @@ _WITH_AVAILABILITY = {
 }
 
 
-def _product_pb(product: ProductWithAvailability) -> catalog_pb2.Product:
+# Product.campaign when the SKU has no campaign to show: REST prints it as null.
+_NO_CAMPAIGN = struct_pb2.Value(null_value=struct_pb2.NULL_VALUE)
+# What decides a product's campaign object at an instant: the campaign shown and its status then (None: none).
+CampaignKey = tuple[str, str] | None
+
+
+def timestamp(at: datetime) -> timestamp_pb2.Timestamp:
+    """A datetime as a Timestamp message."""
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(at)
+    return ts
+
+
+def _shown(product: ProductWithAvailability, now: datetime) -> tuple[Campaign, str, SaleItem] | None:
+    """The campaign a product shows at `now`, its status then and the product's item of it."""
+    shown = shown_campaign(product.campaigns, now) if product.campaigns else None
+    item = shown[0].item(product.row.sku) if shown else None
+    return None if shown is None or item is None else (shown[0], shown[1], item)
+
+
+def _campaign_key(product: ProductWithAvailability, now: datetime) -> CampaignKey:
+    shown = _shown(product, now)
+    return None if shown is None else (shown[0].campaign_id, shown[1])
+
+
+def _campaign_value(product: ProductWithAvailability, now: datetime) -> struct_pb2.Value:
+    """The campaign object of a product at `now` (its status worked out then), or null."""
+    shown = _shown(product, now)
+    if shown is None:
+        return _NO_CAMPAIGN
+    campaign, status, item = shown
+    message = catalog_pb2.ProductCampaign(
+        campaign_id=campaign.campaign_id, name=campaign.name, status=status,
+        starts_at=timestamp(campaign.starts_at), ends_at=timestamp(campaign.ends_at), sale_price=item.sale_price,
+        quota=item.quota, sold=item.sold, remaining=item.remaining, max_per_user=item.max_per_user)
+    value = struct_pb2.Value()
+    value.struct_value.update(json_format.MessageToDict(message, always_print_fields_with_no_presence=True))
+    return value
+
+
+def _product_pb(product: ProductWithAvailability, now: datetime | None = None) -> catalog_pb2.Product:
+    """A product's message; with `now`, its campaign object as of then (else unset, as BatchGetProducts has it)."""
     row = product.row
-    return catalog_pb2.Product(
+    message = catalog_pb2.Product(
         sku=row.sku,
         name=row.name,
         description=row.description,
@@ -30,25 +74,36 @@ def _product_pb(product: ProductWithAvailability) -> catalog_pb2.Product:
         sales=row.sales,
         available=product.available,
     )
+    if now is not None:
+        message.campaign.CopyFrom(_campaign_value(product, now))
+    return message
 
 
 class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
-    """Serves shop.catalog.v1.CatalogService; domain errors become statuses in the shared interceptor."""
+    """Serves shop.catalog.v1.CatalogService; domain errors become statuses in the shared interceptor.
 
-    def __init__(self, catalog: Catalog):
+    A product's campaign object is worked out when the answer is sent, from the campaigns kept with the product
+    and the database's clock (`clock`), so a kept answer's campaign turns LIVE at its start (and goes at its end)
+    without waiting for the kept answer to go."""
+
+    def __init__(self, catalog: Catalog, clock: ServerClock | None = None):
         self._catalog = catalog
+        self._clock = clock or ServerClock()
         # The message of each page the catalog keeps, built once for all its readers and gone with the page:
-        # building a page's product messages was most of this servicer's work on a kept page (py-spy).
-        self._messages: weakref.WeakKeyDictionary[ProductPage, catalog_pb2.ListProductsResponse] = \
-            weakref.WeakKeyDictionary()
+        # building a page's product messages was most of this servicer's work on a kept page (py-spy). Kept with
+        # the campaigns it shows and their statuses; built again when a status has changed since.
+        self._messages: weakref.WeakKeyDictionary[
+            ProductPage, tuple[tuple[CampaignKey, ...], catalog_pb2.ListProductsResponse]] = weakref.WeakKeyDictionary()
 
     def _page_pb(self, query: ListQuery, page: ProductPage) -> catalog_pb2.ListProductsResponse:
-        message = self._messages.get(page)
-        if message is None:
-            message = catalog_pb2.ListProductsResponse(
-                items=[_product_pb(p) for p in page.items], page=query.page, limit=query.limit, total=page.total)
-            self._messages[page] = message
-        return message
+        now = self._clock.now()
+        shown = tuple(_campaign_key(p, now) for p in page.items)
+        kept = self._messages.get(page)
+        if kept is None or kept[0] != shown:
+            kept = (shown, catalog_pb2.ListProductsResponse(
+                items=[_product_pb(p, now) for p in page.items], page=query.page, limit=query.limit, total=page.total))
+            self._messages[page] = kept
+        return kept[1]
 
     async def ListProducts(
         self, request: catalog_pb2.ListProductsRequest, context: grpc.aio.ServicerContext
@@ -66,7 +121,8 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
     async def GetProduct(
         self, request: catalog_pb2.GetProductRequest, context: grpc.aio.ServicerContext
     ) -> catalog_pb2.Product:
-        return _product_pb(await self._catalog.get_product(request.sku))
+        product = await self._catalog.get_product(request.sku)
+        return _product_pb(product, self._clock.now())
 
     async def BatchGetProducts(
         self, request: catalog_pb2.BatchGetProductsRequest, context: grpc.aio.ServicerContext

@@ -30,12 +30,25 @@ CONSTRAINTS: dict[str, dict[str, Any]] = {
     "AddItemRequest.sku": {"minLength": 1},
     "SetItemQuantityRequest.qty": {"minimum": 0, "maximum": 100},
     "SetStockRequest.on_hand": {"minimum": 0, "maximum": 1_000_000},
+    "CreateCampaignRequest.name": {"minLength": 1, "maxLength": 200},
+    "CreateCampaignRequest.items": {"minItems": 1, "maxItems": 100},
+    "NewCampaignItem.sku": {"minLength": 1},
+    "NewCampaignItem.sale_price": {"minimum": 1},
+    "NewCampaignItem.quota": {"minimum": 1},
+    "NewCampaignItem.max_per_user": {"minimum": 0},
+    "ListCampaignsRequest.status": {"enum": ["", "SCHEDULED", "LIVE", "ENDED", "CANCELLED"]},
+    "ListCampaignsRequest.page": {"minimum": 1},
+    "ListCampaignsRequest.limit": {"minimum": 1, "maximum": 100},
 }
+# google.protobuf.Value fields that carry one message's JSON or null (Envoy's transcoder prints an unset message
+# field not at all, a Value's null as null): the message they carry.
+NULL_OR = {"Product.campaign": ".shop.catalog.v1.ProductCampaign"}
 # Request body fields a client must send.
 REQUIRED_INPUT = {"AddItemRequest": ["sku", "qty"], "PayRequest": ["order_id", "amount", "method", "token"],
-                  "SetStockRequest": ["on_hand"]}
+                  "SetStockRequest": ["on_hand"], "CreateCampaignRequest": ["name", "starts_at", "ends_at", "items"],
+                  "NewCampaignItem": ["sku", "sale_price", "quota"]}
 # Answer fields that are absent until they apply.
-OPTIONAL_OUTPUT = {"Order.paid_at", "Order.payment_id"}
+OPTIONAL_OUTPUT = {"Order.paid_at", "Order.payment_id", "AdminCampaign.cancelled_at"}
 # Statuses beyond the ones every route can answer, with the reasons behind them.
 ROUTE_ERRORS = {
     ("get", "/catalogs/{sku}"): {"404": "PRODUCT_NOT_FOUND"},
@@ -47,18 +60,35 @@ ROUTE_ERRORS = {
     ("get", "/orders/{order_id}"): {"404": "ORDER_NOT_FOUND"},
     ("put", "/admin/stock/{sku}"): {"409": "BELOW_RESERVED"},
     ("get", "/admin/stock/{sku}"): {"404": "SKU_NOT_FOUND"},
+    ("post", "/admin/stock/{sku}/adjustments"): {"400": "INVALID_ARGUMENT, IDEMPOTENCY_KEY_REQUIRED",
+                                                 "409": "BELOW_RESERVED, IDEMPOTENCY_KEY_REUSED"},
+    ("post", "/admin/campaigns"): {"404": "PRODUCT_NOT_FOUND", "409": "CAMPAIGN_OVERLAP, OUT_OF_STOCK"},
+    ("post", "/admin/campaigns/{campaign_id}:cancel"): {"404": "CAMPAIGN_NOT_FOUND"},
+    ("get", "/admin/campaigns/{campaign_id}"): {"404": "CAMPAIGN_NOT_FOUND"},
+    ("get", "/campaigns/{campaign_id}"): {"404": "CAMPAIGN_NOT_FOUND"},
 }
+_OPTIONAL_KEY = {"name": "Idempotency-Key", "in": "header", "required": False,
+                 "schema": {"type": "string", "minLength": 1, "maxLength": 255}}
 HEADERS = {
-    ("post", "/checkout"): {"name": "Idempotency-Key", "in": "header", "required": False,
-                            "schema": {"type": "string", "minLength": 1, "maxLength": 255}},
+    ("post", "/checkout"): _OPTIONAL_KEY,
+    ("post", "/admin/campaigns"): _OPTIONAL_KEY,
+    ("post", "/admin/campaigns/{campaign_id}:cancel"): _OPTIONAL_KEY,
     ("post", "/payment"): {"name": "Idempotency-Key", "in": "header", "required": True,
                            "schema": {"type": "string", "minLength": 1, "maxLength": 255}},
+    ("post", "/admin/stock/{sku}/adjustments"): {"name": "Idempotency-Key", "in": "header", "required": True,
+                                                 "schema": {"type": "string", "minLength": 1, "maxLength": 255}},
 }
 
 
 def _camel(name: str) -> str:
     head, *rest = name.split("_")
     return head + "".join(p.title() for p in rest)
+
+
+def _segment(seg: str) -> str:
+    """A path segment as REST names it: a variable's field in camel case, a custom method's verb as it is."""
+    field, brace, verb = seg.partition("}")
+    return _camel(field) + brace + verb
 
 
 class _Messages:
@@ -70,6 +100,8 @@ class _Messages:
         for f in files.file:
             for m in f.message_type:
                 self.messages[f".{f.package}.{m.name}"] = m
+                for nested in m.nested_type:  # map entries
+                    self.messages[f".{f.package}.{m.name}.{nested.name}"] = nested
             for e in f.enum_type:
                 self.enums[f".{f.package}.{e.name}"] = e
 
@@ -86,6 +118,13 @@ def _field_schema(msg: descriptor_pb2.DescriptorProto, field: FDP, types: _Messa
         schema = {"type": "string", "enum": [v.name for v in types.enums[field.type_name].value if v.number]}
     elif field.type_name == ".google.protobuf.Timestamp":
         schema = {"type": "string", "format": "date-time"}
+    elif f"{msg.name}.{field.name}" in NULL_OR:
+        carried = NULL_OR[f"{msg.name}.{field.name}"]
+        refs.add(carried)
+        return {"nullable": True, "allOf": [{"$ref": f"#/components/schemas/{carried.rsplit('.', 1)[1]}"}]}
+    elif field.type == FDP.TYPE_MESSAGE and types.messages[field.type_name].options.map_entry:
+        _key, value = types.messages[field.type_name].field
+        return {"type": "object", "additionalProperties": _field_schema(msg, value, types, refs)}
     elif field.type == FDP.TYPE_MESSAGE:
         name = field.type_name.rsplit(".", 1)[1]
         refs.add(field.type_name)
@@ -99,14 +138,16 @@ def _field_schema(msg: descriptor_pb2.DescriptorProto, field: FDP, types: _Messa
 
 
 def _answer_schema(full_name: str, types: _Messages, schemas: dict) -> None:
-    """Adds the schema of an answer message (and the messages it holds) to `schemas`."""
+    """Adds the schema of a message (an answer, or one inside a request's body) and of the messages it holds to
+    `schemas`; an answer's fields are all required but OPTIONAL_OUTPUT, a body's as REQUIRED_INPUT says."""
     msg = types.messages[full_name]
     if msg.name in schemas:
         return
     refs: set[str] = set()
     props = {f.json_name: _field_schema(msg, f, types, refs) for f in msg.field}
-    required = [f.json_name for f in msg.field
-                if not f.proto3_optional and f"{msg.name}.{f.name}" not in OPTIONAL_OUTPUT]
+    required = ([_camel(n) for n in REQUIRED_INPUT[msg.name]] if msg.name in REQUIRED_INPUT else
+                [f.json_name for f in msg.field
+                 if not f.proto3_optional and f"{msg.name}.{f.name}" not in OPTIONAL_OUTPUT])
     schemas[msg.name] = {"type": "object", "properties": props, "required": required}
     for ref in sorted(refs):
         _answer_schema(ref, types, schemas)
@@ -165,7 +206,8 @@ def build(descriptor: Path) -> dict:
                 verb = rule.WhichOneof("pattern")
                 template = getattr(rule, verb)
                 request = types.messages[method.input_type]
-                path_fields = {seg[1:-1] for seg in template.split("/") if seg.startswith("{")}
+                # A segment is `{field}` or `{field}:verb` (a custom method).
+                path_fields = {seg[1:seg.index("}")] for seg in template.split("/") if seg.startswith("{")}
                 fields = {fld.name: fld for fld in request.field}
                 refs: set[str] = set()
                 params = [{"name": _camel(name), "in": "path", "required": True,
@@ -187,6 +229,8 @@ def build(descriptor: Path) -> dict:
                                 "schema": _field_schema(request, fld, types, refs)} for fld in rest]
                 if params:
                     operation["parameters"] = params
+                for ref in sorted(refs):  # messages in the request (a body's items)
+                    _answer_schema(ref, types, schemas)
                 _answer_schema(method.output_type, types, schemas)
                 answer = method.output_type.rsplit(".", 1)[1]
                 errors = {"400": "INVALID_ARGUMENT and the route's own reasons", "503": "UPSTREAM_UNAVAILABLE",
@@ -201,7 +245,7 @@ def build(descriptor: Path) -> dict:
                     errors["403"] = "PERMISSION_DENIED" + (" (needs role admin)" if template.startswith(ADMIN_PREFIX) else "")
                 operation["responses"] = {"200": {"description": "OK", "content": {"application/json": {
                     "schema": {"$ref": f"#/components/schemas/{answer}"}}}}} | _error_responses(errors)
-                paths.setdefault("/".join(_camel(s) for s in template.split("/")), {})[verb] = operation
+                paths.setdefault("/".join(_segment(s) for s in template.split("/")), {})[verb] = operation
     return {
         "openapi": "3.0.3",
         "info": {"title": "Shop storefront REST API", "version": "1.0.0",

@@ -57,7 +57,7 @@ CHECKS: list[tuple[str, str]] = [
         " <= on_hand",
     ),
     (
-        # Conservation: what came in (initial stock and adjustments) is on hand or sold.
+        # Conservation: what came in (initial stock, stock set, adjustments by delta) is on hand or sold.
         """
         SELECT s.sku, s.on_hand, COALESCE(i.came_in, 0), COALESCE(c.sold, 0)
           FROM inventory.stock s

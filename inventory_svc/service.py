@@ -22,7 +22,11 @@ from inventory_svc.validation import (MAX_BATCH, MAX_LINES, MAX_ON_HAND, MAX_TTL
 from shop_runtime import idempotency
 from shop_runtime.clock import Clock
 from shop_runtime.errors import invalid_argument
+from shop_runtime.reasons import refuse
 from shop_runtime.validation import distinct_batch
+
+# Why the units on hand of a SKU changed, as a stock adjustment says (the ledger's reason of the entry).
+ADJUSTMENT_REASONS = ("RESTOCK", "DAMAGED", "RETURNED", "CORRECTION")
 
 # A line to hold is the model's; named here too for the servicer and the tests.
 __all__ = ["Inventory", "Line"]
@@ -261,6 +265,33 @@ class Inventory:
 
         return await self._write("set_stock", key, (sku, on_hand), work, decode_stock)
 
+    async def adjust_stock(self, sku: str, delta: int, reason: str, *, key: str, actor: str) -> StockRow:
+        """Changes the units on hand by `delta` for `reason` (goods received, damaged, returned, counted), under the
+        SKU's lock, so concurrent adjustments all count; never below what is held and set aside (BELOW_RESERVED). The key is
+        required: a clerk's resend after a lost answer must not count the delivery twice."""
+        check_text(sku, "sku")
+        if not key:
+            raise refuse("IDEMPOTENCY_KEY_REQUIRED", "a stock adjustment needs an Idempotency-Key header")
+        if delta == 0 or not -MAX_ON_HAND <= delta <= MAX_ON_HAND:
+            raise invalid_argument("delta", f"delta must be non-zero, within -{MAX_ON_HAND}..{MAX_ON_HAND}")
+        if reason not in ADJUSTMENT_REASONS:
+            raise invalid_argument("reason", "reason must be one of " + ", ".join(ADJUSTMENT_REASONS))
+
+        async def work(conn: AsyncConnection) -> StockRow:
+            now = await self._locked_now(conn, [sku], actor)
+            row = (await repo.stock_rows(conn, [sku])).get(sku)
+            if row is None:
+                await repo.create_stock(conn, sku, now)
+                row = StockRow(sku, 0, 0)
+            check_on_hand(row, row.on_hand + delta)
+            if row.on_hand + delta > MAX_ON_HAND:
+                raise invalid_argument("delta", f"on hand would pass {MAX_ON_HAND}")
+            return await repo.move_and_read(conn, sku=sku, reason=reason, on_hand_delta=delta, reserved_delta=0,
+                                            actor=actor, now=now)
+
+        return await self._write("adjust_stock", key, (sku, delta, reason), work, decode_stock)
+
     async def sweep_once(self, limit: int = 100) -> int:
-        """Reclaims expired holds of up to `limit` SKUs; a SKU whose lock is taken is left to its holder."""
+        """Reclaims expired holds, and gives ended campaigns' quotas back, of up to `limit` SKUs; a SKU whose lock is
+        taken is left to its holder."""
         return await sweep_once(self._pool, self._clock, limit)

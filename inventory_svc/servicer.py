@@ -195,6 +195,13 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
     async def GetStock(self, request, context):
         return stock_pb(await self._inventory.get_stock(request.sku))
 
+    async def AdjustStock(self, request, context):
+        known = request.reason in inventory_pb2.AdjustmentReason.values() and request.reason
+        reason = inventory_pb2.AdjustmentReason.Name(request.reason) if known else ""
+        row = await self._inventory.adjust_stock(request.sku, request.delta, reason, key=key_of("", context),
+                                                 actor=actor_of(context))
+        return stock_pb(row)
+
     async def CreateCampaign(self, request, context):
         view = await self._inventory.campaigns.create(
             request.name, instant(request.starts_at, "startsAt") if request.HasField("starts_at") else None,

@@ -35,6 +35,9 @@ CALLERS: dict[str, frozenset[str]] = {
     **_rpcs("shop.catalog.v1.CatalogService", {
         "ListProducts": {"gateway"}, "GetProduct": {"gateway"},
         "BatchGetProducts": {"cart"}, "RecordSales": {"order"}}),
+    **_rpcs("shop.catalog.v1.CampaignService", {
+        "CreateCampaign": {"gateway"}, "CancelCampaign": {"gateway"}, "GetCampaign": {"gateway"},
+        "ListCampaigns": {"gateway"}, "ListPublicCampaigns": {"gateway"}, "GetPublicCampaign": {"gateway"}}),
     **_rpcs("shop.cart.v1.CartService", {
         "AddItem": {"gateway"}, "SetItemQuantity": {"gateway"}, "GetCart": {"gateway"},
         "CheckoutCart": {"order"}}),

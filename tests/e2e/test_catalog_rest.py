@@ -12,7 +12,7 @@ from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 
 DEMO = generate()
 BY_SKU = {p.sku: p for p in DEMO}
-FIELDS = {"sku", "name", "description", "category", "price", "sales", "available"}
+FIELDS = {"sku", "name", "description", "category", "price", "sales", "available", "campaign"}
 
 SORT_KEYS = {
     "price": lambda p: p.price,

@@ -12,17 +12,16 @@ import os
 import signal
 import time
 
-import httpx
 import psycopg
 import pytest
 
 from devstack import supervise
 from devstack.postgres import create_database, dsn_for
 from devstack.prepare import prepare
-from devstack.procs import Supervised, consul_ready, on_free_ports, wait_until, wait_up
-from devstack.stack import (SERVICE_MODULES, Ports, envoy_hosts, http_get, passing_instances, suite_processes,
-                            suite_ready)
+from devstack.procs import consul_ready, wait_until
+from devstack.stack import SERVICE_MODULES, Ports, envoy_hosts, http_get, passing_instances
 from tests.e2e.netlink import Link
+from tests.e2e.replicated import put_kv, start_replicated
 from tests.e2e.sale import PAYMENT_WINDOW_SECONDS, SHOPPERS, Sale, restock, settled_and_clean
 
 pytestmark = pytest.mark.e2e
@@ -62,8 +61,7 @@ class Stack:
         return set().union(*(self.pids(s) for s in SERVICE_MODULES))
 
     def put_kv(self, key: str, value: str) -> None:
-        resp = httpx.put(f"http://{self.ports.consul_addr}/v1/kv/{key}", content=value, timeout=10)
-        assert resp.status_code == 200 and resp.json() is True, resp.text
+        put_kv(self.ports, key, value)
 
     def pids(self, service: str) -> set[int]:
         """The pids of the passing instances of `service` (an instance id ends with its process's pid)."""
@@ -88,37 +86,13 @@ def stack(pg_admin_dsn, tmp_path_factory, tls_dir):
     env = dict(RECONCILE_INTERVAL_SECONDS="2", RECONCILE_MIN_AGE_SECONDS="5", CONSUL_CHECK_INTERVAL="1s",
                SHUTDOWN_GRACE_SECONDS="10", CATALOG_CACHE_SECONDS="0")
 
-    def start(ports: Ports) -> Stack:
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)  # supervisord's programs take its environment
-        try:
-            specs = suite_processes(ports, services_dsn, run_dir, secrets, workers=1,
-                                    replicas=dict.fromkeys(SERVICE_MODULES, REPLICAS), tls_dir=tls_dir)
-            supervised = Supervised(specs, run_dir / "supervisor", run_dir / "supervisord.log")
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-        try:
-            wait_up([supervised], lambda: consul_ready(ports.consul_addr), 30, "consul under supervisord")
-            stack = Stack(ports, dsn, secrets, run_dir, supervised.popen, link)
-            stack.put_kv(WINDOW_KEY, str(PAYMENT_WINDOW_SECONDS))
-            wait_up([supervised], lambda: suite_ready(ports, instances=dict.fromkeys(SERVICE_MODULES, REPLICAS)),
-                    120, "the suite under supervisord")
-        except BaseException:
-            supervise.stop(supervised.popen)
-            raise
-        return stack
-
     try:
-        # On ports picked free, picked again when one was taken before its program bound it.
-        _, stack = on_free_ports(start, Ports.free, "the suite under supervisord")
+        ports, supervisor = start_replicated(services_dsn, run_dir, secrets, tls_dir, replicas=REPLICAS, env=env,
+                                             kv={WINDOW_KEY: str(PAYMENT_WINDOW_SECONDS)})
         try:
-            yield stack
+            yield Stack(ports, dsn, secrets, run_dir, supervisor, link)
         finally:
-            supervise.stop(stack.supervisor)
+            supervise.stop(supervisor)
     finally:
         link.close()
 

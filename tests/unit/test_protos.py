@@ -24,6 +24,12 @@ CONTRACT_ROUTES = {
     ("put", "/admin/stock/{sku}"),
     ("get", "/admin/stock/{sku}"),
     ("post", "/admin/stock/{sku}/adjustments"),
+    ("post", "/admin/campaigns"),
+    ("post", "/admin/campaigns/{campaign_id}:cancel"),
+    ("get", "/admin/campaigns/{campaign_id}"),
+    ("get", "/admin/campaigns"),
+    ("get", "/campaigns"),
+    ("get", "/campaigns/{campaign_id}"),
 }
 
 

@@ -8,8 +8,6 @@ from datetime import datetime, timedelta
 from typing import Any, Callable
 
 from inventory_svc.client import ACTIVE, COMMITTED, EXPIRED, RELEASED, Hold, InventoryClient
-from shop.inventory.v1 import inventory_pb2
-from shop_runtime import deadlines
 from tests.clock import ManualClock
 from shop_runtime.reasons import INVENTORY_REASONS, refuse
 from tests.unit.fakes.losses import Losses
@@ -48,9 +46,6 @@ class FakeInventory(Losses):
         self.stored: dict[str, _StoredHold] = {}
         self.calls: list[tuple[str, dict]] = []
         self._answers: dict[tuple[str, str], tuple[dict, Any]] = {}
-        # Campaigns as inventory answers them, by id: a stand-in that keeps what it was given and its status by the
-        # clock (no quotas set aside, no sale prices held: the rules of campaigns are proven against Postgres).
-        self.campaign_messages: dict[str, inventory_pb2.Campaign] = {}
 
     # What tests look at.
 
@@ -275,83 +270,3 @@ class FakeInventory(Losses):
             return {sku: self.available(sku) for sku in skus}
 
         return await self._lossy("availability", read)
-
-    # Campaigns: kept as given, their status and server_time by the clock.
-
-    def _campaign_now(self, campaign: inventory_pb2.Campaign) -> inventory_pb2.Campaign:
-        now = self.clock.now()
-        answer = inventory_pb2.Campaign()
-        answer.CopyFrom(campaign)
-        answer.server_time.FromDatetime(now)
-        starts, ends = campaign.starts_at.ToDatetime(now.tzinfo), campaign.ends_at.ToDatetime(now.tzinfo)
-        if campaign.HasField("cancelled_at") and campaign.cancelled_at.ToDatetime(now.tzinfo) <= starts:
-            answer.status = inventory_pb2.CANCELLED
-        else:
-            answer.status = (inventory_pb2.SCHEDULED if now < starts else inventory_pb2.LIVE if now < ends
-                             else inventory_pb2.ENDED)
-        return answer
-
-    async def create_campaign(self, request: inventory_pb2.CreateCampaignRequest, *,
-                              user: str | None = None) -> inventory_pb2.Campaign:
-        def work() -> inventory_pb2.Campaign:
-            campaign = inventory_pb2.Campaign(
-                campaign_id=str(uuid.uuid4()), name=request.name, starts_at=request.starts_at,
-                ends_at=request.ends_at, created_by=user or "",
-                items=[inventory_pb2.CampaignItem(sku=i.sku, sale_price=i.sale_price, quota=i.quota,
-                                                  max_per_user=i.max_per_user, remaining=i.quota)
-                       for i in request.items])
-            campaign.created_at.FromDatetime(self.clock.now())
-            self.campaign_messages[campaign.campaign_id] = campaign
-            return self._campaign_now(campaign)
-
-        return await self._write("create_campaign", request.idempotency_key,
-                                 dict(request=request.SerializeToString()), work)
-
-    async def cancel_campaign(self, campaign_id: str, key: str, *, user: str | None = None) -> inventory_pb2.Campaign:
-        def work() -> inventory_pb2.Campaign:
-            campaign = self.campaign_messages.get(campaign_id)
-            if campaign is None:
-                raise refuse("CAMPAIGN_NOT_FOUND", f"no campaign {campaign_id}", dict(campaignId=campaign_id))
-            status = self._campaign_now(campaign).status
-            if status in (inventory_pb2.SCHEDULED, inventory_pb2.LIVE):
-                campaign.cancelled_at.FromDatetime(self.clock.now())
-                if status == inventory_pb2.LIVE:
-                    campaign.ends_at.FromDatetime(self.clock.now())
-            return self._campaign_now(campaign)
-
-        return await self._write("cancel_campaign", key, dict(campaign_id=campaign_id), work)
-
-    async def campaigns(self, campaign_ids: list[str]) -> inventory_pb2.GetCampaignsResponse:
-        async def read() -> inventory_pb2.GetCampaignsResponse:
-            answer = inventory_pb2.GetCampaignsResponse(campaigns=[
-                self._campaign_now(self.campaign_messages[i]) for i in campaign_ids if i in self.campaign_messages])
-            answer.server_time.FromDatetime(self.clock.now())
-            return answer
-
-        return await self._lossy("campaigns", read)
-
-    async def list_campaigns(self, request: inventory_pb2.ListCampaignsRequest, *,
-                             timeout: float = deadlines.ATTEMPT_TIMEOUT) -> inventory_pb2.ListCampaignsResponse:
-        async def read() -> inventory_pb2.ListCampaignsResponse:
-            now = self.clock.now()
-            found = []
-            for campaign in sorted(self.campaign_messages.values(), key=lambda c: (c.starts_at.ToDatetime(),
-                                                                                  c.campaign_id)):
-                shown = self._campaign_now(campaign)
-                if request.skus and not {i.sku for i in campaign.items} & set(request.skus):
-                    continue
-                if request.starting_within_seconds > 0:
-                    if shown.status not in (inventory_pb2.SCHEDULED, inventory_pb2.LIVE) or (
-                            campaign.starts_at.ToDatetime(now.tzinfo) > now + timedelta(
-                                seconds=request.starting_within_seconds)):
-                        continue
-                elif request.status and shown.status != request.status:
-                    continue
-                found.append(shown)
-            limit, page = request.limit or 100, request.page or 1
-            answer = inventory_pb2.ListCampaignsResponse(campaigns=found[(page - 1) * limit:page * limit],
-                                                         total=len(found))
-            answer.server_time.FromDatetime(now)
-            return answer
-
-        return await self._lossy("list_campaigns", read)
