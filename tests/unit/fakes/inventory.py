@@ -25,9 +25,12 @@ class _StoredHold:
     created_at: datetime
     replaced_by: str | None = None
     buyer: str | None = None
+    # The unit price the units were held at, kept for life (no campaigns here: always the regular price given).
+    price: int = 0
 
     def record(self) -> Hold:
-        return Hold(self.hold_id, self.owner, self.sku, self.qty, self.state, self.expires_at, self.order_id)
+        return Hold(self.hold_id, self.owner, self.sku, self.qty, self.state, self.expires_at, self.order_id,
+                    price=self.price)
 
 
 class FakeInventory(Losses):
@@ -106,10 +109,10 @@ class FakeInventory(Losses):
             raise refuse("PURCHASE_LIMIT", f"at most {limit} units of {sku}", dict(sku=sku, limit=limit, has=has))
 
     def _new_hold(self, owner: str, sku: str, qty: int, ttl_seconds: int, order_id: str = "",
-                  buyer: str | None = None) -> _StoredHold:
+                  buyer: str | None = None, price: int = 0) -> _StoredHold:
         now = self.clock.now()
         hold = _StoredHold(str(uuid.uuid4()), owner, sku, qty, ACTIVE, now + timedelta(seconds=ttl_seconds),
-                           order_id, now, buyer=buyer)
+                           order_id, now, buyer=buyer, price=price)
         self.stored[hold.hold_id] = hold
         return hold
 
@@ -142,15 +145,23 @@ class FakeInventory(Losses):
     async def hold(self, owner: str, lines: dict[str, int], ttl_seconds: int, key: str, *,
                    user: str | None = None, buyer: str = "", max_units: int = 0, prices: dict[str, int] | None = None,
                    expected_prices: dict[str, int] | None = None) -> list[Hold]:
-        # Prices are not modelled yet: the holds come back without one.
+        prices, expected_prices = prices or {}, expected_prices or {}
+
         def work() -> list[Hold]:
+            for sku in lines:
+                if expected_prices.get(sku, 0) not in (0, prices.get(sku, 0)):
+                    raise refuse("PRICE_CHANGED", f"{sku} would be held at {prices.get(sku, 0)}",
+                                 dict(sku=sku, price=prices.get(sku, 0)))
             for sku, qty in lines.items():
                 self._check_limit(sku, buyer, qty, max_units)
             self._check_stock(lines)
-            return [self._new_hold(owner, sku, qty, ttl_seconds, buyer=buyer or None).record()
+            return [self._new_hold(owner, sku, qty, ttl_seconds, buyer=buyer or None, price=prices.get(sku, 0)).record()
                     for sku, qty in lines.items()]
 
-        return await self._write("hold", key, dict(owner=owner, lines=dict(lines), ttl=ttl_seconds, buyer=buyer), work)
+        request = dict(owner=owner, lines=dict(lines), ttl=ttl_seconds, buyer=buyer)
+        if prices or expected_prices:
+            request |= dict(prices=prices, expected_prices=expected_prices)
+        return await self._write("hold", key, request, work)
 
     async def resize(self, hold_id: str, ttl_seconds: int, owner: str, key: str, *, qty: int = 0, add: int = 0,
                      max_qty: int = 0, user: str | None = None, max_units: int = 0, expected_price: int = 0) -> Hold:
@@ -158,6 +169,8 @@ class FakeInventory(Losses):
             (h,) = self._find([hold_id])
             self._check_owner([h], owner)
             self._check_active([h])
+            if expected_price and expected_price != h.price:
+                raise refuse("PRICE_CHANGED", f"{h.sku} is held at {h.price}", dict(sku=h.sku, price=h.price))
             target = h.qty + add if add else qty
             if max_qty and target > max_qty:
                 raise refuse("QTY_LIMIT", f"at most {max_qty} units, this one would hold {target}",
@@ -170,8 +183,10 @@ class FakeInventory(Losses):
                 h.expires_at = self.clock.now() + timedelta(seconds=ttl_seconds)
             return h.record()
 
-        return await self._write("resize", key, dict(hold_id=hold_id, ttl=ttl_seconds, owner=owner, qty=qty, add=add,
-                                                     max_qty=max_qty), work)
+        request = dict(hold_id=hold_id, ttl=ttl_seconds, owner=owner, qty=qty, add=add, max_qty=max_qty)
+        if expected_price:
+            request["expected_price"] = expected_price
+        return await self._write("resize", key, request, work)
 
     async def release(self, hold_ids: list[str], owner: str, key: str, *, user: str | None = None) -> list[Hold]:
         def work() -> list[Hold]:
@@ -209,7 +224,7 @@ class FakeInventory(Losses):
                     h.expires_at = self.clock.now() + timedelta(seconds=ttl_seconds)
                     result.append(h.record())
                 else:
-                    new = self._new_hold(owner, h.sku, h.qty, ttl_seconds, order_id, buyer=h.buyer)
+                    new = self._new_hold(owner, h.sku, h.qty, ttl_seconds, order_id, buyer=h.buyer, price=h.price)
                     h.replaced_by = new.hold_id
                     result.append(new.record())
             return result
