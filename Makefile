@@ -9,7 +9,7 @@ DESCRIPTOR := $(GEN)/shop.pb
 CONSUL_LOCAL := .tools/bin/consul
 NEWMAN := .tools/node/node_modules/.bin/newman
 
-.PHONY: run test lint openapi newman token secrets hosts hosts-down audit bench bench-tools setup venv proto consul test-tools unit integration e2e crowd clean demo-data
+.PHONY: run test lint openapi newman token secrets hosts hosts-down audit bench bench-tools setup venv proto consul test-tools unit integration e2e crowd clean demo-data import import-sample
 
 # `make run DEMO_PRODUCTS=100000` loads a larger demo catalog (default 2,400; products already there stay).
 # Every service runs one worker process per usable core; `make run WORKERS=1` runs one each (or any number).
@@ -43,6 +43,18 @@ $(NEWMAN):
 # A one-hour token from the local issuer: `make token USER=alice`, `make token USER=ops ROLE=admin`.
 token: venv
 	@$(PY) -m gateway token --user "$(USER)" $(if $(ROLE),--role "$(ROLE)")
+
+# A catalog file loaded through the REST gateway of a running suite (devstack/import_catalog.py):
+# `make import FILE=products.csv` (or .jsonl); IMPORT_ARGS="--skip-bad", "--restart", "--url http://host:9000",
+# "--token ..." (default: an admin token of the local issuer, like `make token USER=ops ROLE=admin`).
+import: venv proto
+	@test -n "$(FILE)" || { echo "usage: make import FILE=products.csv" >&2; exit 2; }
+	$(PY) -m devstack.import_catalog "$(FILE)" $(IMPORT_ARGS)
+
+# A file of generated products to import: `make import-sample` (100,000 into products-sample.csv), or
+# `make import-sample FILE=small.jsonl COUNT=5000`.
+import-sample: venv
+	$(PY) -m devstack.import_catalog "$(or $(FILE),products-sample.csv)" --generate $(or $(COUNT),100000)
 
 # What a deployment keeps secret, made once and never committed (devstack/secrets.py): the suite's CA and every
 # process's certificate (.secrets/tls), the token issuer's keys, and Consul's ACL tokens in .env for docker-compose.

@@ -140,8 +140,12 @@ class Carts:
         # A line whose hold ran out (as far as the cart knows) is held anew, at the price of now.
         held = line.price if line is not None and line.reserved_until > self._clock.now() else 0
         units = [(sku, kept, held), (sku, wanted - kept, 0)]
-        return await self._prices(sorted({x.sku for x in lines} | {sku}),
-                                  units + [(x.sku, x.qty, x.price) for x in lines if x.sku != sku], [sku], known=known)
+        products = await self._prices(sorted({x.sku for x in lines} | {sku}),
+                                      units + [(x.sku, x.qty, x.price) for x in lines if x.sku != sku], [sku],
+                                      known=known)
+        if line is None and not products[sku].listed:  # out of sale: no new line; a line the cart has goes on
+            raise refuse("PRODUCT_NOT_FOUND", f"no product {sku!r}", {"sku": sku})
+        return products
 
     async def _hold(self, user: str, sku: str, line: Line | None, change: str, *, price: int, expected: int = 0,
                     add: int = 0, qty: int = 0, take_back: bool = False) -> Hold:

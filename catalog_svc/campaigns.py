@@ -205,8 +205,7 @@ def _not_found(campaign_id: str) -> ServiceError:
 
 
 def _listed(row: ProductRow) -> bool:
-    # Products gain a `listed` flag with the merchant's product management; a catalog without it lists all.
-    return bool(getattr(row, "listed", True))
+    return row.listed
 
 
 def check_items(items: list[inventory_pb2.NewCampaignItem], products: Mapping[str, ProductRow]) -> None:
@@ -264,7 +263,9 @@ class Campaigns:
         if not askable:
             return {}
         async with self._pool.connection() as conn:
-            return {r.sku: r for r in await repository.get_products(conn, askable)}
+            # Unlisted ones too: a campaign's report names its products whatever became of them since; a new
+            # campaign refuses an unlisted one (check_items).
+            return {r.sku: r for r in await repository.get_products(conn, askable, unlisted=True)}
 
     async def _views(self, campaigns: list[Campaign], read_at: datetime) -> list[CampaignView]:
         products = await self._products([i.sku for c in campaigns for i in c.items])

@@ -17,10 +17,12 @@ STUB = catalog_pb2_grpc.CatalogServiceStub
 
 @dataclass(frozen=True)
 class Product:
-    """What a caller needs of a product: its current name and price."""
+    """What a caller needs of a product: its current name and price, and whether it is on sale (an unlisted
+    product's units already held still check out, but no new line of it is added)."""
 
     name: str
     price: int
+    listed: bool = True
 
 
 # The most products whose names and prices a client keeps at once.
@@ -50,8 +52,9 @@ class CatalogClient:
         answer = await self._service.call(
             "BatchGetProducts", catalog_pb2.BatchGetProductsRequest(skus=missing, view=catalog_pb2.PRODUCT_VIEW_BASIC),
             idempotent=True)
+        unlisted = set(answer.unlisted_skus)
         for p in answer.products:
-            found[p.sku] = Product(p.name, p.price)
+            found[p.sku] = Product(p.name, p.price, p.sku not in unlisted)
             if self._kept is not None:
                 self._kept[p.sku] = found[p.sku]
         return found

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from psycopg import AsyncConnection, sql
 
-from catalog_svc.model import ProductRow
+from catalog_svc.model import ProductChange, ProductRow
 from catalog_svc.query import ListQuery, prefix_tsquery
 
 # Sort keys of the API to SQL expressions; each has an index ending in sku for the tie-break.
@@ -21,7 +21,9 @@ _COLUMNS_OF_P = sql.SQL("p.sku, p.name, p.description, p.category, p.price, p.sa
 
 
 def _filters(query: ListQuery) -> tuple[sql.Composable, list]:
-    clauses: list[sql.Composable] = []
+    # Listed products only: the listing's indexes hold only those (migration 0005), so `listed` is written as
+    # their predicate is, for the planner to use them.
+    clauses: list[sql.Composable] = [sql.SQL("listed")]
     params: list = []
     if query.category is not None:
         clauses.append(sql.SQL("category = %s"))
@@ -29,8 +31,7 @@ def _filters(query: ListQuery) -> tuple[sql.Composable, list]:
     if query.words:
         clauses.append(sql.SQL("search @@ to_tsquery('simple', %s)"))
         params.append(prefix_tsquery(query.words))
-    where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(clauses) if clauses else sql.SQL("")
-    return where, params
+    return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(clauses), params
 
 
 async def category_exists(conn: AsyncConnection, slug: str) -> bool:
@@ -89,10 +90,11 @@ async def list_page(conn: AsyncConnection, query: ListQuery, total: int) -> list
     return [ProductRow(*r) for r in await cur.fetchall()]
 
 
-async def get_products(conn: AsyncConnection, skus: list[str]) -> list[ProductRow]:
-    """The products among `skus` that exist."""
+async def get_products(conn: AsyncConnection, skus: list[str], *, unlisted: bool = False) -> list[ProductRow]:
+    """The listed products among `skus`; with `unlisted`, the unlisted ones too (each row says which it is)."""
     cur = await conn.execute(
-        sql.SQL("SELECT {cols} FROM catalog.products WHERE sku = ANY(%s)").format(cols=_COLUMNS), (skus,)
+        sql.SQL("SELECT {cols}, listed FROM catalog.products WHERE sku = ANY(%s){only_listed}").format(
+            cols=_COLUMNS, only_listed=sql.SQL("" if unlisted else " AND listed")), (skus,)
     )
     return [ProductRow(*r) for r in await cur.fetchall()]
 
@@ -121,3 +123,116 @@ async def record_sales(conn: AsyncConnection, order_id: str, lines: list[tuple[s
         (order_id, list(units), list(units.values())),
     )
     return True
+
+
+# The merchant's changes (catalog_svc.admin): each writes the product and its catalog.product_changes row in one
+# statement or one transaction, the fields before and after as JSON objects of the managed fields.
+
+IDEMPOTENCY_TABLE = sql.Identifier("catalog", "idempotency_keys")
+
+
+def _fields_json(prefix: str) -> str:
+    return (f"jsonb_build_object('name', {prefix}.name, 'description', {prefix}.description, 'category',"
+            f" {prefix}.category, 'price', {prefix}.price, 'listed', {prefix}.listed)")
+
+
+async def add_categories(conn: AsyncConnection, slugs: list[str]) -> None:
+    """Makes the categories of `slugs` that do not exist yet, each named after its slug ("home-office": "Home
+    Office", as the demo's are); in slug order, so concurrent calls wait for each other in one order."""
+    unique = sorted(set(slugs))
+    await conn.execute(
+        "INSERT INTO catalog.categories (slug, name) SELECT * FROM unnest(%s::text[], %s::text[]) ORDER BY 1"
+        " ON CONFLICT DO NOTHING",
+        (unique, [s.replace("-", " ").title() for s in unique]))
+
+
+async def insert_product(conn: AsyncConnection, row: ProductRow, actor: str) -> bool:
+    """Creates the product and records its creation by `actor`; False (and nothing written) when the SKU exists."""
+    cur = await conn.execute(
+        f"""
+        WITH created AS (
+            INSERT INTO catalog.products (sku, name, description, category, price) VALUES (%s, %s, %s, %s, %s)
+            ON CONFLICT (sku) DO NOTHING
+            RETURNING sku, name, description, category, price, listed
+        )
+        INSERT INTO catalog.product_changes (sku, actor, action, after)
+        SELECT created.sku, %s, 'create', {_fields_json('created')} FROM created
+        RETURNING 1
+        """,
+        (row.sku, row.name, row.description, row.category, row.price, actor))
+    return await cur.fetchone() is not None
+
+
+async def lock_product(conn: AsyncConnection, sku: str) -> ProductRow | None:
+    """The product, listed or not, locked until the transaction ends; None when the SKU is unknown."""
+    cur = await conn.execute(
+        sql.SQL("SELECT {cols}, listed FROM catalog.products WHERE sku = %s FOR UPDATE").format(cols=_COLUMNS), (sku,))
+    row = await cur.fetchone()
+    return None if row is None else ProductRow(*row)
+
+
+async def update_product(conn: AsyncConnection, row: ProductRow, actor: str) -> None:
+    """Writes the managed fields of `row` (locked by lock_product) and records the change by `actor`."""
+    await conn.execute(
+        f"""
+        WITH changed AS (
+            UPDATE catalog.products p SET name = %s, description = %s, category = %s, price = %s, listed = %s
+            WHERE sku = %s
+            RETURNING p.sku, {_fields_json('old')} AS before, {_fields_json('new')} AS after
+        )
+        INSERT INTO catalog.product_changes (sku, actor, action, before, after)
+        SELECT sku, %s, 'update', before, after FROM changed
+        """,
+        (row.name, row.description, row.category, row.price, row.listed, row.sku, actor))
+
+
+async def upsert_products(conn: AsyncConnection, rows: list[ProductRow], actor: str) -> int:
+    """Creates the products of `rows` (distinct SKUs) that do not exist and sets the managed fields (but `listed`)
+    of those that do, recording each product created or changed by `actor` with its fields before; a product
+    whose fields already are those given is neither written nor recorded. Returns how many were created.
+
+    One statement: Postgres 18's RETURNING old/new gives each row's fields before and after as written, however
+    many transactions write the same products at once. Rows go in in SKU order, so two batches sharing SKUs
+    wait for each other in one order and cannot deadlock."""
+    cur = await conn.execute(
+        f"""
+        WITH written AS (
+            INSERT INTO catalog.products AS p (sku, name, description, category, price)
+            SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::int[]) ORDER BY 1
+            ON CONFLICT (sku) DO UPDATE
+                SET name = excluded.name, description = excluded.description, category = excluded.category,
+                    price = excluded.price
+                WHERE (p.name, p.description, p.category, p.price)
+                    IS DISTINCT FROM (excluded.name, excluded.description, excluded.category, excluded.price)
+            RETURNING new.sku, old.sku IS NULL AS created,
+                      CASE WHEN old.sku IS NULL THEN NULL ELSE {_fields_json('old')} END AS before,
+                      {_fields_json('new')} AS after
+        ), recorded AS (
+            INSERT INTO catalog.product_changes (sku, actor, action, before, after)
+            SELECT sku, %s, 'upsert', before, after FROM written
+        )
+        SELECT count(*) FILTER (WHERE created) FROM written
+        """,
+        ([r.sku for r in rows], [r.name for r in rows], [r.description for r in rows], [r.category for r in rows],
+         [r.price for r in rows], actor))
+    row = await cur.fetchone()
+    assert row is not None  # an aggregate without GROUP BY answers one row
+    return row[0]
+
+
+async def product_exists(conn: AsyncConnection, sku: str) -> bool:
+    """True when the catalog has the SKU, listed or not."""
+    cur = await conn.execute("SELECT 1 FROM catalog.products WHERE sku = %s", (sku,))
+    return await cur.fetchone() is not None
+
+
+async def product_changes(conn: AsyncConnection, sku: str, limit: int, offset: int) -> tuple[list[ProductChange], int]:
+    """One page of the product's recorded changes, newest first, and how many it has."""
+    cur = await conn.execute(
+        "SELECT sku, actor, action, changed_at, before, after FROM catalog.product_changes WHERE sku = %s"
+        " ORDER BY id DESC LIMIT %s OFFSET %s", (sku, limit, offset))
+    changes = [ProductChange(*r) for r in await cur.fetchall()]
+    cur = await conn.execute("SELECT count(*) FROM catalog.product_changes WHERE sku = %s", (sku,))
+    total = await cur.fetchone()
+    assert total is not None
+    return changes, total[0]

@@ -5,11 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from catalog_svc.admin import CatalogAdmin
+from catalog_svc.admin_servicer import CatalogAdminServicer
 from catalog_svc.campaign_servicer import CampaignServicer
 from catalog_svc.campaigns import Campaigns
 from catalog_svc.service import AvailabilityLookup, Catalog
 from catalog_svc.servicer import CatalogServicer
-from shop.catalog.v1 import campaigns_pb2, campaigns_pb2_grpc, catalog_pb2, catalog_pb2_grpc
+from shop.catalog.v1 import (campaigns_pb2, campaigns_pb2_grpc, catalog_admin_pb2, catalog_admin_pb2_grpc, catalog_pb2,
+                             catalog_pb2_grpc)
 from inventory_svc import client as inventory_client
 from inventory_svc.client import InventoryClient
 from shop_runtime.config import EnvSettings, ServiceSettings, setting
@@ -56,9 +59,12 @@ def create_server(settings: ServiceSettings, deps: Deps, catalog_settings: Catal
     return build_server(
         settings,
         [(catalog_pb2_grpc.add_CatalogServiceServicer_to_server, CatalogServicer(catalog, campaigns.clock)),
-         (campaigns_pb2_grpc.add_CampaignServiceServicer_to_server, CampaignServicer(campaigns))],
+         (campaigns_pb2_grpc.add_CampaignServiceServicer_to_server, CampaignServicer(campaigns)),
+         (catalog_admin_pb2_grpc.add_CatalogAdminServiceServicer_to_server,
+          CatalogAdminServicer(CatalogAdmin(deps.pool, availability_from(inventory))))],
         [catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name,
-         campaigns_pb2.DESCRIPTOR.services_by_name["CampaignService"].full_name],
+         campaigns_pb2.DESCRIPTOR.services_by_name["CampaignService"].full_name,
+         catalog_admin_pb2.DESCRIPTOR.services_by_name["CatalogAdminService"].full_name],
     )
 
 

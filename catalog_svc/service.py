@@ -24,7 +24,7 @@ AvailabilityLookup = Callable[[list[str]], Awaitable[dict[str, int]]]
 
 MAX_BATCH = 500
 # What a SKU looks like (catalog.products' CHECK).
-SKU_RE = re.compile(r"[A-Za-z0-9-]{1,64}\Z")
+SKU_RE = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
 
 
 def _no_product(sku: str) -> ServiceError:
@@ -72,6 +72,7 @@ class Catalog:
         self._pool = pool
         self._availability = availability
         self._campaigns = campaigns
+        self._timer, self._page_seconds = timer, cache_seconds
         # GetProduct by SKU; ListProducts by the whole validated query; match counts by filter, which the
         # listings of one filter in every order and page share: a count is most of a broad search's cost
         # (`search=a` counts all 100,000 demo products, 40 ms), and a third of the database's work for a
@@ -100,7 +101,9 @@ class Catalog:
     async def _load_page(self, query: ListQuery) -> ProductPage:
         total = await self._counts.get((query.category, query.words), lambda: self._count(query))
         rows: list[ProductRow] = []
-        if query.offset < total.value:  # a page past the last match needs no read
+        # A page past the last match needs no read, when the count is no older than a page may be: an older one
+        # (kept up to count_seconds) may not count products created or listed again since (catalog_svc.admin).
+        if query.offset < total.value or (self._page_seconds > 0 and total.as_of < self._timer() - self._page_seconds):
             async with self._pool.connection() as conn:
                 rows = await repository.list_page(conn, query, total.value)
         return ProductPage(items=await self._with_availability(rows), total=total.value)
@@ -133,7 +136,7 @@ class Catalog:
         if not unique:
             return []
         async with self._pool.connection() as conn:
-            rows = await repository.get_products(conn, unique)
+            rows = await repository.get_products(conn, unique, unlisted=True)  # held units of them still check out
         if not with_availability:
             return [ProductWithAvailability(row=r, available=0) for r in rows]
         # Other services' reads: prices are the catalog's, campaigns are theirs to ask inventory about.

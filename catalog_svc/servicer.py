@@ -131,7 +131,8 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         if request.view not in _WITH_AVAILABILITY:
             raise invalid_argument("view", f"unknown product view {request.view}")
         products = await self._catalog.batch_get(list(request.skus), with_availability=_WITH_AVAILABILITY[request.view])
-        return catalog_pb2.BatchGetProductsResponse(products=[_product_pb(p) for p in products])
+        return catalog_pb2.BatchGetProductsResponse(products=[_product_pb(p) for p in products],
+                                                    unlisted_skus=[p.row.sku for p in products if not p.row.listed])
 
     async def RecordSales(
         self, request: catalog_pb2.RecordSalesRequest, context: grpc.aio.ServicerContext

@@ -15,6 +15,10 @@ from gateway.routes import ROUTED_SERVICES
 
 FDP = descriptor_pb2.FieldDescriptorProto
 
+# The rules of a product's fields a merchant sets (catalog_svc.admin).
+_PRODUCT_FIELDS: dict[str, dict[str, Any]] = {
+    "name": {"minLength": 1, "maxLength": 200}, "description": {"maxLength": 5000},
+    "category": {"pattern": "^[a-z0-9-]{1,64}$"}, "price": {"minimum": 1, "maximum": 2_000_000_000}}
 # What the protos cannot say and the services enforce: ranges, enumerations, lengths (by message.field).
 CONSTRAINTS: dict[str, dict[str, Any]] = {
     "ListProductsRequest.page": {"minimum": 1},
@@ -42,6 +46,15 @@ CONSTRAINTS: dict[str, dict[str, Any]] = {
     "ListCampaignsRequest.status": {"enum": ["", "SCHEDULED", "LIVE", "ENDED", "CANCELLED"]},
     "ListCampaignsRequest.page": {"minimum": 1},
     "ListCampaignsRequest.limit": {"minimum": 1, "maximum": 100},
+    # The merchant's product fields (catalog_svc.admin), in a create, a batch row and a patch alike. JSON null is an
+    # absent field (the proto3 JSON mapping): a patch leaves that field as it is, a new product's description is empty.
+    **{f"CreateProductRequest.{f}": c for f, c in _PRODUCT_FIELDS.items()},
+    "CreateProductRequest.description": _PRODUCT_FIELDS["description"] | {"nullable": True},
+    **{f"UpdateProductRequest.{f}": c | {"nullable": True} for f, c in _PRODUCT_FIELDS.items()},
+    "UpdateProductRequest.listed": {"nullable": True},
+    "CreateProductRequest.sku": {"pattern": "^[A-Za-z0-9._-]{1,64}$"},
+    "ListProductChangesRequest.page": {"minimum": 1},
+    "ListProductChangesRequest.limit": {"minimum": 1, "maximum": 100},
 }
 # google.protobuf.Value fields that carry one message's JSON or null (Envoy's transcoder prints an unset message
 # field not at all, a Value's null as null): the message they carry.
@@ -49,9 +62,10 @@ NULL_OR = {"Product.campaign": ".shop.catalog.v1.ProductCampaign"}
 # Request body fields a client must send.
 REQUIRED_INPUT = {"AddItemRequest": ["sku", "qty"], "PayRequest": ["order_id", "amount", "method", "token"],
                   "SetStockRequest": ["on_hand"], "CreateCampaignRequest": ["name", "starts_at", "ends_at", "items"],
-                  "NewCampaignItem": ["sku", "sale_price", "quota"]}
+                  "NewCampaignItem": ["sku", "sale_price", "quota"],
+                  "CreateProductRequest": ["sku", "name", "category", "price"], "BatchUpsertProductsRequest": ["products"]}
 # Answer fields that are absent until they apply.
-OPTIONAL_OUTPUT = {"Order.paid_at", "Order.payment_id", "AdminCampaign.cancelled_at"}
+OPTIONAL_OUTPUT = {"Order.paid_at", "Order.payment_id", "AdminCampaign.cancelled_at", "ProductChange.before"}
 # Statuses beyond the ones every route can answer, with the reasons behind them.
 ROUTE_ERRORS = {
     ("get", "/catalogs/{sku}"): {"404": "PRODUCT_NOT_FOUND"},
@@ -71,6 +85,9 @@ ROUTE_ERRORS = {
     ("post", "/admin/campaigns/{campaign_id}:cancel"): {"404": "CAMPAIGN_NOT_FOUND"},
     ("get", "/admin/campaigns/{campaign_id}"): {"404": "CAMPAIGN_NOT_FOUND"},
     ("get", "/campaigns/{campaign_id}"): {"404": "CAMPAIGN_NOT_FOUND"},
+    ("post", "/admin/products"): {"409": "PRODUCT_EXISTS, IDEMPOTENCY_KEY_REUSED"},
+    ("patch", "/admin/products/{sku}"): {"404": "PRODUCT_NOT_FOUND"},
+    ("get", "/admin/products/{sku}/changes"): {"404": "PRODUCT_NOT_FOUND"},
 }
 _OPTIONAL_KEY = {"name": "Idempotency-Key", "in": "header", "required": False,
                  "schema": {"type": "string", "minLength": 1, "maxLength": 255}}
@@ -82,6 +99,8 @@ HEADERS = {
                            "schema": {"type": "string", "minLength": 1, "maxLength": 255}},
     ("post", "/admin/stock/{sku}/adjustments"): {"name": "Idempotency-Key", "in": "header", "required": True,
                                                  "schema": {"type": "string", "minLength": 1, "maxLength": 255}},
+    ("post", "/admin/products"): {"name": "Idempotency-Key", "in": "header", "required": False,
+                                  "schema": {"type": "string", "minLength": 1, "maxLength": 255}},
 }
 
 
@@ -168,6 +187,20 @@ PER_USER = "RATE_LIMITED with metadata.scope `user` (this user's requests to the
            "the per-user limit) or "
 
 
+def _input_schema(full_name: str, types: _Messages, schemas: dict) -> None:
+    """Adds the schema of a message a request body holds (a batch's rows) to `schemas`: its required fields are
+    those REQUIRED_INPUT names, as in a body."""
+    msg = types.messages[full_name]
+    if msg.name in schemas:
+        return
+    refs: set[str] = set()
+    schemas[msg.name] = {"type": "object", "properties": {f.json_name: _field_schema(msg, f, types, refs)
+                                                          for f in msg.field},
+                         "required": [_camel(n) for n in REQUIRED_INPUT.get(msg.name, [])]}
+    for ref in sorted(refs):
+        _input_schema(ref, types, schemas)
+
+
 def _error_responses(statuses: dict[str, str]) -> dict:
     responses = {}
     for code, why in sorted(statuses.items()):
@@ -237,6 +270,8 @@ def build(descriptor: Path) -> dict:
                 for ref in sorted(refs):  # messages in the request (a body's items)
                     _answer_schema(ref, types, schemas)
                 _answer_schema(method.output_type, types, schemas)
+                for ref in sorted(refs):
+                    _input_schema(ref, types, schemas)
                 answer = method.output_type.rsplit(".", 1)[1]
                 errors = {"400": "INVALID_ARGUMENT and the route's own reasons", "503": "UPSTREAM_UNAVAILABLE",
                           "431": "HEADERS_TOO_LARGE (URL and headers over 32 KiB)"}

@@ -70,10 +70,30 @@ def exposed_methods(descriptor: Path) -> list[Method]:
     return sorted(found, key=lambda m: m.grpc_path)
 
 
+# REST routes whose bodies may be larger than the gateway's limit for every route (gateway.envoy.MAX_REQUEST_BYTES),
+# in bytes: a batch of up to 1,000 products (API.md). Below the listener's buffer of a connection (1 MiB), which the
+# transcoder also keeps to.
+LARGE_BODY_ROUTES = {("post", "/admin/products:batchUpsert"): 1024 * 1024}
+
+
+def _large_body_routes(methods: list[Method], cluster_of: dict[str, str]) -> list[dict[str, Any]]:
+    """A route per LARGE_BODY_ROUTES entry, by its REST path, only to give the body buffer its own limit: the buffer
+    filter reads the route the request has on arrival, before the transcoder turns its path into the RPC's (and
+    the RPC's route takes it from there)."""
+    return [
+        {"match": {"path": m.rest_path, "headers": [{"name": ":method", "string_match": {"exact": m.verb.upper()}}]},
+         "route": {"cluster": cluster_of[m.service], "timeout": deadlines.route_timeout(m.grpc_path)},
+         "typed_per_filter_config": {"envoy.filters.http.buffer": {
+             "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute",
+             "buffer": {"max_request_bytes": size}}}}
+        for m in methods if (size := LARGE_BODY_ROUTES.get((m.verb, m.rest_path)))
+    ]
+
+
 def route_table(methods: list[Method]) -> list[dict[str, Any]]:
     """A route per RPC, by its gRPC path (the transcoder has already turned a REST call into one)."""
     cluster_of = {grpc_name: cluster for cluster, grpc_names in UPSTREAMS.items() for grpc_name in grpc_names}
-    return [
+    return _large_body_routes(methods, cluster_of) + [
         # How long a REST call may take before the gateway answers 504: longer than the worst case of the
         # work behind it (its budget), so a client is never told "timeout" while its payment goes on.
         {"match": {"path": m.grpc_path},

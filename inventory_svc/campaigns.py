@@ -120,8 +120,8 @@ def is_uuid(value: str) -> bool:
 def check_new(name: str, starts_at: datetime | None, ends_at: datetime | None, items: list[NewItem]) -> None:
     """The rules of a new campaign that need no clock: INVALID_ARGUMENT naming the REST field of the first broken.
     `endsAt` after now is decided under the SKUs' locks, by the database's clock."""
-    if not 1 <= len(name) <= MAX_NAME:
-        raise invalid_argument("name", f"name must be 1..{MAX_NAME} characters")
+    if not 1 <= len(name) <= MAX_NAME or "\x00" in name:
+        raise invalid_argument("name", f"name must be 1..{MAX_NAME} characters, none of them NUL")
     if starts_at is None:
         raise invalid_argument("startsAt", "startsAt is required")
     if ends_at is None:
@@ -136,6 +136,8 @@ def check_new(name: str, starts_at: datetime | None, ends_at: datetime | None, i
     for i, item in enumerate(items):
         where = f"items[{i}]"
         check_text(item.sku, f"{where}.sku")
+        if "\x00" in item.sku:
+            raise invalid_argument(f"{where}.sku", "a SKU has no NUL character")
         if item.sku in seen:
             raise invalid_argument(f"{where}.sku", f"{item.sku} is named twice")
         seen.add(item.sku)
@@ -360,7 +362,8 @@ class Campaigns:
         if len(ids) > MAX_IDS:
             raise invalid_argument("campaign_ids", f"at most {MAX_IDS} campaigns per call")
         wanted = list(dict.fromkeys(i for i in ids if is_uuid(i)))
-        async with self._pool.connection() as conn:
+        # Pipeline mode: the reads of the figures travel together (one round trip after the clock's).
+        async with self._pool.connection() as conn, conn.pipeline():
             now = await self._clock.db_now(conn)
             return await read_campaigns(conn, wanted, now), now
 
@@ -376,7 +379,8 @@ class Campaigns:
         if not 0 <= limit <= MAX_PAGE_SIZE:
             raise invalid_argument("limit", f"limit must be within 1..{MAX_PAGE_SIZE}")
         page, limit = page or 1, limit or MAX_PAGE_SIZE
-        async with self._pool.connection() as conn:
+        # Pipeline mode: the count and the page travel together, then the figures of the page together.
+        async with self._pool.connection() as conn, conn.pipeline():
             now = await self._clock.db_now(conn)
             ids, total = await list_ids(conn, now, status=status, skus=list(dict.fromkeys(skus)),
                                         starting_within=starting_within, limit=limit, offset=(page - 1) * limit)

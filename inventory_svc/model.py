@@ -104,6 +104,16 @@ def sku_not_found(skus: list[str]) -> ServiceError:
                   {"sku": skus[0], "skus": ",".join(skus)})
 
 
+def check_on_hand(row: StockRow, on_hand: int) -> None:
+    """A new on-hand figure for a SKU (SetStock, AdjustStock) may not fall below its units held and set aside for
+    campaigns: ABORTED/BELOW_RESERVED otherwise."""
+    if on_hand < row.reserved + row.set_aside:
+        raise refuse("BELOW_RESERVED",
+                     f"{row.reserved} units of {row.sku} are held and {row.set_aside} set aside for campaigns;"
+                     " on hand cannot go below that",
+                     {"sku": row.sku, "reserved": row.reserved, "setAside": row.set_aside})
+
+
 def sale_sold_out(sku: str, remaining: int, available: int) -> ServiceError:
     """ABORTED/SALE_SOLD_OUT: the live campaign's quota cannot cover the units; what is left of it (`remaining`)
     and at the regular price (`available`)."""

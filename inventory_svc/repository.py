@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import uuid
-from dataclasses import replace
-from datetime import datetime, timezone
-from typing import TypedDict, Unpack
+from datetime import datetime
 
 from psycopg import AsyncConnection, AsyncCursor
 
@@ -229,20 +226,6 @@ async def create_stock(conn: AsyncConnection, sku: str, now: datetime) -> None:
     )
 
 
-async def insert_hold(conn: AsyncConnection, *, owner: str, sku: str, qty: int, expires_at: datetime,
-                      order_id: str | None, now: datetime, buyer: str | None = None, price: int = 0,
-                      campaign_id: str | None = None) -> HoldRecord:
-    """Stores a new active hold (its units are taken by a separate movement)."""
-    hold = HoldRecord(str(uuid.uuid4()), owner, sku, qty, ACTIVE, expires_at.astimezone(timezone.utc), order_id,
-                      buyer, price, campaign_id)
-    await conn.execute(
-        "INSERT INTO inventory.holds (id, owner, sku, qty, state, expires_at, order_id, created_at, buyer, price,"
-        " campaign_id) VALUES (%s, %s, %s, %s, 'ACTIVE', %s, %s, %s, %s, %s, %s)",
-        (hold.id, owner, sku, qty, expires_at, order_id, now, buyer, price, campaign_id),
-    )
-    return hold
-
-
 async def hold_skus(conn: AsyncConnection, ids: list[str]) -> dict[str, str]:
     """hold id -> its SKU, for the holds that exist (a hold's SKU never changes, so this is safe before locking)."""
     cur = await conn.execute("SELECT id::text, sku FROM inventory.holds WHERE id = ANY(%s::uuid[])", (ids,))
@@ -253,33 +236,6 @@ async def get_holds(conn: AsyncConnection, ids: list[str]) -> dict[str, HoldReco
     """The stored holds among `ids`."""
     cur = await conn.execute(f"SELECT {_HOLD_COLUMNS} FROM inventory.holds WHERE id = ANY(%s::uuid[])", (ids,))
     return {r[0]: HoldRecord(*r) for r in await cur.fetchall()}
-
-
-class HoldChanges(TypedDict, total=False):
-    """The fields of a hold `update_hold` writes, each one optional."""
-
-    owner: str
-    qty: int
-    state: str
-    expires_at: datetime
-    order_id: str | None
-
-
-async def update_hold(conn: AsyncConnection, hold: HoldRecord, now: datetime,
-                      **changes: Unpack[HoldChanges]) -> HoldRecord:
-    """Writes changed fields of an active hold; an ending state also stamps ended_at."""
-    new = replace(hold, **changes)
-    await conn.execute(
-        """
-        UPDATE inventory.holds
-           SET owner = %(owner)s, qty = %(qty)s, state = %(state)s, expires_at = %(expires_at)s,
-               order_id = %(order_id)s, ended_at = CASE WHEN %(state)s = 'ACTIVE' THEN NULL ELSE %(now)s END
-         WHERE id = %(id)s AND state = 'ACTIVE'
-        """,
-        dict(owner=new.owner, qty=new.qty, state=new.state, expires_at=new.expires_at, order_id=new.order_id,
-             now=now, id=new.id),
-    )
-    return new
 
 
 async def link_replacement(conn: AsyncConnection, expired_id: str, replacement_id: str) -> None:

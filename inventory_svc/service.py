@@ -14,8 +14,8 @@ from inventory_svc.answers import IDEMPOTENCY_TABLE, decode_holds, decode_stock,
 from inventory_svc.batched_writes import MAX_CALLS_PER_TRANSACTION, BatchedWrites
 from inventory_svc.campaigns import Campaigns
 from inventory_svc.coalescer import Coalescer
-from inventory_svc.model import (COMMITTED, RELEASED, HoldRecord, Line, StockRow, check_qty, hold_not_found,
-                                 sku_not_found)
+from inventory_svc.model import (COMMITTED, RELEASED, HoldRecord, Line, StockRow, check_on_hand, check_qty,
+                                 hold_not_found, sku_not_found)
 from inventory_svc.sweep import sweep_once
 from inventory_svc.validation import (MAX_BATCH, MAX_LINES, MAX_ON_HAND, MAX_TTL_SECONDS, check_hold_ids, check_limit,
                                       check_text, check_ttl, check_uuids)
@@ -257,11 +257,7 @@ class Inventory:
             if row is None:
                 await repo.create_stock(conn, sku, now)
                 row = StockRow(sku, 0, 0)
-            if on_hand < row.reserved + row.set_aside:
-                raise refuse("BELOW_RESERVED",
-                             f"{row.reserved} units of {sku} are held and {row.set_aside} set aside for campaigns;"
-                             " on hand cannot go below that",
-                             {"sku": sku, "reserved": row.reserved, "setAside": row.set_aside})
+            check_on_hand(row, on_hand)
             if on_hand == row.on_hand:
                 return row
             return await repo.move_and_read(conn, sku=sku, reason="ADJUST", on_hand_delta=on_hand - row.on_hand,
@@ -287,11 +283,7 @@ class Inventory:
             if row is None:
                 await repo.create_stock(conn, sku, now)
                 row = StockRow(sku, 0, 0)
-            if row.on_hand + delta < row.reserved + row.set_aside:
-                raise refuse("BELOW_RESERVED",
-                             f"{row.reserved} units of {sku} are held and {row.set_aside} set aside for campaigns;"
-                             " on hand cannot go below that",
-                             {"sku": sku, "reserved": row.reserved, "setAside": row.set_aside})
+            check_on_hand(row, row.on_hand + delta)
             if row.on_hand + delta > MAX_ON_HAND:
                 raise invalid_argument("delta", f"on hand would pass {MAX_ON_HAND}")
             return await repo.move_and_read(conn, sku=sku, reason=reason, on_hand_delta=delta, reserved_delta=0,
@@ -300,5 +292,6 @@ class Inventory:
         return await self._write("adjust_stock", key, (sku, delta, reason), work, decode_stock)
 
     async def sweep_once(self, limit: int = 100) -> int:
-        """Reclaims expired holds of up to `limit` SKUs; a SKU whose lock is taken is left to its holder."""
+        """Reclaims expired holds, and gives ended campaigns' quotas back, of up to `limit` SKUs; a SKU whose lock is
+        taken is left to its holder."""
         return await sweep_once(self._pool, self._clock, limit)

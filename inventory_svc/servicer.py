@@ -41,9 +41,12 @@ def timestamp(at: datetime) -> timestamp_pb2.Timestamp:
     return message
 
 
-def instant(message: timestamp_pb2.Timestamp) -> datetime:
-    """A message's instant, in UTC."""
-    return message.ToDatetime(tzinfo=timezone.utc)
+def instant(message: timestamp_pb2.Timestamp, field: str) -> datetime:
+    """A message's instant, in UTC; INVALID_ARGUMENT naming `field` for one no calendar date can hold."""
+    try:
+        return message.ToDatetime(tzinfo=timezone.utc)
+    except (ValueError, OverflowError):
+        raise invalid_argument(field, f"{field} is not a valid instant") from None
 
 
 def actor_of(context: grpc.aio.ServicerContext) -> str:
@@ -201,8 +204,8 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
 
     async def CreateCampaign(self, request, context):
         view = await self._inventory.campaigns.create(
-            request.name, instant(request.starts_at) if request.HasField("starts_at") else None,
-            instant(request.ends_at) if request.HasField("ends_at") else None,
+            request.name, instant(request.starts_at, "startsAt") if request.HasField("starts_at") else None,
+            instant(request.ends_at, "endsAt") if request.HasField("ends_at") else None,
             [NewItem(i.sku, i.sale_price, i.quota, i.max_per_user) for i in request.items],
             key=key_of(request.idempotency_key, context), actor=actor_of(context))
         if view.replayed:

@@ -38,6 +38,9 @@ CALLERS: dict[str, frozenset[str]] = {
     **_rpcs("shop.catalog.v1.CampaignService", {
         "CreateCampaign": {"gateway"}, "CancelCampaign": {"gateway"}, "GetCampaign": {"gateway"},
         "ListCampaigns": {"gateway"}, "ListPublicCampaigns": {"gateway"}, "GetPublicCampaign": {"gateway"}}),
+    **_rpcs("shop.catalog.v1.CatalogAdminService", {
+        "CreateProduct": {"gateway"}, "UpdateProduct": {"gateway"}, "BatchUpsertProducts": {"gateway"},
+        "ListProductChanges": {"gateway"}}),
     **_rpcs("shop.cart.v1.CartService", {
         "AddItem": {"gateway"}, "SetItemQuantity": {"gateway"}, "GetCart": {"gateway"},
         "CheckoutCart": {"order"}}),

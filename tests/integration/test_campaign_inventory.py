@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 import grpc
-import psycopg
 import pytest
 
 from inventory_svc.server import SPEC, InventorySettings, create_server
+from inventory_svc.service import Inventory as InventoryService
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shop_runtime.clock import SystemClock
 from shop_runtime.config import ServiceSettings
@@ -34,10 +34,12 @@ PRICE, SALE = 1000, 600
 class Inventory:
     """A stub of the real server, its database and its clock."""
 
-    def __init__(self, stub, dsn: str, clock):
+    def __init__(self, stub, dsn: str, clock, service: InventoryService):
         self.stub = stub
         self.dsn = dsn
         self.clock = clock
+        # The service layer on the same pool and clock, for the sweeper (a second replica's).
+        self.service = service
 
     async def db_now(self) -> datetime:
         if isinstance(self.clock, ManualClock):
@@ -92,7 +94,7 @@ async def running(dsn: str, clock, pool_size: int = 8):
     await app.server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
     try:
-        yield Inventory(inventory_pb2_grpc.InventoryServiceStub(channel), dsn, clock)
+        yield Inventory(inventory_pb2_grpc.InventoryServiceStub(channel), dsn, clock, InventoryService(pool, clock))
     finally:
         await channel.close()
         await app.server.stop(0)
@@ -194,6 +196,9 @@ async def test_overlap_out_of_stock_and_unknown_skus_are_refused_whole(inv):
     (dict(items=[("A", 10, 1, 0)] * 2), "items[1].sku"),
     (dict(items=[(f"S{i}", 10, 1, 0) for i in range(101)]), "items"),
     (dict(items=[("", 10, 1, 0)]), "items[0].sku"),
+    (dict(items=[("A\x00", 10, 1, 0)]), "items[0].sku"),
+    (dict(name="a\x00b"), "name"),
+    (dict(raw_starts=400_000_000_000), "startsAt"),  # past any calendar date
     (dict(items=[("A", 0, 1, 0)]), "items[0].salePrice"),
     (dict(items=[("A", 2_000_000_001, 1, 0)]), "items[0].salePrice"),
     (dict(items=[("B", 10, 1, 0), ("A", 10, 0, 0)]), "items[1].quota"),
@@ -211,6 +216,8 @@ async def test_a_bad_campaign_is_invalid_argument_naming_the_rest_field(inv, cha
     for unset in ("starts_at", "ends_at"):
         if unset in change:
             request.ClearField(unset)
+    if "raw_starts" in change:
+        request.starts_at.seconds = change["raw_starts"]
     assert await refusal(inv.stub.CreateCampaign(request)) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT",
                                                                {"field": field})
     assert stored(inv.dsn, "SELECT count(*), (SELECT sum(set_aside) FROM inventory.stock) FROM inventory.campaigns"
@@ -288,7 +295,7 @@ async def test_listing_filters_by_status_sku_and_what_a_storefront_shows(inv):
     later = await inv.campaign([("C", SALE, 5, 0)], starts_in=2 * 86400, name="later")
     cancelled = await inv.campaign([("D", SALE, 5, 0)], starts_in=60, name="cancelled")
     await inv.stub.CancelCampaign(inventory_pb2.CancelCampaignRequest(campaign_id=cancelled.campaign_id))
-    ended = await inv.campaign([("E", SALE, 5, 0)], starts_in=0, lasts=30, name="ended")
+    ended = await inv.campaign([("E", SALE, 5, 0)], starts_in=1, lasts=29, name="ended")
     inv.clock.advance(31)
 
     async def names(**kwargs) -> tuple[list[str], int]:
@@ -315,3 +322,337 @@ async def test_listing_filters_by_status_sku_and_what_a_storefront_shows(inv):
                        (dict(skus=[f"S{i}" for i in range(501)]), "skus")):
         assert await refusal(inv.stub.ListCampaigns(inventory_pb2.ListCampaignsRequest(**bad))) == (
             grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", {"field": field})
+
+
+# --- buying from a quota ---------------------------------------------------------------------------------
+
+
+async def test_a_live_campaign_sells_its_quota_at_the_sale_price_and_regular_stock_on_request(inv):
+    await inv.stock("A", 100)
+    await inv.stock("R", 10)
+    campaign = await inv.campaign([("A", SALE, 10, 0)], starts_in=60)
+    early = await inv.add("u0", "A", 1)
+    assert (early.price, early.campaign_id) == (PRICE, ""), "before startsAt: the regular price, regular stock"
+    assert (await refusal(inv.add("u0", "A", 1, expected=SALE)))[1:] == ("PRICE_CHANGED",
+                                                                           {"sku": "A", "price": str(PRICE)})
+    inv.clock.advance(60)
+    sale = await inv.add("u1", "A", 3)
+    named = await inv.add("u2", "A", 2, expected=SALE)
+    regular = await inv.add("u3", "A", 1, expected=PRICE)
+    assert [(h.price, h.campaign_id) for h in (sale, named, regular)] == [
+        (SALE, campaign.campaign_id), (SALE, campaign.campaign_id), (PRICE, "")]
+    assert (await refusal(inv.add("u4", "A", 1, expected=999)))[1:] == ("PRICE_CHANGED",
+                                                                         {"sku": "A", "price": str(SALE)})
+    level = await inv.level("A")
+    assert (level.on_hand, level.reserved, level.set_aside, level.available) == (100, 7, 5, 88)
+    assert await refusal(inv.add("u5", "A", 6)) == (grpc.StatusCode.ABORTED, "SALE_SOLD_OUT",
+                                                    {"sku": "A", "remaining": "5", "available": "88"})
+    # A hold keeps its price and source: it grows from the quota, shrinks back into it, and says its price.
+    grow = inventory_pb2.ResizeHoldRequest(hold_id=sale.hold_id, add_qty=6)
+    assert (await refusal(inv.stub.ResizeHold(grow)))[1:] == ("SALE_SOLD_OUT",
+                                                              {"sku": "A", "remaining": "5", "available": "88"})
+    assert (await refusal(inv.stub.ResizeHold(inventory_pb2.ResizeHoldRequest(
+        hold_id=sale.hold_id, add_qty=1, expected_price=PRICE))))[1:] == ("PRICE_CHANGED",
+                                                                          {"sku": "A", "price": str(SALE)})
+    grown = (await inv.stub.ResizeHold(inventory_pb2.ResizeHoldRequest(hold_id=sale.hold_id, add_qty=2,
+                                                                       expected_price=SALE))).hold
+    assert (grown.qty, grown.price, grown.campaign_id) == (5, SALE, campaign.campaign_id)
+    await inv.stub.ResizeHold(inventory_pb2.ResizeHoldRequest(hold_id=regular.hold_id, qty=3))
+    await inv.stub.ResizeHold(inventory_pb2.ResizeHoldRequest(hold_id=sale.hold_id, qty=4))
+    await inv.stub.ReleaseHolds(inventory_pb2.ReleaseHoldsRequest(hold_ids=[named.hold_id]))
+    await inv.stub.CommitHolds(inventory_pb2.CommitHoldsRequest(hold_ids=[sale.hold_id]))
+    level = await inv.level("A")
+    assert (level.on_hand, level.reserved, level.set_aside, level.available) == (96, 4, 6, 86)
+    item = (await inv.figures(campaign.campaign_id)).items[0]
+    assert figures(item) == dict(quota=10, held=0, sold=4, remaining=6, returned=0, revenue=4 * SALE, buyers=1)
+    # The early add that named the sale price counts against the item too.
+    assert dict(item.refused) == {"PRICE_CHANGED": 3, "SALE_SOLD_OUT": 2}
+    got = (await inv.stub.GetHolds(inventory_pb2.GetHoldsRequest(hold_ids=[sale.hold_id, regular.hold_id]))).holds
+    assert [(h.price, h.campaign_id) for h in got] == [(SALE, campaign.campaign_id), (PRICE, "")]
+    listed = (await inv.stub.ListHolds(inventory_pb2.ListHoldsRequest(owner_prefix="cart:u3", limit=10))).holds
+    assert [(h.price, h.campaign_id) for h in listed] == [(PRICE, "")]
+    # A SKU in no campaign: its regular price, or the expected price refused.
+    assert (await inv.add("u6", "R", 1, expected=PRICE)).price == PRICE
+    assert (await refusal(inv.add("u6", "R", 1, expected=SALE)))[1:] == ("PRICE_CHANGED",
+                                                                         {"sku": "R", "price": str(PRICE)})
+    assert await audit_of(inv.dsn) == []
+
+
+async def test_a_replayed_add_answers_the_price_and_campaign_it_held_at(inv):
+    await inv.stock("A", 10)
+    campaign = await inv.campaign([("A", SALE, 5, 0)])
+    request = inventory_pb2.CreateHoldsRequest(owner="cart:k", buyer="k", ttl_seconds=600, idempotency_key="add-1",
+                                               lines=[inventory_pb2.HoldLine(sku="A", qty=2, price=PRICE)])
+    first = await inv.stub.CreateHolds(request)
+    again = await inv.stub.CreateHolds(request)
+    assert first == again and again.holds[0].price == SALE and again.holds[0].campaign_id == campaign.campaign_id
+    assert (await inv.level("A")).reserved == 2
+
+
+async def test_max_per_user_counts_the_buyers_units_of_that_campaign_item(inv):
+    await inv.stock("A", 100)
+    await inv.stock("B", 100)
+    campaign = await inv.campaign([("A", SALE, 20, 2), ("B", SALE, 20, 0)])
+    await inv.add("u1", "A", 1, expected=PRICE)  # regular units are not the campaign's
+    first = await inv.add("u1", "A", 2)
+    assert await refusal(inv.add("u1", "A", 1)) == (grpc.StatusCode.ABORTED, "PURCHASE_LIMIT",
+                                                    {"sku": "A", "limit": "2", "has": "2"})
+    assert (await refusal(inv.stub.ResizeHold(inventory_pb2.ResizeHoldRequest(hold_id=first.hold_id, add_qty=1))
+                          ))[1:] == ("PURCHASE_LIMIT", {"sku": "A", "limit": "2", "has": "2"})
+    await inv.stub.CommitHolds(inventory_pb2.CommitHoldsRequest(hold_ids=[first.hold_id]))
+    assert (await refusal(inv.add("u1", "A", 1)))[1] == "PURCHASE_LIMIT", "sold units count too"
+    await inv.add("u2", "A", 2)
+    # max_per_user 0: the store's limit of the request, over the campaign's units.
+    await inv.add("u1", "B", 3, limit=3)
+    assert (await refusal(inv.add("u1", "B", 1, limit=3)))[1:] == ("PURCHASE_LIMIT",
+                                                                   {"sku": "B", "limit": "3", "has": "3"})
+    # The store-wide limit still counts every unit of the SKU, the regular ones too.
+    assert (await refusal(inv.add("u1", "A", 1, expected=PRICE, limit=3)))[1:] == (
+        "PURCHASE_LIMIT", {"sku": "A", "limit": "3", "has": "3"})
+    assert dict((await inv.figures(campaign.campaign_id)).items[0].refused) == {"PURCHASE_LIMIT": 3}
+    assert await audit_of(inv.dsn) == []
+
+
+async def test_at_its_end_the_quota_goes_back_at_once_and_returning_units_follow_the_clock(inv):
+    await inv.stock("A", 100)
+    campaign = await inv.campaign([("A", SALE, 20, 0)], lasts=60)
+    before_end = await inv.add("u1", "A", 2, ttl=30)
+    after_end = await inv.add("u2", "A", 3, ttl=100)
+    sold = await inv.add("u3", "A", 4)
+    await inv.stub.CommitHolds(inventory_pb2.CommitHoldsRequest(hold_ids=[sold.hold_id]))
+    inv.clock.advance(40)
+    # Expired while live: its units count as the quota's again at once, before any write reclaims them.
+    level = await inv.level("A")
+    assert (level.reserved, level.set_aside, level.available) == (3, 13, 80)
+    assert figures((await inv.figures(campaign.campaign_id)).items[0])["remaining"] == 13
+    inv.clock.advance(20)  # the end: nothing wrote to A since
+    level = await inv.level("A")
+    assert (level.on_hand, level.reserved, level.set_aside, level.available) == (96, 3, 0, 93)
+    assert stored(inv.dsn, "SELECT set_aside, reserved FROM inventory.stock WHERE sku = 'A'") == [(11, 5)]
+    ended = await inv.figures(campaign.campaign_id)
+    assert ended.status == inventory_pb2.ENDED
+    assert figures(ended.items[0]) == dict(quota=20, held=3, sold=4, remaining=0, returned=13, revenue=4 * SALE,
+                                           buyers=1)
+    # After the end the SKU sells at its regular price; the write closes the item as of the end.
+    assert (await inv.add("u4", "A", 1)).price == PRICE
+    assert stored(inv.dsn, "SELECT remaining, returned, closed_at = (SELECT ends_at FROM inventory.campaigns)"
+                           " FROM inventory.campaign_items") == [(0, 13, True)]
+    assert stored(inv.dsn, "SELECT reason, hold_id::text, reserved_delta, set_aside_delta FROM inventory.ledger"
+                           " WHERE reason IN ('EXPIRE', 'CAMPAIGN_END') ORDER BY id") == [
+        ("EXPIRE", before_end.hold_id, -2, 2), ("CAMPAIGN_END", None, 0, -13)]
+    # A hold that expires after the end gives its units to regular stock.
+    inv.clock.advance(40)
+    await inv.add("u5", "A", 1)
+    assert stored(inv.dsn, "SELECT reserved_delta, set_aside_delta FROM inventory.ledger WHERE hold_id = %s"
+                           " AND reason = 'EXPIRE'", after_end.hold_id) == [(-3, 0)]
+    assert figures((await inv.figures(campaign.campaign_id)).items[0])["returned"] == 16
+    level = await inv.level("A")
+    assert (level.reserved, level.set_aside, level.available) == (2, 0, 94)
+    assert await audit_of(inv.dsn) == []
+
+
+async def test_units_given_back_go_to_the_quota_while_live_and_to_regular_stock_after(inv):
+    await inv.stock("A", 50)
+    campaign = await inv.campaign([("A", SALE, 10, 0)], lasts=60)
+    a, b, c = [await inv.add(f"u{i}", "A", 2) for i in range(3)]
+    await inv.stub.ReleaseHolds(inventory_pb2.ReleaseHoldsRequest(hold_ids=[a.hold_id]))
+    assert (await inv.level("A")).set_aside == 6
+    inv.clock.advance(61)
+    await inv.stub.ReleaseHolds(inventory_pb2.ReleaseHoldsRequest(hold_ids=[b.hold_id]))
+    shrunk = (await inv.stub.ResizeHold(inventory_pb2.ResizeHoldRequest(hold_id=c.hold_id, qty=1))).hold
+    assert (shrunk.price, shrunk.campaign_id) == (SALE, campaign.campaign_id)
+    level = await inv.level("A")
+    assert (level.reserved, level.set_aside, level.available) == (1, 0, 49)
+    assert figures((await inv.figures(campaign.campaign_id)).items[0]) == dict(
+        quota=10, held=1, sold=0, remaining=0, returned=9, revenue=0, buyers=0)
+    assert await audit_of(inv.dsn) == []
+
+
+async def test_checkout_holds_an_expired_sale_line_again_only_from_its_live_quota(inv):
+    await inv.stock("A", 20)
+    await inv.stock("R", 5)
+    campaign = await inv.campaign([("A", SALE, 5, 0)], lasts=300)
+
+    def extend(*holds, order="o1"):
+        return inv.stub.ExtendHolds(inventory_pb2.ExtendHoldsRequest(
+            hold_ids=[h.hold_id for h in holds], owner=f"order:{order}", order_id=order, ttl_seconds=900))
+
+    sale = await inv.add("u1", "A", 2, ttl=10)
+    regular = await inv.add("u1", "R", 2, ttl=10)
+    inv.clock.advance(11)
+    # Expired while live: held again from the quota, at the sale price; the regular one at its own price.
+    moved = (await extend(sale, regular)).holds
+    assert [(h.price, h.campaign_id, h.qty, h.owner) for h in moved] == [
+        (SALE, campaign.campaign_id, 2, "order:o1"), (PRICE, "", 2, "order:o1")]
+    assert moved[0].hold_id != sale.hold_id
+    assert [h.hold_id for h in (await extend(sale, regular)).holds] == [h.hold_id for h in moved]
+    # A quota too short for the expired line: SALE_SOLD_OUT and nothing changes.
+    short = await inv.add("u2", "A", 2, ttl=10)
+    await inv.add("u3", "A", 1)
+    inv.clock.advance(11)
+    await inv.add("u4", "A", 2)  # takes the units back first
+    snapshot = "SELECT (SELECT count(*) FROM inventory.ledger), (SELECT array_agg(state || owner ORDER BY id)" \
+               " FROM inventory.holds), (SELECT array_agg(remaining) FROM inventory.campaign_items)"
+    before = stored(inv.dsn, snapshot)
+    assert (await refusal(extend(short, order="o2")))[1:] == ("SALE_SOLD_OUT",
+                                                              {"sku": "A", "remaining": "0", "available": "15"})
+    assert stored(inv.dsn, snapshot) == before, "a refused checkout changes nothing"
+    # After the end: an active sale line moves on at its price, an expired one is SALE_ENDED.
+    active = await inv.add("u5", "R", 1)
+    inv.clock.advance(300)
+    before = stored(inv.dsn, snapshot)
+    assert await refusal(extend(short, active, order="o3")) == (grpc.StatusCode.ABORTED, "SALE_ENDED",
+                                                                 {"sku": "A", "skus": "A"})
+    assert stored(inv.dsn, snapshot) == before
+    (kept,) = (await extend(moved[0], order="o1")).holds
+    assert (kept.hold_id, kept.price, kept.campaign_id) == (moved[0].hold_id, SALE, campaign.campaign_id)
+    assert await audit_of(inv.dsn) == []
+
+
+async def test_the_sweeper_closes_ended_campaigns_of_skus_nobody_writes_to(inv):
+    await inv.stock("A", 10)
+    await inv.stock("B", 10)
+    await inv.campaign([("A", SALE, 4, 0), ("B", SALE, 6, 0)], lasts=60)
+    await inv.add("u1", "A", 1, ttl=30)
+    inv.clock.advance(61)
+    assert stored(inv.dsn, "SELECT sum(set_aside) FROM inventory.stock") == [(9,)]
+    swept = await asyncio.gather(inv.service.sweep_once(), inv.service.sweep_once())
+    assert sum(swept) == 3, "one hold and two items, each settled once by two sweepers at once"
+    assert stored(inv.dsn, "SELECT sum(set_aside), sum(reserved) FROM inventory.stock") == [(0, 0)]
+    assert stored(inv.dsn, "SELECT count(*) FROM inventory.campaign_items WHERE closed_at IS NULL") == [(0,)]
+    assert stored(inv.dsn, "SELECT DISTINCT actor FROM inventory.ledger WHERE reason = 'CAMPAIGN_END'") == [
+        ("inventory-sweeper",)]
+    assert await inv.service.sweep_once() == 0
+    assert await audit_of(inv.dsn) == []
+
+
+# --- real crowds and the database's clock ----------------------------------------------------------------
+
+
+async def outcome(call) -> str | inventory_pb2.Hold:
+    try:
+        return await call
+    except grpc.aio.AioRpcError as err:
+        info = error_info(err)
+        return info.reason if info else err.code().name
+
+
+async def test_a_crowd_on_a_quota_gets_exactly_the_quota_over_two_replicas(fresh_dsn):
+    """300 buyers at once, one unit each, a quota of 50 out of 200 units, two servers each with its own pool and
+    coalescer: exactly 50 holds at the sale price, 250 SALE_SOLD_OUT, regular stock untouched."""
+    async with running(fresh_dsn, SystemClock()) as a, running(fresh_dsn, SystemClock()) as b:
+        await a.stock("HOT", 200)
+        campaign = await a.campaign([("HOT", SALE, 50, 0)])
+        answers = await asyncio.gather(*((a, b)[i % 2].add(f"buyer-{i}", "HOT") for i in range(300)),
+                                       return_exceptions=True)
+        held = [h for h in answers if isinstance(h, inventory_pb2.Hold)]
+        refused = collections.Counter(error_info(e).reason for e in answers if isinstance(e, grpc.aio.AioRpcError))
+        assert len(held) == 50 and refused == {"SALE_SOLD_OUT": 250}
+        assert {(h.price, h.campaign_id) for h in held} == {(SALE, campaign.campaign_id)}
+        level = await b.level("HOT")
+        assert (level.on_hand, level.reserved, level.set_aside, level.available) == (200, 50, 0, 150)
+        item = (await a.figures(campaign.campaign_id)).items[0]
+        assert (item.held, item.remaining, dict(item.refused)) == (50, 0, {"SALE_SOLD_OUT": 250})
+        # The regular stock is still all there, at the regular price, for whoever asks for it.
+        assert (await a.add("late", "HOT", 150, expected=PRICE)).price == PRICE
+        assert await audit_of(fresh_dsn) == []
+
+
+async def test_max_per_user_holds_under_a_crowd_of_one_buyers_adds(live_inv):
+    await live_inv.stock("A", 100)
+    await live_inv.campaign([("A", SALE, 50, 3)])
+    answers = await asyncio.gather(*(outcome(live_inv.add("greedy", "A")) for _ in range(30)),
+                                   *(outcome(live_inv.add(f"other-{i}", "A")) for i in range(10)))
+    greedy = collections.Counter(a if isinstance(a, str) else "held" for a in answers[:30])
+    assert greedy == {"held": 3, "PURCHASE_LIMIT": 27}
+    assert all(isinstance(a, inventory_pb2.Hold) for a in answers[30:])
+    assert stored(live_inv.dsn, "SELECT buyer, sum(qty) FROM inventory.holds WHERE buyer = 'greedy'"
+                                " GROUP BY buyer") == [("greedy", 3)]
+    assert await audit_of(live_inv.dsn) == []
+
+
+async def test_the_database_clock_decides_the_opening_and_closing_instants(live_inv):
+    """Adds sent one after another across startsAt and endsAt: every hold made at or after startsAt (by the
+    database's clock, as its stamp says) is at the sale price and none before; at endsAt the quota is back at once."""
+    await live_inv.stock("A", 500)
+    campaign = await live_inv.campaign([("A", SALE, 200, 0)], starts_in=1.0, lasts=1.5)
+    starts_at, ends_at = (stored(live_inv.dsn, "SELECT starts_at, ends_at FROM inventory.campaigns")[0])
+    assert (await live_inv.level("A")).set_aside == 200
+
+    async def buyer(i: int):
+        await asyncio.sleep(i * 0.05)
+        return await live_inv.add(f"b{i}", "A")
+
+    holds = await asyncio.gather(*(buyer(i) for i in range(60)))
+    made = dict(stored(live_inv.dsn, "SELECT id::text, created_at FROM inventory.holds"))
+    prices = collections.Counter()
+    for hold in holds:
+        at = made[hold.hold_id]
+        expected = (SALE, campaign.campaign_id) if starts_at <= at < ends_at else (PRICE, "")
+        assert (hold.price, hold.campaign_id) == expected, (at, starts_at, ends_at)
+        prices[hold.price] += 1
+    assert prices[SALE] > 0 and prices[PRICE] > 0
+    # The ledger says the same, entry by entry.
+    assert stored(live_inv.dsn, "SELECT count(*) FROM inventory.ledger l JOIN inventory.holds h ON h.id = l.hold_id"
+                                " WHERE l.created_at <> h.created_at OR (l.campaign_id IS NOT NULL)"
+                                "   <> (l.created_at >= %s AND l.created_at < %s)", starts_at, ends_at) == [(0,)]
+    # Past endsAt, what is left of the quota is regular stock at once, swept or not.
+    while stored(live_inv.dsn, "SELECT clock_timestamp() < %s", ends_at)[0][0]:
+        await asyncio.sleep(0.05)
+    level = await live_inv.level("A")
+    assert (level.set_aside, level.available) == (0, 500 - 60)
+    assert await audit_of(live_inv.dsn) == []
+
+
+async def test_checkout_of_an_expired_sale_line_keeps_the_buyer_within_the_campaigns_limit(inv):
+    await inv.stock("A", 20)
+    await inv.campaign([("A", SALE, 10, 2)])
+    lapsed = await inv.add("u1", "A", 2, ttl=10)
+    inv.clock.advance(11)
+    await inv.add("u1", "A", 1)  # within the limit again once the first expired
+    assert await refusal(inv.stub.ExtendHolds(inventory_pb2.ExtendHoldsRequest(
+        hold_ids=[lapsed.hold_id], owner="order:o", order_id="o", ttl_seconds=900))) == (
+        grpc.StatusCode.ABORTED, "PURCHASE_LIMIT", {"sku": "A", "limit": "2", "has": "1"})
+    assert stored(inv.dsn, "SELECT count(*) FROM inventory.holds WHERE state = 'ACTIVE'") == [(1,)]
+    assert await audit_of(inv.dsn) == []
+
+
+async def test_concurrent_creates_of_overlapping_campaigns_make_exactly_one_and_never_deadlock(live_inv):
+    for sku in ("A", "B", "C"):
+        await live_inv.stock(sku, 100)
+    orders = [["A", "B", "C"], ["C", "B", "A"], ["B", "A"], ["C", "A"]]
+    answers = await asyncio.gather(*(outcome(live_inv.campaign([(s, SALE, 10, 0) for s in orders[i % 4]],
+                                                               name=f"c{i}")) for i in range(12)))
+    made = [a for a in answers if not isinstance(a, str)]
+    assert len(made) == 1 and collections.Counter(a for a in answers if isinstance(a, str)) == {
+        "CAMPAIGN_OVERLAP": 11}
+    levels = (await live_inv.stub.GetAvailability(inventory_pb2.GetAvailabilityRequest(skus=["A", "B", "C"]))).items
+    assert {lv.sku: lv.set_aside for lv in levels} == {s: (10 if s in {i.sku for i in made[0].items} else 0)
+                                                       for s in "ABC"}
+    assert await audit_of(live_inv.dsn) == []
+
+
+async def test_a_live_campaign_cancelled_in_a_crowd_sells_nothing_after_its_cancel(live_inv):
+    await live_inv.stock("A", 300)
+    campaign = await live_inv.campaign([("A", SALE, 100, 0)])
+
+    async def buyer(i: int):
+        await asyncio.sleep(i * 0.01)
+        return await outcome(live_inv.add(f"b{i}", "A"))
+
+    crowd = asyncio.gather(*(buyer(i) for i in range(120)))
+    await asyncio.sleep(0.5)
+    cancelled = await live_inv.stub.CancelCampaign(inventory_pb2.CancelCampaignRequest(
+        campaign_id=campaign.campaign_id))
+    holds = [h for h in await crowd if not isinstance(h, str)]
+    assert len(holds) == 120
+    at = cancelled.ends_at.ToDatetime(timezone.utc)
+    made = dict(stored(live_inv.dsn, "SELECT id::text, created_at FROM inventory.holds"))
+    assert all((h.price == SALE) == (made[h.hold_id] < at) for h in holds)
+    sale = sum(h.price == SALE for h in holds)
+    assert 0 < sale < 120
+    level = await live_inv.level("A")
+    assert (level.reserved, level.set_aside, level.available) == (120, 0, 180)
+    item = (await live_inv.figures(campaign.campaign_id)).items[0]
+    assert (item.held, item.remaining, item.returned) == (sale, 0, 100 - sale)
+    assert await audit_of(live_inv.dsn) == []

@@ -6,6 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from inventory_svc.campaigns import NewItem
 from inventory_svc.service import Inventory, Line
 from shop_runtime.clock import SystemClock
 from shop_runtime.db import migrate, open_pool
@@ -49,6 +50,17 @@ async def test_no_write_or_read_of_the_inventory_reads_the_machines_clock(pool):
     await inventory.active_holds("cart:", 0, "", 10)
     await inventory.sweep_once()
     assert (await inventory.get_stock("CLK-1")).on_hand == 7
+    # Campaigns too: their window, status and end are the database's clock's.
+    async with pool.connection() as conn:
+        now = (await (await conn.execute("SELECT clock_timestamp()")).fetchone())[0]
+    campaign = await inventory.campaigns.create("clock", now, now + timedelta(hours=1),
+                                                [NewItem("CLK-1", 1, 2, 1)], actor="test")
+    (sale,) = await inventory.create_holds("cart:w", [Line("CLK-1", 1)], 600, actor="test", buyer="w")
+    assert (campaign.status, sale.price, sale.campaign_id) == ("LIVE", 1, campaign.id)
+    await inventory.campaigns.get([campaign.id])
+    await inventory.campaigns.list(status=None, skus=["CLK-1"], starting_within=86400, page=0, limit=0)
+    assert (await inventory.campaigns.cancel(campaign.id, actor="test")).status == "ENDED"
+    await inventory.sweep_once()
 
 
 async def test_a_replica_whose_clock_runs_ahead_expires_nothing_early(pool):

@@ -5,7 +5,7 @@ import grpc
 import pytest
 from google.api import annotations_pb2
 from shop.cart.v1 import cart_pb2
-from shop.catalog.v1 import campaigns_pb2, catalog_pb2
+from shop.catalog.v1 import campaigns_pb2, catalog_admin_pb2, catalog_pb2
 from shop.inventory.v1 import inventory_pb2
 from shop.order.v1 import order_pb2
 
@@ -13,7 +13,7 @@ from devstack.certs import IDENTITIES
 from shop_runtime import callers
 
 SERVICES = [m.DESCRIPTOR.services_by_name[name] for m, name in (
-    (catalog_pb2, "CatalogService"), (campaigns_pb2, "CampaignService"), (cart_pb2, "CartService"), (inventory_pb2, "InventoryService"),
+    (catalog_pb2, "CatalogService"), (campaigns_pb2, "CampaignService"), (catalog_admin_pb2, "CatalogAdminService"), (cart_pb2, "CartService"), (inventory_pb2, "InventoryService"),
     (order_pb2, "OrderService"))]
 RPCS = {f"/{s.full_name}/{m.name}": m for s in SERVICES for m in s.methods}
 

@@ -5,7 +5,6 @@ way; a product's campaign object is null or the campaign shown."""
 
 import asyncio
 import contextlib
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import grpc
@@ -25,17 +24,10 @@ from shop_runtime.errors import ServiceError, unavailable
 from tests.unit.fakes.campaigns import DbClock, FakeCampaignInventory
 
 
-@dataclass(frozen=True)
-class Row(ProductRow):
-    """A product row with the `listed` flag the merchant's product management adds."""
-
-    listed: bool = True
-
-
 ROWS = {
-    "EL-0001": Row("EL-0001", "Wireless Mouse", "", "electronic", 149000, 0),
-    "EL-0002": Row("EL-0002", "Keyboard", "", "electronic", 300000, 0),
-    "EL-0003": Row("EL-0003", "Hidden", "", "electronic", 50000, 0, listed=False),
+    "EL-0001": ProductRow("EL-0001", "Wireless Mouse", "", "electronic", 149000, 0),
+    "EL-0002": ProductRow("EL-0002", "Keyboard", "", "electronic", 300000, 0),
+    "EL-0003": ProductRow("EL-0003", "Hidden", "", "electronic", 50000, 0, listed=False),
 }
 
 
@@ -57,9 +49,9 @@ class FakePool:
 def reads(monkeypatch):
     asked: list[list[str]] = []
 
-    async def get_products(conn, skus):
+    async def get_products(conn, skus, *, unlisted=False):
         asked.append(list(skus))
-        return [ROWS[s] for s in skus if s in ROWS]
+        return [ROWS[s] for s in skus if s in ROWS and (unlisted or ROWS[s].listed)]
 
     async def list_page(conn, query, total):
         return list(ROWS.values())[:2]

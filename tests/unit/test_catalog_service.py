@@ -43,7 +43,7 @@ class FakeStore:
         self.inventory_open = asyncio.Event()
         self.inventory_open.set()
 
-    async def get_products(self, conn, skus):
+    async def get_products(self, conn, skus, *, unlisted=False):
         self.reads.append("get")
         await asyncio.sleep(0)
         return [ROWS[s] for s in skus if s in ROWS]
