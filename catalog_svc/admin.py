@@ -17,6 +17,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from catalog_svc import repository
 from catalog_svc.model import ProductChange, ProductRow
+from catalog_svc.campaigns import CampaignLookup, gather_both
 from catalog_svc.service import SKU_RE, AvailabilityLookup, ProductWithAvailability
 from shop_runtime import idempotency
 from shop_runtime.errors import ServiceError, invalid_argument
@@ -132,9 +133,12 @@ class CatalogAdmin:
     anything is written: when inventory cannot answer, the call fails with nothing written, so a client's retry
     never meets its own half-done create."""
 
-    def __init__(self, pool: AsyncConnectionPool, availability: AvailabilityLookup):
+    def __init__(self, pool: AsyncConnectionPool, availability: AvailabilityLookup,
+                 campaigns: CampaignLookup | None = None):
         self._pool = pool
         self._availability = availability
+        # A changed product is answered as its product page shows it, with its campaign (a new one has none).
+        self._campaigns = campaigns
 
     async def _available(self, sku: str) -> int:
         return (await self._availability([sku])).get(sku, 0)
@@ -183,7 +187,11 @@ class CatalogAdmin:
             check_price(patch.price)
         if not SKU_RE.match(sku):  # no product can have it (catalog.products' CHECK)
             raise _no_product(sku)
-        available = await self._available(sku)
+        if self._campaigns is None:
+            available, campaigns = await self._available(sku), ()
+        else:
+            found, shown = await gather_both(self._availability([sku]), self._campaigns([sku]))
+            available, campaigns = found.get(sku, 0), tuple(shown.get(sku, ()))
         async with self._pool.connection() as conn, conn.transaction():
             before = await repository.lock_product(conn, sku)
             if before is None:
@@ -193,7 +201,7 @@ class CatalogAdmin:
                 if after.category != before.category:
                     await repository.add_categories(conn, [after.category])
                 await repository.update_product(conn, after, actor)
-        return ProductWithAvailability(row=after, available=available)
+        return ProductWithAvailability(row=after, available=available, campaigns=campaigns)
 
     async def upsert(self, actor: str, rows: list[ProductRow]) -> tuple[int, int]:
         """Creates or updates every product of `rows`, all or nothing (see repository.upsert_products); a bad

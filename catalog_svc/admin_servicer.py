@@ -9,6 +9,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from catalog_svc.admin import CatalogAdmin, ProductPatch
+from catalog_svc.campaigns import ServerClock
 from catalog_svc.model import ProductRow
 from catalog_svc.servicer import _product_pb
 from shop.catalog.v1 import catalog_admin_pb2, catalog_admin_pb2_grpc, catalog_pb2
@@ -32,21 +33,24 @@ class CatalogAdminServicer(catalog_admin_pb2_grpc.CatalogAdminServiceServicer):
     """Serves shop.catalog.v1.CatalogAdminService; the actor of every change is the user the gateway verified
     (UNAUTHENTICATED without one). Domain errors become statuses in the shared interceptor."""
 
-    def __init__(self, admin: CatalogAdmin):
+    def __init__(self, admin: CatalogAdmin, clock: ServerClock | None = None):
         self._admin = admin
+        # The store's clock, for the campaign object of a product answered (as the product page works it out).
+        self._clock = clock or ServerClock()
 
     async def CreateProduct(
         self, request: catalog_admin_pb2.CreateProductRequest, context: grpc.aio.ServicerContext
     ) -> catalog_pb2.Product:
         actor = require_user(context)
-        return _product_pb(await self._admin.create(actor, _row(request), idempotency_key(context)))
+        return _product_pb(await self._admin.create(actor, _row(request), idempotency_key(context)),
+                           self._clock.now())
 
     async def UpdateProduct(
         self, request: catalog_admin_pb2.UpdateProductRequest, context: grpc.aio.ServicerContext
     ) -> catalog_pb2.Product:
         actor = require_user(context)
         patch = ProductPatch(**{f: _given(request, f) for f in ("name", "description", "category", "price", "listed")})
-        return _product_pb(await self._admin.update(actor, request.sku, patch))
+        return _product_pb(await self._admin.update(actor, request.sku, patch), self._clock.now())
 
     async def BatchUpsertProducts(
         self, request: catalog_admin_pb2.BatchUpsertProductsRequest, context: grpc.aio.ServicerContext

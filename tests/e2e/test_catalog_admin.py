@@ -87,7 +87,7 @@ def test_a_created_product_is_shown_and_a_second_create_is_refused(http, suite, 
     assert resp.status_code == 200, resp.text
     created = resp.json()
     assert created == {"sku": sku, "name": "Merchant Lamp", "description": "a lamp made by the e2e tests",
-                       "category": "e2e-admin", "price": 149_000, "sales": 0, "available": 0}
+                       "category": "e2e-admin", "price": 149_000, "sales": 0, "available": 0, "campaign": None}
     assert http.get(f"/catalogs/{sku}").json() == created
 
     deadline = time.monotonic() + CATALOG_KEEPS + 1
