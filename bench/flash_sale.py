@@ -28,6 +28,7 @@ after a warm-up of its own:
   ceiling  no-op REST through Envoy, public GET (as the catalog reads)
   ceiling  no-op REST through Envoy, POST with a token and a JSON body (as POST /chart)
   figure   POST /chart {"sku": HOT, "qty": 1} through Envoy, 256 connections rotating 2,000 users' tokens
+  figure   the same of a SKU in a live campaign (EL-0002), every add held from its quota at the sale price
   figure   GET /catalogs/{HOT}
   figure   GET /catalogs with search and sorting over the whole catalog
 
