@@ -15,6 +15,8 @@ from bench.holds import plain_sql
 from bench.noop_gateway import NOOP_GET_PATH, NOOP_POST_PATH
 from bench.report import FIGURES, Figure, pct
 from bench.suite import Suite
+from catalog_svc.admin import MAX_BATCH as IMPORT_BATCH
+from devstack.import_catalog import generate, run_import
 from gateway.identity import issue_token
 
 _LOGGER = logging.getLogger("bench")
@@ -27,6 +29,8 @@ CAMPAIGN_SKU = "EL-0002"
 # number), leaving every add to be decided from the quota.
 CAMPAIGN_SALE_PRICE = 1
 CAMPAIGN_QUOTA = 900_000
+# The products the import figure loads through POST /admin/products:batchUpsert, as `make import` does.
+IMPORT_PRODUCTS = 100_000
 # The gRPC holds take units of a SKU of their own, so the two figures do not draw on one stock.
 GRPC_HOT_SKU = "BENCH-HOLDS"
 # The most SetStock allows on hand.
@@ -146,6 +150,9 @@ class Bench(Suite):
             paths = [f"/catalogs?search={s}&sortBy={by}&sortDir={d}&limit=20"
                      for s in LISTING_SEARCHES for by, d in LISTING_SORTS]
             self._rest("listing", f"GET /catalogs search+sort, {args.products} products", paths)
+        # Last: it adds products, which the listing figure would otherwise count too.
+        if "import" in wanted:
+            self._import(admin)
         self._ratios()
 
     def _open_campaign(self, admin: str) -> None:
@@ -173,6 +180,22 @@ class Bench(Suite):
                               " units held from the quota")
         self.notes.append(f"POST /chart of the campaign SKU: {item['held']} units held from the quota at the sale"
                           f" price, refusals {item['refused'] or 'none'}")
+
+    def _import(self, admin: str) -> None:
+        """`make import` of IMPORT_PRODUCTS generated products through the gateway (the same code, in process)."""
+        path = self.work / "import-sample.csv"
+        generate(path, IMPORT_PRODUCTS)
+        name = f"make import: {IMPORT_PRODUCTS:,} products, batches of {IMPORT_BATCH:,}"
+        _LOGGER.info("%s", name)
+        done = run_import(path, self.base_url, admin, max_rows=IMPORT_BATCH, progress=False)
+        batches = -(-int(done["sent"]) // IMPORT_BATCH)
+        per_batch_ms = done["seconds"] * 1000 / batches if batches else 0.0
+        # A figure of products per second; its two latencies are the mean time of one batch (not percentiles).
+        self.figures["import"] = Figure(name, done["per_second"], per_batch_ms, per_batch_ms,
+                                        {"created": int(done["created"]), "updated": int(done["updated"])})
+        self.notes.append(f"make import: {int(done['created']):,} created, {int(done['updated']):,} updated in"
+                          f" {done['seconds']:.1f} s; its p50 and p99 are the mean time of one batch")
+        self.memory.sample()
 
     def _check_chart(self) -> None:
         """Notes what would make the POST /chart figure measure something other than holds."""

@@ -12,7 +12,7 @@ from bench.memory import PeakMemory
 
 # Figure keys, in the order they are measured; --only picks some.
 FIGURES = ("noop-grpc", "holds", "sql", "pgbench", "noop-get", "noop-post", "chart", "campaign-chart", "product",
-           "listing")
+           "listing", "import")
 
 
 @dataclass
