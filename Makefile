@@ -31,11 +31,14 @@ lint: venv proto
 openapi: setup
 	$(PY) -m gateway openapi --descriptor $(DESCRIPTOR) --out docs/openapi.json
 
-# The Postman collection of a full purchase, run by newman (from npm) against `make run` on :9000.
+# The Postman collections (a full purchase; a merchant's flash sale), run by newman (from npm) against `make run`
+# on :9000.
 newman: venv $(NEWMAN)
-	$(NEWMAN) run docs/postman_collection.json --env-var baseUrl=http://localhost:9000 \
-		--env-var token=$$($(PY) -m gateway token --user newman-shopper) \
-		--env-var adminToken=$$($(PY) -m gateway token --user newman-admin --role admin)
+	for c in docs/postman_collection.json docs/postman_flash_sale.json; do \
+		$(NEWMAN) run $$c --env-var baseUrl=http://localhost:9000 \
+			--env-var token=$$($(PY) -m gateway token --user newman-shopper) \
+			--env-var adminToken=$$($(PY) -m gateway token --user newman-admin --role admin) || exit 1; \
+	done
 
 $(NEWMAN):
 	npm install --no-audit --no-fund --silent --prefix .tools/node newman@6

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import urllib.request
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from bench import grpc_load, pgbench, wrk
@@ -14,12 +15,22 @@ from bench.holds import plain_sql
 from bench.noop_gateway import NOOP_GET_PATH, NOOP_POST_PATH
 from bench.report import FIGURES, Figure, pct
 from bench.suite import Suite
+from catalog_svc.admin import MAX_BATCH as IMPORT_BATCH
+from devstack.import_catalog import generate, run_import
 from gateway.identity import issue_token
 
 _LOGGER = logging.getLogger("bench")
 
 # The hot product of the REST figures: the demo catalog's first product ("Wireless Mouse"), always there.
 HOT_SKU = "EL-0001"
+# The campaign figure's SKU: the demo catalog's second product, on sale in a live campaign for the whole run.
+CAMPAIGN_SKU = "EL-0002"
+# Its sale price and quota: the lowest price, so the largest quota the store allows (quota x sale price fits a JSON
+# number), leaving every add to be decided from the quota.
+CAMPAIGN_SALE_PRICE = 1
+CAMPAIGN_QUOTA = 900_000
+# The products the import figure loads through POST /admin/products:batchUpsert, as `make import` does.
+IMPORT_PRODUCTS = 100_000
 # The gRPC holds take units of a SKU of their own, so the two figures do not draw on one stock.
 GRPC_HOT_SKU = "BENCH-HOLDS"
 # The most SetStock allows on hand.
@@ -32,11 +43,15 @@ LISTING_SEARCHES = ("a", "wireless", "cotton", "organic", "mous", "stainless", "
 LISTING_SORTS = (("price", "asc"), ("sales", "desc"), ("name", "asc"), ("newest", "desc"))
 
 
-def _http(method: str, url: str, token: str, body: dict) -> dict:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method=method,
+def _http(method: str, url: str, token: str, body: dict | None = None) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(body).encode() if body is not None else None, method=method,
                                      headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as resp:
         return json.loads(resp.read())
+
+
+def _rfc3339(t: datetime) -> str:
+    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class Bench(Suite):
@@ -99,10 +114,12 @@ class Bench(Suite):
         args = self.args
         wanted = set(args.only or FIGURES)
         # Every token is in hand before the first measurement, so no signing runs beside one.
-        users = self._tokens() if wanted & {"noop-post", "chart"} else None
+        users = self._tokens() if wanted & {"noop-post", "chart", "campaign-chart"} else None
         admin = issue_token(self.secrets, "bench-admin", "admin")
-        for sku in (HOT_SKU, GRPC_HOT_SKU):
+        for sku in (HOT_SKU, GRPC_HOT_SKU, CAMPAIGN_SKU):
             _http("PUT", f"{self.base_url}/admin/stock/{sku}", admin, {"onHand": MAX_ON_HAND})
+        if "campaign-chart" in wanted:
+            self._open_campaign(admin)
         if "noop-grpc" in wanted:
             self._grpc("noop-grpc", f"ceiling: no-op gRPC, {args.grpc_callers} callers", grpc_load.NOOP)
         if "holds" in wanted:
@@ -122,13 +139,63 @@ class Bench(Suite):
             self._rest("chart", f"POST /chart, 1 hot SKU, {args.users} users", ["/chart"], tokens=users,
                        method="POST", body=body)
             self._check_chart()
+        if "campaign-chart" in wanted:
+            body = json.dumps({"sku": CAMPAIGN_SKU, "qty": 1})
+            self._rest("campaign-chart", f"POST /chart, 1 live campaign SKU, {args.users} users", ["/chart"],
+                       tokens=users, method="POST", body=body)
+            self._check_campaign()
         if "product" in wanted:
             self._rest("product", f"GET /catalogs/{HOT_SKU} (the hot SKU)", [f"/catalogs/{HOT_SKU}"])
         if "listing" in wanted:
             paths = [f"/catalogs?search={s}&sortBy={by}&sortDir={d}&limit=20"
                      for s in LISTING_SEARCHES for by, d in LISTING_SORTS]
             self._rest("listing", f"GET /catalogs search+sort, {args.products} products", paths)
+        # Last: it adds products, which the listing figure would otherwise count too.
+        if "import" in wanted:
+            self._import(admin)
         self._ratios()
+
+    def _open_campaign(self, admin: str) -> None:
+        """A campaign of CAMPAIGN_SKU live from a second ago for an hour, by the store's clock."""
+        with urllib.request.urlopen(f"{self.base_url}/campaigns", timeout=10) as resp:
+            now = datetime.fromisoformat(json.loads(resp.read())["serverTime"].replace("Z", "+00:00"))
+        campaign = _http("POST", f"{self.base_url}/admin/campaigns", admin, {
+            "name": "bench sale", "startsAt": _rfc3339(now - timedelta(seconds=1)),
+            "endsAt": _rfc3339(now + timedelta(hours=1)),
+            "items": [{"sku": CAMPAIGN_SKU, "salePrice": CAMPAIGN_SALE_PRICE, "quota": CAMPAIGN_QUOTA,
+                       "maxPerUser": 0}]})
+        assert campaign["status"] == "LIVE", campaign
+        self.campaign_id = campaign["campaignId"]
+
+    def _check_campaign(self) -> None:
+        """The campaign figure measures adds from the quota: its report counts them held at the sale price."""
+        report = _http("GET", f"{self.base_url}/admin/campaigns/{self.campaign_id}",
+                       issue_token(self.secrets, "bench-admin", "admin"))
+        (item,) = report["items"]
+        added = self.figures["campaign-chart"].statuses.get("200", 0)
+        warm = self.warmups.get("campaign-chart")
+        added += warm.statuses.get("200", 0) if warm else 0
+        if item["held"] < added:
+            self.notes.append(f"POST /chart of the campaign SKU: {added} adds answered 200 but only {item['held']}"
+                              " units held from the quota")
+        self.notes.append(f"POST /chart of the campaign SKU: {item['held']} units held from the quota at the sale"
+                          f" price, refusals {item['refused'] or 'none'}")
+
+    def _import(self, admin: str) -> None:
+        """`make import` of IMPORT_PRODUCTS generated products through the gateway (the same code, in process)."""
+        path = self.work / "import-sample.csv"
+        generate(path, IMPORT_PRODUCTS)
+        name = f"make import: {IMPORT_PRODUCTS:,} products, batches of {IMPORT_BATCH:,}"
+        _LOGGER.info("%s", name)
+        done = run_import(path, self.base_url, admin, max_rows=IMPORT_BATCH, progress=False)
+        batches = -(-int(done["sent"]) // IMPORT_BATCH)
+        per_batch_ms = done["seconds"] * 1000 / batches if batches else 0.0
+        # A figure of products per second; its two latencies are the mean time of one batch (not percentiles).
+        self.figures["import"] = Figure(name, done["per_second"], per_batch_ms, per_batch_ms,
+                                        {"created": int(done["created"]), "updated": int(done["updated"])})
+        self.notes.append(f"make import: {int(done['created']):,} created, {int(done['updated']):,} updated in"
+                          f" {done['seconds']:.1f} s; its p50 and p99 are the mean time of one batch")
+        self.memory.sample()
 
     def _check_chart(self) -> None:
         """Notes what would make the POST /chart figure measure something other than holds."""
@@ -161,6 +228,8 @@ class Bench(Suite):
         ratio("holds", "sql", "1 tx/hold Python", None if "pgbench" in f else 3.0)
         ratio("chart", "noop-post", "no-op POST", 0.3)
         ratio("chart", "noop-get", "no-op GET")
+        # Adds of a live campaign's SKU hold from its quota: the issue's target is 0.9 of the plain add's rate.
+        ratio("campaign-chart", "chart", "plain POST /chart", 0.9)
         ratio("product", "noop-get", "no-op GET", 0.6)
         ratio("listing", "noop-get", "no-op GET", 0.5)
         ratio("noop-post", "noop-get", "no-op GET")

@@ -28,8 +28,10 @@ after a warm-up of its own:
   ceiling  no-op REST through Envoy, public GET (as the catalog reads)
   ceiling  no-op REST through Envoy, POST with a token and a JSON body (as POST /chart)
   figure   POST /chart {"sku": HOT, "qty": 1} through Envoy, 256 connections rotating 2,000 users' tokens
+  figure   the same of a SKU in a live campaign (EL-0002), every add held from its quota at the sale price
   figure   GET /catalogs/{HOT}
   figure   GET /catalogs with search and sorting over the whole catalog
+  figure   make import of 100,000 generated products through POST /admin/products:batchUpsert
 
 and prints one table: rate, p50, p99, the ratio to its ceiling (and the issue's target), the HTTP statuses,
 and the peak resident memory (VmHWM) of every process of the suite. REST load comes from wrk

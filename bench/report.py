@@ -11,7 +11,8 @@ from typing import Protocol
 from bench.memory import PeakMemory
 
 # Figure keys, in the order they are measured; --only picks some.
-FIGURES = ("noop-grpc", "holds", "sql", "pgbench", "noop-get", "noop-post", "chart", "product", "listing")
+FIGURES = ("noop-grpc", "holds", "sql", "pgbench", "noop-get", "noop-post", "chart", "campaign-chart", "product",
+           "listing", "import")
 
 
 @dataclass

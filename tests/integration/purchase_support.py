@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import uuid
 from dataclasses import dataclass, field
 
@@ -33,6 +34,7 @@ from shop.cart.v1 import cart_pb2, cart_pb2_grpc
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shop.order.v1 import order_pb2, order_pb2_grpc
 from shop_runtime import consul as shop_consul
+from shop_runtime.clock import Clock, SystemClock
 from shop_runtime.config import ServiceSettings
 from shop_runtime.db import open_pool
 from shop_runtime.errors import error_info
@@ -90,9 +92,9 @@ def settings(name: str, dsn: str, consul_addr: str) -> ServiceSettings:
                            shutdown_grace_seconds=1.0, check_interval="1s", pool_max_size=5)
 
 
-async def _start(spec, dsn: str, consul, consul_addr: str) -> Service:
+async def _start(spec, dsn: str, consul, consul_addr: str, clock: Clock) -> Service:
     pool = await open_pool(dsn, max_size=5)
-    deps = Deps(pool=pool, consul=consul, live=LiveSettings(consul))
+    deps = Deps(pool=pool, consul=consul, live=LiveSettings(consul), clock=clock)
     deps.live.start()
     app = spec.create_server(settings(spec.name, dsn, consul_addr), deps)
     await app.server.start()
@@ -103,17 +105,19 @@ async def _start(spec, dsn: str, consul, consul_addr: str) -> Service:
 
 
 @contextlib.asynccontextmanager
-async def running_suite(dsn: str, consul_addr: str):
-    """Starts the four services in this process; yields a Suite; stops them all."""
+async def running_suite(dsn: str, consul_addr: str, clock: Clock | None = None):
+    """Starts the four services in this process (all on `clock`, the system's by default); yields a Suite; stops
+    them all."""
+    clock = clock or SystemClock()
     host, _, port = consul_addr.rpartition(":")
     consul = shop_consul.connect(host, int(port))
     services: dict[str, Service] = {}
     replicas: list[Deps] = []
     try:
         for spec in SPECS:
-            services[spec.name] = await _start(spec, dsn, consul, consul_addr)
+            services[spec.name] = await _start(spec, dsn, consul, consul_addr, clock)
         pool = services["order"].deps.pool
-        replica = Deps(pool=pool, consul=consul)
+        replica = Deps(pool=pool, consul=consul, clock=clock)
         replicas.append(replica)
         inventory = InventoryClient(replica.client("inventory", inventory_client.STUB, "test-replica"))
         catalog = CatalogClient(replica.client("catalog", catalog_client.STUB, "test-replica"))
@@ -145,6 +149,27 @@ async def running_suite(dsn: str, consul_addr: str):
             await s.deps.close()
             await s.deps.pool.close()
         await consul.close()
+
+
+class SuiteThread:
+    """The in-process suite on an event loop thread of its own, callable from synchronous code."""
+
+    def __init__(self, dsn: str, consul_addr: str, clock: Clock | None = None):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self._running = running_suite(dsn, consul_addr, clock)
+        self.suite = self.call(self._running.__aenter__())
+
+    def call(self, coro, timeout: float = 120):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        try:
+            self.call(self._running.__aexit__(None, None, None))
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
 
 
 def reason(err: grpc.aio.AioRpcError) -> str:

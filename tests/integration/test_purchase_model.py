@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import threading
 import uuid
 
 import grpc
@@ -29,7 +28,7 @@ from devstack.procs import start_consul
 from shop.order.v1 import order_pb2
 from shop_runtime import deadlines, faults
 from tests.audit import audit_dsn
-from tests.integration.purchase_support import Shopper, held_for_cart, reason, rows, running_suite
+from tests.integration.purchase_support import Shopper, SuiteThread, held_for_cart, reason, rows
 
 STOCK = 6
 USERS = 3
@@ -45,27 +44,6 @@ CUTS = {
             ("order", "provider", "charge")],
 }
 _PRODUCTS = itertools.count(1)
-
-
-class SuiteThread:
-    """The in-process suite on an event loop thread of its own, callable from synchronous code."""
-
-    def __init__(self, dsn: str, consul_addr: str):
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self._running = running_suite(dsn, consul_addr)
-        self.suite = self.call(self._running.__aenter__())
-
-    def call(self, coro, timeout: float = 120):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        try:
-            self.call(self._running.__aexit__(None, None, None))
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(10)
 
 
 @pytest.fixture(scope="module")
