@@ -163,7 +163,7 @@ class Carts:
             try:
                 return await self._inventory.resize(hold_id, ttl, owner_of(user), change_key(user, change, step),
                                                     qty=qty, add=add, max_qty=MAX_LINE_QTY, user=user,
-                                                    max_units=limit, expected_price=expected)
+                                                    max_units=limit, expected_price=expected, price=price)
             except ServiceError as err:
                 if err.reason == "QTY_LIMIT":
                     raise _qty_limit(int(err.metadata.get("qty", 0))) from None

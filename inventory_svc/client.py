@@ -159,7 +159,8 @@ class InventoryClient:
         return await self._change(alone, inventory_pb2.HoldChange(user=user or "", create=request))
 
     async def resize(self, hold_id: str, ttl_seconds: int, owner: str, key: str, *, qty: int = 0, add: int = 0,
-                     max_qty: int = 0, user: str | None = None, max_units: int = 0, expected_price: int = 0) -> Hold:
+                     max_qty: int = 0, user: str | None = None, max_units: int = 0, expected_price: int = 0,
+                     price: int = 0) -> Hold:
         """Sets an active hold of `owner` to `qty` units, or grows it by `add`, until now + ttl, never above
         max_qty (QTY_LIMIT) nor taking its buyer past max_units (PURCHASE_LIMIT); HOLD_GONE reasons when the hold
         is no longer the owner's active hold. The hold keeps its price: with expected_price, PRICE_CHANGED when
@@ -167,7 +168,7 @@ class InventoryClient:
         SALE_SOLD_OUT when the quota cannot cover the growth)."""
         request = inventory_pb2.ResizeHoldRequest(
             hold_id=hold_id, qty=qty, add_qty=add, max_qty=max_qty, ttl_seconds=ttl_seconds, owner=owner,
-            idempotency_key=key, max_units_per_buyer=max_units, expected_price=expected_price)
+            idempotency_key=key, max_units_per_buyer=max_units, expected_price=expected_price, price=price)
 
         async def alone() -> list[Hold]:
             answer, trailers = await self._service.call("ResizeHold", request, user=user, idempotent=bool(key),

@@ -360,10 +360,12 @@ class StockTake:
         return made
 
     def resize(self, hold_id: str, actor: str, *, qty: int = 0, add: int = 0, ttl_seconds: int = 0, owner: str = "",
-               max_qty: int = 0, limit: int = 0, expected_price: int = 0) -> HoldRecord:
+               max_qty: int = 0, limit: int = 0, expected_price: int = 0, price: int = 0) -> HoldRecord:
         """Sets an active hold to `qty` units, or grows it by `add` (and, with a ttl, runs it until now + ttl).
         The hold keeps its price and its source: a quota hold grows from its quota only while its campaign is
-        live, and gives units back to the quota while it is live, to regular stock after."""
+        live, and gives units back to the quota while it is live, to regular stock after. A regular hold does not
+        grow at a price that is no longer the one an add would be at (`price`, the regular price now; a live
+        campaign's sale price unless its regular price is expected): PRICE_CHANGED, one hold keeping one price."""
         hold = self.hold(hold_id)
         check_owner([hold], owner)
         if hold.state != ACTIVE:
@@ -383,6 +385,13 @@ class StockTake:
         delta = target - hold.qty
         if delta > 0 and hold.campaign_id is not None and item is None:
             raise sale_ended([hold.sku])
+        if delta > 0 and hold.campaign_id is None:
+            live = self.live_item(hold.sku)
+            if live is not None and not expected_price:
+                # An add of a SKU on sale is at the sale price; this line's is the regular one.
+                raise self.count_refusal(live, price_changed(hold.sku, live.sale_price))
+            if price and hold.price and price != hold.price:
+                raise price_changed(hold.sku, price)
         try:
             self.check_limit(hold.sku, hold.buyer, delta, limit)
             if item is not None:

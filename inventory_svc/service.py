@@ -95,7 +95,7 @@ class Inventory:
 
     async def resize_hold(self, hold_id: str, qty: int, ttl_seconds: int = 0, *, key: str = "", actor: str,
                           owner: str = "", add: int = 0, max_qty: int = 0,
-                          max_units_per_buyer: int = 0, expected_price: int = 0) -> HoldRecord:
+                          max_units_per_buyer: int = 0, expected_price: int = 0, price: int = 0) -> HoldRecord:
         """Sets an active hold's quantity, or grows it by `add` (and, with a ttl, sets its expiry), taking or
         giving back the difference; with max_qty, never above it (QTY_LIMIT); with a limit, never growing its
         buyer past max_units_per_buyer units of its SKU (PURCHASE_LIMIT); with expected_price, only a hold of that
@@ -110,13 +110,18 @@ class Inventory:
         check_limit(max_units_per_buyer)
         if not 0 <= expected_price <= MAX_PRICE:
             raise invalid_argument("expected_price", f"expected_price must be within 0..{MAX_PRICE}")
+        if not 0 <= price <= MAX_PRICE:
+            raise invalid_argument("price", f"price must be within 0..{MAX_PRICE}")
         skus = await self._batches.skus_of([hold_id])
         args = (hold_id, qty, ttl_seconds, owner, add, max_qty) + ((expected_price,) if expected_price else ())
+        # The fingerprint leaves the regular price out, as the limit: a retry after an admin's price change is still
+        # the same request, answered as the first was.
         # The hold's buyer's units are read always: a quota hold's campaign may have a per-user limit of its own.
         (resized,) = await self._batches.submit(
             "resize_hold", key, args, actor, [skus[hold_id]],
             lambda take: [take.resize(hold_id, actor, qty=qty, add=add, ttl_seconds=ttl_seconds, owner=owner,
-                                      max_qty=max_qty, limit=max_units_per_buyer, expected_price=expected_price)],
+                                      max_qty=max_qty, limit=max_units_per_buyer, expected_price=expected_price,
+                                      price=price)],
             hold_ids=[hold_id], buyers=[])
         return resized
 

@@ -114,7 +114,7 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
         return [await self._inventory.resize_hold(
             request.hold_id, request.qty, request.ttl_seconds, key=key, actor=actor, owner=request.owner,
             add=request.add_qty, max_qty=request.max_qty, max_units_per_buyer=request.max_units_per_buyer,
-            expected_price=request.expected_price)]
+            expected_price=request.expected_price, price=request.price)]
 
     async def _release(self, request: inventory_pb2.ReleaseHoldsRequest, key: str, actor: str) -> list[HoldRecord]:
         return await self._inventory.release_holds(list(request.hold_ids), key=key, actor=actor,

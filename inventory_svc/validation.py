@@ -22,6 +22,8 @@ def check_ttl(ttl: int) -> int:
 def check_text(value: str, field: str, maximum: int = MAX_OWNER) -> str:
     if not 1 <= len(value) <= maximum:
         raise invalid_argument(field, f"{field} must be 1..{maximum} characters")
+    if "\x00" in value:  # Postgres takes no NUL in text: refused here, never a database error
+        raise invalid_argument(field, f"{field} must not contain a NUL character")
     return value
 
 

@@ -357,7 +357,10 @@ async def test_a_live_campaign_sells_its_quota_at_the_sale_price_and_regular_sto
     grown = (await inv.stub.ResizeHold(inventory_pb2.ResizeHoldRequest(hold_id=sale.hold_id, add_qty=2,
                                                                        expected_price=SALE))).hold
     assert (grown.qty, grown.price, grown.campaign_id) == (5, SALE, campaign.campaign_id)
-    await inv.stub.ResizeHold(inventory_pb2.ResizeHoldRequest(hold_id=regular.hold_id, qty=3))
+    # A regular line does not grow at the regular price while the sale is live, unless that price is asked for.
+    assert (await refusal(inv.stub.ResizeHold(inventory_pb2.ResizeHoldRequest(
+        hold_id=regular.hold_id, qty=3))))[1:] == ("PRICE_CHANGED", {"sku": "A", "price": str(SALE)})
+    await inv.stub.ResizeHold(inventory_pb2.ResizeHoldRequest(hold_id=regular.hold_id, qty=3, expected_price=PRICE))
     await inv.stub.ResizeHold(inventory_pb2.ResizeHoldRequest(hold_id=sale.hold_id, qty=4))
     await inv.stub.ReleaseHolds(inventory_pb2.ReleaseHoldsRequest(hold_ids=[named.hold_id]))
     await inv.stub.CommitHolds(inventory_pb2.CommitHoldsRequest(hold_ids=[sale.hold_id]))

@@ -119,14 +119,17 @@ async def test_a_line_and_its_order_keep_the_price_their_units_were_held_at(suit
     set_catalog_price(suite.dsn, sku, price + 1_000)  # an admin raises the price
     await until_the_catalog_answers(shopper, sku, price + 1_000)
     assert lines(await shopper.cart()) == [(sku, price, 2, 2 * price, "")]
-    grown = await add(shopper, sku, 1)  # one line, one price
-    assert lines(grown) == [(sku, price, 3, 3 * price, "")]
+    # One line, one price: more units are not sold at the old price; the line's own units keep it.
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await add(shopper, sku, 1)
+    assert reason(refused.value) == "PRICE_CHANGED"
+    assert lines(await shopper.cart()) == [(sku, price, 2, 2 * price, "")]
 
     order = await shopper.checkout()
-    assert [(i.sku, i.price, i.qty, i.campaign_id) for i in order.items] == [(sku, price, 3, "")]
-    assert order.total == 3 * price
+    assert [(i.sku, i.price, i.qty, i.campaign_id) for i in order.items] == [(sku, price, 2, "")]
+    assert order.total == 2 * price
     paid = await shopper.pay(order, "p1")
-    assert paid.total == 3 * price
+    assert paid.total == 2 * price
     await suite.reconcile()
     assert audit_dsn(suite.dsn) == []
 

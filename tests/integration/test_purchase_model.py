@@ -33,8 +33,9 @@ from tests.integration.purchase_support import Shopper, SuiteThread, held_for_ca
 STOCK = 6
 USERS = 3
 # Refusals a shopper may get for a step that makes sense to try; anything else fails the test.
+# PRICE_CHANGED: growing a line after an admin changed its product's price (one line keeps one price).
 BUSINESS = {"OUT_OF_STOCK", "QTY_LIMIT", "CART_EMPTY", "ORDER_EXPIRED", "ALREADY_PAID", "PAYMENT_SUPERSEDED",
-            "DEPENDENCY_UNAVAILABLE", "PAYMENT_PROVIDER_UNAVAILABLE", "UNAVAILABLE"}
+            "DEPENDENCY_UNAVAILABLE", "PAYMENT_PROVIDER_UNAVAILABLE", "UNAVAILABLE", "PRICE_CHANGED"}
 # Where a step can be cut: (caller, callee, method).
 CUTS = {
     "change": [("cart", "inventory", "CreateHolds"), ("cart", "inventory", "ResizeHold"),

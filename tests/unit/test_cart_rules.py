@@ -465,16 +465,20 @@ async def test_a_line_shows_the_price_its_units_were_held_at_not_the_catalogs_cu
         1_000, 2_000, "", 2_000)
 
 
-async def test_a_growing_line_keeps_its_price_and_an_expired_one_held_again_takes_the_price_of_now(world):
+async def test_a_line_does_not_grow_at_an_old_price_and_an_expired_one_held_again_takes_the_price_of_now(world):
     await world.carts.add(USER, "A", 2, "k1")
     world.catalog.by_sku["A"] = Product("Apple", 1_500)
 
-    grown = await world.carts.add(USER, "A", 1, "k2")
-    assert priced(grown) == [("A", 1_000, 3, 3_000, "")]  # one line, one price: the hold's
+    # One line, one price: the units it holds keep theirs, more units are not sold at the old one.
+    err = await refused("PRICE_CHANGED", world.carts.add(USER, "A", 1, "k2"))
+    assert int(err.metadata["price"]) == 1_500
+    assert priced(await world.carts.view(USER)) == [("A", 1_000, 2, 2_000, "")]
+    # Shrinking is fine: it sells nothing.
+    assert priced(await world.carts.set_quantity(USER, "A", 1, "k2b")) == [("A", 1_000, 1, 1_000, "")]
 
     world.clock.advance(TTL + 1)
     again = await world.carts.add(USER, "A", 1, "k3")
-    assert priced(again) == [("A", 1_500, 4, 6_000, "")]  # a new hold, at the price decided now
+    assert priced(again) == [("A", 1_500, 2, 3_000, "")]  # a new hold of the line's units, at the price of now
     assert world.line("A").price == 1_500
 
 

@@ -214,7 +214,8 @@ class FakeInventory(Losses):
                                                    prices=prices, expected_prices=expected_prices), work)
 
     async def resize(self, hold_id: str, ttl_seconds: int, owner: str, key: str, *, qty: int = 0, add: int = 0,
-                     max_qty: int = 0, user: str | None = None, max_units: int = 0, expected_price: int = 0) -> Hold:
+                     max_qty: int = 0, user: str | None = None, max_units: int = 0, expected_price: int = 0,
+                     price: int = 0) -> Hold:
         def work() -> Hold:
             (h,) = self._find([hold_id])
             self._check_owner([h], owner)
@@ -232,6 +233,12 @@ class FakeInventory(Losses):
                     raise refuse("SALE_ENDED", f"the sale of {h.sku} has ended", dict(sku=h.sku, skus=h.sku))
                 self._check_quota(h.sku, target - h.qty)
             elif target > h.qty:
+                # A regular hold grows only at the price an add would be at now (inventory_svc.model.resize).
+                sale = self._live_sale(h.sku)
+                if sale is not None and not expected_price:
+                    raise refuse("PRICE_CHANGED", f"{h.sku} is on sale", dict(sku=h.sku, price=sale.sale_price))
+                if price and h.price and price != h.price:
+                    raise refuse("PRICE_CHANGED", f"{h.sku} costs {price} now", dict(sku=h.sku, price=price))
                 self._check_stock({h.sku: target - h.qty})
             h.qty = target
             if ttl_seconds:
