@@ -76,7 +76,7 @@ async def test_2000_buyers_on_200_units_then_the_winners_check_out_and_pay_at_on
     assert statuses(paid) == {200: UNITS}, {a.status_code: a.text for a in paid if a.status_code != 200}
     assert all(p.json()["status"] == "PAID" for p in paid)
     stock = http.get(f"/admin/stock/{SKU}", headers=admin).json()
-    assert stock == {"sku": SKU, "onHand": 0, "reserved": 0, "available": 0}
+    assert stock == {"sku": SKU, "onHand": 0, "reserved": 0, "available": 0, "setAside": 0}
     assert http.get(f"/catalogs/{SKU}").json()["sales"] == sales_before + UNITS
     assert audit_dsn(suite.dsn) == []
     print(f"\ncrowd: {BUYERS} buyers on {UNITS} units: {seen} in {held_at - start:.2f}s; {UNITS} checkouts in "

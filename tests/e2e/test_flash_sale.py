@@ -52,7 +52,7 @@ async def test_flash_sale(suite, http, audit_clean):
         done = time.monotonic()
     assert all(p["status"] == "PAID" for p in paid)
     stock = http.get(f"/admin/stock/{SKU}", headers=admin).json()
-    assert stock == {"sku": SKU, "onHand": 0, "reserved": 0, "available": 0}
+    assert stock == {"sku": SKU, "onHand": 0, "reserved": 0, "available": 0, "setAside": 0}
     assert http.get(f"/catalogs/{SKU}").json()["sales"] == sales_before + UNITS
     assert audit_clean() == []
     print(f"flash sale: {BUYERS} buyers, {UNITS} units: {statuses.count(200)} held, {len(refused)} refused "

@@ -92,11 +92,11 @@ def test_admin_sets_and_reads_stock_and_the_ledger_names_the_token_user(http, su
     sku = "TO-0003"
     headers = suite.auth("ops-jane", "admin") | {"x-shop-user-id": "mallory", "x-shop-role": "admin"}
     before = http.get(f"/admin/stock/{sku}", headers=headers).json()
-    assert set(before) == {"sku", "onHand", "reserved", "available"}
+    assert set(before) == {"sku", "onHand", "reserved", "available", "setAside"}
     resp = http.put(f"/admin/stock/{sku}", json={"onHand": before["onHand"] + 7}, headers=headers)
     assert resp.status_code == 200, resp.text
     assert resp.json() == {"sku": sku, "onHand": before["onHand"] + 7, "reserved": before["reserved"],
-                           "available": before["available"] + 7}
+                           "available": before["available"] + 7, "setAside": before["setAside"]}
     with psycopg.connect(suite.dsn) as conn:
         actor, delta = conn.execute("SELECT actor, on_hand_delta FROM inventory.ledger WHERE sku = %s"
                                     " ORDER BY id DESC LIMIT 1", (sku,)).fetchone()
@@ -125,7 +125,7 @@ async def test_setting_stock_below_what_is_held_is_409(http, suite):
             assert resp.status_code == 409
             assert resp.json()["details"][0]["reason"] == "BELOW_RESERVED"
             assert http.get(f"/admin/stock/{sku}", headers=headers).json() == {
-                "sku": sku, "onHand": 10, "reserved": 6, "available": 4}
+                "sku": sku, "onHand": 10, "reserved": 6, "available": 4, "setAside": 0}
         finally:
             await stub.ReleaseHolds(inventory_pb2.ReleaseHoldsRequest(hold_ids=[held.hold_id]))
 
