@@ -85,12 +85,14 @@ async def test_sweepers_in_every_replica_reclaim_each_hold_once(fresh_dsn, consu
     async with replicas(ports, fresh_dsn, log_dir, count=2, INVENTORY_SWEEP_INTERVAL_SECONDS="0.1") as (_, stubs):
         for i in range(10):
             await set_stock(stubs[0], f"S-{i}", 50)
-        for i in range(10):
-            for j in range(5):
-                await hold(stubs[j % 2], f"cart:{i}-{j}", {f"S-{i}": 3}, ttl=1)
+        # All at once and with a few seconds to live, so every hold is made before the first expires (one made
+        # one by one with a second to live could expire, on a loaded machine, before the next hold of its SKU,
+        # whose write would then reclaim it instead of a sweeper).
+        await asyncio.gather(*(hold(stubs[j % 2], f"cart:{i}-{j}", {f"S-{i}": 3}, ttl=4)
+                               for i in range(10) for j in range(5)))
         assert stored(fresh_dsn, "SELECT sum(reserved) FROM inventory.stock") == [(150,)]
         # Nothing writes these SKUs again: only the sweepers can bring the stored figures back.
-        wait_until(lambda: stored(fresh_dsn, "SELECT sum(reserved) FROM inventory.stock") == [(0,)], 15,
+        wait_until(lambda: stored(fresh_dsn, "SELECT sum(reserved) FROM inventory.stock") == [(0,)], 30,
                    what="sweepers reclaiming every hold")
         assert stored(fresh_dsn, "SELECT count(*), count(DISTINCT hold_id) FROM inventory.ledger"
                                  " WHERE reason = 'EXPIRE'") == [(50, 50)]
