@@ -114,7 +114,8 @@ class Bench(Suite):
         args = self.args
         wanted = set(args.only or FIGURES)
         # Every token is in hand before the first measurement, so no signing runs beside one.
-        users = self._tokens() if wanted & {"noop-post", "chart", "campaign-chart"} else None
+        tokens = self._tokens() if wanted & {"noop-post", "chart", "campaign-chart"} else []
+        users, sale_users = tokens[:args.users], tokens[args.users:] or tokens[:args.users]
         admin = issue_token(self.secrets, "bench-admin", "admin")
         for sku in (HOT_SKU, GRPC_HOT_SKU, CAMPAIGN_SKU):
             _http("PUT", f"{self.base_url}/admin/stock/{sku}", admin, {"onHand": MAX_ON_HAND})
@@ -142,7 +143,7 @@ class Bench(Suite):
         if "campaign-chart" in wanted:
             body = json.dumps({"sku": CAMPAIGN_SKU, "qty": 1})
             self._rest("campaign-chart", f"POST /chart, 1 live campaign SKU, {args.users} users", ["/chart"],
-                       tokens=users, method="POST", body=body)
+                       tokens=sale_users, method="POST", body=body)
             self._check_campaign()
         if "product" in wanted:
             self._rest("product", f"GET /catalogs/{HOT_SKU} (the hot SKU)", [f"/catalogs/{HOT_SKU}"])

@@ -55,7 +55,7 @@ class Suite:
     def start(self, stack: contextlib.ExitStack) -> None:
         """Postgres with the demo catalog, Consul, every service, Envoy with the no-op routes, gateway.sync."""
         args = self.args
-        if set(args.only or FIGURES) & {"noop-post", "chart"}:
+        if set(args.only or FIGURES) & {"noop-post", "chart", "campaign-chart"}:
             self._sign_tokens(stack)
         _LOGGER.info("starting Postgres and loading %d demo products", args.products)
         self.postgres = start_embedded(self.work / "pg")
@@ -117,7 +117,10 @@ class Suite:
         ensure_keys(self.secrets)  # once, here: signers racing to make the key would each make another
         pool = stack.enter_context(
             concurrent.futures.ProcessPoolExecutor(mp_context=multiprocessing.get_context("spawn")))
-        users = [f"bench-user-{i}" for i in range(self.args.users)]
+        # Twice as many users with the campaign figure: its adds come from users of their own, whose carts hold only
+        # the campaign's line, as the plain figure's hold only theirs (a second line would make its answers heavier).
+        count = self.args.users * (2 if "campaign-chart" in set(self.args.only or FIGURES) else 1)
+        users = [f"bench-user-{i}" for i in range(count)]
         self._pending_tokens = pool.map(functools.partial(issue_token, self.secrets, ttl=4 * 3600), users,
                                         chunksize=50)
 
