@@ -250,6 +250,16 @@ class Inventory:
             raise sku_not_found([sku])
         return found[sku]
 
+    async def _locked_row(self, conn: AsyncConnection, sku: str, actor: str) -> tuple[datetime, StockRow]:
+        """The SKU locked and settled (`_locked_now`), and its figures then; a SKU without a stock row gets an empty
+        one (SetStock and AdjustStock start a new SKU at 0)."""
+        now = await self._locked_now(conn, [sku], actor)
+        row = (await repo.stock_rows(conn, [sku])).get(sku)
+        if row is None:
+            await repo.create_stock(conn, sku, now)
+            row = StockRow(sku, 0, 0)
+        return now, row
+
     async def set_stock(self, sku: str, on_hand: int, *, key: str = "", actor: str) -> StockRow:
         """Sets the units on hand (creating the SKU's stock); never below what is held and set aside."""
         check_text(sku, "sku")
@@ -257,11 +267,7 @@ class Inventory:
             raise invalid_argument("onHand", f"onHand must be within 0..{MAX_ON_HAND}")
 
         async def work(conn: AsyncConnection) -> StockRow:
-            now = await self._locked_now(conn, [sku], actor)
-            row = (await repo.stock_rows(conn, [sku])).get(sku)
-            if row is None:
-                await repo.create_stock(conn, sku, now)
-                row = StockRow(sku, 0, 0)
+            now, row = await self._locked_row(conn, sku, actor)
             check_on_hand(row, on_hand)
             if on_hand == row.on_hand:
                 return row
@@ -272,8 +278,8 @@ class Inventory:
 
     async def adjust_stock(self, sku: str, delta: int, reason: str, *, key: str, actor: str) -> StockRow:
         """Changes the units on hand by `delta` for `reason` (goods received, damaged, returned, counted), under the
-        SKU's lock, so concurrent adjustments all count; never below what is held and set aside (BELOW_RESERVED). The key is
-        required: a clerk's resend after a lost answer must not count the delivery twice."""
+        SKU's lock, so concurrent adjustments all count; never below what is held and set aside (BELOW_RESERVED).
+        The key is required: a clerk's resend after a lost answer must not count the delivery twice."""
         check_text(sku, "sku")
         if not key:
             raise refuse("IDEMPOTENCY_KEY_REQUIRED", "a stock adjustment needs an Idempotency-Key header")
@@ -283,11 +289,7 @@ class Inventory:
             raise invalid_argument("reason", "reason must be one of " + ", ".join(ADJUSTMENT_REASONS))
 
         async def work(conn: AsyncConnection) -> StockRow:
-            now = await self._locked_now(conn, [sku], actor)
-            row = (await repo.stock_rows(conn, [sku])).get(sku)
-            if row is None:
-                await repo.create_stock(conn, sku, now)
-                row = StockRow(sku, 0, 0)
+            now, row = await self._locked_row(conn, sku, actor)
             check_on_hand(row, row.on_hand + delta)
             if row.on_hand + delta > MAX_ON_HAND:
                 raise invalid_argument("delta", f"on hand would pass {MAX_ON_HAND}")
