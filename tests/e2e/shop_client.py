@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import datetime
 
@@ -51,3 +52,14 @@ def reason(resp: httpx.Response) -> str:
 def seconds(rfc3339: str) -> float:
     """An RFC 3339 time of an answer as a POSIX timestamp."""
     return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
+
+
+async def post_until_admitted(client: httpx.AsyncClient, path: str, headers: dict, body: dict) -> httpx.Response:
+    """A state change as a storefront sends it in a crowd: one Idempotency-Key, sent again after the Retry-After of
+    a refusal by the per-user rate limit (429), until another answer comes."""
+    key = uuid.uuid4().hex
+    while True:
+        answer = await client.post(path, json=body, headers=headers | {"Idempotency-Key": key})
+        if answer.status_code != 429:
+            return answer
+        await asyncio.sleep(float(answer.headers["retry-after"]))

@@ -25,6 +25,7 @@ from devstack import supervise
 from devstack.postgres import create_database, dsn_for
 from devstack.prepare import prepare
 from gateway.identity import issue_token
+from tests.e2e.shop_client import post_until_admitted
 from tests.audit import audit_dsn
 from tests.e2e.replicated import start_replicated
 
@@ -146,19 +147,10 @@ async def test_the_opening_instant_of_a_200_unit_campaign_with_2000_buyers(repli
             (line,) = cart["items"]
             assert (line["sku"], line["qty"], line["price"], line["campaignId"]) == (SKU, 1, sale_price, campaign_id)
 
-        async def step(client, path, headers, body):
-            # A refusal by the per-user rate limit says when to come back: the storefront does, with the same key.
-            key = uuid.uuid4().hex
-            while True:
-                answer = await client.post(path, json=body, headers=headers | {"Idempotency-Key": key})
-                if answer.status_code != 429:
-                    return answer
-                await asyncio.sleep(float(answer.headers["retry-after"]))
-
-        orders = await asyncio.gather(*(step(c, "/checkout", h, {}) for c, h, _ in winners))
+        orders = await asyncio.gather(*(post_until_admitted(c, "/checkout", h, {}) for c, h, _ in winners))
         assert collections.Counter(o.status_code for o in orders) == {200: QUOTA}, [o.text for o in orders][:3]
         assert {(o.json()["total"], o.json()["items"][0]["campaignId"]) for o in orders} == {(sale_price, campaign_id)}
-        paid = await asyncio.gather(*(step(c, "/payment", h, {"orderId": o.json()["orderId"], "amount": sale_price,
+        paid = await asyncio.gather(*(post_until_admitted(c, "/payment", h, {"orderId": o.json()["orderId"], "amount": sale_price,
                                                               "method": "card", "token": "tok_visa"})
                                       for (c, h, _), o in zip(winners, orders)))
         paid_at = time.monotonic()

@@ -7,10 +7,10 @@ import collections
 import contextlib
 import ssl
 import time
-import uuid
 
 import httpx
 
+from tests.e2e.shop_client import post_until_admitted
 from tests.audit import audit_dsn
 
 SKU = "SP-0150"
@@ -56,20 +56,11 @@ async def test_2000_buyers_on_200_units_then_the_winners_check_out_and_pay_at_on
         assert reasons(added) <= set(REFUSALS.values()), reasons(added)
         winners = [(c, h) for c, h, a in zip(clients, buyers, added) if a.status_code == 200]
 
-        async def step(client, path, headers, body):
-            # A refusal by the per-user rate limit says when to come back: the storefront does, with the same key.
-            key = uuid.uuid4().hex
-            while True:
-                answer = await client.post(path, json=body, headers=headers | {"Idempotency-Key": key})
-                if answer.status_code != 429:
-                    return answer
-                await asyncio.sleep(float(answer.headers["retry-after"]))
-
-        checked_out = await asyncio.gather(*(step(c, "/checkout", h, {}) for c, h in winners))
+        checked_out = await asyncio.gather(*(post_until_admitted(c, "/checkout", h, {}) for c, h in winners))
         checked_at = time.monotonic()
         assert statuses(checked_out) == {200: UNITS}, {a.status_code: a.text for a in checked_out if a.status_code != 200}
         orders = [a.json() for a in checked_out]
-        paid = await asyncio.gather(*(step(c, "/payment", h, {"orderId": o["orderId"], "amount": o["total"],
+        paid = await asyncio.gather(*(post_until_admitted(c, "/payment", h, {"orderId": o["orderId"], "amount": o["total"],
                                                               "method": "card", "token": "tok_visa"})
                                       for (c, h), o in zip(winners, orders)))
         paid_at = time.monotonic()
