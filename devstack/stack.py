@@ -32,6 +32,8 @@ SECRETS_DIR = ROOT / ".secrets"
 # The suite's CA and every process's certificate (devstack.certs; `make certs`): made on first use, never committed.
 TLS_DIR = SECRETS_DIR / "tls"
 CONSUL_DIR = ROOT / "consul"
+# The DSN of the database `make run` started (one embedded server, or a Patroni cluster), for the targets that read it.
+DSN_FILE = ROOT / ".run" / "database_url"
 
 # Consul service name -> the module that runs it.
 SERVICE_MODULES = {
@@ -248,13 +250,14 @@ def gateway_processes(ports: Ports, run_dir: Path, secrets_dir: Path,
 
 def suite_processes(ports: Ports, dsn: str, run_dir: Path, secrets_dir: Path,
                     workers: int = 1, replicas: Mapping[str, int] | None = None,
-                    tls_dir: Path | None = None) -> list[ProcessSpec]:
-    """Everything but Postgres: Consul, `replicas` replicas of every service (one by default) with `workers`
+                    tls_dir: Path | None = None, consul: bool = True) -> list[ProcessSpec]:
+    """Everything but Postgres: Consul (unless `consul` is False: the data tier's supervisord runs it beside a
+    Patroni cluster, devstack.patroni), `replicas` replicas of every service (one by default) with `workers`
     workers each, Envoy and its sync. A service's first replica listens on its configured port, the others on
     free ones; each is named `<service>-<n>`. With `tls_dir`, every gRPC call among them is over mutual TLS."""
     replicas = replicas or {}
     return [
-        consul_process(ports, tls_dir),
+        *([consul_process(ports, tls_dir)] if consul else []),
         *(service_process(s, ports, dsn, workers=workers, name=f"{s}-{n}", port=None if n == 1 else 0,
                           tls_dir=tls_dir)
           for s in SERVICE_MODULES for n in range(1, replicas.get(s, 1) + 1)),

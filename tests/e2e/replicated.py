@@ -3,14 +3,21 @@ replicas (faults, the opening instant of a campaign)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shutil
+import subprocess
+import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from subprocess import Popen
 
 import httpx
 
 from devstack import supervise
+from devstack.patroni import Cluster, local_cluster, start_data_tier
+from devstack.prepare import prepare
 from devstack.procs import Supervised, consul_ready, on_free_ports, wait_up
 from devstack.stack import SERVICE_MODULES, Ports, suite_processes, suite_ready
 
@@ -22,8 +29,9 @@ def put_kv(ports: Ports, key: str, value: str) -> None:
 
 
 def start_replicated(services_dsn: str, run_dir: Path, secrets: Path, tls_dir: Path, *, replicas: int,
-                     env: Mapping[str, str], kv: Mapping[str, str] = {}) -> tuple[Ports, Popen]:
-    """Starts Consul, `replicas` replicas of every service (one worker each) and the gateway under one
+                     env: Mapping[str, str], kv: Mapping[str, str] = {}, ports: Ports | None = None,
+                     consul: bool = True) -> tuple[Ports, Popen]:
+    """Starts Consul (unless `consul` is False: one already runs on `ports`, beside a Patroni cluster), `replicas` replicas of every service (one worker each) and the gateway under one
     supervisord, on ports picked free (picked again when one was taken before its program bound it), with `env`
     in every program's environment and `kv` in Consul before the services start; returns once every service has
     its replicas passing. The caller stops it with devstack.supervise.stop."""
@@ -33,7 +41,8 @@ def start_replicated(services_dsn: str, run_dir: Path, secrets: Path, tls_dir: P
         os.environ.update(env)  # supervisord's programs take its environment
         try:
             specs = suite_processes(ports, services_dsn, run_dir, secrets, workers=1,
-                                    replicas=dict.fromkeys(SERVICE_MODULES, replicas), tls_dir=tls_dir)
+                                    replicas=dict.fromkeys(SERVICE_MODULES, replicas), tls_dir=tls_dir,
+                                    consul=consul)
             supervised = Supervised(specs, run_dir / "supervisor", run_dir / "supervisord.log")
         finally:
             for k, v in saved.items():
@@ -52,4 +61,46 @@ def start_replicated(services_dsn: str, run_dir: Path, secrets: Path, tls_dir: P
             raise
         return supervised.popen
 
+    if ports is not None:
+        return ports, start(ports)
     return on_free_ports(start, Ports.free, "the suite under supervisord")
+
+
+@dataclass
+class OnCluster:
+    """A replicated suite on a Patroni cluster: the cluster, its DSN, and the two supervisords (the data tier's:
+    Consul and the members; the suite's: the services and the gateway)."""
+
+    ports: Ports
+    cluster: Cluster
+    dsn: str
+    data_tier: Popen
+    supervisor: Popen
+    home: Path  # the members' homes (outside pytest's temporary root: Postgres runs as a user of its own)
+
+    def stop(self) -> None:
+        supervise.stop(self.supervisor)
+        supervise.stop(self.data_tier)
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+def start_on_cluster(run_dir: Path, secrets: Path, tls_dir: Path, *, members: int = 3, replicas: int,
+                     env: Mapping[str, str], kv: Mapping[str, str] = {},
+                     dcs: Mapping[str, object] | None = None) -> OnCluster:
+    """Starts Consul and a Patroni cluster of `members` members (devstack.patroni) under one supervisord, prepares
+    the `shop` database on it (migrations, demo data), then `replicas` replicas of every service and the gateway on
+    the cluster's DSN (start_replicated). The caller stops it with OnCluster.stop."""
+    ports = Ports.free()
+    home = Path(tempfile.mkdtemp(prefix="shop-test-patroni-"))
+    cluster = local_cluster(home, members, ports.consul_addr, dcs=dict(dcs or {}))
+    log = (run_dir / "data-tier.log").open("ab")
+    dsn, data_tier = start_data_tier(cluster, ports, run_dir, tls_dir, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        asyncio.run(prepare(dsn))
+        _, supervisor = start_replicated(dsn, run_dir, secrets, tls_dir, replicas=replicas, env=env, kv=kv,
+                                         ports=ports, consul=False)
+    except BaseException:
+        supervise.stop(data_tier)
+        shutil.rmtree(home, ignore_errors=True)
+        raise
+    return OnCluster(ports, cluster, dsn, data_tier, supervisor, home)

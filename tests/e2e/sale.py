@@ -44,6 +44,8 @@ class Sale:
         self.answers: list[tuple[float, str, int]] = []  # (when, step, status)
         self.details: list[str] = []  # what each unexpected answer said, with how long it took
         self.unexpected: list[tuple[float, float, str, int]] = []  # (sent, answered, step, status) of those
+        # The shoppers' own record of what they were told: every order whose payment was answered 200 (PAID).
+        self.paid: set[str] = set()
         self._stop = asyncio.Event()
 
     async def _shopper(self, i: int) -> None:
@@ -62,9 +64,12 @@ class Sale:
                 if order.status_code != 200:
                     continue
                 body = order.json()
-                await self._step(client, "pay", "/payment", {"orderId": body["orderId"], "amount": body["total"],
-                                                             "method": "card", "token": "tok_visa"},
-                                 headers | {"Idempotency-Key": uuid.uuid4().hex})
+                paid = await self._step(client, "pay", "/payment", {"orderId": body["orderId"],
+                                                                    "amount": body["total"], "method": "card",
+                                                                    "token": "tok_visa"},
+                                        headers | {"Idempotency-Key": uuid.uuid4().hex})
+                if paid == 200:
+                    self.paid.add(body["orderId"])
 
     async def _step(self, client, step: str, path: str, body: dict, headers: dict) -> int:
         started = time.monotonic()
@@ -102,6 +107,18 @@ class Sale:
     def first(self, step: str, since: float) -> float | None:
         """When the first 200 to `step` came after `since`."""
         return min((t for t, s, status in self.answers if s == step and status == 200 and t >= since), default=None)
+
+
+def paid_orders_kept(sale: Sale, dsn: str) -> int:
+    """Checks that every order a shopper was told is PAID is PAID in the database now (after the faults); returns
+    how many there were."""
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT id::text, status FROM orders.orders WHERE id::text = ANY(%s)",
+                            (sorted(sale.paid),)).fetchall()
+    found = dict(rows)
+    lost = {o: found.get(o, "missing") for o in sale.paid if found.get(o) != "PAID"}
+    assert not lost, f"{len(lost)} of {len(sale.paid)} orders acknowledged PAID are not PAID: {sorted(lost.items())[:10]}"
+    return len(sale.paid)
 
 
 def restock(stack: Suite, units: int) -> None:
