@@ -97,6 +97,9 @@ class Cluster:
     consul_token: str = ""
     scope: str = SCOPE
     archive_dir: Path | None = None  # where the primary archives its write-ahead log (continuous archiving)
+    # Each member's Patroni log goes to `<home>/patroni.log` instead of the output of its supervisord (`make run`:
+    # three members log a line every 2 s each).
+    log_to_files: bool = False
     # Settings of Patroni's `bootstrap.dcs` that differ from this module's (a test's shorter TTL, say).
     dcs: dict[str, Any] = field(default_factory=dict)
 
@@ -233,7 +236,7 @@ class Cluster:
         """The Patroni process of `member` (its settings written first), as the user Postgres may run as."""
         self.prepare(member)
         return ProcessSpec(f"patroni-{member.name}", [*as_postgres_user(), patroni_binary(), str(member.config_file)],
-                           _env(PATRONI_LOG_LEVEL="INFO"))
+                           _env(), log=member.home / "patroni.log" if self.log_to_files else None)
 
     def processes(self) -> list[ProcessSpec]:
         return [self.process(m) for m in self.members]

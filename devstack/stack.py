@@ -156,6 +156,8 @@ class ProcessSpec:
     name: str
     argv: list[str]
     env: dict[str, str]
+    # Where supervisord keeps its output (rotated), instead of passing it on to its own: a chatty program.
+    log: Path | None = None
 
 
 def consul_binary() -> str:

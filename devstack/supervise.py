@@ -49,7 +49,9 @@ def config(specs: list[ProcessSpec], run_dir: Path) -> Path:
             # A service with several workers has them in process groups of their own: its supervisor stops
             # them on SIGTERM; a SIGKILL after STOP_WAIT_SECONDS goes to its whole group.
             "killasgroup=true",
-            "redirect_stderr=true", "stdout_logfile=/dev/stdout", "stdout_logfile_maxbytes=0",
+            "redirect_stderr=true",
+            *([f"stdout_logfile={spec.log}", "stdout_logfile_maxbytes=10MB", "stdout_logfile_backups=2"] if spec.log
+              else ["stdout_logfile=/dev/stdout", "stdout_logfile_maxbytes=0"]),
         ]
         if changed:
             lines.append("environment=" + ",".join(f"{k}={_value(v)}" for k, v in sorted(changed.items())))
