@@ -219,6 +219,10 @@ async def test_a_cancelled_adjust_stock_is_unavailable_and_its_retry_waits_for_a
 
             started = time.monotonic()
             retry = asyncio.ensure_future(stub.AdjustStock(request, metadata=metadata, timeout=60))
+            while await sync_waiters(dsn) == 0 and not retry.done() and time.monotonic() - started < 30:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(2)
+            assert not retry.done()  # its replay waits for the standby: nothing acknowledged
             await cancel_sync_wait(dsn)
             waited = time.monotonic() - started
             with pytest.raises(grpc.aio.AioRpcError) as second:
