@@ -90,8 +90,9 @@ async def open_pool(dsn: str, *, max_size: int = 10, timeout: float = 10.0,
 #   fast, which terminates.
 # Whatever the source, DurablePool below notices the WARNING on every pool connection, so none is acknowledged.
 
-# The WARNING's text (SQLSTATE 01000, a plain warning: no code of its own, so the text is what tells it apart; the
-# services' connections get Postgres's messages untranslated, lc_messages being the server default C/en).
+# The WARNING's text (SQLSTATE 01000, a plain warning: no code of its own, so the text is what tells it apart). It
+# assumes untranslated server messages: the clusters devstack.patroni makes run with lc_messages C.UTF-8; a server
+# set to another language would need this matched in that language (or lc_messages=C in the connection options).
 SYNC_REP_CANCELLED = "canceling wait for synchronous replication"
 
 
