@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import weakref
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any, AsyncIterator
 
 import psycopg
 from psycopg import sql
@@ -48,13 +51,110 @@ async def open_pool(dsn: str, *, max_size: int = 10, timeout: float = 10.0,
     kwargs: dict = {"autocommit": True, "keepalives": 1, **{f"keepalives_{k}": v for k, v in KEEPALIVE.items()},
                     "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
                     "options": " ".join(f"-c {k}={v}" for k, v in settings.items())}
-    pool = AsyncConnectionPool(dsn, min_size=1, max_size=max_size, open=False, name="shop", kwargs=kwargs)
+    pool = DurablePool(dsn, min_size=1, max_size=max_size, open=False, name="shop", kwargs=kwargs)
     try:
         await pool.open(wait=True, timeout=timeout)
     except Exception:
         await pool.close()
         raise
     return pool
+
+
+# A commit whose wait for the synchronous standby is cancelled (Patroni's documented edge).
+#
+# Under synchronous replication COMMIT writes its commit record locally, then waits until a synchronous standby has
+# flushed it. A cancel of that wait (a query cancel, not a termination) ends the wait with the WARNING below and
+# COMMIT then returns success: the commit is visible on this primary and lost if the primary dies before a standby
+# has it. A termination instead (a fast shutdown on demotion, pg_terminate_backend, a lost connection) reaches the
+# client as a dropped connection: psycopg.OperationalError, an unknown outcome the interceptor already answers
+# UNAVAILABLE and callers retry with the same idempotency key.
+#
+# How the services themselves could cancel a commit's wait (what the suite does, as of this writing):
+# - psycopg, on an asyncio cancellation of a task awaiting a statement (COMMIT among them), sends the server a
+#   cancel request (AsyncConnection.wait on CancelledError) and raises CancelledError: exactly this edge. Such a
+#   cancellation comes from:
+#   - a gRPC caller giving up (its deadline, a client cancel) or grpc's server.stop(grace) ending its calls: NOT
+#     passed on, shop_runtime.interceptor.CallInterceptor runs the handler's work in a task of its own behind
+#     asyncio.shield and lets it finish detached;
+#   - the process stopping: the background tasks (sweepers, reconcilers, readiness) are cancelled by
+#     shop_runtime.server.run, and detached handlers still waiting after drain() are cancelled when the event loop
+#     ends. Their COMMIT is then cancelled: the CancelledError propagates, so nothing acknowledges it, and a retry
+#     of its step passes the durability barrier below;
+#   - asyncio.wait_for / asyncio.timeout / task.cancel() in service code: they wrap calls to other services and to
+#     the payment provider (order_svc.service), Consul watches and cache loads, not a database statement.
+# - statement_timeout: none is set (neither open_pool's options nor the migrations nor the Postgres settings); the
+#   only session timeout open_pool sets, idle_in_transaction_session_timeout, terminates (FATAL, a dropped
+#   connection) and does not run during a COMMIT.
+# - Outside the services: an operator's pg_cancel_backend (or a tool doing it); Postgres itself when a backend
+#   waiting for the standby gets a cancel interrupt. Patroni does not cancel: on demotion it shuts Postgres down
+#   fast, which terminates.
+# Whatever the source, DurablePool below notices the WARNING on every pool connection, so none is acknowledged.
+
+# The WARNING's text (SQLSTATE 01000, a plain warning: no code of its own, so the text is what tells it apart). It
+# assumes untranslated server messages: the clusters devstack.patroni makes run with lc_messages C.UTF-8; a server
+# set to another language would need this matched in that language (or lc_messages=C in the connection options).
+SYNC_REP_CANCELLED = "canceling wait for synchronous replication"
+
+
+class CommitNotReplicated(psycopg.OperationalError):
+    """A commit of this connection is visible on the primary but no synchronous standby has confirmed it: its
+    outcome is unknown to the caller, as after a dropped connection (UNAVAILABLE; retry with the same key)."""
+
+
+class _CommitWatch:
+    """A connection's notice handler: remembers the last notice that a commit's wait for the standby was cancelled."""
+
+    def __init__(self) -> None:
+        self.cancelled: str | None = None
+
+    def __call__(self, diag: psycopg.errors.Diagnostic) -> None:
+        if (diag.message_primary or "").startswith(SYNC_REP_CANCELLED):
+            self.cancelled = f"{diag.message_primary} ({diag.message_detail or ''})"
+            _LOGGER.warning("a commit's wait for the synchronous standby was cancelled: %s", self.cancelled)
+
+
+class DurablePool(AsyncConnectionPool):
+    """The services' pool: a `connection()` block in which a commit's wait for the synchronous standby was cancelled
+    does not end normally, it raises CommitNotReplicated (a psycopg.OperationalError, so UNAVAILABLE).
+
+    The decision, where Patroni's documentation leaves the edge to the application: a commit only local is never
+    acknowledged. The block raises at once rather than wait for a standby to confirm the commit's LSN, because
+    - the caller's retry with the same idempotency key already waits for exactly that, through Postgres's own wait:
+      a replay of a stored answer passes a durability barrier (shop_runtime.idempotency) whose commit comes after
+      the earlier one in the write-ahead log and is acknowledged only once a synchronous standby has both; a second,
+      hand-written wait (polling pg_stat_replication) would be one more timeout to choose and keep right;
+    - a cancelled wait mostly means no standby was confirming (nothing else waits long enough to be cancelled):
+      waiting again would hold a pool connection and the call's budget for a standby that is not there, while the
+      caller can be told at once that the outcome is unknown and retried (or fail over to a new primary, where the
+      retry either finds the commit replicated or does the step afresh);
+    - it is the answer the suite already gives a dropped connection, the other way a commit's outcome becomes
+      unknown: one rule for callers, and a retry never double-counts (the key).
+    The check runs when the block ends: code inside the block after its transaction must not act on the commit
+    outside the database (the services call other services outside their pool blocks).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._user_configure = kwargs.pop("configure", None)
+        super().__init__(*args, configure=self._configure_connection, **kwargs)
+        self._watches: weakref.WeakKeyDictionary[psycopg.AsyncConnection, _CommitWatch] = weakref.WeakKeyDictionary()
+
+    async def _configure_connection(self, conn: psycopg.AsyncConnection) -> None:
+        watch = _CommitWatch()
+        conn.add_notice_handler(watch)
+        self._watches[conn] = watch
+        if self._user_configure is not None:
+            await self._user_configure(conn)
+
+    @asynccontextmanager
+    async def connection(self, timeout: float | None = None) -> AsyncIterator[psycopg.AsyncConnection]:
+        async with super().connection(timeout) as conn:
+            watch = self._watches.get(conn)
+            if watch is not None:
+                watch.cancelled = None
+            yield conn
+            if watch is not None and watch.cancelled:
+                cancelled, watch.cancelled = watch.cancelled, None
+                raise CommitNotReplicated(f"commit not confirmed by a synchronous standby: {cancelled}")
 
 
 class MigrationError(RuntimeError):

@@ -1,4 +1,19 @@
-"""Idempotency keys kept in a service's own table, inside the transaction that has the effect."""
+"""Idempotency keys kept in a service's own table, inside the transaction that has the effect.
+
+A replay never acknowledges a commit that is only on the primary. A first call's commit may be visible on the
+primary before any synchronous standby has it (its wait for the standby cancelled: shop_runtime.db.DurablePool, which
+answers that call UNAVAILABLE); the retry with the same key then finds its stored answer. Before that answer is given
+the replay passes a durability barrier: its own transaction writes to the write-ahead log under a transaction id, so
+its COMMIT waits for a synchronous standby like any write, and its commit record comes after the earlier commit's
+(which it saw committed). A replay whose COMMIT returns has the earlier commit on a standby; while no standby is in
+sync it waits (strict synchronous mode), and a cancel of that wait is refused by DurablePool in turn.
+
+The barrier is a row lock (FOR KEY SHARE) on the stored answer's row, taken by the read that finds it (`claim`,
+`claim_many`): WAL-logged, it gives the transaction an id without another statement. A transaction id alone is not
+enough: Postgres waits for the standby only for a transaction that both has an id and wrote WAL
+(RecordTransactionCommit), so `SELECT pg_current_xact_id()` by itself commits at once. `durability_barrier` is the
+same for a replay that reads its answer some other way.
+"""
 
 from __future__ import annotations
 
@@ -41,8 +56,10 @@ async def claim(conn: AsyncConnection, table: sql.Composable, operation: str, ke
     )
     if await cur.fetchone() is not None:
         return None
+    # FOR KEY SHARE is the replay's durability barrier (module docstring): no extra round trip, and only a replay
+    # pays it.
     cur = await conn.execute(
-        sql.SQL("SELECT request_hash, response FROM {} WHERE operation = %s AND key = %s").format(table),
+        sql.SQL("SELECT request_hash, response FROM {} WHERE operation = %s AND key = %s FOR KEY SHARE").format(table),
         (operation, key),
     )
     row = await cur.fetchone()
@@ -81,11 +98,12 @@ async def claim_many(conn: AsyncConnection, table: sql.Composable, calls: list[t
                            " ON CONFLICT DO NOTHING RETURNING operation, key"),
         (ops, keys, [digest for _, digest in wanted]))
     # Run after the claim, so it sees what a transaction the claim waited for committed; this transaction's own
-    # claims have no answer yet.
+    # claims have no answer yet. FOR KEY SHARE: the durability barrier of the replays among them (module docstring);
+    # a batch of first calls finds no row here and locks nothing.
     earlier = await conn.execute(
         _text(conn, table, "SELECT operation, key, request_hash, response FROM {}"
                            " WHERE (operation, key) IN (SELECT * FROM unnest(%b::text[], %b::text[]))"
-                           " AND response IS NOT NULL"),
+                           " AND response IS NOT NULL FOR KEY SHARE"),
         (ops, keys))
 
     async def outcome() -> dict[tuple[str, str], tuple[bytes, bytes] | None]:
@@ -97,6 +115,13 @@ async def claim_many(conn: AsyncConnection, table: sql.Composable, calls: list[t
         return found
 
     return outcome
+
+
+async def durability_barrier(conn: AsyncConnection) -> None:
+    """Makes the current transaction's COMMIT wait for a synchronous standby, and come after every commit it has seen
+    in the write-ahead log: for a replay that reads its stored answer without `claim` (module docstring). A
+    transactional logical-decoding message: a WAL record under a transaction id, in no table, for any user."""
+    await conn.execute("SELECT pg_logical_emit_message(true, 'shop.durability_barrier', '')")
 
 
 def reused(operation: str) -> ServiceError:
