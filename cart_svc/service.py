@@ -219,11 +219,18 @@ class Carts:
         line = next((x for x in lines if x.sku == sku), None)
         return earlier, lines, line, [x for x in lines if x.sku != sku]
 
+    async def _durable(self) -> None:
+        """The durability barrier of a replay read outside a transaction (shop_runtime.idempotency): returns once a
+        synchronous standby has every commit this process has seen, the replayed change's among them."""
+        async with self._pool.connection() as conn, conn.transaction():
+            await idempotency.durability_barrier(conn)
+
     async def _change(self, user: str, sku: str, key: str, request_hash: bytes, *, add: int = 0,
                       qty: int = 0, expected: int = 0) -> CartView:
         key = idempotency.check_key(key)
         earlier, lines, line, others = await self._read_for_change(user, sku, key)
         if earlier is not None:
+            await self._durable()
             return _replayed(earlier, request_hash)
         # The other lines' holds, for the answer, are read while the catalog and the change are under way.
         reading = asyncio.ensure_future(self._holds_of(others))
@@ -256,6 +263,7 @@ class Carts:
                     async with conn.pipeline(), conn.transaction():
                         await repo.lock_user(conn, user)
                         if (earlier := await repo.change(conn, user, key)) is not None:
+                            await idempotency.durability_barrier(conn)
                             return _replayed(earlier, request_hash)  # the same change sent twice at once: done first
                         wrote = await repo.place_line(conn, user, placed, prior)
                         if wrote or hold.hold_id == prior:
@@ -284,6 +292,7 @@ class Carts:
         async with self._pool.connection() as conn, conn.transaction():
             await repo.lock_user(conn, user)
             if key and (earlier := await repo.change(conn, user, key)) is not None:
+                await idempotency.durability_barrier(conn)
                 return _replayed(earlier, request_hash)
             lines = await repo.lines(conn, user)
             line = next((x for x in lines if x.sku == sku), None)
@@ -337,6 +346,7 @@ class Carts:
         async with self._pool.connection() as conn, conn.transaction():
             await repo.lock_user(conn, user)
             if key and (earlier := await repo.change(conn, user, key)) is not None:
+                await idempotency.durability_barrier(conn)
                 return _replayed(earlier, request_hash)
             line = next((x for x in await repo.lines(conn, user) if x.sku == sku), None)
             if line is not None:
@@ -376,6 +386,7 @@ class Carts:
                 owner, stored = earlier
                 if owner != user:
                     raise invalid_argument("order_id", "this order id belongs to another cart")
+                await idempotency.durability_barrier(conn)
                 return stored
             if replay_only:
                 raise refuse("CHECKOUT_NOT_FOUND", f"no cart was handed over to order {order_id}",

@@ -119,6 +119,9 @@ class Orders:
         if key:
             async with self._pool.connection() as conn:
                 if (earlier := await repo.order_by_checkout_key(conn, user, key)) is not None:
+                    # A replay: answered once a synchronous standby has the order (shop_runtime.idempotency).
+                    async with conn.transaction():
+                        await idempotency.durability_barrier(conn)
                     return await self._as_of_now(conn, earlier)
         order_id = str(uuid.uuid5(_CHECKOUT_NAMESPACE, f"{user}\x00{key}") if key else uuid.uuid4())
         window = self._live.get("payment_window_seconds")

@@ -44,7 +44,8 @@ class World:
                                     "Z": Product("Zucchini", 700)})
         self.repo = FakeCartRepository()
         install(monkeypatch, repository, self.repo)
-        self.carts = AnsweringCarts(FakePool(), self.inventory, self.catalog, LiveSettings(None), self.clock)
+        self.pool = FakePool()
+        self.carts = AnsweringCarts(self.pool, self.inventory, self.catalog, LiveSettings(None), self.clock)
 
     def line(self, sku: str, user: str = USER):
         """The cart's own record of a line (None if there is none)."""
@@ -107,10 +108,13 @@ async def test_the_same_key_replays_the_first_answer_and_moves_no_stock(world):
     calls = len(world.inventory.calls)
     world.clock.advance(30)
 
+    barriers = len(world.pool.statements)
     again = await world.carts.add(USER, "A", 2, "k1")
 
     assert again.to_json() == first.to_json()
     assert len(world.inventory.calls) == calls  # inventory was not even asked
+    # The replay waited for a synchronous standby to have what it replays (shop_runtime.idempotency).
+    assert [q for q in world.pool.statements[barriers:] if "durability_barrier" in q] != []
     assert world.inventory.available("A") == 8
     assert world.line("A").qty == 2
 

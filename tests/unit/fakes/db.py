@@ -10,8 +10,14 @@ class FakeConnection:
     """A connection whose transaction() undoes, when an exception leaves it, the repository writes made
     through it inside it. Writes outside a transaction (the order's side connection) stand at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, statements: list[str] | None = None) -> None:
         self._undo: list[list[Callable[[], None]]] = []
+        self.statements = statements if statements is not None else []
+
+    async def execute(self, query: str, params: object = None) -> None:
+        """The one statement service code runs itself, a replay's durability barrier (shop_runtime.idempotency):
+        nothing to fake, only kept, so a test can see that a replay passed one."""
+        self.statements.append(query)
 
     @asynccontextmanager
     async def transaction(self):
@@ -44,11 +50,15 @@ class FakeConnection:
 
 
 class FakePool:
-    """A pool whose connection() yields a new FakeConnection; `side()` stands in for Orders._side."""
+    """A pool whose connection() yields a new FakeConnection; `side()` stands in for Orders._side. `statements`:
+    what service code ran on its connections itself."""
+
+    def __init__(self) -> None:
+        self.statements: list[str] = []
 
     @asynccontextmanager
     async def connection(self):
-        yield FakeConnection()
+        yield FakeConnection(self.statements)
 
     async def side(self) -> FakeConnection:
         return FakeConnection()
