@@ -10,10 +10,10 @@ import urllib.request
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from bench import grpc_load, pgbench, wrk
+from bench import grpc_load, pgbench, purchases, wrk
 from bench.holds import plain_sql
 from bench.noop_gateway import NOOP_GET_PATH, NOOP_POST_PATH
-from bench.report import FIGURES, Figure, pct
+from bench.report import PURCHASE_FIGURES, Figure, pct, wanted_figures
 from bench.suite import Suite
 from catalog_svc.admin import MAX_BATCH as IMPORT_BATCH
 from devstack.import_catalog import generate, run_import
@@ -57,8 +57,8 @@ def _rfc3339(t: datetime) -> str:
 class Bench(Suite):
     """A running suite and the measurements made on it."""
 
-    def __init__(self, args: argparse.Namespace, work: Path) -> None:
-        super().__init__(args, work)
+    def __init__(self, args: argparse.Namespace, work: Path, pg_members: int = 1) -> None:
+        super().__init__(args, work, pg_members)
         self.figures: dict[str, Figure] = {}
         self.warmups: dict[str, wrk.RestRun] = {}
         self.notes: list[str] = []
@@ -112,9 +112,12 @@ class Bench(Suite):
     def measure(self) -> None:
         """Every figure selected, one after another."""
         args = self.args
-        wanted = set(args.only or FIGURES)
+        wanted = wanted_figures(args)
         # Every token is in hand before the first measurement, so no signing runs beside one.
-        tokens = self._tokens() if wanted & {"noop-post", "chart", "campaign-chart"} else []
+        tokens = self._tokens() if wanted & {"noop-post", "chart", "campaign-chart", *PURCHASE_FIGURES} else []
+        # The buyers of the purchase figures are users of their own, last (Suite._sign_tokens).
+        buyers = tokens[len(tokens) - self.buyers:]
+        tokens = tokens[:len(tokens) - self.buyers]
         users, sale_users = tokens[:args.users], tokens[args.users:] or tokens[:args.users]
         admin = issue_token(self.secrets, "bench-admin", "admin")
         for sku in (HOT_SKU, GRPC_HOT_SKU, CAMPAIGN_SKU):
@@ -145,6 +148,8 @@ class Bench(Suite):
             self._rest("campaign-chart", f"POST /chart, 1 live campaign SKU, {args.users} users", ["/chart"],
                        tokens=sale_users, method="POST", body=body)
             self._check_campaign()
+        if wanted & set(PURCHASE_FIGURES):
+            self._purchases(buyers)
         if "product" in wanted:
             self._rest("product", f"GET /catalogs/{HOT_SKU} (the hot SKU)", [f"/catalogs/{HOT_SKU}"])
         if "listing" in wanted:
@@ -155,6 +160,23 @@ class Bench(Suite):
         if "import" in wanted:
             self._import(admin)
         self._ratios()
+
+    def _purchases(self, buyers: list[str]) -> None:
+        """Shoppers each buying one unit of the hot SKU after another: add, checkout, payment; a figure of each of
+        the last two (the add's figure is POST /chart's; the loop's own adds are in a note)."""
+        args = self.args
+        _LOGGER.info("purchases of %s: %d shoppers, %ss", HOT_SKU, args.shoppers, args.duration)
+        run = purchases.run(self.base_url, HOT_SKU, buyers, shoppers=args.shoppers, seconds=args.duration,
+                            warmup_seconds=args.warmup)
+        for step, path in (("checkout", "POST /checkout"), ("payment", "POST /payment")):
+            latencies = run.latencies_ms[step]
+            self.figures[step] = Figure(f"{path} of 1 hot unit, {args.shoppers} shoppers buying", run.rate(step),
+                                        pct(latencies, 50), pct(latencies, 99), dict(run.statuses[step]))
+        adds = run.latencies_ms["add"]
+        self.notes.append(f"purchases: each shopper adds 1 unit of {HOT_SKU}, checks out and pays, then again as"
+                          f" another user; their adds: {run.rate('add'):.0f}/s, p50 {pct(adds, 50):.1f} ms, p99"
+                          f" {pct(adds, 99):.1f} ms, answers {dict(run.statuses['add'])}")
+        self.memory.sample()
 
     def _open_campaign(self, admin: str) -> None:
         """A campaign of CAMPAIGN_SKU live from a second ago for an hour, by the store's clock."""
