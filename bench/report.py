@@ -113,12 +113,13 @@ def comparison(one: Measured, cluster: Measured) -> str:
     out.append("-" * len(out[-1]))
     for key in keys:
         a, b = one.figures[key], cluster.figures[key]
-        rate = b.rate / a.rate if a.rate else 0.0
-        p50 = b.p50_ms / a.p50_ms if a.p50_ms else 0.0
-        out.append(f"{a.name:{width}} {a.rate:10.0f} {a.p50_ms:6.1f} {a.p99_ms:6.1f} {b.rate:14.0f} {b.p50_ms:6.1f}"
-                   f" {b.p99_ms:6.1f} {rate:10.2f} {p50:9.2f}")
+        # A side with no answer at all in the window has no ratio.
+        rate = f"{b.rate / a.rate:.2f}" if a.rate and b.rate else "-"
+        p50 = f"{b.p50_ms / a.p50_ms:.2f}" if a.p50_ms and b.p50_ms else "-"
+        out.append(f"{a.name:{width}} {a.rate:10.1f} {a.p50_ms:6.0f} {a.p99_ms:6.0f} {b.rate:14.1f} {b.p50_ms:6.0f}"
+                   f" {b.p99_ms:6.0f} {rate:>10} {p50:>9}")
     costs = [f"{key} {cluster.figures[key].rate / one.figures[key].rate:.2f}" for key in REPLICATION_FIGURES
-             if key in keys and one.figures[key].rate]
+             if key in keys and one.figures[key].rate and cluster.figures[key].rate]
     if costs:
         out.append(f"\nnote: synchronous replication, as the cluster's rate over one server's: {', '.join(costs)}")
     return "\n".join(out)
