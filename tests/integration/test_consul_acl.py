@@ -4,15 +4,21 @@ Consul agent and real service processes."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import uuid
+from pathlib import Path
 
+import psycopg
 import pytest
 
 from devstack.consul_setup import IDENTITIES, Consul, apply_acls, load_kv_defaults, wait_for_leader
+from devstack.patroni import SCOPE, local_cluster
 from devstack.procs import Proc, start_consul, wait_until
 from devstack.stack import ProcessSpec, service_process
 
@@ -106,3 +112,76 @@ def test_a_service_and_gateway_sync_work_with_their_tokens(acl_consul, fresh_dsn
     finally:
         inventory.stop()
         sync.stop()
+
+
+def test_patronis_token_keeps_its_clusters_state_and_registers_postgres_and_nothing_more(acl_consul):
+    ports, master, tokens = acl_consul
+    patroni = Consul(ports.consul_addr, tokens["patroni"])
+    state = f"/v1/kv/service/{SCOPE}"
+
+    # What Patroni does: its cluster's keys, under a session of its own, and service `postgres` with its check.
+    status, session = patroni.call("PUT", "/v1/session/create", {"Name": "postgres-pg1", "TTL": "10s",
+                                                                 "Behavior": "delete", "Checks": []})
+    assert status == 200, session
+    assert patroni.call("PUT", f"{state}/leader?acquire={session['ID']}", raw=b"pg1") == (200, True)
+    assert patroni.call("PUT", f"{state}/config?cas=0", raw=b"{}")[0] == 200
+    assert patroni.call("GET", f"{state}/?recurse=true")[0] == 200
+    assert patroni.call("PUT", f"/v1/session/renew/{session['ID']}")[0] == 200
+    assert patroni.call("PUT", "/v1/agent/service/register", {
+        **registration(SCOPE, 5432), "Tags": ["primary"],
+        "Check": {"HTTP": "http://127.0.0.1:1/primary", "Interval": "2s", "DeregisterCriticalServiceAfter": "100s"},
+    })[0] == 200
+    # Nothing else of note: not the store's settings, not another cluster's keys, not another service's name (a
+    # fake `order` that would be sent card tokens), not the other services' addresses, not the ACLs.
+    assert patroni.call("GET", f"/v1/kv/{SETTING}")[0] == 403
+    assert patroni.call("PUT", f"/v1/kv/{SETTING}", raw=b"1")[0] == 403
+    assert patroni.call("PUT", f"/v1/kv/service/{SCOPE}-other/leader", raw=b"x")[0] == 403
+    assert patroni.call("PUT", "/v1/kv/shop/anything", raw=b"x")[0] == 403
+    assert patroni.call("PUT", "/v1/agent/service/register", registration("order", 1))[0] == 403
+    cart = Consul(ports.consul_addr, tokens["cart"])
+    assert cart.call("PUT", "/v1/agent/service/register", registration("cart", 1))[0] == 200
+    assert patroni.call("GET", "/v1/health/service/cart") == (200, [])  # filtered out: it may not read it
+    assert patroni.call("GET", "/v1/acl/policies")[0] == 403
+    assert patroni.call("PUT", "/v1/acl/token", {"Policies": [{"Name": "shop-operator"}]})[0] == 403
+    assert patroni.call("PUT", "/v1/agent/token/agent", {"Token": tokens["patroni"]})[0] == 403
+    # And the services' tokens may not touch Patroni's state: no service can take the leader lock.
+    assert cart.call("PUT", f"{state}/leader", raw=b"cart")[0] == 403
+    assert Consul(ports.consul_addr).call("GET", f"{state}/leader")[0] == 403
+
+
+def test_a_patroni_cluster_runs_on_patronis_token(acl_consul, log_dir):
+    """Real Patroni members, with nothing but Patroni's token: they elect a primary in Consul, register as service
+    `postgres` tagged primary and replica, and replicate synchronously."""
+    ports, master, tokens = acl_consul
+    admin = Consul(ports.consul_addr, master)
+    home = Path(tempfile.mkdtemp(prefix="shop-test-acl-patroni-"))  # outside pytest's root: see devstack.patroni
+    cluster = local_cluster(home, 2, ports.consul_addr, consul_token=tokens["patroni"])
+    members: list[Proc] = []
+    try:
+        members = [Proc(spec, log_dir) for spec in cluster.processes()]
+        try:
+            cluster.wait_healthy(180)
+        except TimeoutError:
+            raise AssertionError("\n".join(m.tail() for m in members)) from None
+        primary = cluster.primary()
+        assert primary is not None
+        leader = admin.ok("GET", f"/v1/kv/service/{SCOPE}/leader")
+        assert base64.b64decode(leader[0]["Value"]).decode() == primary.name and leader[0]["Session"]
+
+        def registered() -> list[tuple[int, list[str]]]:
+            return sorted((e["Service"]["Port"], sorted(e["Service"]["Tags"]))
+                          for e in admin.ok("GET", f"/v1/health/service/{SCOPE}?passing=true"))
+
+        found = wait_until(lambda: len(registered()) == 2 and registered(), 60, what="both members passing")
+        by_port = dict(found)
+        assert "primary" in by_port[primary.pg_port]
+        (standby,) = [m for m in cluster.members if m != primary]
+        assert "replica" in by_port[standby.pg_port]
+        print(f"\nConsul with Patroni's token: leader {primary.name}, service {SCOPE}: {found}")
+        with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
+            assert conn.execute("SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'").fetchone() \
+                == (1,)
+    finally:
+        for member in members:
+            member.stop(60)
+        shutil.rmtree(home, ignore_errors=True)

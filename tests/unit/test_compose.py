@@ -5,12 +5,12 @@ import re
 import subprocess
 from pathlib import Path
 
-from devstack.consul_setup import IDENTITIES, token_variable
-from devstack.secrets import MASTER_VARIABLE
+from devstack.secrets import compose_variables
 
 ROOT = Path(__file__).resolve().parents[2]
-# What `make secrets` writes into .env: a token per identity, distinct, and the management token.
-TOKENS = {name: f"token-of-{name.lower()}" for name in (MASTER_VARIABLE, *(token_variable(i) for i in IDENTITIES))}
+# What `make secrets` writes into .env: a token per identity, distinct, the management token and the Postgres
+# cluster's passwords.
+TOKENS = {name: f"token-of-{name.lower()}" for name in compose_variables()}
 
 
 def compose(*args: str, env: dict[str, str] | None = None, check: bool = True) -> str:
@@ -28,7 +28,7 @@ def test_compose_file_is_valid():
 
 def test_compose_runs_every_process_of_the_suite():
     assert set(compose("config", "--services").split()) == {
-        "postgres", "consul", "consul-setup", "catalog", "cart", "inventory", "order", "gateway-sync", "gateway"}
+        "pg1", "pg2", "pg3", "consul", "consul-setup", "catalog", "cart", "inventory", "order", "gateway-sync", "gateway"}
 
 
 def test_services_advertise_a_reachable_address_and_listen_on_all_interfaces():

@@ -1,9 +1,14 @@
 """The deployment file runs every service with worker processes, within what its Postgres accepts."""
 
 import re
+from pathlib import Path
+
+import yaml
 
 from shop_runtime.config import DB_CONNECTIONS
 from tests.unit.test_compose import compose
+
+PATRONI_SETTINGS = Path(__file__).resolve().parents[2] / "deploy" / "patroni" / "patroni.yml"
 
 SERVICES = 4
 
@@ -13,7 +18,10 @@ def test_every_service_runs_a_worker_per_core_unless_told_otherwise():
 
 
 def test_postgres_accepts_every_services_connection_budget_with_room_to_spare():
-    (limit,) = re.findall(r"max_connections=(\d+)", compose("config"))
+    # Every member of the cluster has the same limit (a standby may not have fewer than its primary).
+    settings = yaml.safe_load(PATRONI_SETTINGS.read_text())
+    limit = settings["bootstrap"]["dcs"]["postgresql"]["parameters"]["max_connections"]
+    assert "max_connections" not in compose("config")  # no member's own setting overrides the cluster's
     assert int(limit) >= 2 * SERVICES * DB_CONNECTIONS
 
 
