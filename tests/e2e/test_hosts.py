@@ -31,7 +31,10 @@ def hosts(tmp_path_factory, log_dir):
     topology = Topology(work, log_dir, tag="t", subnet="10.213.8.0/24", service_env=dict(
         RECONCILE_INTERVAL_SECONDS="2", RECONCILE_MIN_AGE_SECONDS="5", CONSUL_CHECK_INTERVAL="1s",
         CATALOG_CACHE_SECONDS="0", SHUTDOWN_GRACE_SECONDS="10"))
+    started = time.monotonic()
     topology.start()
+    print(f"\nthe topology ({len(topology.network.hosts)} hosts, a Patroni cluster of {len(topology.cluster.members)} "
+          f"members) up in {time.monotonic() - started:.1f} s")
     try:
         request = urllib.request.Request(f"http://{topology.consul()}/v1/kv/shop/config/payment_window_seconds",
                                          data=str(PAYMENT_WINDOW_SECONDS).encode(), method="PUT")
