@@ -169,6 +169,7 @@ class Topology:
             for host in CONSUL_CLIENTS:
                 self._run(self._consul_spec(host, server=False))
             wait_until(lambda: self.leader(), 60, what="a Consul leader")
+            _LOGGER.info("a Consul leader: %s", self.leader())
             self._postgres(timeout)
             for host in APP_HOSTS:
                 for service in SERVICE_MODULES:
@@ -202,8 +203,11 @@ class Topology:
             spec = replace(cluster, consul_addr=self.consul(member.name)).process(member)
             self._run(ProcessSpec(f"patroni@{member.name}", self.network[member.name].command(spec.argv), spec.env))
         ensure_shop_database(cluster, timeout)
+        _LOGGER.info("a Postgres primary: %s", cluster.primary())
         asyncio.run(prepare(cluster.dsn(), count=self.products))
+        _LOGGER.info("the shop database prepared")
         cluster.wait_healthy(timeout)
+        _LOGGER.info("every member healthy")
 
     def _consul_spec(self, host: str, server: bool) -> ProcessSpec:
         address = self.network[host].address
@@ -226,15 +230,17 @@ class Topology:
         return ProcessSpec(f"{service}@{host}", self.network[host].command(spec.argv), spec.env)
 
     def stop(self) -> None:
-        """Stops every process (the services first, the Patroni members all at once, Consul last) and removes the
-        hosts and the members' data."""
-        patroni = [proc for name, proc in self.procs.items() if name.startswith("patroni@")]
-        for proc in reversed(list(self.procs.values())):
-            if patroni and proc is patroni[-1]:
-                # All members at once: one stopped alone would see another promoted in its place first.
-                for member in patroni:
-                    member.signal(signal.SIGTERM)
-            proc.stop(30)
+        """Stops every process and removes the hosts and the members' data: the gateway and the services first, then
+        the Patroni members (the primary still reaches Consul to give up its lock), then the Consul agents; the
+        processes of each tier all at once."""
+        tiers: dict[int, list[Proc]] = {}
+        for name, proc in self.procs.items():
+            tiers.setdefault(2 if name.startswith("consul@") else 1 if name.startswith("patroni@") else 0, []).append(proc)
+        for _, procs in sorted(tiers.items()):
+            for proc in procs:
+                proc.signal(signal.SIGTERM)
+            for proc in procs:
+                proc.stop(30)
         self.procs.clear()
         if self.net is not None:
             self.net.close()
