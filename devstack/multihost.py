@@ -229,10 +229,11 @@ class Topology:
                                **self.service_env)
         return ProcessSpec(f"{service}@{host}", self.network[host].command(spec.argv), spec.env)
 
-    def stop(self) -> None:
+    def stop(self) -> list[str]:
         """Stops every process and removes the hosts and the members' data: the gateway and the services first, then
         the Patroni members (the primary still reaches Consul to give up its lock), then the Consul agents; the
-        processes of each tier all at once."""
+        processes of each tier all at once. Returns the names of those that had to be killed."""
+        killed = []
         tiers: dict[int, list[Proc]] = {}
         for name, proc in self.procs.items():
             tiers.setdefault(2 if name.startswith("consul@") else 1 if name.startswith("patroni@") else 0, []).append(proc)
@@ -240,7 +241,9 @@ class Topology:
             for proc in procs:
                 proc.signal(signal.SIGTERM)
             for proc in procs:
-                proc.stop(30)
+                if proc.stop(30) == -signal.SIGKILL:
+                    _LOGGER.warning("%s did not stop within 30 s of SIGTERM: killed", proc.name)
+                    killed.append(proc.name)
         self.procs.clear()
         if self.net is not None:
             self.net.close()
@@ -248,6 +251,7 @@ class Topology:
         if self.pg_home is not None:
             shutil.rmtree(self.pg_home, ignore_errors=True)
             self.pg_home = None
+        return killed
 
 
 def main() -> None:
