@@ -52,8 +52,16 @@ def hosts(tmp_path_factory, log_dir):
 
 
 def everywhere_again(hosts: Topology, timeout: float = 90) -> None:
-    wait_until(hosts.everywhere, timeout, interval=0.3,
-               what=f"every service passing on {APP_HOSTS} ({ {s: hosts.passing(s) for s in SERVICE_MODULES} })")
+    try:
+        wait_until(hosts.everywhere, timeout, interval=0.3, what=f"every service passing on {APP_HOSTS}")
+    except AssertionError as err:
+        # What was missing when the wait gave up (not when it began).
+        try:
+            page: object = httpx.get(f"{hosts.base}/catalogs?limit=1", timeout=5).status_code
+        except httpx.HTTPError as page_err:
+            page = repr(page_err)
+        raise AssertionError(f"{err}: passing {({s: hosts.passing(s) for s in SERVICE_MODULES})}, Consul leader "
+                             f"{hosts.leader()!r}, a catalog page through the gateway: {page}") from None
 
 
 def whole(peers: dict[str, tuple[str, bool]]) -> bool:
