@@ -160,7 +160,7 @@ test-tools:
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 		else echo "install Debian's $$missing package(s) (needs root) to run the tests" >&2; exit 1; fi; fi
 
-# The suite over several test hosts (network namespaces: Postgres, two hosts of services, three Consul servers,
+# The suite over several test hosts (network namespaces: three Patroni members, two hosts of services, three Consul servers,
 # Envoy on its own host; devstack/multihost.py), in the foreground until Ctrl-C; needs root. `make hosts-down`
 # removes the namespaces a run that was killed left behind.
 hosts: setup test-tools
