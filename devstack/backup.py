@@ -168,8 +168,10 @@ def restored_cluster(target: datetime, backup: Backup, archive_dir: Path, home: 
     bootstrap = {"method": "pitr", "pitr": {"command": str(script), "recovery_conf": recovery}}
     pg = [free_port() for _ in range(members)]
     api = [free_port() for _ in range(members)]
-    return RestoredCluster.local(home, members, consul_addr, pg, api, scope=RESTORED_SCOPE,
-                                 archive_dir=home / "wal-archive", bootstrap=bootstrap)
+    cluster = RestoredCluster.local(home, members, consul_addr, pg, api, scope=RESTORED_SCOPE,
+                                    archive_dir=home / "wal-archive", bootstrap=bootstrap)
+    assert isinstance(cluster, RestoredCluster)
+    return cluster
 
 
 @dataclass

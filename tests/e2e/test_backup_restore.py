@@ -51,12 +51,24 @@ def _switch_and_wait_archived(dsn: str, timeout: float = 120.0) -> str:
     raise AssertionError(f"segment {segment} not archived after {timeout:.0f}s (last {archived}, {failed} failed)")
 
 
-async def test_a_restore_to_an_instant_keeps_every_order_paid_before_it_and_none_after(tmp_path_factory, tls_dir):
+@pytest.fixture
+def on_cluster(tmp_path_factory, tls_dir):
     run_dir = tmp_path_factory.mktemp("pitr")
     suite = start_on_cluster(run_dir, run_dir / "secrets", tls_dir, replicas=1,
                              env=dict(CONSUL_CHECK_INTERVAL="1s", CATALOG_CACHE_SECONDS="0"))
-    suite.base = f"http://127.0.0.1:{suite.ports.gateway}"
+    suite.base = f"http://127.0.0.1:{suite.ports.gateway}"  # what tests.e2e.sale needs of a suite
     suite.secrets = run_dir / "secrets"
+    suite.run_dir = run_dir
+    try:
+        yield suite
+    finally:
+        suite.stop()
+
+
+# The cluster, three sale batches, a switchover and a restore: minutes on a busy 2-core machine.
+@pytest.mark.timeout(900)
+async def test_a_restore_to_an_instant_keeps_every_order_paid_before_it_and_none_after(on_cluster):
+    suite, run_dir = on_cluster, on_cluster.run_dir
     # Outside pytest's temporary root: the restored members run as Postgres's own user (devstack.patroni).
     backups_dir = Path(tempfile.mkdtemp(prefix="shop-test-backups-"))
     restore_home = Path(tempfile.mkdtemp(prefix="shop-test-restore-"))
@@ -123,6 +135,5 @@ async def test_a_restore_to_an_instant_keeps_every_order_paid_before_it_and_none
     finally:
         if restored is not None:
             restored.stop()
-        suite.stop()
         shutil.rmtree(restore_home, ignore_errors=True)
         shutil.rmtree(backups_dir, ignore_errors=True)
