@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,7 +19,8 @@ from typing import Any
 import psycopg
 
 from devstack import supervise
-from devstack.patroni import SCOPE, Cluster, Member, _own, as_postgres_user, bin_dir, start_data_tier
+from devstack.patroni import (SCOPE, Cluster, Member, _own, as_postgres_user, bin_dir, data_tier,
+                              ensure_shop_database, register_api)
 from devstack.stack import DSN_FILE, ROOT, Ports, free_port
 
 _LOGGER = logging.getLogger(__name__)
@@ -201,8 +203,35 @@ def restore(target: datetime, *, archive_dir: Path, home: Path, backup: Backup |
     ports = Ports.free()
     cluster = restored_cluster(target, backup, archive_dir, home, members, ports.consul_addr)
     _LOGGER.info("restoring %s to %s into %s", backup.path.name, target.isoformat(), home)
-    dsn, proc = start_data_tier(cluster, ports, home, timeout=timeout, **popen)
+    proc = supervise.start(data_tier(cluster, ports, None), home / "supervisor-db", **popen)
+    try:
+        # A recovery that fails (the archive ends before the target, say) makes Patroni set the data directory
+        # aside as data.failed and try again, on and on: the first failure is the answer.
+        deadline = time.monotonic() + timeout
+        while cluster.primary() is None:
+            if failed := sorted(home.glob("pg*/data.failed")):
+                raise RuntimeError(f"the recovery failed: {_failure(failed[0])}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no restored primary after {timeout:.0f}s: {cluster.cluster_state()}")
+            time.sleep(1)
+        dsn = ensure_shop_database(cluster, timeout)
+        cluster.wait_healthy(timeout)
+        register_api(cluster)
+    except BaseException:
+        supervise.stop(proc)
+        raise
     return Restored(cluster, dsn, ports, backup, proc)
+
+
+def _failure(data_dir: Path) -> str:
+    """What Postgres said when its recovery in `data_dir` failed: the last FATAL of its log, and a hint."""
+    lines = [line for log in sorted((data_dir / "log").glob("*.log")) for line in log.read_text().splitlines()]
+    fatal = next((line for line in reversed(lines) if "FATAL" in line), "no FATAL in the server log")
+    hint = ""
+    if "before configured recovery target" in fatal:
+        hint = (" (the WAL archive does not reach the target yet: the primary archives a segment once it is full "
+                "or after archive_timeout, 60 s; wait, or run SELECT pg_switch_wal() on it)")
+    return fatal + hint + f"; server log in {data_dir / 'log'}"
 
 
 def parse_time(text: str) -> datetime:

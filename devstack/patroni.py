@@ -121,7 +121,8 @@ class Cluster:
             consul_addr = f"{conf['consul']['host']}:{conf['consul']['port']}"
             token = conf["consul"].get("token", "")
             command = conf["bootstrap"]["dcs"]["postgresql"]["parameters"].get("archive_command", "")
-            archive = Path(command.split()[2]).parent if command else None
+            # The archive folder is that of the command's `<folder>/%f`.
+            archive = next((Path(w).parent for w in command.split() if w.endswith("/%f")), None)
         if not members:
             raise FileNotFoundError(f"no Patroni member settings under {home}")
         return cls(tuple(members), consul_addr, token, archive_dir=archive)
