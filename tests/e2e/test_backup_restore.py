@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import psycopg
@@ -27,7 +28,9 @@ async def _batch(suite, seconds: float) -> Sale:
     """Shoppers buying for about `seconds` + 8 s (Sale.run's ramp and tail), then none: nothing in flight after."""
     sale = Sale(suite)
     await sale.run(lambda: asyncio.sleep(seconds))
-    print(f"  batch: {len(sale.paid)} orders paid, {len(sale.failures())} answers outside 200/409/429")
+    statuses = Counter(f"{step} {status}" for _t, step, status in sale.failures())
+    print(f"  batch: {len(sale.paid)} orders paid, {len(sale.failures())} answers outside 200/409/429 "
+          f"{dict(statuses)} {sale.details[:2]}")
     return sale
 
 
