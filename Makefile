@@ -9,7 +9,7 @@ DESCRIPTOR := $(GEN)/shop.pb
 CONSUL_LOCAL := .tools/bin/consul
 NEWMAN := .tools/node/node_modules/.bin/newman
 
-.PHONY: patroni db-status run test lint openapi newman token secrets hosts hosts-down audit bench bench-tools setup venv proto consul test-tools unit integration e2e crowd clean demo-data import import-sample
+.PHONY: patroni db-status backup restore run test lint openapi newman token secrets hosts hosts-down audit bench bench-tools setup venv proto consul test-tools unit integration e2e crowd clean demo-data import import-sample
 
 # `make run DEMO_PRODUCTS=100000` loads a larger demo catalog (default 2,400; products already there stay).
 # Every service runs one worker process per usable core; `make run WORKERS=1` runs one each (or any number).
@@ -73,6 +73,14 @@ audit: setup
 # The members of `make run`'s database, their roles, timelines and lag (one server: its state).
 db-status: setup
 	$(PY) -m devstack db-status
+
+# A base backup of `make run PG_MEMBERS=N`'s cluster into .run/backups/; a fresh cluster recovered to an instant from
+# the newest backup before it and the WAL archive: `make restore TARGET_TIME='2026-12-02 13:00:00+00' [BACKUP=dir]`.
+backup: setup
+	$(PY) -m devstack.backup backup
+
+restore: setup
+	$(PY) -m devstack.backup restore --target-time "$(TARGET_TIME)" $(if $(BACKUP),--backup "$(BACKUP)")
 
 # The flash-sale figures and their ceilings, measured in one run on a suite it starts itself (bench/flash_sale.py):
 # `make bench BENCH_ARGS="--duration 30 --connections 256"`; `make bench WORKERS=1` for one worker per service.

@@ -124,7 +124,8 @@ class Cluster:
             consul_addr = f"{conf['consul']['host']}:{conf['consul']['port']}"
             token = conf["consul"].get("token", "")
             command = conf["bootstrap"]["dcs"]["postgresql"]["parameters"].get("archive_command", "")
-            archive = Path(command.split()[2]).parent if command else None
+            # The archive folder is that of the command's `<folder>/%f`.
+            archive = next((Path(w).parent for w in command.split() if w.endswith("/%f")), None)
         if not members:
             raise FileNotFoundError(f"no Patroni member settings under {home}")
         return cls(tuple(members), consul_addr, token, archive_dir=archive)
@@ -379,6 +380,23 @@ def local_cluster(home: Path, count: int, consul_addr: str, *, fixed_ports: bool
     return Cluster.local(home, count, consul_addr, pg, api, **kwargs)
 
 
+def register_api(cluster: Cluster) -> None:
+    """Registers each member's Patroni REST API in Consul as service `<scope>-api`, tagged `metrics`: Patroni registers
+    only the members' Postgres port (service `<scope>`), and a scraper finding targets through Consul (Prometheus'
+    consul_sd_configs) needs the port that serves `/metrics`. Its check is the API's `/liveness`."""
+    for member in cluster.members:
+        body = {"ID": f"{cluster.scope}-api/{member.name}", "Name": f"{cluster.scope}-api", "Address": member.host,
+                "Port": member.api_port, "Tags": ["metrics"],
+                "Meta": {"scope": cluster.scope, "member": member.name, "metrics_path": "/metrics"},
+                "Check": {"HTTP": f"{member.api_url}/liveness", "Interval": "5s",
+                          "DeregisterCriticalServiceAfter": "10m"}}
+        req = urllib.request.Request(f"http://{cluster.consul_addr}/v1/agent/service/register",
+                                     data=json.dumps(body).encode(), method="PUT",
+                                     headers={"X-Consul-Token": cluster.consul_token} if cluster.consul_token else {})
+        with urllib.request.urlopen(req, timeout=10):
+            pass
+
+
 def data_tier(cluster: Cluster, ports: Ports, tls_dir: Path | None) -> list[ProcessSpec]:
     """Consul and the cluster's Patroni processes: what the services need running before they start."""
     return [consul_process(ports, tls_dir), *cluster.processes()]
@@ -393,6 +411,7 @@ def start_data_tier(cluster: Cluster, ports: Ports, run_dir: Path, tls_dir: Path
     try:
         dsn = ensure_shop_database(cluster, timeout)
         cluster.wait_healthy(timeout)
+        register_api(cluster)
     except BaseException:
         supervise.stop(proc)
         raise
