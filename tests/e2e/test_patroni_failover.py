@@ -239,7 +239,8 @@ async def test_planned_switchover_mid_sale_fails_no_request_but_retryable_refusa
         fault.at, fault.wall = time.monotonic(), time.time()
         # Measured while patronictl runs: it returns only once it has seen the switchover through.
         switching = asyncio.create_task(asyncio.to_thread(
-            patronictl, suite.cluster, "switchover", "--leader", old.name, "--candidate", candidate, "--force"))
+            patronictl, suite.cluster, "switchover", "--leader", old.name, "--candidate", candidate, "--force",
+            timeout=300))
         await primary_back(suite, old, fault, restarted_ok=False)
         done = await switching
         fault.notes.append(f"patronictl switchover {old.name} -> {candidate}: rc {done.returncode} after "
