@@ -144,6 +144,29 @@ def figures(sale: Sale, since: float) -> str:
             f"{' ' + str(dict(failed_counts)) if failed else ''}")
 
 
+async def selling(sale: Sale, timeout: float = 120) -> None:
+    """Waits until the sale is in full swing (a first order paid), so the fault comes mid-sale."""
+    deadline = time.monotonic() + timeout
+    while sale.first("pay", 0) is None:
+        assert time.monotonic() < deadline, f"no order paid in {timeout:.0f} s: {sale.details[:5]}"
+        await asyncio.sleep(0.2)
+
+
+def wal_position(dsn: str) -> str:
+    """Where the primary of `dsn` has written its write-ahead log up to."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+
+
+def replayed(standby_dsn: str, position: str) -> bool:
+    """Whether the standby of `standby_dsn` has replayed the write-ahead log up to `position`."""
+    try:
+        with psycopg.connect(standby_dsn, autocommit=True) as conn:
+            return bool(conn.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (position,)).fetchone()[0])
+    except psycopg.OperationalError:
+        return False
+
+
 # 1. A standby's data directory lost.
 
 def lose_the_disk(member: Member) -> None:
@@ -171,6 +194,7 @@ async def _lose_a_standby(suite: OnCluster, which: str) -> None:
     sale = Sale(suite)
     times: dict[str, float] = {}
     states: list[str] = []  # the lost member's states as its Patroni reported them, in order
+    target: list[str] = []  # the primary's WAL position when the rebuilt member first streamed
 
     def watch() -> None:
         """Follows the rebuild: the states the lost member goes through, when the other standby is the synchronous
@@ -186,11 +210,15 @@ async def _lose_a_standby(suite: OnCluster, which: str) -> None:
                 times.setdefault("other sync", now)
             if state == "streaming" and "streaming" not in times and basebackups(suite, lost) > copies:
                 times["streaming"] = now
-            if "streaming" in times and cluster.healthy():
+                target.append(wal_position(cluster.dsn()))
+            if target and "caught up" not in times and replayed(cluster.member_dsn(lost), target[0]):
+                times["caught up"] = now
+            if "caught up" in times and cluster.healthy():
                 times["healthy"] = now
             time.sleep(0.25)
 
     async def faults() -> None:
+        await selling(sale)
         times["lost"] = time.monotonic()
         lose_the_disk(lost)
         await asyncio.to_thread(watch)
@@ -200,13 +228,9 @@ async def _lose_a_standby(suite: OnCluster, which: str) -> None:
     ended = time.monotonic()
     lost_at = times["lost"]
 
-    # Caught up: the primary's position now is replayed on the rebuilt member, which streams from it again.
-    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
-        (position,) = conn.execute("SELECT pg_current_wal_lsn()").fetchone()
-    with psycopg.connect(cluster.member_dsn(lost), autocommit=True) as conn:
-        wait_until(lambda: conn.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (position,)).fetchone()[0],
-                   120, what=f"{lost.name} replaying up to {position}")
-    caught_up = time.monotonic()
+    # Once the sale is over, the rebuilt member replays all the primary wrote, streaming from it, lag 0.
+    position = wal_position(cluster.dsn())
+    wait_until(lambda: replayed(cluster.member_dsn(lost), position), 120, what=f"{lost.name} replaying {position}")
     wait_until(lambda: roles(cluster)[lost.name][1:] == ("streaming", 0), 60, what=f"{lost.name} streaming, lag 0")
     with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
         streaming = conn.execute("SELECT state FROM pg_stat_replication WHERE application_name = %s",
@@ -216,12 +240,13 @@ async def _lose_a_standby(suite: OnCluster, which: str) -> None:
     failed = sale.failures(lost_at)
     print(f"\nthe data directory of the {which} standby {lost.name} lost under load (primary {primary.name}): "
           f"{figures(sale, lost_at)}; longest without a successful write "
-          f"{longest_without_a_write(sale, lost_at, ended):.1f} s (the longest before it "
-          f"{longest_without_a_write(sale, sale.answers[0][0], lost_at):.1f} s)"
+          f"{longest_without_a_write(sale, lost_at, ended):.1f} s (the longest in as long before it "
+          f"{longest_without_a_write(sale, 2 * lost_at - ended, lost_at):.1f} s)"
           + (f"; {other.name} synchronous {times['other sync'] - lost_at:.1f} s after the loss"
              if which == "sync" and "other sync" in times else "")
           + f"; {lost.name} rebuilt and streaming {times['streaming'] - lost_at:.1f} s after it, every member healthy "
-          f"{times['healthy'] - lost_at:.1f} s after it, caught up (lag 0) {caught_up - lost_at:.1f} s after it; "
+          f"{times['healthy'] - lost_at:.1f} s after it; it had replayed what the primary had written when it "
+          f"first streamed {times['caught up'] - lost_at:.1f} s after it; "
           f"its states {states}; roles before {before}, after {after}")
     for line in sale.details[:20]:
         print("  ", line[:300])
@@ -307,6 +332,7 @@ async def test_every_member_down_for_two_minutes_then_back_serves_again_without_
     seen: dict[str, object] = {}
 
     async def faults() -> None:
+        await selling(sale)
         await asyncio.to_thread(power_off, suite)
         times["down"] = time.monotonic()
         seen["nothing runs"] = nothing_of_the_cluster_runs(suite)
