@@ -240,8 +240,9 @@ async def _lose_a_standby(suite: OnCluster, which: str) -> None:
     failed = sale.failures(lost_at)
     print(f"\nthe data directory of the {which} standby {lost.name} lost under load (primary {primary.name}): "
           f"{figures(sale, lost_at)}; longest without a successful write "
-          f"{longest_without_a_write(sale, lost_at, ended):.1f} s (the longest in as long before it "
-          f"{longest_without_a_write(sale, 2 * lost_at - ended, lost_at):.1f} s)"
+          f"{longest_without_a_write(sale, lost_at, ended):.1f} s (before it, from the first answer: "
+          f"{longest_without_a_write(sale, sale.answers[0][0], lost_at):.1f} s, and "
+          f"{len(sale.failures()) - len(failed)} failed)"
           + (f"; {other.name} synchronous {times['other sync'] - lost_at:.1f} s after the loss"
              if which == "sync" and "other sync" in times else "")
           + f"; {lost.name} rebuilt and streaming {times['streaming'] - lost_at:.1f} s after it, every member healthy "
@@ -258,8 +259,10 @@ async def _lose_a_standby(suite: OnCluster, which: str) -> None:
     if which == "sync":
         # The other standby took over as the synchronous one while the lost one was rebuilt.
         assert times.get("other sync", float("inf")) < times["streaming"], (times, states)
-        # Whatever failed, failed only around the switch of synchronous standby, never once it was done.
-        assert not [f for f in failed if f[0] > times["other sync"] + 5], sale.details
+        # Commits wait while no standby is synchronous (strict mode); the services' health checks may fail while
+        # they wait, so Envoy may have no healthy replica for a moment after. Whatever failed, failed around the
+        # switch, never once every member is healthy again.
+        assert not [f for f in failed if f[0] > times["healthy"] + 10], sale.details
     else:
         # Strict synchronous mode with two standbys: losing the one that is not synchronous stops nothing.
         assert failed == [], sale.details
