@@ -18,7 +18,6 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from devstack import supervise
 from devstack.patroni import Cluster, Member
 from devstack.procs import wait_until
 from devstack.stack import SERVICE_MODULES, http_get, passing_instances
@@ -109,6 +108,17 @@ def signal_all(pids: list[int], sig: signal.Signals) -> None:
 
 def db_ctl_dir(suite: OnCluster) -> Path:
     return suite.run_dir / "supervisor-db"
+
+
+def supervisorctl(suite: OnCluster) -> list[str]:
+    """The command line of `supervisorctl` for the data tier's supervisord."""
+    return [str(Path(sys.executable).parent / "supervisorctl"), "-c", str(db_ctl_dir(suite) / "supervisord.conf")]
+
+
+def db_ctl(suite: OnCluster, *args: str, timeout: float = 180) -> str:
+    """What the data tier's supervisord answers; unlike devstack.supervise.ctl, with time for a loaded machine
+    (starting three programs one after the other there took more than 30 s)."""
+    return subprocess.run([*supervisorctl(suite), *args], capture_output=True, text=True, timeout=timeout).stdout
 
 
 def patroni_program(member: Member) -> str:
@@ -288,30 +298,29 @@ def power_off(suite: OnCluster) -> None:
     """Every member's Patroni and Postgres stop at the same instant, as in a power loss: all of them frozen first,
     so none takes another step (no Patroni releases its leader key, no Postgres shuts down cleanly); then their
     supervisord is told to stop the Patroni programs (so it does not start them again) and everything is killed."""
-    ctl_dir = db_ctl_dir(suite)
-    patronis = [int(supervise.ctl(ctl_dir, "pid", patroni_program(m)).strip()) for m in suite.cluster.members]
+    patronis = [int(db_ctl(suite, "pid", patroni_program(m)).strip()) for m in suite.cluster.members]
     postgres = [pid for m in suite.cluster.members for pid in postgres_pids(m)]
     everything = patronis + postgres
     signal_all(everything, signal.SIGSTOP)
-    supervisorctl = [str(Path(sys.executable).parent / "supervisorctl"), "-c", str(ctl_dir / "supervisord.conf")]
     # One `stop` each: supervisorctl waits for each program to stop before the next, and these stop only when killed.
-    stoppers = [subprocess.Popen([*supervisorctl, "stop", patroni_program(m)], stdout=subprocess.DEVNULL)
+    stoppers = [subprocess.Popen([*supervisorctl(suite), "stop", patroni_program(m)], stdout=subprocess.DEVNULL)
                 for m in suite.cluster.members]
     try:
-        wait_until(lambda: supervise.ctl(ctl_dir, "status").count("STOPPING") == len(patronis), 30,
+        wait_until(lambda: db_ctl(suite, "status").count("STOPPING") == len(patronis), 120,
                    what="supervisord stopping every Patroni")
     finally:
         signal_all(everything, signal.SIGKILL)
         for stopper in stoppers:
-            stopper.wait(60)
-    status = supervise.ctl(ctl_dir, "status")
+            stopper.wait(180)
+    status = db_ctl(suite, "status")
     lines = {line.split()[0]: line for line in status.splitlines() if line.strip()}
     assert all("STOPPED" in lines.get(patroni_program(m), "") for m in suite.cluster.members), status
 
 
 def power_on(suite: OnCluster) -> None:
-    out = supervise.ctl(db_ctl_dir(suite), "start", *(patroni_program(m) for m in suite.cluster.members))
+    out = db_ctl(suite, "start", *(patroni_program(m) for m in suite.cluster.members), timeout=300)
     _LOGGER.info("started the members again: %s", out.strip())
+    assert out.count(": started") == len(suite.cluster.members), out
 
 
 def nothing_of_the_cluster_runs(suite: OnCluster) -> bool:
