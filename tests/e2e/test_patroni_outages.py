@@ -284,10 +284,12 @@ async def _lose_a_standby(suite: OnCluster, which: str) -> None:
     paid_orders_kept(sale, cluster.member_dsn(lost))
 
 
+@pytest.mark.timeout(900)
 async def test_a_standby_that_is_not_synchronous_loses_its_data_directory_mid_sale_and_is_rebuilt(suite):
     await _lose_a_standby(suite, "async")
 
 
+@pytest.mark.timeout(900)
 async def test_the_synchronous_standby_loses_its_data_directory_mid_sale_and_is_rebuilt(suite):
     await _lose_a_standby(suite, "sync")
 
@@ -330,6 +332,7 @@ def nothing_of_the_cluster_runs(suite: OnCluster) -> bool:
     return not alive and suite.cluster.cluster_state(timeout=1) is None
 
 
+@pytest.mark.timeout(1200)  # the outage alone is OUTAGE_SECONDS; the members' recovery and the audit come after
 async def test_every_member_down_for_two_minutes_then_back_serves_again_without_a_restart(suite):
     """A power loss of the whole data tier (kill -9 of every member's Patroni and Postgres at once) for
     OUTAGE_SECONDS, shoppers buying all along; then the members start again, recover, elect a primary among
