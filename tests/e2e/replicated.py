@@ -8,7 +8,8 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from subprocess import Popen
@@ -77,6 +78,13 @@ class OnCluster:
     data_tier: Popen
     supervisor: Popen
     home: Path  # the members' homes (outside pytest's temporary root: Postgres runs as a user of its own)
+    run_dir: Path  # the supervisords' folders (the data tier's: supervisor-db) and logs
+    secrets: Path  # the token issuer's keys
+
+    @property
+    def base(self) -> str:
+        """The gateway's URL (what tests.e2e.sale needs of a suite)."""
+        return f"http://127.0.0.1:{self.ports.gateway}"
 
     def stop(self) -> None:
         supervise.stop(self.supervisor)
@@ -103,4 +111,21 @@ def start_on_cluster(run_dir: Path, secrets: Path, tls_dir: Path, *, members: in
         supervise.stop(data_tier)
         shutil.rmtree(home, ignore_errors=True)
         raise
-    return OnCluster(ports, cluster, dsn, data_tier, supervisor, home)
+    return OnCluster(ports, cluster, dsn, data_tier, supervisor, home, run_dir, secrets)
+
+
+# The settings of the fault tests' services: reconcilers that repair within seconds, Consul checks every second, a
+# short drain, no catalog cache (so what a test reads is the database's).
+FAULT_ENV = {"RECONCILE_INTERVAL_SECONDS": "2", "RECONCILE_MIN_AGE_SECONDS": "5", "CONSUL_CHECK_INTERVAL": "1s",
+             "SHUTDOWN_GRACE_SECONDS": "10", "CATALOG_CACHE_SECONDS": "0"}
+
+
+@contextmanager
+def cluster_suite(run_dir: Path, tls_dir: Path, *, replicas: int, env: Mapping[str, str] = FAULT_ENV,
+                  kv: Mapping[str, str] = {}) -> Iterator[OnCluster]:
+    """A replicated suite on a three-member Patroni cluster (start_on_cluster) for one test module, stopped after."""
+    suite = start_on_cluster(run_dir, run_dir / "secrets", tls_dir, replicas=replicas, env=env, kv=kv)
+    try:
+        yield suite
+    finally:
+        suite.stop()

@@ -18,7 +18,7 @@ from devstack import supervise
 from devstack.backup import RESTORED_SCOPE, restore, take_backup
 from devstack.patroni import patronictl
 from tests.audit import audit_dsn
-from tests.e2e.replicated import start_on_cluster
+from tests.e2e.replicated import cluster_suite
 from tests.e2e.sale import Sale, paid_orders_kept, restock
 
 pytestmark = pytest.mark.e2e
@@ -56,16 +56,9 @@ def _switch_and_wait_archived(dsn: str, timeout: float = 120.0) -> str:
 
 @pytest.fixture
 def on_cluster(tmp_path_factory, tls_dir):
-    run_dir = tmp_path_factory.mktemp("pitr")
-    suite = start_on_cluster(run_dir, run_dir / "secrets", tls_dir, replicas=1,
-                             env=dict(CONSUL_CHECK_INTERVAL="1s", CATALOG_CACHE_SECONDS="0"))
-    suite.base = f"http://127.0.0.1:{suite.ports.gateway}"  # what tests.e2e.sale needs of a suite
-    suite.secrets = run_dir / "secrets"
-    suite.run_dir = run_dir
-    try:
+    with cluster_suite(tmp_path_factory.mktemp("pitr"), tls_dir, replicas=1,
+                       env=dict(CONSUL_CHECK_INTERVAL="1s", CATALOG_CACHE_SECONDS="0")) as suite:
         yield suite
-    finally:
-        suite.stop()
 
 
 # The cluster, three sale batches, a switchover and a restore: minutes on a busy 2-core machine.

@@ -21,7 +21,7 @@ from devstack.prepare import prepare
 from devstack.procs import consul_ready, wait_until
 from devstack.stack import SERVICE_MODULES, Ports, envoy_hosts, http_get, passing_instances
 from tests.e2e.netlink import Link
-from tests.e2e.replicated import put_kv, start_replicated
+from tests.e2e.replicated import FAULT_ENV, put_kv, start_replicated
 from tests.e2e.sale import PAYMENT_WINDOW_SECONDS, SHOPPERS, Sale, restock, settled_and_clean
 
 pytestmark = pytest.mark.e2e
@@ -83,8 +83,7 @@ def stack(pg_admin_dsn, tmp_path_factory, tls_dir):
     link = Link(upstream_of(dsn))
     services_dsn = psycopg.conninfo.make_conninfo(dsn, host="127.0.0.1", port=str(link.port))
     secrets = run_dir / "secrets"
-    env = dict(RECONCILE_INTERVAL_SECONDS="2", RECONCILE_MIN_AGE_SECONDS="5", CONSUL_CHECK_INTERVAL="1s",
-               SHUTDOWN_GRACE_SECONDS="10", CATALOG_CACHE_SECONDS="0")
+    env = FAULT_ENV
 
     try:
         ports, supervisor = start_replicated(services_dsn, run_dir, secrets, tls_dir, replicas=REPLICAS, env=env,

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from devstack.stack import http_get
-from tests.e2e.replicated import start_on_cluster
+from tests.e2e.replicated import cluster_suite
 from tests.e2e.sale import Sale, paid_orders_kept, restock, settled_and_clean
 
 pytestmark = pytest.mark.e2e
@@ -17,15 +17,9 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def on_cluster(tmp_path_factory, tls_dir):
-    run_dir = tmp_path_factory.mktemp("cluster")
-    suite = start_on_cluster(run_dir, run_dir / "secrets", tls_dir, replicas=1,
-                             env=dict(CONSUL_CHECK_INTERVAL="1s", CATALOG_CACHE_SECONDS="0"))
-    suite.base = f"http://127.0.0.1:{suite.ports.gateway}"  # what tests.e2e.sale needs of a suite
-    suite.secrets = run_dir / "secrets"
-    try:
+    with cluster_suite(tmp_path_factory.mktemp("cluster"), tls_dir, replicas=1,
+                       env=dict(CONSUL_CHECK_INTERVAL="1s", CATALOG_CACHE_SECONDS="0")) as suite:
         yield suite
-    finally:
-        suite.stop()
 
 
 def test_consul_lists_the_members_as_service_postgres_with_their_roles(on_cluster):

@@ -21,7 +21,7 @@ import pytest
 from devstack.patroni import Cluster, Member
 from devstack.procs import wait_until
 from devstack.stack import SERVICE_MODULES, http_get, passing_instances
-from tests.e2e.replicated import OnCluster, start_on_cluster
+from tests.e2e.replicated import OnCluster, cluster_suite
 from tests.e2e.sale import EXPECTED, PAYMENT_WINDOW_SECONDS, Sale, paid_orders_kept, restock, settled_and_clean
 
 pytestmark = pytest.mark.e2e
@@ -39,18 +39,9 @@ WRITES = ("add", "checkout", "pay")
 
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory, tls_dir):
-    run_dir = tmp_path_factory.mktemp("outages")
-    env = dict(RECONCILE_INTERVAL_SECONDS="2", RECONCILE_MIN_AGE_SECONDS="5", CONSUL_CHECK_INTERVAL="1s",
-               SHUTDOWN_GRACE_SECONDS="10", CATALOG_CACHE_SECONDS="0")
-    on = start_on_cluster(run_dir, run_dir / "secrets", tls_dir, replicas=REPLICAS, env=env,
-                          kv={WINDOW_KEY: str(PAYMENT_WINDOW_SECONDS)})
-    on.base = f"http://127.0.0.1:{on.ports.gateway}"  # what tests.e2e.sale needs of a suite
-    on.secrets = run_dir / "secrets"
-    on.run_dir = run_dir
-    try:
+    with cluster_suite(tmp_path_factory.mktemp("outages"), tls_dir, replicas=REPLICAS,
+                       kv={WINDOW_KEY: str(PAYMENT_WINDOW_SECONDS)}) as on:
         yield on
-    finally:
-        on.stop()
 
 
 # The suite's service processes, as Consul sees them.
