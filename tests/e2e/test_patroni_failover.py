@@ -17,7 +17,7 @@ import pytest
 from devstack import supervise
 from devstack.patroni import Cluster, Member, patronictl
 from devstack.procs import wait_until
-from devstack.stack import SERVICE_MODULES, passing_instances
+from devstack.stack import SERVICE_MODULES, http_get, passing_instances
 from tests.e2e.replicated import OnCluster, cluster_suite
 from tests.e2e.sale import PAYMENT_WINDOW_SECONDS, Sale, paid_orders_kept, restock, settled_and_clean
 
@@ -141,6 +141,26 @@ def assert_followed(suite: OnCluster, sale: Sale, fault: Fault, failed: dict[int
     suite.cluster.wait_healthy(600)
     settled_and_clean(suite)
     assert paid_orders_kept(sale, suite.dsn) > 0
+
+
+def test_consul_lists_the_members_as_service_postgres_with_their_roles(suite):
+    """Before any fault: Patroni registered every member in Consul, one `primary` and two `replica`s."""
+    status, body = http_get(f"http://{suite.ports.consul_addr}/v1/health/service/postgres?passing=true")
+    assert status == 200
+    entries = json.loads(body)
+    tags = [e["Service"]["Tags"] for e in entries]
+    assert len(entries) == 3
+    assert sum("primary" in t for t in tags) == 1 and sum("replica" in t for t in tags) == 2, tags
+    primary = next(e["Service"] for e in entries if "primary" in e["Service"]["Tags"])
+    assert suite.cluster.primary().pg_port == primary["Port"]
+
+
+def test_the_primary_replicates_synchronously_and_the_dsn_reaches_only_it(suite):
+    with psycopg.connect(suite.dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (False,)
+        sync = conn.execute("SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'").fetchone()
+        names = conn.execute("SHOW synchronous_standby_names").fetchone()
+    assert sync == (1,) and names is not None and names[0], names
 
 
 async def test_kill_9_of_the_primarys_postmaster_mid_sale_loses_nothing_acknowledged(suite):
