@@ -13,6 +13,8 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
+from shop_runtime import deadlines
+
 _LOGGER = logging.getLogger(__name__)
 
 # First key of the two-int advisory lock that serialises migrations of one schema;
@@ -43,9 +45,13 @@ TCP_USER_TIMEOUT_MS = DEAD_PEER_SECONDS * 1000
 #   ~2 s: a caller waiting for a connection starts a new series at once (the pool grows on demand).
 RECONNECT_SECONDS = 4.0
 # How long a call waits for a connection before it fails UNAVAILABLE (PoolTimeout is an OperationalError), retryable
-# with its key; shorter than the gateway's timeout of a route (a budget of 10 s or more, plus 5 s), so a call that
-# waits out a primary's absence is answered 503 rather than cut off with a 504 while its work goes on.
-POOL_WAIT_SECONDS = 8.0
+# with its key: until the end of the call's own budget (shop_runtime.deadlines), which ends before the gateway's
+# timeout of its route (the budget plus a margin), so a call that waits out a primary's absence is answered 503 rather
+# than cut off with a 504 while its work goes on, and a crowd that queues for a busy pool waits as long as its calls
+# may take (a fixed wait shorter than that refused readers of a crowd the pool was serving). At least
+# MIN_POOL_WAIT_SECONDS; work outside a call (sweepers, reconcilers) waits POOL_WAIT_SECONDS.
+POOL_WAIT_SECONDS = 30.0
+MIN_POOL_WAIT_SECONDS = 1.0
 
 
 async def open_pool(dsn: str, *, max_size: int = 10, timeout: float = 10.0,
@@ -167,6 +173,8 @@ class DurablePool(AsyncConnectionPool):
 
     @asynccontextmanager
     async def connection(self, timeout: float | None = None) -> AsyncIterator[psycopg.AsyncConnection]:
+        if timeout is None and (left := deadlines.remaining()) is not None:
+            timeout = max(left, MIN_POOL_WAIT_SECONDS)
         async with super().connection(timeout) as conn:
             watch = self._watches.get(conn)
             if watch is not None:
