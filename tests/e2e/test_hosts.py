@@ -270,8 +270,12 @@ PROBE = r"""
 import json, sys, threading, time, urllib.error, urllib.request
 import psycopg
 dsn, api = sys.argv[1], sys.argv[2]
+said = threading.Lock()
 def say(**fields):
-    print(json.dumps({"t": time.monotonic(), **fields}), flush=True)
+    line = json.dumps({"t": time.monotonic(), **fields}) + "\n"
+    with said:  # the writers are threads: one whole line at a time (print writes the text and its newline apart)
+        sys.stdout.write(line)
+        sys.stdout.flush()
 def write(n):
     say(sent=n)
     try:
