@@ -14,27 +14,17 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from devstack import supervise
 from devstack.backup import RESTORED_SCOPE, Backup, backup_for, restore, restored_cluster, take_backup
-from devstack.patroni import Cluster, bin_dir, local_cluster, start_data_tier
-from devstack.stack import Ports
+from devstack.patroni import Cluster, bin_dir
+from tests.integration.patroni_support import running_cluster
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("backup")
-    ports = Ports.free()
-    home = Path(tempfile.mkdtemp(prefix="shop-test-backup-"))
-    cluster = local_cluster(home, 2, ports.consul_addr)
-    dsn, proc = start_data_tier(cluster, ports, run_dir, stdout=(run_dir / "data-tier.log").open("ab"),
-                                stderr=subprocess.STDOUT)
-    try:
-        yield cluster, dsn, home
-    finally:
-        supervise.stop(proc)
-        shutil.rmtree(home, ignore_errors=True)
+    with running_cluster(tmp_path_factory.mktemp("backup"), 2, "backup") as tier:
+        yield tier.cluster, tier.dsn, tier.home
 
 
 def test_a_backup_of_the_primary_has_its_wal_range_and_timeline_and_is_the_one_chosen_for_a_later_instant(cluster):

@@ -4,21 +4,15 @@ and the replication lag in bytes that the recording rule of docs/operations.md d
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import tempfile
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from devstack import supervise
-from devstack.patroni import local_cluster, start_data_tier
-from devstack.stack import Ports
+from tests.integration.patroni_support import running_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -53,17 +47,8 @@ def _lag(samples: dict[str, dict[str, float]]) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def data_tier(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("patroni-metrics")
-    ports = Ports.free()
-    home = Path(tempfile.mkdtemp(prefix="shop-test-metrics-"))
-    cluster = local_cluster(home, 3, ports.consul_addr)
-    log = (run_dir / "data-tier.log").open("ab")
-    dsn, proc = start_data_tier(cluster, ports, run_dir, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        yield cluster, dsn, ports
-    finally:
-        supervise.stop(proc)
-        shutil.rmtree(home, ignore_errors=True)
+    with running_cluster(tmp_path_factory.mktemp("patroni-metrics"), 3, "metrics") as tier:
+        yield tier.cluster, tier.dsn, tier.ports
 
 
 def test_every_member_reports_its_role_and_timeline_to_a_scraper_that_finds_it_in_consul(data_tier):

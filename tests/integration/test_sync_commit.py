@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import statistics
-import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +23,10 @@ from psycopg_pool import AsyncConnectionPool
 
 import inventory_svc
 from devstack import supervise
-from devstack.patroni import Cluster, local_cluster, start_data_tier
+from devstack.patroni import Cluster
 from devstack.procs import NotUp
 from devstack.stack import Ports
+from tests.integration.patroni_support import running_cluster
 from shop.inventory.v1 import inventory_pb2
 from shop_runtime import idempotency
 from shop_runtime.db import CommitNotReplicated, migrate, open_pool
@@ -58,19 +56,8 @@ class OnCluster:
 @pytest.fixture(scope="module")
 def on_cluster(tmp_path_factory):
     """Consul and a two-member Patroni cluster (a primary and its synchronous standby) under a supervisord."""
-    run_dir = tmp_path_factory.mktemp("sync-commit")
-    ports = Ports.free()
-    # Outside pytest's tmp root: the postgres user must pass through the folders above the members' data.
-    home = Path(tempfile.mkdtemp(prefix="shop-test-sync-commit-"))
-    cluster = local_cluster(home, 2, ports.consul_addr)
-    log = (run_dir / "data-tier.log").open("ab")
-    dsn, proc = start_data_tier(cluster, ports, run_dir, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        yield OnCluster(ports, cluster, dsn, run_dir)
-    finally:
-        supervise.stop(proc)
-        log.close()
-        shutil.rmtree(home, ignore_errors=True)
+    with running_cluster(tmp_path_factory.mktemp("sync-commit"), 2, "sync-commit") as tier:
+        yield OnCluster(tier.ports, tier.cluster, tier.dsn, tier.run_dir)
 
 
 class StandbysDown:
