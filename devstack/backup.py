@@ -19,8 +19,7 @@ from typing import Any
 import psycopg
 
 from devstack import supervise
-from devstack.patroni import (SCOPE, Cluster, Member, _own, as_postgres_user, bin_dir, data_tier,
-                              ensure_shop_database, register_api)
+from devstack.patroni import (SCOPE, Cluster, Member, _own, as_postgres_user, bin_dir, start_data_tier)
 from devstack.stack import DSN_FILE, ROOT, Ports, free_port
 
 _LOGGER = logging.getLogger(__name__)
@@ -203,23 +202,19 @@ def restore(target: datetime, *, archive_dir: Path, home: Path, backup: Backup |
     ports = Ports.free()
     cluster = restored_cluster(target, backup, archive_dir, home, members, ports.consul_addr)
     _LOGGER.info("restoring %s to %s into %s", backup.path.name, target.isoformat(), home)
-    proc = supervise.start(data_tier(cluster, ports, None), home / "supervisor-db", **popen)
-    try:
+
+    def recovered(limit: float) -> None:
         # A recovery that fails (the archive ends before the target, say) makes Patroni set the data directory
         # aside as data.failed and try again, on and on: the first failure is the answer.
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + limit
         while cluster.primary() is None:
             if failed := sorted(home.glob("pg*/data.failed")):
                 raise RuntimeError(f"the recovery failed: {_failure(failed[0])}")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"no restored primary after {timeout:.0f}s: {cluster.cluster_state()}")
+                raise TimeoutError(f"no restored primary after {limit:.0f}s: {cluster.cluster_state()}")
             time.sleep(1)
-        dsn = ensure_shop_database(cluster, timeout)
-        cluster.wait_healthy(timeout)
-        register_api(cluster)
-    except BaseException:
-        supervise.stop(proc)
-        raise
+
+    dsn, proc = start_data_tier(cluster, ports, home, None, timeout=timeout, first=recovered, **popen)
     return Restored(cluster, dsn, ports, backup, proc)
 
 

@@ -16,6 +16,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -403,12 +404,16 @@ def data_tier(cluster: Cluster, ports: Ports, tls_dir: Path | None) -> list[Proc
 
 
 def start_data_tier(cluster: Cluster, ports: Ports, run_dir: Path, tls_dir: Path | None = None, *,
-                    timeout: float = 180.0, **popen: Any) -> tuple[str, subprocess.Popen]:
+                    timeout: float = 180.0, first: Callable[[float], None] | None = None,
+                    **popen: Any) -> tuple[str, subprocess.Popen]:
     """Starts Consul and the cluster under a supervisord of their own (a Patroni that dies is started again, as a
     service manager would), waits until every member is healthy and the `shop` database exists; returns its DSN and
-    the supervisord (stop it with devstack.supervise.stop)."""
+    the supervisord (stop it with devstack.supervise.stop). `first(timeout)`, if given, runs once the processes are
+    started (a restore's wait for its recovered primary, which fails at the first failed recovery)."""
     proc = supervise.start(data_tier(cluster, ports, tls_dir), run_dir / "supervisor-db", **popen)
     try:
+        if first is not None:
+            first(timeout)
         dsn = ensure_shop_database(cluster, timeout)
         cluster.wait_healthy(timeout)
         register_api(cluster)
