@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shlex
 import signal
@@ -61,10 +62,28 @@ def config(specs: list[ProcessSpec], run_dir: Path) -> Path:
     return path
 
 
+# prctl(2)'s option that makes a process the reaper of its orphaned descendants.
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def _adopt_orphans() -> None:
+    """Run in supervisord's process before it executes: it becomes the reaper of its descendants' orphans (kept
+    across execve). Patroni starts each postmaster detached from itself, so a postmaster killed with Patroni (or
+    a backend whose postmaster was killed) is an orphan; handed to a pid 1 that reaps nobody (some containers' init)
+    it would stay a zombie, whose pid still "exists" to the postmaster.pid checks of Patroni and of the next Postgres
+    on that data directory, and the member would never start again. supervisord reaps every child it has, its own
+    programs or not (its "reaped unknown pid"). No library offers this one call; ctypes makes it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
 def start(specs: list[ProcessSpec], run_dir: Path, **popen: Any) -> subprocess.Popen:
-    """Starts supervisord (from this Python's environment) with `specs`; it runs until SIGTERM or SIGINT."""
+    """Starts supervisord (from this Python's environment) with `specs`, as the reaper of its descendants'
+    orphans (_adopt_orphans); it runs until SIGTERM or SIGINT."""
     supervisord = Path(sys.executable).parent / "supervisord"
-    return subprocess.Popen([str(supervisord), "-c", str(config(specs, run_dir))], **popen)
+    return subprocess.Popen([str(supervisord), "-c", str(config(specs, run_dir))], preexec_fn=_adopt_orphans,
+                            **popen)
 
 
 def ctl(run_dir: Path, *args: str) -> str:

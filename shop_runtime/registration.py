@@ -38,6 +38,8 @@ class Readiness:
         self._conn: psycopg.AsyncConnection | None = None
         # The last answer: the health status the service has now.
         self.serving: bool | None = None
+        # Set once the first probe has answered, either way.
+        self.answered = asyncio.Event()
 
     async def probe(self) -> bool:
         """True if the database answers within READINESS_INTERVAL (reconnecting first if need be)."""
@@ -72,6 +74,7 @@ class Readiness:
                 if now != self.serving:
                     await app.set_serving(now)
                     self.serving = now
+                self.answered.set()
                 await asyncio.sleep(READINESS_INTERVAL)
         finally:
             await self.close()

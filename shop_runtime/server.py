@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import signal
@@ -30,7 +31,7 @@ from shop_runtime.interceptor import CallInterceptor
 from shop_runtime.live_settings import LiveSettings
 from shop_runtime.logs import setup_logging
 from shop_runtime.mtls import Tls
-from shop_runtime.registration import Readiness, keep_registered
+from shop_runtime.registration import READINESS_INTERVAL, Readiness, keep_registered
 from shop_runtime.supervision import Supervisor, stop_with, supervise
 
 _LOGGER = logging.getLogger(__name__)
@@ -224,6 +225,10 @@ async def serve(
         if supervisor is not None:
             tasks.append(asyncio.create_task(stop_with(supervisor, stop), name="supervisor"))
         _LOGGER.info("%s serving gRPC on %s:%s", settings.service_name, settings.grpc_host, app.port)
+        # Registered once the health service says what the database's first probe found: a check registered as
+        # passing while the port still answers NOT_SERVING would send callers an instance that refuses them.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(readiness.answered.wait(), 2 * READINESS_INTERVAL)
         await shop_consul.register(
             client,
             name=settings.service_name,
@@ -231,7 +236,7 @@ async def serve(
             address=settings.advertise_address,
             port=app.port,
             check_interval=settings.check_interval,
-            passing=True,
+            passing=readiness.serving is True,
             tls=bool(settings.tls_dir),
         )
         registered = True

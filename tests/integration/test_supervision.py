@@ -6,13 +6,15 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 
 from devstack import supervise
 from devstack.prepare import prepare
 from devstack.procs import Supervised, consul_ready, on_free_ports, wait_until, wait_up
-from devstack.stack import Ports, consul_process, parse_replicas, passing_instances, service_process, SERVICE_MODULES
+from devstack.stack import Ports, ProcessSpec, consul_process, parse_replicas, passing_instances, service_process, SERVICE_MODULES
 
 
 def pids(ports: Ports, service: str) -> set[int]:
@@ -66,3 +68,39 @@ def test_replicas_setting():
     for bad in ("0", "17", "cart=0", "basket=2", "cart", "cart=two"):
         with pytest.raises(ValueError):
             parse_replicas(bad)
+
+
+def _state(pid: int) -> tuple[str, int] | None:
+    """A live process's state letter (Z: a zombie) and parent pid, from /proc; None once it is gone."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return fields[0], int(fields[1])
+
+
+def test_an_orphan_of_a_program_is_adopted_and_reaped_by_supervisord(tmp_path):
+    """A program whose child outlives it (as Patroni's postmaster, started detached) leaves an orphan: supervisord
+    adopts it, and reaps it once it dies, so no zombie keeps its pid "alive" to a postmaster.pid check."""
+    pid_file = tmp_path / "orphan.pid"
+    # The program starts a child that outlives it by a few seconds, writes its pid and exits; supervisord then starts
+    # it again (that it does is not what this test looks at).
+    script = (f"import os, time, pathlib\n"
+              f"if os.fork() == 0:\n"
+              f"    pathlib.Path({str(pid_file)!r}).write_text(str(os.getpid()))\n"
+              f"    time.sleep(4)\n"
+              f"    os._exit(0)\n"
+              f"time.sleep(1)\n")
+    (tmp_path / "parent.py").write_text(script)  # a file: supervisord's command= is one line
+    spec = ProcessSpec(name="parent", argv=[sys.executable, str(tmp_path / "parent.py")], env=dict(os.environ))
+    proc = supervise.start([spec], tmp_path / "supervisor", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        orphan = wait_until(lambda: pid_file.exists() and pid_file.read_text() and int(pid_file.read_text()), 30,
+                            what="the program's child started")
+        adopted = wait_until(lambda: (_state(orphan) or ("", 0))[1] == proc.pid or _state(orphan) is None, 10,
+                             what="the orphan adopted")
+        assert adopted and _state(orphan) is not None, "the orphan ended before its parent did"
+        assert _state(orphan)[1] == proc.pid, "the orphan's parent is supervisord"
+        wait_until(lambda: _state(orphan) is None, 20, what="the orphan reaped, not left a zombie")
+    finally:
+        supervise.stop(proc)
