@@ -9,7 +9,7 @@ DESCRIPTOR := $(GEN)/shop.pb
 CONSUL_LOCAL := .tools/bin/consul
 NEWMAN := .tools/node/node_modules/.bin/newman
 
-.PHONY: patroni db-status backup restore run test lint openapi newman token secrets hosts hosts-down audit bench bench-tools setup venv proto consul test-tools unit integration e2e crowd clean demo-data import import-sample
+.PHONY: prometheus patroni db-status backup restore run test lint openapi newman token secrets hosts hosts-down audit bench bench-tools setup venv proto consul test-tools unit integration e2e crowd clean demo-data import import-sample
 
 # `make run DEMO_PRODUCTS=100000` loads a larger demo catalog (default 2,400; products already there stay).
 # Every service runs one worker process per usable core; `make run WORKERS=1` runs one each (or any number).
@@ -116,7 +116,7 @@ crowd: setup
 		passed=$$((passed + 1)); \
 	done; echo "crowd: all $$passed of $(RUNS) run(s) passed"
 
-setup: venv proto consul patroni
+setup: venv proto consul patroni prometheus
 
 venv: $(VENV)/.installed
 
@@ -156,7 +156,13 @@ $(PATRONI_VENV)/.installed:
 # A consul already on PATH, or CONSUL_BIN, wins over the one fetched into .tools/.
 consul:
 	@if [ -n "$$CONSUL_BIN" ] || command -v consul >/dev/null || [ -x $(CONSUL_LOCAL) ]; then :; \
-	else bash devstack/fetch_consul.sh $(dir $(CONSUL_LOCAL)); fi
+	else bash devstack/fetch_deb.sh bullseye consul $(dir $(CONSUL_LOCAL)) usr/bin/consul && $(CONSUL_LOCAL) version | head -n1; fi
+
+# Prometheus and promtool (2.42) from Debian 12's package, into .tools/bin/ (devstack/prometheus.py).
+PROMETHEUS_LOCAL := .tools/bin/prometheus
+prometheus: $(PROMETHEUS_LOCAL)
+$(PROMETHEUS_LOCAL):
+	bash devstack/fetch_deb.sh bookworm prometheus $(dir $(PROMETHEUS_LOCAL)) usr/bin/prometheus usr/bin/promtool
 
 # Tools only the tests use, from Debian's packages: docker-compose validates the compose file without a Docker
 # engine; iproute2's `ip` makes the test hosts of tests/e2e/test_hosts.py (network namespaces; needs root).

@@ -132,6 +132,7 @@ class Ports:
     consul_serf_lan: int = 8301
     consul_serf_wan: int = 8302
     consul_grpc: int = 8502
+    prometheus: int = 9090
     services: dict[str, int] = field(
         default_factory=lambda: {"catalog": 50051, "cart": 50052, "inventory": 50053, "order": 50054}
     )
