@@ -67,24 +67,31 @@ class Registration:
         _LOGGER.info("registered %s as %s at %s:%s", self.name, self.service_id, self.address, self.port)
 
 
-def registrations(address: str, metrics_port: int, envoy_admin_port: int | None,
-                  gateway_port: int | None) -> list[Registration]:
-    """The sync itself (its metrics port) and, when its admin port is known, Envoy (scraped on the admin's
-    /stats/prometheus, checked on its /ready)."""
+def registrations(address: str, metrics_port: int, envoy_admin_port: int | None, gateway_port: int | None,
+                  envoy_address: str | None = None) -> list[Registration]:
+    """The sync itself (its metrics port, at `address`) and, when its admin port is known, Envoy at `envoy_address`
+    (else `address`: Envoy on the sync's host), scraped on the admin's /stats/prometheus, checked on its /ready."""
     host = socket.gethostname()
     found = [Registration(SYNC_SERVICE, f"{SYNC_SERVICE}-{host}-{os.getpid()}", address, metrics_port,
                           f"http://{address}:{metrics_port}/metrics",
                           shop_consul.metrics_registration(metrics_port)[1])]
     if envoy_admin_port:
         found.append(Registration(
-            ENVOY_SERVICE, f"{ENVOY_SERVICE}-{host}-{envoy_admin_port}", address, gateway_port or envoy_admin_port,
-            f"http://{address}:{envoy_admin_port}/ready",
+            ENVOY_SERVICE, f"{ENVOY_SERVICE}-{envoy_address or host}-{envoy_admin_port}", envoy_address or address,
+            gateway_port or envoy_admin_port, f"http://{envoy_address or address}:{envoy_admin_port}/ready",
             shop_consul.metrics_registration(envoy_admin_port, ENVOY_METRICS_PATH)[1]))
     return found
 
 
 async def keep_registered(client: Any, regs: list[Registration]) -> None:
-    """Registers them again whenever Consul has lost them."""
+    """Registers them (retrying while the agent starts), then again whenever Consul has lost them; the sync's own
+    work goes on meanwhile, and a refusal (a token without the right) is logged, not fatal."""
+    for reg in regs:
+        try:
+            await reg.register(client)
+        except Exception as err:  # the next look tries again
+            CONSUL_ERRORS.inc()
+            _LOGGER.warning("could not register %s (%s)", reg.service_id, err)
     while True:
         await asyncio.sleep(REGISTRATION_CHECK_INTERVAL)
         try:
@@ -99,8 +106,8 @@ async def keep_registered(client: Any, regs: list[Registration]) -> None:
 
 
 async def sync(consul_addr: str, eds_dir: Path, *, envoy_admin_port: int | None = None,
-               gateway_port: int | None = None, metrics_port: int | None = 0, advertise: str = "127.0.0.1",
-               metrics_host: str = "127.0.0.1") -> None:
+               gateway_port: int | None = None, envoy_address: str | None = None, metrics_port: int | None = 0,
+               advertise: str = "127.0.0.1", metrics_host: str = "127.0.0.1") -> None:
     """Rewrites a cluster's EDS file whenever its passing set in Consul changes, until SIGTERM/SIGINT; serves its
     metrics (unless `metrics_port` is None) and registers itself and Envoy in Consul meanwhile."""
     host, _, port = consul_addr.removeprefix("http://").rpartition(":")
@@ -127,13 +134,7 @@ async def sync(consul_addr: str, eds_dir: Path, *, envoy_admin_port: int | None 
     served = metrics.serve(metrics_port, metrics_host)
     try:
         if served is not None:
-            regs = registrations(advertise, served, envoy_admin_port, gateway_port)
-            for reg in regs:
-                try:
-                    await reg.register(client)
-                except Exception as err:  # the watch goes on; keep_registered tries again
-                    CONSUL_ERRORS.inc()
-                    _LOGGER.warning("could not register %s (%s)", reg.service_id, err)
+            regs = registrations(advertise, served, envoy_admin_port, gateway_port, envoy_address)
             tasks.append(asyncio.create_task(keep_registered(client, regs), name="registrations"))
         await stop.wait()
     finally:
@@ -153,6 +154,8 @@ def main() -> None:
     parser.add_argument("--envoy-admin-port", type=int, help="Envoy's admin port: Envoy is registered in Consul for"
                         " Prometheus (its /stats/prometheus), checked on its /ready")
     parser.add_argument("--gateway-port", type=int, help="Envoy's REST port, the port of its Consul registration")
+    parser.add_argument("--envoy-address", help="where Envoy's admin is reached (default: ADVERTISE_ADDRESS, Envoy"
+                        " beside the sync)")
     args = parser.parse_args()
     setup_logging("gateway-sync")
     try:
@@ -163,6 +166,7 @@ def main() -> None:
         parser.error(str(err))
     asyncio.run(sync(env_str("CONSUL_HTTP_ADDR", "127.0.0.1:8500"), args.eds_dir,
                      envoy_admin_port=args.envoy_admin_port, gateway_port=args.gateway_port,
+                     envoy_address=args.envoy_address,
                      metrics_port=metrics_port, advertise=advertise,
                      metrics_host=env_str("METRICS_HOST", "127.0.0.1")))
 
