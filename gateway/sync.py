@@ -141,9 +141,9 @@ async def sync(consul_addr: str, eds_dir: Path, *, envoy_admin_port: int | None 
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(w.stop() for w in watchers))
         for reg in regs:
             await shop_consul.deregister(client, reg.service_id)
-        await asyncio.gather(*(w.stop() for w in watchers))
         await client.close()
 
 

@@ -124,7 +124,9 @@ class TargetSync:
         pause = RETRY_FIRST
         while True:
             try:
-                new_index, answer = await asyncio.wait_for(query(index), shop_consul.WATCH_TIMEOUT_SECONDS)
+                # asyncio.timeout, not wait_for, which can lose a cancellation arriving as the query answers.
+                async with asyncio.timeout(shop_consul.WATCH_TIMEOUT_SECONDS):
+                    new_index, answer = await query(index)
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # Consul away or refusing: the files stay, asked again

@@ -226,8 +226,11 @@ class Discovery:
         backoff = 0.2
         while True:
             try:
-                new_index, nodes = await asyncio.wait_for(health_entries(self._client, self.service, index),
-                                                          WATCH_TIMEOUT_SECONDS)
+                # asyncio.timeout, not wait_for: this Python's wait_for loses a cancellation (stop) that arrives as
+                # the query answers, and the watch would go on for ever (seen at every stop of gateway.sync, whose
+                # own deregistration wakes every blocking query at once).
+                async with asyncio.timeout(WATCH_TIMEOUT_SECONDS):
+                    new_index, nodes = await health_entries(self._client, self.service, index)
             except asyncio.CancelledError:
                 raise
             except Exception as err:

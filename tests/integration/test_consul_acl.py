@@ -1,5 +1,6 @@
 """Consul with ACLs on, default deny, as the compose deployment runs it: devstack.consul_setup gives each identity
-of the suite a token that does only what it needs, and the services and gateway.sync work with theirs. A real
+of the suite a token that does only what it needs, and the services, gateway.sync and Prometheus's target sync work with
+theirs. A real
 Consul agent and real service processes."""
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pytest
 from devstack.consul_setup import IDENTITIES, Consul, apply_acls, load_kv_defaults, wait_for_leader
 from devstack.patroni import SCOPE, local_cluster
 from devstack.procs import Proc, start_consul, wait_until
+from devstack.prometheus import targets_process
 from devstack.stack import ProcessSpec, service_process
 
 pytestmark = pytest.mark.integration
@@ -109,9 +111,59 @@ def test_a_service_and_gateway_sync_work_with_their_tokens(acl_consul, fresh_dsn
         inventory.signal(signal.SIGTERM)
         assert inventory.popen.wait(30) == 0
         assert passing() == []  # it could deregister itself with its token
+        # The sync registers itself for Prometheus with its token, and leaves when it stops.
+        wait_until(lambda: [e["Service"]["Tags"] for e in admin.ok("GET", "/v1/health/service/gateway-sync")]
+                   == [["metrics"]], 30, what="gateway-sync registered")
+        sync.signal(signal.SIGTERM)
+        assert sync.popen.wait(30) == 0
+        assert admin.ok("GET", "/v1/health/service/gateway-sync") == []
     finally:
         inventory.stop()
         sync.stop()
+
+
+def test_prometheus_target_sync_finds_the_services_on_its_token_alone_and_that_token_changes_nothing(
+        acl_consul, log_dir, tmp_path):
+    ports, master, tokens = acl_consul
+    admin = Consul(ports.consul_addr, master)
+    prometheus = Consul(ports.consul_addr, tokens["prometheus"])
+    # Two instances registered as their owners do, with their own tokens; and one service without the tag.
+    cart = {**registration("cart", 50052), "Tags": ["grpc", "metrics"], "Meta": {"metrics_port": "41001"}}
+    assert Consul(ports.consul_addr, tokens["cart"]).call("PUT", "/v1/agent/service/register", cart)[0] == 200
+    plain = {**registration("inventory", 50053), "Tags": ["grpc"]}
+    assert Consul(ports.consul_addr, tokens["inventory"]).call("PUT", "/v1/agent/service/register", plain)[0] == 200
+    out = tmp_path / "prometheus"
+    sync = Proc(targets_process(ports, out, token=tokens["prometheus"]), log_dir)
+
+    def found() -> dict[str, list[str]]:
+        files = {}
+        for path in (out / "targets").glob("*.json"):
+            try:
+                files[path.stem] = [(g["labels"]["instance"], g["targets"][0]) for g in json.loads(path.read_text())]
+            except ValueError:
+                raise AssertionError(f"{path} read half written") from None
+        return files
+
+    try:
+        wait_until(lambda: found() == {"cart": [(cart["ID"], "127.0.0.1:41001")]}, 30,
+                   what=f"the cart target from the prometheus token (found {found()})")
+        # A service that appears later is found without a restart.
+        order = {**registration("order", 50054), "Tags": ["metrics"], "Meta": {"metrics_port": "41004"}}
+        assert Consul(ports.consul_addr, tokens["order"]).call("PUT", "/v1/agent/service/register", order)[0] == 200
+        wait_until(lambda: found().get("order") == [(order["ID"], "127.0.0.1:41004")], 30, what="the order target")
+        assert sync.popen.poll() is None, sync.log()
+    finally:
+        sync.stop()
+    # Least privilege: it reads where services are, and may change nothing, read no setting, see no ACL.
+    assert prometheus.call("GET", "/v1/catalog/services")[0] == 200
+    assert prometheus.call("PUT", f"/v1/kv/{SETTING}", raw=b"1")[0] == 403
+    assert prometheus.call("PUT", "/v1/kv/prometheus/anything", raw=b"1")[0] == 403
+    assert prometheus.call("GET", f"/v1/kv/{SETTING}")[0] == 403
+    assert prometheus.call("PUT", "/v1/agent/service/register", registration("prometheus", 9090))[0] == 403
+    assert prometheus.call("PUT", "/v1/agent/service/register", registration("cart", 1))[0] == 403
+    assert prometheus.call("PUT", f"/v1/agent/service/deregister/{cart['ID']}")[0] == 403
+    assert prometheus.call("GET", "/v1/acl/policies")[0] == 403
+    assert [e["Service"]["ID"] for e in admin.ok("GET", "/v1/health/service/cart")] == [cart["ID"]]
 
 
 def test_patronis_token_keeps_its_clusters_state_and_registers_postgres_and_nothing_more(acl_consul):
