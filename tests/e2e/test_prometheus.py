@@ -11,6 +11,7 @@ import socket
 import subprocess
 import time
 import urllib.parse
+import urllib.request
 
 import pytest
 
@@ -132,3 +133,26 @@ def test_a_replica_started_during_the_run_is_scraped_and_one_killed_is_marked_do
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def test_a_registration_consul_lost_comes_back_with_the_same_metrics_port(suite):
+    ports, *_ = suite
+    entry = json.loads(http_get(f"http://{ports.consul_addr}/v1/health/service/cart")[1])[0]["Service"]
+    assert "metrics" in entry["Tags"] and entry["Meta"]["metrics_port"].isdigit()
+    req = urllib.request.Request(f"http://{ports.consul_addr}/v1/agent/service/deregister/{entry['ID']}",
+                                 method="PUT")
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        assert resp.status == 200
+    lost = time.monotonic()
+
+    def back() -> dict | None:
+        found = [e["Service"] for e in json.loads(http_get(f"http://{ports.consul_addr}/v1/health/service/cart")[1])
+                 if e["Service"]["ID"] == entry["ID"]]
+        return found[0] if found else None
+
+    again = wait_until(back, 30, interval=0.25, what=f"{entry['ID']} registered again")
+    print(f"\n  {entry['ID']} registered again {time.monotonic() - lost:.1f}s after Consul lost it,"
+          f" metrics_port {again['Meta']['metrics_port']}")
+    assert (again["Tags"], again["Meta"]) == (entry["Tags"], entry["Meta"])
+    wait_until(lambda: targets(ports).get(entry["ID"], {}).get("health") == "up", 6 * SCRAPE_SECONDS,
+               interval=0.5, what=f"{entry['ID']} a target again")

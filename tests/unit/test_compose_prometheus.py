@@ -66,3 +66,26 @@ def test_promtool_accepts_the_deployed_configuration():
         pytest.skip("no promtool: make prometheus")
     run = subprocess.run([promtool, "check", "config", "--syntax-only", str(DEPLOYED)], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_the_gateways_metrics_listener_passes_only_the_admins_two_read_only_paths(tmp_path):
+    from devstack.stack import DESCRIPTOR
+    from gateway.envoy import GatewayConfig, bootstrap
+
+    cfg = GatewayConfig("0.0.0.0", 9000, 9901, DESCRIPTOR, tmp_path, tmp_path / "jwks.json", metrics_port=9902)
+    config = bootstrap(cfg)
+    assert config["admin"]["address"]["socket_address"]["address"] == "127.0.0.1", "the admin stays on loopback"
+    (listener,) = [x for x in config["static_resources"]["listeners"] if x["name"] == "metrics"]
+    assert listener["address"]["socket_address"] == {"address": "0.0.0.0", "port_value": 9902}
+    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    routes = manager["route_config"]["virtual_hosts"][0]["routes"]
+    assert [(r["match"].get("path"), r.get("route", {}).get("cluster")) for r in routes] == [
+        ("/stats/prometheus", "admin"), ("/ready", "admin"), (None, None)]
+    assert all(r["match"]["headers"] == [{"name": ":method", "string_match": {"exact": "GET"}}] for r in routes[:2])
+    assert routes[2]["direct_response"] == {"status": 404}
+    (admin,) = [c for c in config["static_resources"]["clusters"] if c["name"] == "admin"]
+    endpoint = admin["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+    assert endpoint == {"address": "127.0.0.1", "port_value": 9901}
+    # Without it (make run, the tests), no such listener.
+    plain = bootstrap(GatewayConfig("0.0.0.0", 9000, 9901, DESCRIPTOR, tmp_path, tmp_path / "jwks.json"))
+    assert [x["name"] for x in plain["static_resources"]["listeners"]] == ["rest"]
