@@ -43,7 +43,8 @@ RULES = {
     **{s: f'service "{s}" {{ policy = "write" }}\n{_DISCOVERY}key_prefix "{KV_PREFIX}" {{ policy = "read" }}\n'
        for s in SERVICES},
     # It also registers itself and the Envoy it feeds, for Prometheus (gateway.sync).
-    "gateway-sync": f'service "gateway-sync" {{ policy = "write" }}\nservice "envoy" {{ policy = "write" }}\n{_DISCOVERY}',
+    "gateway-sync": ('service "gateway-sync" { policy = "write" }\nservice "envoy" { policy = "write" }\n'
+                     + _DISCOVERY),
     # Prometheus's target sync (monitoring.targets) reads where every instance is, and nothing else.
     "prometheus": _DISCOVERY,
     "agent": 'node_prefix "" { policy = "write" }\nservice_prefix "" { policy = "read" }\n',
