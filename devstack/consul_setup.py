@@ -135,6 +135,21 @@ def apply_acls(consul: Consul, tokens: dict[str, str]) -> None:
         consul.ok("PUT", "/v1/agent/token/agent", {"Token": tokens["agent"]})
 
 
+def register_member_apis(consul: Consul, members: list[str]) -> None:
+    """Registers each Patroni member's REST API (`host:port`) as service `postgres-api`, tagged `metrics`, checked on
+    its /liveness, as devstack.patroni.register_api does for local runs: Prometheus finds the members through Consul
+    (Patroni itself registers only their Postgres port). Kept by the agent across its restarts; registering again
+    changes nothing."""
+    for member in members:
+        host, _, port = member.strip().rpartition(":")
+        consul.ok("PUT", "/v1/agent/service/register", {
+            "ID": f"{PATRONI_SCOPE}-api/{host}", "Name": f"{PATRONI_SCOPE}-api", "Address": host, "Port": int(port),
+            "Tags": ["metrics"], "Meta": {"scope": PATRONI_SCOPE, "member": host, "metrics_path": "/metrics"},
+            "Check": {"HTTP": f"http://{host}:{port}/liveness", "Interval": "5s"}})
+    if members:
+        _LOGGER.info("registered the REST API of %s as %s-api", ", ".join(members), PATRONI_SCOPE)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s consul-setup: %(message)s")
     consul = Consul(os.environ.get("CONSUL_HTTP_ADDR", "127.0.0.1:8500"), os.environ.get("CONSUL_HTTP_TOKEN", ""))
@@ -145,6 +160,8 @@ def main() -> None:
     else:
         _LOGGER.warning("no CONSUL_TOKEN_* set: ACL policies and tokens left as they are")
     load_kv_defaults(consul)
+    # POSTGRES_API_MEMBERS: the Patroni members' REST APIs (compose: pg1:8008,...), for Prometheus.
+    register_member_apis(consul, [m for m in os.environ.get("POSTGRES_API_MEMBERS", "").split(",") if m.strip()])
     _LOGGER.info("done: %d token(s), default settings in %s", len(tokens), KV_PREFIX)
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from devstack.consul_setup import IDENTITIES, Consul, apply_acls, load_kv_defaults, wait_for_leader
+from devstack.consul_setup import (IDENTITIES, Consul, apply_acls, load_kv_defaults, register_member_apis,
+                                   wait_for_leader)
 from devstack.patroni import SCOPE, local_cluster
 from devstack.procs import Proc, start_consul, wait_until
 from devstack.prometheus import targets_process
@@ -164,6 +165,19 @@ def test_prometheus_target_sync_finds_the_services_on_its_token_alone_and_that_t
     assert prometheus.call("PUT", f"/v1/agent/service/deregister/{cart['ID']}")[0] == 403
     assert prometheus.call("GET", "/v1/acl/policies")[0] == 403
     assert [e["Service"]["ID"] for e in admin.ok("GET", "/v1/health/service/cart")] == [cart["ID"]]
+
+
+
+def test_consul_setup_registers_the_patroni_members_rest_apis_for_prometheus(acl_consul):
+    ports, master, tokens = acl_consul
+    admin = Consul(ports.consul_addr, master)
+    for _ in range(2):  # at every start of the compose job: the same registrations
+        register_member_apis(admin, ["pg1:8008", "pg2:8008"])
+    found = sorted((e["Service"]["ID"], e["Service"]["Address"], e["Service"]["Port"], e["Service"]["Tags"],
+                    e["Service"]["Meta"]["metrics_path"])
+                   for e in Consul(ports.consul_addr, tokens["prometheus"]).ok("GET", "/v1/health/service/postgres-api"))
+    assert found == [("postgres-api/pg1", "pg1", 8008, ["metrics"], "/metrics"),
+                     ("postgres-api/pg2", "pg2", 8008, ["metrics"], "/metrics")]
 
 
 def test_patronis_token_keeps_its_clusters_state_and_registers_postgres_and_nothing_more(acl_consul):

@@ -45,6 +45,11 @@ def test_the_target_sync_has_a_read_only_consul_token_of_its_own():
     assert "token-of-consul_token_prometheus" not in tokens
 
 
+def test_the_patroni_members_rest_apis_are_registered_for_prometheus():
+    setup = resolved()["consul-setup"]["environment"]
+    assert setup["POSTGRES_API_MEMBERS"].split(",") == ["pg1:8008", "pg2:8008", "pg3:8008"]
+
+
 def test_envoy_is_registered_where_the_gateways_metrics_listener_is():
     services = resolved()
     sync = services["gateway-sync"]["command"]
