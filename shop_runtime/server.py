@@ -210,14 +210,14 @@ async def serve(
     metrics.watch_pool(pool.get_stats)
     try:
         metrics_port = metrics.serve(settings.metrics_port, settings.grpc_host)
-    except BaseException:
+    except OSError as err:
         # Its metrics port is taken: nothing serves yet, so what was opened is closed as for a port taken above.
         if supervisor is not None:
             supervisor.close()
         await deps.close()
         await pool.close()
         await client.close()
-        raise
+        raise ListenError(f"cannot serve metrics on {settings.grpc_host}:{settings.metrics_port} ({err})") from None
     tasks: list[asyncio.Task] = []
     registered = False
     try:
