@@ -228,6 +228,21 @@ def service_process(service: str, ports: Ports, dsn: str, *, port: int | None = 
     return ProcessSpec(name or service, [sys.executable, "-m", SERVICE_MODULES[service]], env)
 
 
+def audit_exporter_process(ports: Ports, dsn: str, *, interval: float = 60.0, metrics_port: int = 0,
+                           name: str = "audit", **extra: str) -> ProcessSpec:
+    """The suite audit run every `interval` seconds on the database of `dsn`, its result served as Prometheus gauges
+    on `metrics_port` (0: one the OS picks), registered in Consul as service `audit` (python -m
+    suite_audit.exporter; docs/monitoring.md)."""
+    env = _env(**{
+        "DATABASE_URL": dsn,
+        "AUDIT_INTERVAL": str(interval),
+        "METRICS_PORT": str(metrics_port),
+        "CONSUL_HTTP_ADDR": ports.consul_addr,
+        **extra,
+    })
+    return ProcessSpec(name, [sys.executable, "-m", "suite_audit.exporter"], env)
+
+
 def gateway_processes(ports: Ports, run_dir: Path, secrets_dir: Path,
                       settings: Mapping[str, str] | None = None, tls_dir: Path | None = None) -> list[ProcessSpec]:
     """Envoy, configured under `run_dir` with the token keys of `secrets_dir`, and its upstreams' sync with Consul.
