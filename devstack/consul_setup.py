@@ -10,7 +10,8 @@ Each token may do only what its holder needs:
 
 - a service registers itself and only under its own name, reads every service and node (discovery), reads the
   store's settings; it cannot write them nor register as another service;
-- gateway-sync reads services and nodes;
+- gateway-sync reads services and nodes, and registers itself and Envoy (services `gateway-sync`, `envoy`);
+- `prometheus` (the target sync beside Prometheus) reads services and nodes, nothing more;
 - the agent's own token registers its node;
 - `operator` also changes the store's settings (shop/config/);
 - `patroni` (the compose cluster's members) keeps its cluster's state under `service/postgres/` (leader lock, member
@@ -41,7 +42,10 @@ _DISCOVERY = 'service_prefix "" { policy = "read" }\nnode_prefix "" { policy = "
 RULES = {
     **{s: f'service "{s}" {{ policy = "write" }}\n{_DISCOVERY}key_prefix "{KV_PREFIX}" {{ policy = "read" }}\n'
        for s in SERVICES},
-    "gateway-sync": _DISCOVERY,
+    # It also registers itself and the Envoy it feeds, for Prometheus (gateway.sync).
+    "gateway-sync": f'service "gateway-sync" {{ policy = "write" }}\nservice "envoy" {{ policy = "write" }}\n{_DISCOVERY}',
+    # Prometheus's target sync (monitoring.targets) reads where every instance is, and nothing else.
+    "prometheus": _DISCOVERY,
     "agent": 'node_prefix "" { policy = "write" }\nservice_prefix "" { policy = "read" }\n',
     "operator": f'{_DISCOVERY}key_prefix "{KV_PREFIX}" {{ policy = "write" }}\n',
     # A session is made on the node of the agent Patroni talks to; which node that is is the deployment's choice.

@@ -16,9 +16,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
-from devstack.stack import ROOT, Ports, ProcessSpec, _env
+from devstack.stack import ROOT, Ports, ProcessSpec, _env, http_get
 
 # The rules (recording and alerting) every Prometheus of the suite loads, and their promtool unit tests.
 RULES_DIR = ROOT / "monitoring" / "rules"
@@ -92,3 +93,26 @@ def prometheus_process(ports: Ports, run_dir: Path, rules_dir: Path = RULES_DIR,
     if assets_dir is not None:
         argv.append(f"--web.user-assets={assets_dir}")
     return ProcessSpec("prometheus", argv, _env())
+
+
+def targets_process(ports: Ports, run_dir: Path, token: str = "") -> ProcessSpec:
+    """The target sync (monitoring.targets): Consul's instances tagged `metrics` written into `run_dir`/targets,
+    where prometheus_process's configuration reads them."""
+    env = _env(CONSUL_HTTP_ADDR=ports.consul_addr, **({"CONSUL_HTTP_TOKEN": token} if token else {}))
+    return ProcessSpec("prometheus-targets",
+                       [sys.executable, "-m", "monitoring.targets", "--out", str(run_dir / "targets")], env)
+
+
+def monitoring_processes(ports: Ports, run_dir: Path, assets_dir: Path | None = None) -> list[ProcessSpec]:
+    """Prometheus and its target sync, both on `run_dir` (prometheus_process, targets_process); the sale board's
+    files served too when `assets_dir` is given and exists."""
+    assets = assets_dir if assets_dir is not None and assets_dir.is_dir() else None
+    return [prometheus_process(ports, run_dir, assets_dir=assets), targets_process(ports, run_dir)]
+
+
+def prometheus_ready(ports: Ports) -> bool:
+    """Whether Prometheus answers that it is ready."""
+    try:
+        return http_get(f"http://127.0.0.1:{ports.prometheus}/-/ready")[0] == 200
+    except OSError:
+        return False

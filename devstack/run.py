@@ -1,5 +1,5 @@
-"""`make run`: the whole suite in the foreground until Ctrl-C, supervised by supervisord (a process that dies is
-started again; the others keep running)."""
+"""`make run`: the whole suite and its Prometheus in the foreground until Ctrl-C, supervised by supervisord (a process
+that dies is started again; the others keep running)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from devstack.consul_setup import Consul, load_kv_defaults, wait_for_leader
 from devstack.postgres import embedded_dsn
 from devstack import demo_data
 from devstack.prepare import DEMO_PRODUCTS, prepare
+from devstack.prometheus import BOARD_DIR, monitoring_processes
 from devstack.stack import (DSN_FILE, ROOT, SECRETS_DIR, SERVICE_MODULES, TLS_DIR, Ports, parse_replicas,
                             passing_instances, suite_processes, wait_for_suite)
 from shop_runtime.config import ConfigError, env_int, parse_workers
@@ -52,6 +53,9 @@ def announce(ports: Ports, workers: int = 1, replicas: dict[str, int] | None = N
         f"    REST gateway (Envoy)   http://localhost:{ports.gateway}/catalogs\n"
         f"    Consul UI and API      http://localhost:{ports.consul_http}/ui\n"
         f"    Envoy admin            http://localhost:{ports.envoy_admin}\n"
+        f"    Prometheus             http://localhost:{ports.prometheus}\n"
+        + (f"    The sale board         http://localhost:{ports.prometheus}/user/board.html\n" if BOARD_DIR.is_dir()
+           else "    The sale board         (not assembled: `make board`, then `make run` again)\n")
         + "".join(f"    {s:<22} grpc://{', '.join(_addresses(ports, s))}\n" for s in SERVICE_MODULES)
         + "  Ctrl-C stops everything.\n",
         flush=True,
@@ -93,6 +97,9 @@ def main() -> None:
     asyncio.run(prepare(dsn, count=env_int("DEMO_PRODUCTS", DEMO_PRODUCTS, minimum=0, maximum=demo_data.MAX_COUNT)))
     specs = suite_processes(ports, dsn, run_dir, SECRETS_DIR, workers=workers, replicas=replicas, tls_dir=TLS_DIR,
                             consul=data_tier is None)
+    # Prometheus and its target sync from Consul (devstack.prometheus), its data in .run/prometheus; the sale board's
+    # files served at /user/ when assembled.
+    specs += monitoring_processes(ports, run_dir / "prometheus", assets_dir=BOARD_DIR)
     supervisor = supervise.start(specs, run_dir / "supervisor")
     threading.Thread(target=announce, args=(ports, workers, replicas), daemon=True, name="announce").start()
     # Ctrl-C reaches supervisord too (the terminal signals the whole foreground group); it stops every program.

@@ -244,7 +244,9 @@ def gateway_processes(ports: Ports, run_dir: Path, secrets_dir: Path,
     workers = len(os.sched_getaffinity(0))
     envoy = [envoy_binary(), "-c", str(config), "--disable-hot-restart", "--concurrency", str(workers),
              "--log-level", os.environ.get("ENVOY_LOG_LEVEL", "warn")]
-    sync = [sys.executable, "-m", "gateway.sync", "--eds-dir", str(eds_dir)]
+    # The sync also registers Envoy in Consul for Prometheus (its admin's /stats/prometheus), and itself.
+    sync = [sys.executable, "-m", "gateway.sync", "--eds-dir", str(eds_dir), "--envoy-admin-port",
+            str(ports.envoy_admin), "--gateway-port", str(ports.gateway)]
     return [
         ProcessSpec("envoy", envoy, _env()),
         ProcessSpec("gateway-sync", sync, _env(CONSUL_HTTP_ADDR=ports.consul_addr)),

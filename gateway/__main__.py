@@ -29,6 +29,8 @@ def main() -> None:
     render.add_argument("--listen", default="0.0.0.0", help="the REST listener's address")
     render.add_argument("--port", type=int, default=9000, help="the REST listener's port")
     render.add_argument("--admin-port", type=int, default=9901, help="Envoy's admin port (loopback only)")
+    render.add_argument("--metrics-port", type=int, default=None, help="a listener on --listen serving only the admin's"
+                        " /stats/prometheus and /ready (Prometheus and Consul's check from other hosts)")
     render.add_argument("--tls-dir", type=Path, default=None,
                         help="the suite's CA and the gateway's certificate (make secrets): call the services over "
                              "mutual TLS; without it, plaintext")
@@ -53,7 +55,8 @@ def main() -> None:
         parser.exit(2, f"python -m gateway render: {err}\n")
     write_config(
         GatewayConfig(args.listen, args.port, args.admin_port, args.descriptor.resolve(), args.eds_dir.resolve(),
-                      args.jwks.resolve(), limits, args.tls_dir.resolve() if args.tls_dir else None),
+                      args.jwks.resolve(), limits, args.tls_dir.resolve() if args.tls_dir else None,
+                      metrics_port=args.metrics_port),
         args.out,
     )
 

@@ -33,6 +33,9 @@ class GatewayConfig:
     # The suite's CA and the gateway's certificate (devstack.certs): Envoy calls the services over mutual TLS.
     # None: plaintext, for services that serve without TLS_DIR.
     tls_dir: Path | None = None
+    # A listener on listen_address that serves only the admin's /stats/prometheus and /ready (Prometheus, Consul's
+    # check), for deployments where those come from another host; the admin itself stays on loopback. None: none.
+    metrics_port: int | None = None
 
 
 # gRPC accepts only [0-9a-z-_.] in metadata names, and fails a call carrying any other with INTERNAL;
@@ -101,7 +104,7 @@ def _http_connection_manager(cfg: GatewayConfig, methods: list[Method]) -> dict[
 def bootstrap(cfg: GatewayConfig) -> dict[str, Any]:
     """The whole Envoy bootstrap for `cfg`."""
     methods = exposed_methods(cfg.descriptor)
-    return {
+    config: dict[str, Any] = {
         # File-based EDS needs a node identity.
         "node": {"id": "shop-gateway", "cluster": "shop-gateway"},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": cfg.admin_port}}},
@@ -122,6 +125,38 @@ def bootstrap(cfg: GatewayConfig) -> dict[str, Any]:
             ],
             "clusters": [service_cluster(name, cfg.eds_dir, cfg.limits, cfg.tls_dir) for name in UPSTREAMS],
         },
+    }
+    if cfg.metrics_port is not None:
+        resources = config["static_resources"]
+        resources["listeners"].append(_metrics_listener(cfg))
+        resources["clusters"].append({
+            "name": "admin", "type": "STATIC", "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": "admin", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                "socket_address": {"address": "127.0.0.1", "port_value": cfg.admin_port}}}}]}]},
+        })
+    return config
+
+
+def _metrics_listener(cfg: GatewayConfig) -> dict[str, Any]:
+    """The metrics listener (GatewayConfig.metrics_port): GET of the admin's two read-only paths, nothing else (the
+    admin's other paths change Envoy: /quitquitquit, /healthcheck/fail, ...)."""
+    routes = [{"match": {"path": path, "headers": [{"name": ":method", "string_match": {"exact": "GET"}}]},
+               "route": {"cluster": "admin"}} for path in ("/stats/prometheus", "/ready")]
+    routes.append({"match": {"prefix": "/"}, "direct_response": {"status": 404}})
+    return {
+        "name": "metrics",
+        "address": {"socket_address": {"address": cfg.listen_address, "port_value": cfg.metrics_port}},
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
+                         ".HttpConnectionManager",
+                "stat_prefix": "metrics",
+                "route_config": {"virtual_hosts": [{"name": "metrics", "domains": ["*"], "routes": routes}]},
+                "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+            },
+        }]}],
     }
 
 

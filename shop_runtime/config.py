@@ -143,6 +143,18 @@ def pool_size_for(budget: int, workers: int) -> int:
     return max(MIN_POOL_SIZE, budget // workers)
 
 
+# METRICS_PORT's value that turns a process's metrics off (neither served nor registered).
+METRICS_OFF = "off"
+
+
+def metrics_port_from_env(name: str = "METRICS_PORT", environ: Mapping[str, str] | None = None) -> int | None:
+    """Where a process serves its metrics: the port in `name`, 0 (any free port) when unset, None when `off`."""
+    raw = (os.environ if environ is None else environ).get(name, "").strip().lower()
+    if raw == METRICS_OFF:
+        return None
+    return env_int(name, 0, minimum=0, maximum=65535, environ=environ)
+
+
 @dataclass(frozen=True)
 class ServiceSettings:
     """How one service process is wired: its database, its port, where Consul is."""
@@ -157,8 +169,9 @@ class ServiceSettings:
     shutdown_grace_seconds: float
     check_interval: str
     pool_max_size: int
-    # Where /metrics is served (Prometheus); 0: not served.
-    metrics_port: int = 0
+    # Where /metrics is served (Prometheus) and registered in Consul (tag `metrics`, metadata `metrics_port`): a port,
+    # 0 for any free one (the default: every instance of every replica its own), None for not at all (`off`).
+    metrics_port: int | None = 0
     # Worker processes of this service (WORKERS); 1: this process serves, more: it supervises them.
     workers: int = 1
     # Which worker this process is (1..workers) when a supervisor started it; 0 when it runs alone.
@@ -210,7 +223,7 @@ class ServiceSettings:
             shutdown_delay_seconds=env_float("SHUTDOWN_DELAY_SECONDS", 1.0),
             check_interval=env_str("CONSUL_CHECK_INTERVAL", "2s"),
             pool_max_size=pool_max_size,
-            metrics_port=env_int("METRICS_PORT", 0, minimum=0, maximum=65535),
+            metrics_port=metrics_port_from_env(),
             workers=workers,
             # Set by the supervisor for the processes it starts (shop_runtime.supervision), not by hand.
             worker_index=env_int("WORKER_INDEX", 0, minimum=0, maximum=MAX_WORKERS),

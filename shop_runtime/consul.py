@@ -22,6 +22,23 @@ WATCH_WAIT = "10s"
 WATCH_TIMEOUT_SECONDS = 15.0
 
 
+# The tag of every Consul service instance Prometheus scrapes (monitoring.targets), and the metadata keys that say
+# where: the port (`metrics_port`, else the service's own port) and the path (`metrics_path`, else /metrics).
+METRICS_TAG = "metrics"
+METRICS_PORT_META = "metrics_port"
+METRICS_PATH_META = "metrics_path"
+
+
+def metrics_registration(metrics_port: int | None, path: str | None = None) -> tuple[list[str], dict[str, str]]:
+    """The tags and metadata an instance serving its metrics on `metrics_port` (None: it serves none) registers."""
+    if metrics_port is None:
+        return [], {}
+    meta = {METRICS_PORT_META: str(metrics_port)}
+    if path:
+        meta[METRICS_PATH_META] = path
+    return [METRICS_TAG], meta
+
+
 def connect(host: str, port: int, token: str | None = None) -> consul.aio.Consul:
     """An asyncio Consul client for the agent at host:port, with `token` where Consul's ACLs are on."""
     return consul.aio.Consul(host=host, port=port, token=token or None)
@@ -52,8 +69,12 @@ async def register(
     retry_for: float = 30.0,
     passing: bool = False,
     tls: bool = False,
+    metrics_port: int | None = None,
 ) -> None:
     """Registers the instance with a gRPC health check on its own port, retrying while the agent starts.
+
+    With `metrics_port`, the instance is tagged `metrics` with that port in its metadata: Prometheus scrapes it there
+    (monitoring.targets).
 
     With `passing`, the check starts as passing rather than critical: for a service that registers itself
     while it serves, so an instance whose registration Consul lost and gets back again is not read as down
@@ -70,6 +91,7 @@ async def register(
         check.update(GRPCUseTLS=True, TLSSkipVerify=True)
     if passing:
         check["Status"] = "passing"
+    metrics_tags, meta = metrics_registration(metrics_port)
     async for attempt in AsyncRetrying(
         stop=stop_after_delay(retry_for),
         wait=wait_exponential(multiplier=0.2, max=2),
@@ -78,7 +100,8 @@ async def register(
     ):
         with attempt:
             await client.agent.service.register(
-                name, service_id=service_id, address=address, port=port, check=check, tags=["grpc", "v1"]
+                name, service_id=service_id, address=address, port=port, check=check,
+                tags=["grpc", "v1", *metrics_tags], meta=meta or None,
             )
     _LOGGER.info("registered %s as %s at %s:%s", name, service_id, address, port)
 
@@ -97,7 +120,7 @@ async def is_registered(client: consul.aio.Consul, service_id: str) -> bool:
     return service_id in await client.agent.services()
 
 
-async def _health(client: consul.aio.Consul, service: str, index: str | None) -> tuple[str, list[dict]]:
+async def health_entries(client: consul.aio.Consul, service: str, index: str | None) -> tuple[str, list[dict]]:
     """Every instance of `service` with its checks, as a blocking query from `index`, answered from the state of the
     server the agent asks (stale), not forwarded to the cluster's leader: a leader cut off from the network would
     hold a forwarded query, and so the caller's view, until the query's wait ran out; a server's own state is
@@ -108,6 +131,12 @@ async def _health(client: consul.aio.Consul, service: str, index: str | None) ->
         params += [("index", index), ("wait", WATCH_WAIT)]
     return await client.http.get(CB.json(index=True), f"/v1/health/service/{service}", params=params,
                                  headers=client.prepare_headers(None))
+
+
+async def catalog_services(client: consul.aio.Consul, index: str | None) -> tuple[str, dict[str, list[str]]]:
+    """Every service registered in the catalog with its tags, as a blocking query from `index`, stale as
+    health_entries is."""
+    return await client.catalog.services(index=index, wait=WATCH_WAIT if index else None, consistency="stale")
 
 
 def _passing(node: dict) -> bool:
@@ -148,11 +177,14 @@ class Discovery:
         client: consul.aio.Consul,
         service: str,
         on_change: Callable[[list[Instance]], None] | None = None,
+        on_error: Callable[[Exception], None] | None = None,
     ):
         self._client = client
         self.service = service
         self._instances: list[Instance] = []
         self._on_change = on_change
+        # Told of every failed query (a count of Consul errors, say); the watch goes on either way.
+        self._on_error = on_error
         self._ready = asyncio.Event()
         self._task: asyncio.Task | None = None
         # Whether the list is kept from before because Consul has no instance registered.
@@ -194,13 +226,15 @@ class Discovery:
         backoff = 0.2
         while True:
             try:
-                new_index, nodes = await asyncio.wait_for(_health(self._client, self.service, index),
+                new_index, nodes = await asyncio.wait_for(health_entries(self._client, self.service, index),
                                                           WATCH_TIMEOUT_SECONDS)
             except asyncio.CancelledError:
                 raise
             except Exception as err:
                 _LOGGER.warning("watching %s in Consul failed (%s); keeping %d known instances",
                                 self.service, err, len(self._instances))
+                if self._on_error is not None:
+                    self._on_error(err)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 index = None

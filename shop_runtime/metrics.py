@@ -1,4 +1,4 @@
-"""The services' Prometheus metrics, served over HTTP when METRICS_PORT is set."""
+"""The services' Prometheus metrics, served over HTTP on a port of each process's own (METRICS_PORT)."""
 
 from __future__ import annotations
 
@@ -66,8 +66,12 @@ def repaired(service: str, kind: str, message: str, *args: object) -> None:
     REPAIRS.labels(service, kind).inc()
 
 
-def serve(port: int) -> None:
-    """Serves /metrics on `port` (0: not at all)."""
-    if port:
-        start_http_server(port)
-        _LOGGER.info("metrics on :%d/metrics", port)
+def serve(port: int | None, host: str = "0.0.0.0") -> int | None:
+    """Serves /metrics on `host`:`port` (0: any free port; None: not at all); returns the port it serves on, which the
+    instance registers in Consul for Prometheus (shop_runtime.consul.metrics_registration)."""
+    if port is None:
+        return None
+    server, _thread = start_http_server(port, addr=host)
+    bound = int(server.server_port)
+    _LOGGER.info("metrics on %s:%d/metrics", host, bound)
+    return bound

@@ -80,9 +80,11 @@ class Readiness:
             await self.close()
 
 
-async def keep_registered(client: Any, settings: ServiceSettings, port: int, readiness: Readiness) -> None:
+async def keep_registered(client: Any, settings: ServiceSettings, port: int, readiness: Readiness,
+                          metrics_port: int | None = None) -> None:
     """Registers the instance again whenever Consul has lost it (an agent restart; a registration reaped after
-    its check failed for a minute, say while the database was away) and the service serves again."""
+    its check failed for a minute, say while the database was away) and the service serves again: the same
+    registration, its metrics port (`metrics_port`, the one it serves on) included."""
     lost = False
     while True:
         await asyncio.sleep(REGISTRATION_CHECK_INTERVAL)
@@ -95,7 +97,7 @@ async def keep_registered(client: Any, settings: ServiceSettings, port: int, rea
             await shop_consul.register(client, name=settings.service_name, service_id=settings.instance_id,
                                        address=settings.advertise_address, port=port,
                                        check_interval=settings.check_interval, retry_for=0, passing=True,
-                                       tls=bool(settings.tls_dir))
+                                       tls=bool(settings.tls_dir), metrics_port=metrics_port)
             _LOGGER.warning("Consul had lost %s: registered again", settings.instance_id)
             lost = False
         except Exception as err:  # Consul away: try again at the next look, logged once

@@ -208,7 +208,16 @@ async def serve(
         await client.close()
         raise
     metrics.watch_pool(pool.get_stats)
-    metrics.serve(settings.metrics_port)
+    try:
+        metrics_port = metrics.serve(settings.metrics_port, settings.grpc_host)
+    except BaseException:
+        # Its metrics port is taken: nothing serves yet, so what was opened is closed as for a port taken above.
+        if supervisor is not None:
+            supervisor.close()
+        await deps.close()
+        await pool.close()
+        await client.close()
+        raise
     tasks: list[asyncio.Task] = []
     registered = False
     try:
@@ -238,9 +247,11 @@ async def serve(
             check_interval=settings.check_interval,
             passing=readiness.serving is True,
             tls=bool(settings.tls_dir),
+            metrics_port=metrics_port,
         )
         registered = True
-        tasks.append(asyncio.create_task(keep_registered(client, settings, app.port, readiness), name="registration"))
+        tasks.append(asyncio.create_task(keep_registered(client, settings, app.port, readiness, metrics_port),
+                                         name="registration"))
         await stop.wait()
         _LOGGER.info("stopping: NOT_SERVING, leaving Consul, draining for %ss (after taking calls %ss more)",
                      settings.shutdown_grace_seconds, settings.shutdown_delay_seconds)

@@ -12,7 +12,7 @@ from pathlib import Path
 import honcho.manager
 from honcho.printer import Printer
 
-from shop_runtime.config import ConfigError, ServiceSettings
+from shop_runtime.config import METRICS_OFF, ConfigError, ServiceSettings
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -38,10 +38,18 @@ def worker_env(settings: ServiceSettings, index: int) -> dict[str, str]:
         GRPC_PORT=str(settings.grpc_port if index == 1 else 0),
         # The pool size derived here from the service's budget and the worker count, not again there.
         DB_POOL_MAX_SIZE=str(settings.pool_max_size),
-        METRICS_PORT=str(settings.metrics_port + index - 1 if settings.metrics_port else 0),
+        METRICS_PORT=worker_metrics_port(settings.metrics_port, index),
         **{SUPERVISOR_PID_VAR: str(os.getpid())},
     )
     return env
+
+
+def worker_metrics_port(port: int | None, index: int) -> str:
+    """METRICS_PORT of worker `index`: off stays off, any free port stays any free port (each worker its own), and a
+    configured port is the first worker's, the next ones the following ports."""
+    if port is None:
+        return METRICS_OFF
+    return str(port + index - 1 if port else 0)
 
 
 def supervise(settings: ServiceSettings) -> int:

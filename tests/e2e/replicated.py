@@ -19,6 +19,7 @@ import httpx
 from devstack import supervise
 from devstack.patroni import Cluster, local_cluster, start_data_tier
 from devstack.prepare import prepare
+from devstack.prometheus import BOARD_DIR, monitoring_processes, prometheus_ready
 from devstack.procs import Supervised, consul_ready, on_free_ports, wait_up
 from devstack.stack import SERVICE_MODULES, Ports, suite_processes, suite_ready
 
@@ -31,11 +32,14 @@ def put_kv(ports: Ports, key: str, value: str) -> None:
 
 def start_replicated(services_dsn: str, run_dir: Path, secrets: Path, tls_dir: Path, *, replicas: int,
                      env: Mapping[str, str], kv: Mapping[str, str] = {}, ports: Ports | None = None,
-                     consul: bool = True) -> tuple[Ports, Popen]:
-    """Starts Consul (unless `consul` is False: one already runs on `ports`, beside a Patroni cluster), `replicas` replicas of every service (one worker each) and the gateway under one
-    supervisord, on ports picked free (picked again when one was taken before its program bound it), with `env`
-    in every program's environment and `kv` in Consul before the services start; returns once every service has
-    its replicas passing. The caller stops it with devstack.supervise.stop."""
+                     consul: bool = True, prometheus: bool = False) -> tuple[Ports, Popen]:
+    """Starts Consul (unless `consul` is False: one already runs on `ports`, beside a Patroni cluster), `replicas`
+    replicas of every service (one worker each) and the gateway under one supervisord, on ports picked free (picked
+    again when one was taken before its program bound it), with `env` in every program's environment and `kv` in
+    Consul before the services start; returns once every service has its replicas passing. With `prometheus`,
+    Prometheus on `ports.prometheus` and its target sync from Consul too (devstack.prometheus.monitoring_processes,
+    data and target files under `run_dir`/prometheus, the sale board's files at /user/ when assembled), ready before
+    this returns. The caller stops it with devstack.supervise.stop."""
 
     def start(ports: Ports) -> Popen:
         saved = {k: os.environ.get(k) for k in env}
@@ -44,6 +48,8 @@ def start_replicated(services_dsn: str, run_dir: Path, secrets: Path, tls_dir: P
             specs = suite_processes(ports, services_dsn, run_dir, secrets, workers=1,
                                     replicas=dict.fromkeys(SERVICE_MODULES, replicas), tls_dir=tls_dir,
                                     consul=consul)
+            if prometheus:
+                specs += monitoring_processes(ports, run_dir / "prometheus", assets_dir=BOARD_DIR)
             supervised = Supervised(specs, run_dir / "supervisor", run_dir / "supervisord.log")
         finally:
             for k, v in saved.items():
@@ -57,6 +63,8 @@ def start_replicated(services_dsn: str, run_dir: Path, secrets: Path, tls_dir: P
                 put_kv(ports, key, value)
             wait_up([supervised], lambda: suite_ready(ports, instances=dict.fromkeys(SERVICE_MODULES, replicas)),
                     120, "the suite under supervisord")
+            if prometheus:
+                wait_up([supervised], lambda: prometheus_ready(ports), 60, "prometheus under supervisord")
         except BaseException:
             supervise.stop(supervised.popen)
             raise
@@ -94,10 +102,11 @@ class OnCluster:
 
 def start_on_cluster(run_dir: Path, secrets: Path, tls_dir: Path, *, members: int = 3, replicas: int,
                      env: Mapping[str, str], kv: Mapping[str, str] = {},
-                     dcs: Mapping[str, object] | None = None) -> OnCluster:
+                     dcs: Mapping[str, object] | None = None, prometheus: bool = False) -> OnCluster:
     """Starts Consul and a Patroni cluster of `members` members (devstack.patroni) under one supervisord, prepares
     the `shop` database on it (migrations, demo data), then `replicas` replicas of every service and the gateway on
-    the cluster's DSN (start_replicated). The caller stops it with OnCluster.stop."""
+    the cluster's DSN (start_replicated; with `prometheus`, Prometheus and its target sync too). The caller stops it
+    with OnCluster.stop."""
     ports = Ports.free()
     home = Path(tempfile.mkdtemp(prefix="shop-test-patroni-"))
     cluster = local_cluster(home, members, ports.consul_addr, dcs=dict(dcs or {}))
@@ -106,7 +115,7 @@ def start_on_cluster(run_dir: Path, secrets: Path, tls_dir: Path, *, members: in
     try:
         asyncio.run(prepare(dsn))
         _, supervisor = start_replicated(dsn, run_dir, secrets, tls_dir, replicas=replicas, env=env, kv=kv,
-                                         ports=ports, consul=False)
+                                         ports=ports, consul=False, prometheus=prometheus)
     except BaseException:
         supervise.stop(data_tier)
         shutil.rmtree(home, ignore_errors=True)

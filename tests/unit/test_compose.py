@@ -28,12 +28,13 @@ def test_compose_file_is_valid():
 
 def test_compose_runs_every_process_of_the_suite():
     assert set(compose("config", "--services").split()) == {
-        "pg1", "pg2", "pg3", "consul", "consul-setup", "catalog", "cart", "inventory", "order", "gateway-sync", "gateway"}
+        "pg1", "pg2", "pg3", "consul", "consul-setup", "catalog", "cart", "inventory", "order", "gateway-sync", "gateway",
+        "prometheus", "prometheus-targets"}
 
 
 def test_services_advertise_a_reachable_address_and_listen_on_all_interfaces():
     resolved = compose("config")
-    assert resolved.count("ADVERTISE_ADDRESS: auto") == 4
+    assert resolved.count("ADVERTISE_ADDRESS: auto") == 5  # and gateway-sync, which registers itself for Prometheus
     assert resolved.count("GRPC_HOST: 0.0.0.0") == 4
 
 
@@ -49,7 +50,7 @@ def test_every_service_calls_over_mutual_tls_and_has_a_consul_token_of_its_own()
     resolved = compose("config")
     assert resolved.count("TLS_DIR: /tls") == 4
     assert sorted(re.findall(r"CONSUL_HTTP_TOKEN: (token-of-\S+)", resolved)) == sorted(
-        [f"token-of-consul_token_{s}" for s in ("catalog", "cart", "inventory", "order", "gateway_sync")]
+        [f"token-of-consul_token_{s}" for s in ("catalog", "cart", "inventory", "order", "gateway_sync", "prometheus")]
         + ["token-of-consul_master_token"])  # the last one: consul-setup's
     assert "--tls-dir /tls" in resolved  # Envoy too
 

@@ -97,4 +97,16 @@ def test_with_port_zero_every_worker_takes_a_free_port(monkeypatch):
     monkeypatch.setenv("GRPC_PORT", "0")
     s = ServiceSettings.from_env("catalog", 50051)
     assert [worker_env(s, i)["GRPC_PORT"] for i in (1, 2)] == ["0", "0"]
-    assert [worker_env(s, i)["METRICS_PORT"] for i in (1, 2)] == ["0", "0"], "metrics stay off when off"
+    assert [worker_env(s, i)["METRICS_PORT"] for i in (1, 2)] == ["0", "0"], "metrics on any free port, each its own"
+
+
+def test_metrics_on_a_free_port_by_default_and_off_when_off(monkeypatch):
+    assert ServiceSettings.from_env("catalog", 50051).metrics_port == 0
+    monkeypatch.setenv("WORKERS", "2")
+    monkeypatch.setenv("METRICS_PORT", "off")
+    s = ServiceSettings.from_env("catalog", 50051)
+    assert s.metrics_port is None
+    assert [worker_env(s, i)["METRICS_PORT"] for i in (1, 2)] == ["off", "off"]
+    monkeypatch.setenv("METRICS_PORT", "-1")
+    with pytest.raises(ConfigError, match="METRICS_PORT"):
+        ServiceSettings.from_env("catalog", 50051)
