@@ -1,6 +1,6 @@
 // The live sale board: asks Prometheus's HTTP API (same origin) for the sale's figures every few seconds and shows
 // them in tables (each number in an element with data-figure, data-sku, data-campaign) and uPlot charts.
-// Every inventory replica exports the same sale figures (inventory_svc/sale_figures.py), so each is taken max by sku.
+// Every inventory replica exports the same sale figures (inventory_svc/sale_figures.py): see NEWEST below.
 // Query parameters: ?refresh=<seconds> (default 5), ?minutes=<chart range> (default 15).
 "use strict";
 
@@ -57,8 +57,13 @@ function byLabels(result, ...labels) {
   return map;
 }
 
+// Every inventory replica exports the same figures, each as of its own last pass: the figures of one SKU are taken
+// from the replica whose pass is the newest (so held, sold and remaining are of one instant and add up to the
+// quota), max by sku across replicas that tie.
+const NEWEST = "on (instance) (shop_sale_figures_updated_seconds == scalar(max(shop_sale_figures_updated_seconds)))";
+
 async function instant() {
-  const max = (name, by) => query(`max by (${by}) (${name})`);
+  const max = (name, by) => query(`max by (${by}) (${name} and ${NEWEST})`);
   const [campaigns, refused, watched, addsRate, replicasUp, replicasAll, p99, ...items] = await Promise.all([
     max("shop_sale_campaign", "campaign, name, status"),
     max("shop_sale_refused_total", "campaign, sku, reason"),
@@ -108,7 +113,8 @@ function renderCampaigns(f) {
     block.append(title);
     const table = document.createElement("table");
     table.innerHTML = "<thead><tr><th>SKU</th><th>quota</th><th>remaining</th><th>held</th><th>sold</th>" +
-      "<th>returned</th><th>buyers</th><th>adds/s</th><th>refused</th><th>by reason</th></tr></thead>";
+      "<th>returned</th><th>buyers</th><th>adds/s</th><th>refused</th><th>by reason</th>" +
+      "<th>on hand</th><th>reserved</th><th>set aside</th><th>available</th></tr></thead>";
     const body = document.createElement("tbody");
     for (const sku of (skusOf.get(id) || []).sort()) {
       const key = id + "\u0000" + sku;
@@ -133,6 +139,11 @@ function renderCampaigns(f) {
         by.append(span);
       }
       tr.append(by);
+      // The SKU's whole stock (GET /admin/stock/{sku}): reserved counts every hold, the quota's and regular ones.
+      for (const [figure, from] of [["on-hand", "on_hand"], ["reserved", "held"], ["set-aside", "set_aside"],
+                                    ["available", "available"]]) {
+        tr.append(cell(figure, f.stockFigures[from].get(sku), {sku}));
+      }
       body.append(tr);
     }
     table.append(body);
