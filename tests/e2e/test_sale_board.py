@@ -29,6 +29,7 @@ from tests.e2e.replicated import start_replicated
 pytestmark = pytest.mark.e2e
 
 SKU = "SP-0160"
+OTHER_SKU = "SP-0161"
 REPLICAS = 2
 QUOTA, PER_BUYER = 8, 2
 # The exporter's pass every second here (5 s by default), so the figures reach Prometheus within a scrape or two.
@@ -132,12 +133,20 @@ def test_the_board_shows_the_sales_figures_and_refreshes_itself(suite):
         price = http.get(f"/catalogs/{SKU}").json()["price"]
         sale_price = price // 2
         now = parsed(http.get("/campaigns").json()["serverTime"])
-        starts_at = now + timedelta(seconds=3)
+        # Opening in 10 s: the exporter watches a campaign opening soon, so Prometheus has its SKU's counters
+        # (at 0) before the first add, and rate() sees every add.
+        starts_at = now + timedelta(seconds=10)
         created = http.post("/admin/campaigns", headers=shop.admin | {"Idempotency-Key": uuid.uuid4().hex}, json={
             "name": "Board sale", "startsAt": rfc3339(starts_at), "endsAt": rfc3339(starts_at + timedelta(minutes=10)),
             "items": [{"sku": SKU, "salePrice": sale_price, "quota": QUOTA, "maxPerUser": PER_BUYER}]})
         assert created.status_code == 200, created.text
         campaign_id = created.json()["campaignId"]
+        # A shopper buying at the regular price meanwhile: the add's latency histograms exist before the sale.
+        regular = shop.http.post("/chart", json={"sku": OTHER_SKU, "qty": 1}, headers=shop.user("b0"))
+        print(f"\n  a regular add before the sale: {regular.status_code}")
+        wait_until(lambda: len(prometheus(ports, f'shop_sale_adds_total{{sku="{SKU}"}}')) == REPLICAS and prometheus(
+            ports, 'shop_rpc_seconds_count{service="cart",method="/shop.cart.v1.CartService/AddItem"}'), 60,
+            interval=0.5, what="the campaign's counters and the add's latency in Prometheus before the opening")
         wait_until(lambda: parsed(http.get("/campaigns").json()["serverTime"]) > starts_at, 30, interval=0.2,
                    what="the campaign to open")
 
@@ -155,10 +164,10 @@ def test_the_board_shows_the_sales_figures_and_refreshes_itself(suite):
         figures_after(ports, stopped)
         (item,) = shop.campaign(campaign_id)["items"]
         stock = shop.stock()
-        print(f"\n  admin API: {item}\n  stock: {stock}")
+        print(f"  admin API: {item}\n  stock: {stock}")
         assert (item["remaining"], item["held"], item["sold"]) == (1, 3, 4)
 
-        board_url = f"http://127.0.0.1:{ports.prometheus}/user/board.html?refresh=2"
+        board_url = f"http://127.0.0.1:{ports.prometheus}/user/board.html?refresh=2&minutes=3"
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1400, "height": 1100})
@@ -194,6 +203,8 @@ def test_the_board_shows_the_sales_figures_and_refreshes_itself(suite):
                                        "available": str(stock["available"])}
                 assert replicas == {job: str(consul_passing(ports, job)) for job in SERVICE_MODULES}
                 assert set(replicas.values()) == {str(REPLICAS)}
+                assert float(shown("adds-per-second")) > 0
+                assert float(page.inner_text("[data-figure=p99-ms][data-service=cart]")) > 0
                 assert not errors, errors
 
                 # One more purchase, and the page shows it without being reloaded.
