@@ -7,7 +7,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Coroutine, Iterable, Iterator
+from typing import Any, Callable, Coroutine, Iterator
 
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -45,9 +45,9 @@ PASS_SECONDS = "shop_sale_figures_pass_seconds"  # how long the last pass took
 UPDATED = "shop_sale_figures_updated_seconds"  # the database's clock at the last pass (unix seconds)
 LEDGER_ROWS = "shop_sale_figures_ledger_rows"  # counter: ledger rows the passes read
 
-# Ledger rows read per statement, and statements per pass: a pass never reads more than this; a backlog waits
+# Ledger rows summed per statement, and statements per pass: a pass never reads more than this; a backlog waits
 # for the next pass (a sale's adds arrive far slower than this in five seconds).
-PAGE = 5000
+PAGE = 10000
 MAX_PAGES = 20
 # The first pass reads back this many ledger ids, so a replica that starts mid-sale sees the hot window at once.
 BACK_READ = 20000
@@ -97,11 +97,32 @@ _WATCHED_CAMPAIGNS = """
        AND c.ends_at > %(now)s AND NOT (c.cancelled_at IS NOT NULL AND c.cancelled_at <= c.starts_at)
      ORDER BY c.starts_at, c.id LIMIT %(limit)s
 """
-# The ledger's primary key in order: a range after the last id read, or the ids skipped and looked for again.
-_TAIL = ("SELECT id, sku, reason, reserved_delta, on_hand_delta, created_at FROM inventory.ledger"
-         " WHERE id > %s ORDER BY id LIMIT %s")
-_GAPS = ("SELECT id, sku, reason, reserved_delta, on_hand_delta, created_at FROM inventory.ledger"
-         " WHERE id = ANY(%s::bigint[])")
+# The ledger's tail, by its primary key: the last id of the next `limit` rows after the last id read (an index-only
+# range), then those rows summed in the database per SKU and window bucket (HOLD: an add; COMMIT: units sold), so
+# only a few rows reach Python whatever the rate of adds, with, in the same statement (one snapshot), the ids of
+# the range that are not there (gaps: a transaction still open, or rolled back).
+_TAIL_END = ("SELECT max(id), count(*) FROM (SELECT id FROM inventory.ledger WHERE id > %s ORDER BY id LIMIT %s) r")
+_TAIL = """
+    WITH r AS (
+        SELECT id, sku, reason, reserved_delta, on_hand_delta, created_at FROM inventory.ledger
+         WHERE id > %(after)s AND id <= %(upto)s
+    )
+    SELECT sku, floor(extract(epoch FROM created_at) / %(width)s)::bigint,
+           (count(*) FILTER (WHERE reason = 'HOLD'))::int,
+           COALESCE(sum(reserved_delta) FILTER (WHERE reason = 'HOLD'), 0)::int,
+           COALESCE(sum(-on_hand_delta) FILTER (WHERE reason = 'COMMIT'), 0)::int, NULL::bigint
+      FROM r WHERE reason IN ('HOLD', 'COMMIT') GROUP BY 1, 2
+    UNION ALL
+    SELECT NULL, NULL, NULL, NULL, NULL, g FROM generate_series(%(after)s + 1, %(upto)s) g
+     WHERE %(complete)s IS FALSE AND NOT EXISTS (SELECT 1 FROM r WHERE r.id = g)
+"""
+# The same sums over ids skipped before, with the ids found.
+_GAPS = """
+    SELECT sku, floor(extract(epoch FROM created_at) / %(width)s)::bigint,
+           (reason = 'HOLD')::int, CASE WHEN reason = 'HOLD' THEN reserved_delta ELSE 0 END,
+           CASE WHEN reason = 'COMMIT' THEN -on_hand_delta ELSE 0 END, id
+      FROM inventory.ledger WHERE id = ANY(%(ids)s::bigint[])
+"""
 
 
 class SaleFigures:
@@ -156,48 +177,44 @@ class SaleFigures:
             assert row is not None  # an aggregate without GROUP BY: one row
             self._cursor = max(0, row[0] - BACK_READ)
         clock = time.monotonic()
+        width = self._settings.interval_seconds or 5.0
         if self._gaps:
-            cur = await conn.execute(_GAPS, (list(self._gaps),))
-            found = await cur.fetchall()
-            for r in found:
-                del self._gaps[r[0]]
-            self._count(found)
+            cur = await conn.execute(_GAPS, dict(ids=list(self._gaps), width=width))
+            for sku, bucket, adds, added, sold, found in await cur.fetchall():
+                self._gaps.pop(found, None)
+                self._add(sku, bucket, adds, added, sold)
+                self._ledger_rows += 1
             for gap in [g for g, first in self._gaps.items() if clock - first > GAP_SECONDS]:
                 del self._gaps[gap]
         for _ in range(MAX_PAGES):
-            cur = await conn.execute(_TAIL, (self._cursor, PAGE))
-            rows = await cur.fetchall()
-            if not rows:
+            cur = await conn.execute(_TAIL_END, (self._cursor, PAGE))
+            row = await cur.fetchone()
+            assert row is not None  # an aggregate without GROUP BY: one row
+            upto, rows = row
+            if upto is None:
                 break
-            expected = self._cursor + 1
-            for r in rows:
-                for skipped in range(expected, r[0]):
-                    self._gaps.setdefault(skipped, clock)
-                expected = r[0] + 1
-            self._cursor = rows[-1][0]
-            self._count(rows)
-            if len(rows) < PAGE:
+            cur = await conn.execute(_TAIL, dict(after=self._cursor, upto=upto, width=width,
+                                                 complete=rows == upto - self._cursor))
+            for sku, bucket, adds, added, sold, missing in await cur.fetchall():
+                if missing is not None:
+                    self._gaps.setdefault(missing, clock)
+                else:
+                    self._add(sku, bucket, adds, added, sold)
+            self._ledger_rows += rows
+            self._cursor = upto
+            if rows < PAGE:
                 break
         while len(self._gaps) > MAX_GAPS:  # the oldest first (dicts keep insertion order)
             del self._gaps[next(iter(self._gaps))]
 
-    def _count(self, rows: Iterable[tuple[Any, ...]]) -> None:
-        width = self._settings.interval_seconds or 5.0
-        for _id, sku, reason, reserved_delta, on_hand_delta, created_at in rows:
-            self._ledger_rows += 1
-            if reason == "HOLD":
-                tally = self._tallies.setdefault(sku, _Tally())
-                tally.adds += 1
-                tally.added_units += reserved_delta
-                units = reserved_delta
-            elif reason == "COMMIT":
-                tally = self._tallies.setdefault(sku, _Tally())
-                tally.sold_units -= on_hand_delta
-                units = -on_hand_delta
-            else:
-                continue
-            bucket = int(created_at.timestamp() // width)
-            self._buckets.setdefault(bucket, collections.Counter())[sku] += units
+    def _add(self, sku: str, bucket: int, adds: int, added_units: int, sold_units: int) -> None:
+        if not (adds or sold_units):
+            return
+        tally = self._tallies.setdefault(sku, _Tally())
+        tally.adds += adds
+        tally.added_units += added_units
+        tally.sold_units += sold_units
+        self._buckets.setdefault(bucket, collections.Counter())[sku] += added_units + sold_units
 
     def _expire_window(self, now: datetime) -> None:
         width = self._settings.interval_seconds or 5.0

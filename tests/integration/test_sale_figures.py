@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 
 import grpc
 import psycopg
@@ -174,3 +175,61 @@ async def test_an_add_that_commits_after_a_later_one_is_counted(shop, fresh_dsn)
     assert (one(registry, sf.ADDS + "_total", sku="G"), one(registry, sf.ADDED_UNITS + "_total", sku="G")) == (2, 3)
     await figures.pass_once()
     assert one(registry, sf.ADDS + "_total", sku="G") == 2  # counted once
+
+
+async def test_what_a_pass_costs_over_a_busy_ledger_and_beside_adds(shop, fresh_dsn):
+    """The cost, printed: a pass over 100,000 ledger rows of 1,000 SKUs (its statements' plans too), and the time of
+    adds with passes running back to back beside them and without."""
+    inv, pool = shop
+    await inv.stock("HOT", 100_000)
+    await inv.campaign([("HOT", SALE, 1000, 0)], starts_in=0)
+    with psycopg.connect(fresh_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO inventory.stock (sku, on_hand) SELECT 'K' || i, 1000 FROM generate_series(1, 1000) i")
+        conn.execute("INSERT INTO inventory.ledger (sku, reason, on_hand_delta, reserved_delta, on_hand_after,"
+                     " reserved_after, actor, created_at)"
+                     " SELECT 'K' || (i % 1000 + 1), 'HOLD', 0, 1, 1000, 1, 'test', now() FROM generate_series(1, 100000) i")
+        conn.execute("ANALYZE inventory.ledger")
+        plans = {name: "\n      ".join(r[0] for r in conn.execute("EXPLAIN " + sql, params).fetchall()) for name, sql, params in (
+            ("tail's end", sf._TAIL_END, (1000, sf.PAGE)),
+            ("tail", sf._TAIL, dict(after=1000, upto=1000 + sf.PAGE, width=5.0, complete=False)),
+            ("campaigns", sf._WATCHED_CAMPAIGNS.replace("%(now)s", "now()").replace("%(longest)s", "interval '7 days'")
+             .replace("%(soon)s", "900").replace("%(limit)s", "20"), None))}
+    figures, registry = exporter(pool, hot=10)
+    started = time.perf_counter()
+    await figures.pass_once()
+    first = time.perf_counter() - started
+    started = time.perf_counter()
+    await figures.pass_once()
+    steady = time.perf_counter() - started
+    print(f"\nsale figures: first pass (reads back {sf.BACK_READ} ledger ids) {1000 * first:.1f} ms,"
+          f" a pass with nothing new {1000 * steady:.1f} ms; hot: {figures.hot_skus()[:3]}...")
+    for name, plan in plans.items():
+        print(f"    plan of the {name} read:\n      {plan}")
+    assert "ledger_pkey" in plans["tail's end"] and "ledger_pkey" in plans["tail"]
+    assert len(series(registry, sf.WATCHED)) == 11
+
+    async def adds(n: int) -> float:
+        """The median time of n adds of HOT, one after the other."""
+        times = []
+        for i in range(n):
+            started = time.perf_counter()
+            await inv.add(f"cost-{uuid.uuid4().hex[:8]}", "HOT", 1, price=1000)
+            times.append(time.perf_counter() - started)
+        return sorted(times)[n // 2]
+
+    alone = await adds(100)
+    stop = asyncio.Event()
+
+    async def passes() -> int:
+        count = 0
+        while not stop.is_set():
+            await figures.pass_once()
+            count += 1
+        return count
+
+    running_passes = asyncio.create_task(passes())
+    beside = await adds(100)
+    stop.set()
+    count = await running_passes
+    print(f"sale figures: median add {1000 * alone:.2f} ms alone, {1000 * beside:.2f} ms beside {count} passes run"
+          f" back to back (the exporter runs one every 5 s)")
