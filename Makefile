@@ -9,7 +9,7 @@ DESCRIPTOR := $(GEN)/shop.pb
 CONSUL_LOCAL := .tools/bin/consul
 NEWMAN := .tools/node/node_modules/.bin/newman
 
-.PHONY: prometheus patroni db-status backup restore run test lint openapi newman token secrets hosts hosts-down audit bench bench-tools setup venv proto consul test-tools unit integration e2e crowd clean demo-data import import-sample
+.PHONY: board prometheus patroni db-status backup restore run test lint openapi newman token secrets hosts hosts-down audit bench bench-tools setup venv proto consul test-tools unit integration e2e crowd clean demo-data import import-sample
 
 # `make run DEMO_PRODUCTS=100000` loads a larger demo catalog (default 2,400; products already there stay).
 # Every service runs one worker process per usable core; `make run WORKERS=1` runs one each (or any number).
@@ -116,7 +116,7 @@ crowd: setup
 		passed=$$((passed + 1)); \
 	done; echo "crowd: all $$passed of $(RUNS) run(s) passed"
 
-setup: venv proto consul patroni prometheus
+setup: venv proto consul patroni prometheus board
 
 venv: $(VENV)/.installed
 
@@ -164,11 +164,26 @@ prometheus: $(PROMETHEUS_LOCAL)
 $(PROMETHEUS_LOCAL):
 	bash devstack/fetch_deb.sh bookworm prometheus $(dir $(PROMETHEUS_LOCAL)) usr/bin/prometheus usr/bin/promtool
 
+# The sale board (docs/monitoring.md): monitoring/board/ and uPlot's dist files from npm, assembled into .tools/board/,
+# which Prometheus serves at /user/ (devstack/prometheus.py's BOARD_DIR).
+BOARD_DIR := .tools/board
+UPLOT := .tools/node/node_modules/uplot/dist
+board: $(BOARD_DIR)/.stamp
+$(BOARD_DIR)/.stamp: $(wildcard monitoring/board/*) $(UPLOT)/uPlot.iife.min.js
+	rm -rf $(BOARD_DIR) && mkdir -p $(BOARD_DIR)
+	cp monitoring/board/*.html monitoring/board/*.js monitoring/board/*.css $(BOARD_DIR)/
+	cp $(UPLOT)/uPlot.iife.min.js $(UPLOT)/uPlot.min.css $(BOARD_DIR)/
+	touch $@
+$(UPLOT)/uPlot.iife.min.js:
+	npm install --no-audit --no-fund --silent --prefix .tools/node uplot@1.6.32
+
 # Tools only the tests use, from Debian's packages: docker-compose validates the compose file without a Docker
-# engine; iproute2's `ip` makes the test hosts of tests/e2e/test_hosts.py (network namespaces; needs root).
+# engine; iproute2's `ip` makes the test hosts of tests/e2e/test_hosts.py (network namespaces; needs root); chromium
+# is the browser tests/e2e/test_sale_board.py drives (through Playwright, whose own browser download is not used).
 test-tools:
 	@missing=""; command -v docker-compose >/dev/null || missing="docker-compose"; \
 	command -v ip >/dev/null || [ -x /usr/sbin/ip ] || missing="$$missing iproute2"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Coroutine
 
+from inventory_svc import sale_figures
 from inventory_svc.service import Inventory
 from inventory_svc.servicer import InventoryServicer
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
@@ -52,6 +53,9 @@ def create_server(settings: ServiceSettings, deps: Deps, inventory_settings: Inv
     )
     if own.sweep_interval_seconds > 0:
         app.background.append(sweeper(inventory, own.sweep_interval_seconds))
+    # The sale board's figures (INVENTORY_SALE_FIGURES_*; docs/monitoring.md), read beside the calls, never in them.
+    if (figures := sale_figures.exporter(deps.pool, deps.clock)) is not None:
+        app.background.append(figures)
     return app
 
 
