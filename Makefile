@@ -54,7 +54,7 @@ newman: venv node-tools
 node-tools: $(NODE_TOOLS)/.installed
 $(NODE_TOOLS)/.installed: tools/node/package.json $(NODE_LOCK)
 	mkdir -p $(NODE_TOOLS) && cp tools/node/package.json $(NODE_LOCK) $(NODE_TOOLS)/
-	cd $(NODE_TOOLS) && npm ci --no-audit --no-fund --silent
+	cd $(NODE_TOOLS) && npm ci --no-audit --no-fund --loglevel error
 	touch $@
 $(NEWMAN): $(NODE_TOOLS)/.installed
 
@@ -195,7 +195,7 @@ lock: $(UV_VENV)/.installed
 	$(UV_COMPILE) --universal --output-file $(PATRONI_LOCK) requirements/patroni.in
 	$(UV_COMPILE) --universal --output-file $(UV_LOCK) requirements/uv.in
 	$(if $(UPGRADE),rm -f $(NODE_LOCK))
-	cd tools/node && npm install --package-lock-only --no-audit --no-fund --silent \
+	cd tools/node && npm install --package-lock-only --no-audit --no-fund --loglevel error \
 		--omit-lockfile-registry-resolved
 
 $(UV_VENV)/.installed: $(UV_LOCK)
