@@ -26,7 +26,7 @@ run: setup
 	$(if $(DEMO_PRODUCTS),DEMO_PRODUCTS=$(DEMO_PRODUCTS)) $(if $(REPLICAS),REPLICAS=$(REPLICAS)) \
 		$(if $(PG_MEMBERS),PG_MEMBERS=$(PG_MEMBERS)) WORKERS=$(WORKERS) $(PY) -m devstack run
 
-test: setup test-tools node-tools lint
+test: setup test-tools lint
 	$(PY) -m pytest -q tests
 
 # Names that are undefined, unused or shadowed, and syntax errors; then the types of the production packages
@@ -129,7 +129,7 @@ crowd: setup
 		passed=$$((passed + 1)); \
 	done; echo "crowd: all $$passed of $(RUNS) run(s) passed"
 
-setup: venv proto consul patroni prometheus
+setup: venv proto consul patroni prometheus node-tools
 
 # $(call locked_install,PIP,LOCK): exactly what LOCK pins, each file checked against its hashes, into PIP's
 # virtualenv. pip and setuptools go first, alone, so that a package published only as source (Patroni's ydiff) is
@@ -189,14 +189,24 @@ UV_VENV := .tools/uv
 UV := $(UV_VENV)/bin/uv
 UV_COMPILE = $(UV) pip compile --no-config --quiet --generate-hashes --python-version 3.11 \
 	--custom-compile-command 'make lock' $(if $(UPGRADE),--upgrade)
+# Each lock is computed in $(LOCK_TMP), from its current version (whose pins uv and npm keep), and replaces it only
+# when it differs: an unchanged lock keeps its time, so nothing installed from it is installed again.
+LOCK_TMP := .tools/lock
+lock_replace = cmp -s $(1) $(2) || cp $(1) $(2)
 lock: $(UV_VENV)/.installed
-	$(UV_COMPILE) --python-platform x86_64-manylinux_2_36 --extra dev --output-file $(SUITE_LOCK) \
+	rm -rf $(LOCK_TMP) && mkdir -p $(LOCK_TMP)/node && cp tools/node/package.json $(LOCK_TMP)/node/
+	for f in $(SUITE_LOCK) $(PATRONI_LOCK) $(UV_LOCK); do [ ! -f $$f ] || cp $$f $(LOCK_TMP)/; done
+	$(if $(UPGRADE),,[ ! -f $(NODE_LOCK) ] || cp $(NODE_LOCK) $(LOCK_TMP)/node/)
+	$(UV_COMPILE) --python-platform x86_64-manylinux_2_36 --extra dev --output-file $(LOCK_TMP)/suite.txt \
 		pyproject.toml requirements/suite.in
-	$(UV_COMPILE) --universal --output-file $(PATRONI_LOCK) requirements/patroni.in
-	$(UV_COMPILE) --universal --output-file $(UV_LOCK) requirements/uv.in
-	$(if $(UPGRADE),rm -f $(NODE_LOCK))
-	cd tools/node && npm install --package-lock-only --no-audit --no-fund --loglevel error \
+	$(UV_COMPILE) --universal --output-file $(LOCK_TMP)/patroni.txt requirements/patroni.in
+	$(UV_COMPILE) --universal --output-file $(LOCK_TMP)/uv.txt requirements/uv.in
+	cd $(LOCK_TMP)/node && npm install --package-lock-only --no-audit --no-fund --loglevel error \
 		--omit-lockfile-registry-resolved
+	$(call lock_replace,$(LOCK_TMP)/suite.txt,$(SUITE_LOCK))
+	$(call lock_replace,$(LOCK_TMP)/patroni.txt,$(PATRONI_LOCK))
+	$(call lock_replace,$(LOCK_TMP)/uv.txt,$(UV_LOCK))
+	$(call lock_replace,$(LOCK_TMP)/node/package-lock.json,$(NODE_LOCK))
 
 $(UV_VENV)/.installed: $(UV_LOCK)
 	rm -rf $(UV_VENV) && $(PYTHON) -m venv $(UV_VENV)
