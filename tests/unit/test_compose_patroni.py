@@ -47,7 +47,10 @@ def test_postgres_is_three_patroni_members_each_with_a_volume_of_its_own():
 def test_the_members_image_runs_patroni_from_pypi_with_consul_on_the_official_postgres():
     dockerfile = (ROOT / "Dockerfile").read_text()
     stage = dockerfile[dockerfile.index("AS patroni"):dockerfile.index("\nFROM ", dockerfile.index("AS patroni"))]
-    assert "pip install" in stage and "patroni[consul,psycopg3]" in stage
+    # Installed from the lock `make patroni` installs from (tests/unit/test_locked_build.py checks that lock).
+    assert "COPY requirements/patroni.txt /tmp/patroni.txt" in stage
+    assert "--require-hashes --no-build-isolation -r /tmp/patroni.txt" in stage
+    assert "patroni[consul,psycopg3]" in (ROOT / "requirements" / "patroni.in").read_text()
     assert re.search(r"^FROM postgres:(\d+) AS patroni$", dockerfile, re.M)
     assert "deploy/patroni/patroni.yml" in stage and "USER postgres" in stage
     # The same major version as the embedded binaries of `make run` and the tests.
