@@ -19,7 +19,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from devstack.stack import ROOT, Ports, ProcessSpec, _env, http_get
+from devstack.stack import ROOT, Ports, ProcessSpec, _env, audit_exporter_process, http_get
 
 # The rules (recording and alerting) every Prometheus of the suite loads, and their promtool unit tests.
 RULES_DIR = ROOT / "monitoring" / "rules"
@@ -103,11 +103,14 @@ def targets_process(ports: Ports, run_dir: Path, token: str = "") -> ProcessSpec
                        [sys.executable, "-m", "monitoring.targets", "--out", str(run_dir / "targets")], env)
 
 
-def monitoring_processes(ports: Ports, run_dir: Path, assets_dir: Path | None = None) -> list[ProcessSpec]:
+def monitoring_processes(ports: Ports, run_dir: Path, assets_dir: Path | None = None,
+                         dsn: str | None = None) -> list[ProcessSpec]:
     """Prometheus and its target sync, both on `run_dir` (prometheus_process, targets_process); the sale board's
-    files served too when `assets_dir` is given and exists."""
+    files served too when `assets_dir` is given and exists; with `dsn`, the suite audit of that database run
+    periodically, its findings a metric (devstack.stack.audit_exporter_process, which registers in Consul)."""
     assets = assets_dir if assets_dir is not None and assets_dir.is_dir() else None
-    return [prometheus_process(ports, run_dir, assets_dir=assets), targets_process(ports, run_dir)]
+    return [prometheus_process(ports, run_dir, assets_dir=assets), targets_process(ports, run_dir),
+            *([audit_exporter_process(ports, dsn)] if dsn else [])]
 
 
 def prometheus_ready(ports: Ports) -> bool:

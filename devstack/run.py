@@ -98,8 +98,8 @@ def main() -> None:
     specs = suite_processes(ports, dsn, run_dir, SECRETS_DIR, workers=workers, replicas=replicas, tls_dir=TLS_DIR,
                             consul=data_tier is None)
     # Prometheus and its target sync from Consul (devstack.prometheus), its data in .run/prometheus; the sale board's
-    # files served at /user/ when assembled.
-    specs += monitoring_processes(ports, run_dir / "prometheus", assets_dir=BOARD_DIR)
+    # files served at /user/ when assembled; the suite audit every minute, its findings a metric.
+    specs += monitoring_processes(ports, run_dir / "prometheus", assets_dir=BOARD_DIR, dsn=dsn)
     supervisor = supervise.start(specs, run_dir / "supervisor")
     threading.Thread(target=announce, args=(ports, workers, replicas), daemon=True, name="announce").start()
     # Ctrl-C reaches supervisord too (the terminal signals the whole foreground group); it stops every program.

@@ -38,7 +38,8 @@ def start_replicated(services_dsn: str, run_dir: Path, secrets: Path, tls_dir: P
     again when one was taken before its program bound it), with `env` in every program's environment and `kv` in
     Consul before the services start; returns once every service has its replicas passing. With `prometheus`,
     Prometheus on `ports.prometheus` and its target sync from Consul too (devstack.prometheus.monitoring_processes,
-    data and target files under `run_dir`/prometheus, the sale board's files at /user/ when assembled), ready before
+    data and target files under `run_dir`/prometheus, the sale board's files at /user/ when assembled, the periodic
+    suite audit), ready before
     this returns. The caller stops it with devstack.supervise.stop."""
 
     def start(ports: Ports) -> Popen:
@@ -49,7 +50,7 @@ def start_replicated(services_dsn: str, run_dir: Path, secrets: Path, tls_dir: P
                                     replicas=dict.fromkeys(SERVICE_MODULES, replicas), tls_dir=tls_dir,
                                     consul=consul)
             if prometheus:
-                specs += monitoring_processes(ports, run_dir / "prometheus", assets_dir=BOARD_DIR)
+                specs += monitoring_processes(ports, run_dir / "prometheus", assets_dir=BOARD_DIR, dsn=services_dsn)
             supervised = Supervised(specs, run_dir / "supervisor", run_dir / "supervisord.log")
         finally:
             for k, v in saved.items():

@@ -72,9 +72,9 @@ def consul_ids(ports: Ports, service: str) -> set[str]:
     return {e["Service"]["ID"] for e in json.loads(body)} if status == 200 else set()
 
 
-def test_every_replica_envoy_and_the_sync_are_targets_and_up(suite):
+def test_every_replica_envoy_the_sync_and_the_audit_are_targets_and_up(suite):
     ports, *_ = suite
-    expected = {s: REPLICAS for s in SERVICE_MODULES} | {"envoy": 1, "gateway-sync": 1}
+    expected = {s: REPLICAS for s in SERVICE_MODULES} | {"envoy": 1, "gateway-sync": 1, "audit": 1}
 
     def all_up() -> dict[str, dict] | None:
         found = targets(ports)
