@@ -183,12 +183,14 @@ $(PATRONI_VENV)/.installed: $(PATRONI_LOCK)
 # requirements/patroni.in and $(UV_LOCK) from requirements/uv.in, for any platform (the Patroni image's Python is
 # not the host's); $(NODE_LOCK) from tools/node/package.json. Pins that still satisfy their ranges are kept, so run
 # it after changing a range or a dependency; `make lock UPGRADE=1` moves every pin to the newest release allowed.
-# uv reads neither pip's configuration (a mirror, find-links, constraints) nor, with --no-config, its own files:
-# the Python locks are resolved from PyPI alone. npm writes no registry address into its lock, only integrity hashes.
+# uv reads neither pip's configuration (find-links, extra indexes, constraints) nor, with --no-config, its own files:
+# the Python locks are resolved from PyPI alone, through the index pip is configured with when it names one (a
+# mirror of PyPI). npm writes no registry address into its lock, only integrity hashes.
 UV_VENV := .tools/uv
 UV := $(UV_VENV)/bin/uv
 UV_COMPILE = $(UV) pip compile --no-config --quiet --generate-hashes --python-version 3.11 \
-	--custom-compile-command 'make lock' $(if $(UPGRADE),--upgrade)
+	--custom-compile-command 'make lock' $(if $(UPGRADE),--upgrade) \
+	$$(index=$$($(PY) -m pip config get global.index-url 2>/dev/null) && echo --default-index "$$index")
 # Each lock is computed in $(LOCK_TMP), from its current version (whose pins uv and npm keep), and replaces it only
 # when it differs: an unchanged lock keeps its time, so nothing installed from it is installed again.
 LOCK_TMP := .tools/lock
