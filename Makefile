@@ -220,11 +220,20 @@ consul:
 	@if [ -n "$$CONSUL_BIN" ] || command -v consul >/dev/null || [ -x $(CONSUL_LOCAL) ]; then :; \
 	else bash devstack/fetch_deb.sh bullseye consul $(dir $(CONSUL_LOCAL)) usr/bin/consul && $(CONSUL_LOCAL) version | head -n1; fi
 
-# Prometheus and promtool (2.42) from Debian 12's package, into .tools/bin/ (devstack/prometheus.py).
+# Prometheus and promtool (2.42) from Debian 12's package, into .tools/bin/ (devstack/prometheus.py); and, in
+# .tools/prometheus/, the files of its web pages (/classic/...: targets, alerts, rules, graphs), which it reads from
+# disk (--web.local-assets), with the JavaScript and font packages they link into.
 PROMETHEUS_LOCAL := .tools/bin/prometheus
-prometheus: $(PROMETHEUS_LOCAL)
+PROMETHEUS_WEB := .tools/prometheus
+PROMETHEUS_WEB_PACKAGES := prometheus libjs-bootstrap4 libjs-d3 libjs-eonasdan-bootstrap-datetimepicker libjs-jquery \
+	libjs-jquery-hotkeys libjs-moment libjs-moment-timezone libjs-mustache libjs-popper.js libjs-rickshaw \
+	fonts-glyphicons-halflings
+prometheus: $(PROMETHEUS_LOCAL) $(PROMETHEUS_WEB)/.stamp
 $(PROMETHEUS_LOCAL):
 	bash devstack/fetch_deb.sh bookworm prometheus $(dir $(PROMETHEUS_LOCAL)) usr/bin/prometheus usr/bin/promtool
+$(PROMETHEUS_WEB)/.stamp:
+	rm -rf $(PROMETHEUS_WEB) && bash devstack/fetch_deb.sh --tree bookworm $(PROMETHEUS_WEB) $(PROMETHEUS_WEB_PACKAGES)
+	touch $@
 
 # The sale board (docs/monitoring.md): monitoring/board/ and uPlot's dist files from npm, assembled into .tools/board/,
 # which Prometheus serves at /user/ (devstack/prometheus.py's BOARD_DIR).

@@ -1,15 +1,25 @@
 #!/usr/bin/env bash
-# Puts binaries of a Debian package into a folder, without installing the package:
-#   fetch_deb.sh SUITE PACKAGE DEST_DIR PATH_IN_PACKAGE...
-# e.g. Consul (1.8.7, in no current Debian release nor on PyPI/npm) from bullseye's `consul`, and Prometheus
-# (2.42) with promtool from bookworm's `prometheus`. It asks the mirror the machine's own apt already uses, with
-# a private apt state, so the machine's own apt configuration is left untouched.
+# Puts files of Debian packages into a folder, without installing the packages:
+#   fetch_deb.sh SUITE PACKAGE DEST_DIR PATH_IN_PACKAGE...   the given files of one package, flat into DEST_DIR
+#   fetch_deb.sh --tree SUITE DEST_ROOT PACKAGE...           the whole of each package, under DEST_ROOT as under /
+# e.g. Consul (1.8.7, in no current Debian release nor on PyPI/npm) from bullseye's `consul`, Prometheus (2.42) with
+# promtool from bookworm's `prometheus`, and the files its web pages read (its own, and the JavaScript packages its
+# symlinks point into, which resolve inside one tree). It asks the mirror the machine's own apt already uses, with a
+# private apt state, so the machine's own apt configuration is left untouched.
 set -euo pipefail
-usage="usage: fetch_deb.sh SUITE PACKAGE DEST_DIR PATH_IN_PACKAGE..."
+usage="usage: fetch_deb.sh SUITE PACKAGE DEST_DIR PATH_IN_PACKAGE... | fetch_deb.sh --tree SUITE DEST_ROOT PACKAGE..."
+tree=""
+if [ "${1:-}" = "--tree" ]; then tree=1; shift; fi
 suite=${1:?$usage}
-package=${2:?$usage}
-dest=${3:?$usage}
-shift 3
+if [ -n "$tree" ]; then
+  dest=${2:?$usage}
+  shift 2
+  packages=("$@")
+else
+  packages=("${2:?$usage}")
+  dest=${3:?$usage}
+  shift 3
+fi
 [ $# -gt 0 ] || { echo "$usage" >&2; exit 2; }
 mkdir -p "$dest"
 work=$(mktemp -d)
@@ -40,7 +50,15 @@ apt_opts=(-o "Dir::Etc::SourceList=$work/sources.list" -o "Dir::Etc::SourceParts
           -o "Dir::State::Lists=$work/lists" -o "Dir::Cache::Archives=$work/archives"
           -o "Debug::NoLocking=1" -o "APT::Sandbox::User=root")
 apt-get -qq "${apt_opts[@]}" update
-(cd "$work" && apt-get -qq "${apt_opts[@]}" download "$package")
+(cd "$work" && apt-get -qq "${apt_opts[@]}" download "${packages[@]}")
+if [ -n "$tree" ]; then
+  for package in "${packages[@]}"; do
+    dpkg-deb -x "$work"/"${package}"_*.deb "$dest"
+    echo "fetch_deb: $package ($suite) into $dest"
+  done
+  exit 0
+fi
+package=${packages[0]}
 dpkg-deb -x "$work"/"${package}"_*.deb "$work/x"
 for path in "$@"; do
   install -m 0755 "$work/x/${path#/}" "$dest/$(basename "$path")"

@@ -26,6 +26,9 @@ RULES_DIR = ROOT / "monitoring" / "rules"
 # The sale board's files (monitoring/board/ and the charting library from npm), assembled by `make board` and served
 # by Prometheus at /user/ (--web.user-assets).
 BOARD_DIR = ROOT / ".tools" / "board"
+# The files of Prometheus's own web pages (/classic/...), from Debian's packages (`make prometheus`): Debian's binary
+# looks for them under /usr/share/prometheus/web unless told otherwise.
+WEB_ASSETS = ROOT / ".tools" / "prometheus" / "usr" / "share" / "prometheus" / "web"
 # How often targets are scraped and rules evaluated in a local run; how often Consul is asked for targets.
 SCRAPE_INTERVAL = "5s"
 REFRESH_INTERVAL = "5s"
@@ -92,6 +95,8 @@ def prometheus_process(ports: Ports, run_dir: Path, rules_dir: Path = RULES_DIR,
     ]
     if assets_dir is not None:
         argv.append(f"--web.user-assets={assets_dir}")
+    if WEB_ASSETS.is_dir():
+        argv.append(f"--web.local-assets={WEB_ASSETS}/")
     return ProcessSpec("prometheus", argv, _env())
 
 

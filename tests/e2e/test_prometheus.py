@@ -156,3 +156,20 @@ def test_a_registration_consul_lost_comes_back_with_the_same_metrics_port(suite)
     assert (again["Tags"], again["Meta"]) == (entry["Tags"], entry["Meta"])
     wait_until(lambda: targets(ports).get(entry["ID"], {}).get("health") == "up", 6 * SCRAPE_SECONDS,
                interval=0.5, what=f"{entry['ID']} a target again")
+
+
+def test_prometheus_own_pages_show_the_targets_and_the_alerts(suite):
+    """What an operator opens besides the board: Prometheus's pages of targets and alerts (Debian's web files, from
+    `make prometheus`), with their scripts, since Debian's binary reads those pages from disk."""
+    ports, *_ = suite
+    base = f"http://127.0.0.1:{ports.prometheus}"
+    wait_until(lambda: "gateway-sync" in http_get(f"{base}/classic/targets")[1].decode(), 30,
+               what="the targets page listing the suite's jobs")
+    status, alerts = http_get(f"{base}/classic/alerts")
+    assert status == 200, alerts[:300]
+    page = alerts.decode()
+    assert "SaleRouteErrors" in page and "SuiteAuditFindings" in page, page[:500]
+    scripts = [src.split("?")[0] for src in page.split('src="')[1:] for src in [src.split('"')[0]]]
+    assert scripts, "the alerts page loads its scripts"
+    for src in scripts:
+        assert http_get(f"{base}{src}")[0] == 200, src
