@@ -61,7 +61,6 @@ class Bench(Suite):
         super().__init__(args, work, pg_members)
         self.figures: dict[str, Figure] = {}
         self.warmups: dict[str, wrk.RestRun] = {}
-        self.notes: list[str] = []
         self._users: list[str] = []
         self._sale_users: list[str] = []
         self._buyers: list[str] = []

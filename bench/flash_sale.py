@@ -83,6 +83,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="1: one embedded Postgres (the default); N > 1: the same figures on one server, then on"
                              " a Patroni cluster of N members, and the ratio of the two (adds "
                              f"{','.join(PURCHASE_FIGURES)} to the default figures)")
+    parser.add_argument("--monitoring", action="store_true",
+                        help="run Prometheus (scraping every instance every 5 s), its target sync and the periodic"
+                             " audit beside the suite, as `make run` does, to measure what watching the sale costs")
     parser.add_argument("--plaintext", action="store_true",
                         help="gRPC between the processes in plaintext, to measure what mutual TLS costs")
     args = parser.parse_args(argv)

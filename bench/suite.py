@@ -28,6 +28,7 @@ from devstack.patroni import local_cluster, start_data_tier
 from devstack.postgres import create_database, dsn_for, start_embedded
 from devstack.prepare import prepare
 from devstack.procs import Proc, consul_ready, wait_until
+from devstack.prometheus import BOARD_DIR, monitoring_processes
 from devstack.stack import (SERVICE_MODULES, Ports, ProcessSpec, consul_process, gateway_processes,
                             passing_instances, service_process, wait_for_suite)
 from gateway.identity import ensure_keys, issue_token
@@ -64,6 +65,8 @@ class Suite:
         self.rate_limit: tuple[int, int] | None = None
         self.envoy_threads = "default"
         self._pending_tokens: Iterator[str] = iter(())
+        # What the report says beside the figures: how they were measured, what else ran.
+        self.notes: list[str] = []
         self._user_tokens: list[str] | None = None
 
     def start(self, stack: contextlib.ExitStack) -> None:
@@ -103,6 +106,12 @@ class Suite:
                     self.envoy_threads = argv[argv.index("--concurrency") + 1]
                 spec = type(spec)(spec.name, argv, spec.env)
             self._start(spec)
+        if args.monitoring:
+            # As `make run` has them: Prometheus scraping every instance, found through Consul, and the audit.
+            for spec in monitoring_processes(self.ports, self.work / "prometheus", assets_dir=BOARD_DIR, dsn=self.dsn):
+                self._start(spec)
+            self.notes.append("with Prometheus scraping every instance every 5 s, its target sync and the audit every"
+                              " minute (--monitoring)")
         if not wait_for_suite(self.ports, 120, instances=args.workers):
             logs = "\n".join(f"--- {p.name}\n{p.log()[-2000:]}" for p in self.procs)
             raise RuntimeError(f"the suite did not come up within 120 s:\n{logs}")
