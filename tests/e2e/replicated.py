@@ -18,6 +18,7 @@ import httpx
 
 from devstack import supervise
 from devstack.patroni import Cluster, local_cluster, start_data_tier
+from devstack.postgres import create_database, dsn_for
 from devstack.prepare import prepare
 from devstack.prometheus import BOARD_DIR, monitoring_processes, prometheus_ready
 from devstack.procs import Supervised, consul_ready, on_free_ports, wait_up
@@ -99,6 +100,22 @@ class OnCluster:
         supervise.stop(self.supervisor)
         supervise.stop(self.data_tier)
         shutil.rmtree(self.home, ignore_errors=True)
+
+
+@contextmanager
+def monitored_suite(pg_admin_dsn: str, run_dir: Path, tls_dir: Path, *, replicas: int,
+                    env: Mapping[str, str]) -> Iterator[tuple[Ports, str]]:
+    """A suite on a database of its own (demo catalog), `replicas` replicas of every service behind Envoy, with
+    Prometheus, its target sync from Consul and the periodic audit (start_replicated with `prometheus`); yields its
+    ports and its database's DSN, and stops it all."""
+    dsn = dsn_for(pg_admin_dsn, create_database(pg_admin_dsn))
+    asyncio.run(prepare(dsn))
+    ports, supervisor = start_replicated(dsn, run_dir, run_dir / "secrets", tls_dir, replicas=replicas, env=env,
+                                         prometheus=True)
+    try:
+        yield ports, dsn
+    finally:
+        supervise.stop(supervisor)
 
 
 def start_on_cluster(run_dir: Path, secrets: Path, tls_dir: Path, *, members: int = 3, replicas: int,

@@ -3,7 +3,6 @@ gateway's sync are targets and up; a replica started during the run becomes one,
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -15,13 +14,10 @@ import urllib.request
 
 import pytest
 
-from devstack import supervise
-from devstack.postgres import create_database, dsn_for
-from devstack.prepare import prepare
 from devstack.prometheus import SCRAPE_INTERVAL
 from devstack.procs import wait_until
 from devstack.stack import SERVICE_MODULES, Ports, http_get, service_process
-from tests.e2e.replicated import start_replicated
+from tests.e2e.replicated import monitored_suite
 
 pytestmark = pytest.mark.e2e
 
@@ -34,14 +30,8 @@ ENV = {"CONSUL_CHECK_INTERVAL": "1s"}
 def suite(pg_admin_dsn, tmp_path_factory, tls_dir):
     """Two replicas of every service behind Envoy, with Prometheus and its target sync."""
     run_dir = tmp_path_factory.mktemp("prometheus")
-    dsn = dsn_for(pg_admin_dsn, create_database(pg_admin_dsn))
-    asyncio.run(prepare(dsn))
-    ports, supervisor = start_replicated(dsn, run_dir, run_dir / "secrets", tls_dir, replicas=REPLICAS, env=ENV,
-                                         prometheus=True)
-    try:
+    with monitored_suite(pg_admin_dsn, run_dir, tls_dir, replicas=REPLICAS, env=ENV) as (ports, dsn):
         yield ports, dsn, tls_dir, run_dir
-    finally:
-        supervise.stop(supervisor)
 
 
 def api(ports: Ports, path: str, **params: str) -> dict:

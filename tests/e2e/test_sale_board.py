@@ -5,7 +5,6 @@ A screenshot is kept at test-artifacts/sale-board.png, also when an assertion fa
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import time
@@ -17,14 +16,11 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 
-from devstack import supervise
-from devstack.postgres import create_database, dsn_for
-from devstack.prepare import prepare
 from devstack.procs import wait_until
 from devstack.prometheus import BOARD_DIR
 from devstack.stack import ROOT, SERVICE_MODULES, Ports, http_get
 from gateway.identity import issue_token
-from tests.e2e.replicated import start_replicated
+from tests.e2e.replicated import monitored_suite
 
 pytestmark = pytest.mark.e2e
 
@@ -49,14 +45,8 @@ def suite(pg_admin_dsn, tmp_path_factory, tls_dir):
     """Two replicas of every service behind Envoy, with Prometheus serving the assembled board."""
     assert (BOARD_DIR / "board.html").exists(), "the board is not assembled: run `make board`"
     run_dir = tmp_path_factory.mktemp("sale-board")
-    dsn = dsn_for(pg_admin_dsn, create_database(pg_admin_dsn))
-    asyncio.run(prepare(dsn))
-    ports, supervisor = start_replicated(dsn, run_dir, run_dir / "secrets", tls_dir, replicas=REPLICAS, env=ENV,
-                                         prometheus=True)
-    try:
+    with monitored_suite(pg_admin_dsn, run_dir, tls_dir, replicas=REPLICAS, env=ENV) as (ports, _dsn):
         yield ports, run_dir / "secrets"
-    finally:
-        supervise.stop(supervisor)
 
 
 def rfc3339(t: datetime) -> str:
