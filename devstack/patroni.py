@@ -235,9 +235,18 @@ class Cluster:
         _own(paths)
 
     def process(self, member: Member) -> ProcessSpec:
-        """The Patroni process of `member` (its settings written first), as the user Postgres may run as."""
+        """The Patroni process of `member` (its settings written first), as the user Postgres may run as, its
+        standard input /dev/null.
+
+        Why /dev/null: Postgres inherits Patroni's standard input, and supervisord gives every program a pipe it
+        keeps open. A backend waiting for its synchronous standby when the postmaster dies stops waiting, sets its
+        output to none and, back in its command loop, reads its next command from standard input instead of its
+        client (Postgres's interactive path): on that pipe it blocks for ever, holding the shared memory, and every
+        restart of the member fails with "pre-existing shared memory block is still in use". On /dev/null it reads
+        end-of-file and exits."""
         self.prepare(member)
-        return ProcessSpec(f"patroni-{member.name}", [*as_postgres_user(), patroni_binary(), str(member.config_file)],
+        argv = [*as_postgres_user(), patroni_binary(), str(member.config_file)]
+        return ProcessSpec(f"patroni-{member.name}", ["/bin/sh", "-c", 'exec "$@" </dev/null', "patroni", *argv],
                            _env(), log=member.home / "patroni.log" if self.log_to_files else None)
 
     def processes(self) -> list[ProcessSpec]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import statistics
 import time
 from dataclasses import dataclass
@@ -313,3 +315,53 @@ async def test_the_replay_barrier_waits_for_the_standby_and_costs_one_synchronou
                         f"{sorted(v)[int(len(v) * 0.9)] * 1000:.2f} ms" for name, v in timings.items()))
     finally:
         await pool.close()
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` is a process that has not ended (a zombie has)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+async def test_a_commit_waiting_for_the_standby_when_the_postmaster_dies_does_not_keep_the_member_down(on_cluster):
+    """A backend waiting for its synchronous standby when its postmaster is killed stops waiting and reads its next
+    command from its standard input (Postgres's interactive path, its client's output set to none). It must find
+    end-of-file there and exit, as it does with Patroni's standard input /dev/null (devstack.patroni's
+    Cluster.process): on a pipe left open (supervisord's) it blocked for ever, holding the shared memory, and the
+    member's Postgres never started again ("pre-existing shared memory block is still in use")."""
+    primary = on_cluster.cluster.primary()
+    assert primary is not None
+    with psycopg.connect(on_cluster.dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS postmaster_kill (v int)")
+    with StandbysDown(on_cluster):
+        writer = await psycopg.AsyncConnection.connect(on_cluster.dsn, autocommit=True)
+        insert = asyncio.create_task(writer.execute("INSERT INTO postmaster_kill VALUES (1)"))
+        try:
+            async with await psycopg.AsyncConnection.connect(on_cluster.dsn, autocommit=True) as conn:
+                deadline = time.monotonic() + 30
+                waiting: list[int] = []
+                while not waiting and time.monotonic() < deadline:
+                    cur = await conn.execute("SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep'")
+                    waiting = [pid for (pid,) in await cur.fetchall()]
+                    await asyncio.sleep(0.05)
+            assert waiting, "no backend waited for the synchronous standby"
+            postmaster = int((primary.data_dir / "postmaster.pid").read_text().splitlines()[0])
+            os.kill(postmaster, signal.SIGKILL)
+            killed = time.monotonic()
+            while any(_running(pid) for pid in waiting) and time.monotonic() < killed + 20:
+                await asyncio.sleep(0.2)
+            ended = [pid for pid in waiting if not _running(pid)]
+            print(f"\nbackend(s) {waiting} waiting for the standby when the postmaster died: ended {ended}"
+                  f" {time.monotonic() - killed:.1f}s after the kill")
+            assert ended == waiting, "a backend of the killed postmaster lives on"
+        finally:
+            insert.cancel()
+            with contextlib.suppress(BaseException):
+                await insert
+            with contextlib.suppress(Exception):
+                await writer.close()
+    # The standby is back (StandbysDown waited for every member healthy): the member's Postgres started again.
+    state = on_cluster.cluster.primary()
+    assert state is not None and on_cluster.cluster.healthy()
