@@ -72,21 +72,36 @@ def replicas_back(suite: OnCluster, timeout: float = 90) -> None:
 # A member's processes.
 
 def postgres_pids(member: Member) -> list[int]:
-    """`member`'s postmaster (the first line of its postmaster.pid) and every process it started."""
+    """`member`'s postmaster (the first line of its postmaster.pid) and every other process of its Postgres: those
+    it started, and any whose working directory is its data directory (every Postgres process works there), so a
+    backend the postmaster forked a moment ago, or one that outlived it, is found too."""
     try:
         postmaster = int((member.data_dir / "postmaster.pid").read_text().splitlines()[0])
     except (OSError, ValueError, IndexError):
-        return []
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+        postmaster = 0
+    data_dir = str(member.data_dir)
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        pid = int(proc.name)
         try:
             # The parent's pid is the 4th field, after the command in parentheses (which may hold spaces).
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cwd = os.readlink(proc / "cwd").removesuffix(" (deleted)")
+        except (OSError, IndexError, ValueError):
             continue
-        if int(fields[1]) == postmaster:
-            children.append(int(stat.parent.name))
-    return [postmaster, *children]
+        if pid != postmaster and ((postmaster and parent == postmaster) or cwd == data_dir):
+            found.append(pid)
+    return [postmaster, *found] if postmaster else found
+
+
+def freeze(member: Member) -> list[int]:
+    """Stops (SIGSTOP) every process of `member`'s Postgres: the postmaster first, so that it starts no more, then
+    the others, looking again until no new one appears; returns them all."""
+    frozen: list[int] = []
+    while new := [pid for pid in postgres_pids(member) if pid not in frozen]:
+        signal_all(new, signal.SIGSTOP)
+        frozen += new
+    return frozen
 
 
 def signal_all(pids: list[int], sig: signal.Signals) -> None:
@@ -174,9 +189,8 @@ def lose_the_disk(member: Member) -> None:
     """What a lost data disk leaves of a standby: its Postgres stops at once (frozen first, as processes on a disk
     that no longer answers hang), its data is gone, and then the processes die (kill -9). Its Patroni, on another
     disk, runs on and finds the data directory empty."""
-    pids = postgres_pids(member)
+    pids = freeze(member)
     assert pids, f"no Postgres runs for {member.name}"
-    signal_all(pids, signal.SIGSTOP)
     shutil.rmtree(member.data_dir)
     signal_all(pids, signal.SIGKILL)
 
@@ -292,9 +306,8 @@ def power_off(suite: OnCluster) -> None:
     so none takes another step (no Patroni releases its leader key, no Postgres shuts down cleanly); then their
     supervisord is told to stop the Patroni programs (so it does not start them again) and everything is killed."""
     patronis = [int(db_ctl(suite, "pid", patroni_program(m)).strip()) for m in suite.cluster.members]
-    postgres = [pid for m in suite.cluster.members for pid in postgres_pids(m)]
-    everything = patronis + postgres
-    signal_all(everything, signal.SIGSTOP)
+    signal_all(patronis, signal.SIGSTOP)
+    everything = patronis + [pid for m in suite.cluster.members for pid in freeze(m)]
     # One `stop` each: supervisorctl waits for each program to stop before the next, and these stop only when killed.
     stoppers = [subprocess.Popen([*supervisorctl(suite), "stop", patroni_program(m)], stdout=subprocess.DEVNULL)
                 for m in suite.cluster.members]
