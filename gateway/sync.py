@@ -14,9 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import consul
 from prometheus_client import Counter, Gauge
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from gateway.clusters import write_eds
 from gateway.routes import UPSTREAMS
@@ -37,10 +35,7 @@ CONSUL_ERRORS = Counter("shop_gateway_sync_consul_errors", "Consul queries or re
 SYNC_SERVICE = "gateway-sync"
 ENVOY_SERVICE = "envoy"
 ENVOY_METRICS_PATH = "/stats/prometheus"
-# How often Consul checks them, how long a failing one stays registered, how often the sync looks that Consul still
-# has them (an agent restart loses them).
-CHECK_INTERVAL = "5s"
-DEREGISTER_AFTER = "1m"
+# How often the sync looks that Consul still has them (an agent restart loses them).
 REGISTRATION_CHECK_INTERVAL = 5.0
 
 
@@ -53,18 +48,14 @@ class Registration:
     address: str
     port: int
     check_url: str
-    meta: dict[str, str]
+    metrics_port: int
+    metrics_path: str | None = None
 
     async def register(self, client: Any, retry_for: float = 30.0) -> None:
         """Registers it (tag `metrics`), retrying while the agent starts."""
-        check = consul.Check.http(self.check_url, CHECK_INTERVAL, timeout="2s", deregister=DEREGISTER_AFTER)
-        async for attempt in AsyncRetrying(stop=stop_after_delay(retry_for), wait=wait_exponential(0.2, max=2),
-                                           retry=retry_if_exception_type(Exception), reraise=True):
-            with attempt:
-                await client.agent.service.register(self.name, service_id=self.service_id, address=self.address,
-                                                    port=self.port, tags=[shop_consul.METRICS_TAG], meta=self.meta,
-                                                    check=check)
-        _LOGGER.info("registered %s as %s at %s:%s", self.name, self.service_id, self.address, self.port)
+        await shop_consul.register_metrics(client, name=self.name, service_id=self.service_id, address=self.address,
+                                           port=self.port, metrics_port=self.metrics_port, check_url=self.check_url,
+                                           metrics_path=self.metrics_path, retry_for=retry_for)
 
 
 def registrations(address: str, metrics_port: int, envoy_admin_port: int | None, gateway_port: int | None,
@@ -73,13 +64,12 @@ def registrations(address: str, metrics_port: int, envoy_admin_port: int | None,
     (else `address`: Envoy on the sync's host), scraped on the admin's /stats/prometheus, checked on its /ready."""
     host = socket.gethostname()
     found = [Registration(SYNC_SERVICE, f"{SYNC_SERVICE}-{host}-{os.getpid()}", address, metrics_port,
-                          f"http://{address}:{metrics_port}/metrics",
-                          shop_consul.metrics_registration(metrics_port)[1])]
+                          f"http://{address}:{metrics_port}/metrics", metrics_port)]
     if envoy_admin_port:
         found.append(Registration(
             ENVOY_SERVICE, f"{ENVOY_SERVICE}-{envoy_address or host}-{envoy_admin_port}", envoy_address or address,
             gateway_port or envoy_admin_port, f"http://{envoy_address or address}:{envoy_admin_port}/ready",
-            shop_consul.metrics_registration(envoy_admin_port, ENVOY_METRICS_PATH)[1]))
+            envoy_admin_port, ENVOY_METRICS_PATH))
     return found
 
 

@@ -92,6 +92,25 @@ async def register(
     if passing:
         check["Status"] = "passing"
     metrics_tags, meta = metrics_registration(metrics_port)
+    await _register(client, name=name, service_id=service_id, address=address, port=port, check=check,
+                    tags=["grpc", "v1", *metrics_tags], meta=meta, retry_for=retry_for)
+
+
+async def register_metrics(client: consul.aio.Consul, *, name: str, service_id: str, address: str, port: int,
+                           metrics_port: int, check_url: str, metrics_path: str | None = None,
+                           check_interval: str = "5s", retry_for: float = 30.0) -> None:
+    """Registers an instance that is only scraped (no gRPC of its own: gateway.sync, Envoy, the audit exporter):
+    tagged `metrics` with `metrics_port` (and `metrics_path`) in its metadata, checked over HTTP at `check_url`,
+    retrying while the agent starts."""
+    check = consul.Check.http(check_url, check_interval, timeout="2s", deregister="1m")
+    tags, meta = metrics_registration(metrics_port, metrics_path)
+    await _register(client, name=name, service_id=service_id, address=address, port=port, check=check, tags=tags,
+                    meta=meta, retry_for=retry_for)
+
+
+async def _register(client: consul.aio.Consul, *, name: str, service_id: str, address: str, port: int,
+                    check: dict, tags: list[str], meta: dict[str, str], retry_for: float) -> None:
+    """The agent's registration, retried for `retry_for` seconds while the agent starts (0: once)."""
     async for attempt in AsyncRetrying(
         stop=stop_after_delay(retry_for),
         wait=wait_exponential(multiplier=0.2, max=2),
@@ -99,10 +118,8 @@ async def register(
         reraise=True,
     ):
         with attempt:
-            await client.agent.service.register(
-                name, service_id=service_id, address=address, port=port, check=check,
-                tags=["grpc", "v1", *metrics_tags], meta=meta or None,
-            )
+            await client.agent.service.register(name, service_id=service_id, address=address, port=port,
+                                                check=check, tags=tags, meta=meta or None)
     _LOGGER.info("registered %s as %s at %s:%s", name, service_id, address, port)
 
 

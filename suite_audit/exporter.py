@@ -11,11 +11,9 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-import consul
 import consul.aio
 import psycopg
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
-from tenacity import AsyncRetrying, stop_after_delay, wait_exponential
 
 from shop_runtime import consul as shop_consul
 from shop_runtime.config import ConfigError, _advertise_address, env_float, env_int, env_str
@@ -129,17 +127,10 @@ async def run_once(settings: Settings, metrics: AuditMetrics) -> None:
 
 async def register(client: consul.aio.Consul, settings: Settings, service_id: str, port: int) -> None:
     """Registers the metrics port as service `audit`, tagged `metrics` (how the target sync finds scrape targets),
-    checked over HTTP on /metrics."""
-    check = consul.Check.http(f"http://{settings.advertise_address}:{port}/metrics", "5s", timeout="2s",
-                              deregister="1m")
-    # Retried while the agent starts (the exporter may start beside it), as the services' registration is.
-    async for attempt in AsyncRetrying(stop=stop_after_delay(30), wait=wait_exponential(multiplier=0.2, max=2),
-                                       reraise=True):
-        with attempt:
-            await client.agent.service.register(SERVICE, service_id=service_id, address=settings.advertise_address,
-                                                port=port, tags=["metrics"], meta={"metrics_port": str(port)},
-                                                check=check)
-    _LOGGER.info("registered %s as %s at %s:%d", SERVICE, service_id, settings.advertise_address, port)
+    checked over HTTP on /metrics, retrying while the agent starts (the exporter may start beside it)."""
+    await shop_consul.register_metrics(client, name=SERVICE, service_id=service_id,
+                                       address=settings.advertise_address, port=port, metrics_port=port,
+                                       check_url=f"http://{settings.advertise_address}:{port}/metrics")
 
 
 async def serve(settings: Settings) -> None:
