@@ -14,12 +14,10 @@ label is the Consul service name (`catalog`, `cart`, `inventory`, `order`, `envo
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
 from pathlib import Path
 
-from devstack.stack import ROOT, Ports, ProcessSpec, _env, audit_exporter_process, http_get
+from devstack.stack import ROOT, Ports, ProcessSpec, _env, audit_exporter_process, fetched_binary, http_get
 
 # The rules (recording and alerting) every Prometheus of the suite loads, and their promtool unit tests.
 RULES_DIR = ROOT / "monitoring" / "rules"
@@ -36,19 +34,12 @@ REFRESH_INTERVAL = "5s"
 
 def prometheus_binary() -> str:
     """PROMETHEUS_BIN, else a prometheus on PATH, else the one `make prometheus` fetched into .tools/."""
-    return _binary("prometheus", "PROMETHEUS_BIN")
+    return fetched_binary("prometheus", "PROMETHEUS_BIN", "prometheus")
 
 
 def promtool_binary() -> str:
     """PROMTOOL_BIN, else a promtool on PATH, else the one `make prometheus` fetched into .tools/."""
-    return _binary("promtool", "PROMTOOL_BIN")
-
-
-def _binary(name: str, variable: str) -> str:
-    for candidate in (os.environ.get(variable), shutil.which(name), str(ROOT / ".tools" / "bin" / name)):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    raise FileNotFoundError(f"no {name} binary: run `make prometheus`, or set {variable}")
+    return fetched_binary("promtool", "PROMTOOL_BIN", "prometheus")
 
 
 def file_targets(targets_dir: Path) -> dict:

@@ -161,12 +161,18 @@ class ProcessSpec:
     log: Path | None = None
 
 
-def consul_binary() -> str:
-    """CONSUL_BIN, else a consul on PATH, else the one `make consul` fetched into .tools/."""
-    for candidate in (os.environ.get("CONSUL_BIN"), shutil.which("consul"), str(ROOT / ".tools" / "bin" / "consul")):
+def fetched_binary(name: str, variable: str, target: str) -> str:
+    """The program `name`: the environment variable `variable`, else one on PATH, else the one `make <target>`
+    fetched into .tools/bin/."""
+    for candidate in (os.environ.get(variable), shutil.which(name), str(ROOT / ".tools" / "bin" / name)):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
-    raise FileNotFoundError("no consul binary: run `make consul`, or set CONSUL_BIN")
+    raise FileNotFoundError(f"no {name} binary: run `make {target}`, or set {variable}")
+
+
+def consul_binary() -> str:
+    """CONSUL_BIN, else a consul on PATH, else the one `make consul` fetched into .tools/."""
+    return fetched_binary("consul", "CONSUL_BIN", "consul")
 
 
 def envoy_binary() -> str:
