@@ -27,7 +27,7 @@ run: setup
 		$(if $(PG_MEMBERS),PG_MEMBERS=$(PG_MEMBERS)) WORKERS=$(WORKERS) $(PY) -m devstack run
 
 test: setup test-tools lint
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=30 tests
 
 # Names that are undefined, unused or shadowed, and syntax errors; then the types of the production packages
 # (pyproject.toml's [tool.mypy]), which needs gen/: the generated modules are checked against their .pyi stubs.

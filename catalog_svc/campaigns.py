@@ -247,13 +247,10 @@ class Campaigns:
     key sharing one load)."""
 
     def __init__(self, pool: AsyncConnectionPool, inventory: CampaignInventory, *, clock: ServerClock | None = None,
-                 cache_seconds: float = 0.0, cache_entries: int = 1000, timer: Timer = time.monotonic,
-                 timeout: float = 2.0):
+                 cache_seconds: float = 0.0, cache_entries: int = 1000, timer: Timer = time.monotonic):
         self._pool = pool
         self._inventory = inventory
         self.clock = clock or ServerClock()
-        # How long a storefront's read waits for inventory (as availability does).
-        self._timeout = timeout
         self._shown: AnswerCache[str, ShownCampaigns] = AnswerCache(cache_seconds, 1, timer)
         self._public: AnswerCache[str, CampaignView | None] = AnswerCache(cache_seconds, cache_entries, timer)
 
@@ -348,7 +345,7 @@ class Campaigns:
         for page in range(1, MAX_PAGES + 1):
             answer = await self._inventory.list_campaigns(inventory_pb2.ListCampaignsRequest(
                 skus=skus, starting_within_seconds=int(SHOWN_AHEAD.total_seconds()), page=page,
-                limit=INVENTORY_PAGE), timeout=self._timeout)
+                limit=INVENTORY_PAGE))
             self.clock.observe(_utc(answer.server_time))
             found += [Campaign.of(c) for c in answer.campaigns]
             if len(answer.campaigns) < INVENTORY_PAGE or page * INVENTORY_PAGE >= answer.total:

@@ -18,15 +18,11 @@ from inventory_svc.client import InventoryClient
 from shop_runtime.config import EnvSettings, ServiceSettings, setting
 from shop_runtime.server import Deps, GrpcApp, ServiceSpec, build_server
 
-# How long the catalog waits for inventory before answering UNAVAILABLE.
-AVAILABILITY_TIMEOUT = 2.0
-
-
 def availability_from(inventory: InventoryClient) -> AvailabilityLookup:
     """An availability lookup through inventory's batch RPC, tried on another instance if the first is down."""
 
     async def lookup(skus: list[str]) -> dict[str, int]:
-        return await inventory.availability(skus, timeout=AVAILABILITY_TIMEOUT)
+        return await inventory.availability(skus)
 
     return lookup
 
@@ -52,8 +48,7 @@ def create_server(settings: ServiceSettings, deps: Deps, catalog_settings: Catal
     own = catalog_settings or CatalogSettings.from_env()
     inventory = InventoryClient(deps.client("inventory", inventory_client.STUB, settings.service_name))
     # Campaigns are inventory's; the catalog routes their REST calls and shows them, kept as product pages are.
-    campaigns = Campaigns(deps.pool, inventory, cache_seconds=own.cache_seconds, cache_entries=own.cache_entries,
-                          timeout=AVAILABILITY_TIMEOUT)
+    campaigns = Campaigns(deps.pool, inventory, cache_seconds=own.cache_seconds, cache_entries=own.cache_entries)
     catalog = Catalog(deps.pool, availability_from(inventory), cache_seconds=own.cache_seconds, count_seconds=own.count_seconds,
                       cache_entries=own.cache_entries, campaigns=campaigns.for_skus)
     return build_server(

@@ -32,6 +32,9 @@ class Suite:
     secrets: Path
     # The suite's CA and certificates: its services take only gRPC callers with one of them.
     tls_dir: Path
+    # Its processes by name (a service's supervisor, its workers in the same process group), for tests that
+    # pause one.
+    processes: dict[str, Proc] = dataclasses.field(default_factory=dict)
 
     @property
     def base_url(self) -> str:
@@ -101,7 +104,7 @@ def suite(pg_admin_dsn, consul, ports, log_dir, tmp_path_factory, tls_dir):
     tries = iter([ports])
     try:
         picked, _ = on_free_ports(start, lambda: next(tries, None) or listening_ports(ports), "the suite")
-        yield Suite(ports=picked, dsn=dsn, secrets=secrets, tls_dir=tls_dir)
+        yield Suite(ports=picked, dsn=dsn, secrets=secrets, tls_dir=tls_dir, processes={p.name: p for p in procs})
     finally:
         for p in procs:
             p.stop()

@@ -23,6 +23,7 @@ from devstack.procs import wait_until
 from devstack.stack import SERVICE_MODULES, http_get, passing_instances
 from tests.e2e.replicated import OnCluster, cluster_suite
 from tests.e2e.sale import EXPECTED, PAYMENT_WINDOW_SECONDS, Sale, paid_orders_kept, restock, settled_and_clean
+from tests.proctable import alive
 
 pytestmark = pytest.mark.e2e
 
@@ -329,21 +330,13 @@ def power_on(suite: OnCluster) -> None:
     assert out.count(": started") == len(suite.cluster.members), out
 
 
-def _alive(pid: int) -> bool:
-    """Whether `pid` is a running process: not gone, and not a zombie (dead, its exit status not yet collected)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
 def nothing_of_the_cluster_runs(suite: OnCluster, wait: float = 15.0) -> bool:
     """No member's Postgres process is alive (their postmaster.pid files stay, as after a crash) and no Patroni
     answers, within `wait` seconds of the kill (a process killed with SIGKILL ends when the kernel has taken it
     down, not at the signal)."""
     deadline = time.monotonic() + wait
     while True:
-        alive = [pid for m in suite.cluster.members for pid in postgres_pids(m) if _alive(pid)]
+        alive = [pid for m in suite.cluster.members for pid in postgres_pids(m) if alive(pid)]
         if not alive and suite.cluster.cluster_state(timeout=1) is None:
             return True
         if time.monotonic() > deadline:

@@ -15,6 +15,7 @@ from devstack import supervise
 from devstack.prepare import prepare
 from devstack.procs import Supervised, consul_ready, on_free_ports, wait_until, wait_up
 from devstack.stack import Ports, ProcessSpec, consul_process, parse_replicas, passing_instances, service_process, SERVICE_MODULES
+from tests.proctable import state
 
 
 def pids(ports: Ports, service: str) -> set[int]:
@@ -70,15 +71,6 @@ def test_replicas_setting():
             parse_replicas(bad)
 
 
-def _state(pid: int) -> tuple[str, int] | None:
-    """A live process's state letter (Z: a zombie) and parent pid, from /proc; None once it is gone."""
-    try:
-        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return fields[0], int(fields[1])
-
-
 def test_an_orphan_of_a_program_is_adopted_and_reaped_by_supervisord(tmp_path):
     """A program whose child outlives it (as Patroni's postmaster, started detached) leaves an orphan: supervisord
     adopts it, and reaps it once it dies, so no zombie keeps its pid "alive" to a postmaster.pid check."""
@@ -97,10 +89,10 @@ def test_an_orphan_of_a_program_is_adopted_and_reaped_by_supervisord(tmp_path):
     try:
         orphan = wait_until(lambda: pid_file.exists() and pid_file.read_text() and int(pid_file.read_text()), 30,
                             what="the program's child started")
-        adopted = wait_until(lambda: (_state(orphan) or ("", 0))[1] == proc.pid or _state(orphan) is None, 10,
+        adopted = wait_until(lambda: (state(orphan) or ("", 0))[1] == proc.pid or state(orphan) is None, 10,
                              what="the orphan adopted")
-        assert adopted and _state(orphan) is not None, "the orphan ended before its parent did"
-        assert _state(orphan)[1] == proc.pid, "the orphan's parent is supervisord"
-        wait_until(lambda: _state(orphan) is None, 20, what="the orphan reaped, not left a zombie")
+        assert adopted and state(orphan) is not None, "the orphan ended before its parent did"
+        assert state(orphan)[1] == proc.pid, "the orphan's parent is supervisord"
+        wait_until(lambda: state(orphan) is None, 20, what="the orphan reaped, not left a zombie")
     finally:
         supervise.stop(proc)

@@ -33,6 +33,7 @@ from shop.inventory.v1 import inventory_pb2
 from shop_runtime import idempotency
 from shop_runtime.db import CommitNotReplicated, migrate, open_pool
 from tests.integration.inventory_support import replicas, set_stock
+from tests.proctable import alive
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -317,14 +318,6 @@ async def test_the_replay_barrier_waits_for_the_standby_and_costs_one_synchronou
         await pool.close()
 
 
-def _running(pid: int) -> bool:
-    """Whether `pid` is a process that has not ended (a zombie has)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
 async def test_a_commit_waiting_for_the_standby_when_the_postmaster_dies_does_not_keep_the_member_down(on_cluster):
     """A backend waiting for its synchronous standby when its postmaster is killed stops waiting and reads its next
     command from its standard input (Postgres's interactive path, its client's output set to none). It must find
@@ -350,9 +343,9 @@ async def test_a_commit_waiting_for_the_standby_when_the_postmaster_dies_does_no
             postmaster = int((primary.data_dir / "postmaster.pid").read_text().splitlines()[0])
             os.kill(postmaster, signal.SIGKILL)
             killed = time.monotonic()
-            while any(_running(pid) for pid in waiting) and time.monotonic() < killed + 20:
+            while any(alive(pid) for pid in waiting) and time.monotonic() < killed + 20:
                 await asyncio.sleep(0.2)
-            ended = [pid for pid in waiting if not _running(pid)]
+            ended = [pid for pid in waiting if not alive(pid)]
             print(f"\nbackend(s) {waiting} waiting for the standby when the postmaster died: ended {ended}"
                   f" {time.monotonic() - killed:.1f}s after the kill")
             assert ended == waiting, "a backend of the killed postmaster lives on"

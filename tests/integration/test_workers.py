@@ -11,6 +11,7 @@ import pytest
 
 from devstack.procs import Proc, on_free_ports, wait_until, wait_up
 from devstack.stack import free_port, http_get, passing_instances, service_process
+from tests.proctable import alive, children
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shop_runtime.config import DB_CONNECTIONS
 
@@ -32,28 +33,6 @@ def _mine(ports, ids: set[str]) -> list[dict]:
 def _registered(ports, ids: set[str]) -> set[str]:
     _, body = http_get(f"http://{ports.consul_addr}/v1/agent/services")
     return {i for i in ids if i.encode() in body}
-
-
-def _alive(pid: int) -> bool:
-    """Whether the process runs: an exited one nobody has reaped yet (a zombie) does not."""
-    try:
-        stat = open(f"/proc/{pid}/stat").read()
-    except FileNotFoundError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
-def _children(pid: int) -> set[int]:
-    """The pids of the processes whose parent is `pid`."""
-    found = set()
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            stat = open(f"/proc/{entry}/stat").read()
-        except OSError:
-            continue
-        if int(stat.rpartition(")")[2].split()[1]) == pid:
-            found.add(int(entry))
-    return found
 
 
 def _availability(port: int, sku: str) -> int:
@@ -110,7 +89,7 @@ def test_two_workers_register_serve_and_stop_together_on_one_sigterm(fresh_dsn, 
         assert proc.popen.wait(30) == 0, proc.log()
         log = proc.log()
         for name, pid in pids.items():
-            assert not _alive(pid), f"{name} must have stopped with its supervisor"
+            assert not alive(pid), f"{name} must have stopped with its supervisor"
             assert f"{name} stopped (rc=0)" in log, "each worker drains and exits cleanly"
             assert "SIGKILL" not in log
         assert log.count("stopping: NOT_SERVING, leaving Consul, draining") == 2
@@ -119,7 +98,7 @@ def test_two_workers_register_serve_and_stop_together_on_one_sigterm(fresh_dsn, 
     finally:
         proc.stop()
         for pid in pids.values():
-            if _alive(pid):
+            if alive(pid):
                 os.kill(pid, signal.SIGKILL)
 
 
@@ -129,12 +108,12 @@ def test_workers_leave_when_their_supervisor_is_killed(fresh_dsn, consul, ports,
         # SIGKILL of the supervisor's whole process group: nothing of it can pass the stop on.
         os.killpg(proc.pid, signal.SIGKILL)
         proc.popen.wait(10)
-        wait_until(lambda: not any(_alive(pid) for pid in pids.values()), 30, what="the workers to stop")
+        wait_until(lambda: not any(alive(pid) for pid in pids.values()), 30, what="the workers to stop")
         assert _registered(ports, _ids(pids)) == set(), "orphaned workers must leave Consul"
     finally:
         proc.stop()
         for pid in pids.values():
-            if _alive(pid):
+            if alive(pid):
                 os.kill(pid, signal.SIGKILL)
 
 
@@ -142,19 +121,19 @@ def test_workers_leave_and_exit_when_their_supervisor_alone_is_killed(fresh_dsn,
     """kill -9 of the supervisor's process only (a replica's main process under supervisord): honcho's intermediate
     process above each worker survives it, so a worker that watched its parent would serve on, still registered."""
     proc, _, pids, _ = _start_two_workers(ports, fresh_dsn, log_dir, "inventory-supervisor-killed")
-    intermediates = _children(proc.pid) - set(pids.values())
+    intermediates = children(proc.pid) - set(pids.values())
     try:
         assert len(intermediates) == 2, "one honcho process above each worker"
         os.kill(proc.pid, signal.SIGKILL)
         proc.popen.wait(10)
-        assert all(_alive(pid) for pid in intermediates), "the workers' parents outlive the supervisor"
+        assert all(alive(pid) for pid in intermediates), "the workers' parents outlive the supervisor"
         wait_until(lambda: _registered(ports, _ids(pids)) == set(), 10, 0.1, what="the workers out of Consul")
-        wait_until(lambda: not any(_alive(pid) for pid in [*pids.values(), *intermediates]), 15, 0.1,
+        wait_until(lambda: not any(alive(pid) for pid in [*pids.values(), *intermediates]), 15, 0.1,
                    what="the workers (and honcho's processes above them) to exit")
     finally:
         proc.stop()
         for pid in [*pids.values(), *intermediates]:
-            if _alive(pid):
+            if alive(pid):
                 os.kill(pid, signal.SIGKILL)
 
 

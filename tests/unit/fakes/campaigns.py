@@ -143,7 +143,7 @@ class FakeCampaignInventory:
             server_time=_ts(self.clock.db()))
 
     async def list_campaigns(self, request: inventory_pb2.ListCampaignsRequest, *,
-                             timeout: float = 2.0) -> inventory_pb2.ListCampaignsResponse:
+                             timeout: float = 4.0) -> inventory_pb2.ListCampaignsResponse:
         self.calls.append(("list", request))
         await self.listing_open.wait()
         self._check()

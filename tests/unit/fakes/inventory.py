@@ -334,7 +334,7 @@ class FakeInventory(Losses):
 
         return await self._lossy("active_holds", read)
 
-    async def availability(self, skus: list[str], timeout: float) -> dict[str, int]:
+    async def availability(self, skus: list[str]) -> dict[str, int]:
         async def read() -> dict[str, int]:
             return {sku: self.available(sku) for sku in skus}
 
