@@ -336,11 +336,11 @@ def nothing_of_the_cluster_runs(suite: OnCluster, wait: float = 15.0) -> bool:
     down, not at the signal)."""
     deadline = time.monotonic() + wait
     while True:
-        alive = [pid for m in suite.cluster.members for pid in postgres_pids(m) if alive(pid)]
-        if not alive and suite.cluster.cluster_state(timeout=1) is None:
+        running = [pid for m in suite.cluster.members for pid in postgres_pids(m) if alive(pid)]
+        if not running and suite.cluster.cluster_state(timeout=1) is None:
             return True
         if time.monotonic() > deadline:
-            _LOGGER.warning("still alive after the kill: %s", alive)
+            _LOGGER.warning("still alive after the kill: %s", running)
             return False
         time.sleep(0.5)
 
