@@ -268,9 +268,10 @@ async def _lose_a_standby(suite: OnCluster, which: str) -> None:
     for line in sale.details[:20]:
         print("  ", line[:300])
 
-    # Rebuilt by Patroni from the others (pg_basebackup), streaming from the primary again.
-    assert basebackups(suite, lost) == copies + 1
-    assert "creating replica" in states, states
+    # Rebuilt by Patroni from the others (pg_basebackup: counted, it ran once more), streaming from the primary again.
+    # Its states are only sampled every 0.25 s: a small copy can be made between two looks ("creating replica" was
+    # missed once in CI while the copy was counted), so the count is the proof, not the state seen.
+    assert basebackups(suite, lost) == copies + 1, states
     assert streaming == [("streaming",)], streaming
     if which == "sync":
         # The other standby took over as the synchronous one while the lost one was rebuilt.
