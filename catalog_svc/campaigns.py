@@ -58,8 +58,7 @@ class CampaignInventory(Protocol):
 
     async def campaigns(self, campaign_ids: list[str]) -> inventory_pb2.GetCampaignsResponse: ...
 
-    async def list_campaigns(self, request: inventory_pb2.ListCampaignsRequest, *,
-                             timeout: float = ...) -> inventory_pb2.ListCampaignsResponse: ...
+    async def list_campaigns(self, request: inventory_pb2.ListCampaignsRequest) -> inventory_pb2.ListCampaignsResponse: ...
 
 
 def _utc(ts: timestamp_pb2.Timestamp) -> datetime:

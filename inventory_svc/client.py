@@ -255,7 +255,6 @@ class InventoryClient:
         return await self._service.call("GetCampaigns", inventory_pb2.GetCampaignsRequest(campaign_ids=campaign_ids),
                                         idempotent=True)
 
-    async def list_campaigns(self, request: inventory_pb2.ListCampaignsRequest, *,
-                             timeout: float = deadlines.ATTEMPT_TIMEOUT) -> inventory_pb2.ListCampaignsResponse:
+    async def list_campaigns(self, request: inventory_pb2.ListCampaignsRequest) -> inventory_pb2.ListCampaignsResponse:
         """A page of campaigns by status or SKU, soonest start first, and the database's clock."""
-        return await self._service.call("ListCampaigns", request, idempotent=True, timeout=timeout)
+        return await self._service.call("ListCampaigns", request, idempotent=True)

@@ -142,8 +142,7 @@ class FakeCampaignInventory:
             campaigns=[self._answer(self.stored[i]) for i in campaign_ids if i in self.stored],
             server_time=_ts(self.clock.db()))
 
-    async def list_campaigns(self, request: inventory_pb2.ListCampaignsRequest, *,
-                             timeout: float = 4.0) -> inventory_pb2.ListCampaignsResponse:
+    async def list_campaigns(self, request: inventory_pb2.ListCampaignsRequest) -> inventory_pb2.ListCampaignsResponse:
         self.calls.append(("list", request))
         await self.listing_open.wait()
         self._check()
