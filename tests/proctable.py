@@ -1,8 +1,10 @@
-"""The machine's processes as the tests look at them, read from /proc: state, parent, children, whether alive."""
+"""The machine's processes as the tests look at them, read from /proc (state, parent, children, whether alive), and
+signalled."""
 
 from __future__ import annotations
 
 import os
+import signal
 
 
 def state(pid: int) -> tuple[str, int] | None:
@@ -36,3 +38,12 @@ def descendants(pid: int) -> set[int]:
         found |= below
         parents = below
     return found
+
+
+def signal_all(pids: list[int], sig: signal.Signals) -> None:
+    """Sends `sig` to each of `pids`, skipping those already gone."""
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass

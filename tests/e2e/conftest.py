@@ -32,8 +32,8 @@ class Suite:
     secrets: Path
     # The suite's CA and certificates: its services take only gRPC callers with one of them.
     tls_dir: Path
-    # Its processes by name (a service's supervisor, its workers in the same process group), for tests that
-    # pause one.
+    # Its processes by name (a service's supervisor, whose workers run as its descendants in sessions of their
+    # own), for tests that pause one.
     processes: dict[str, Proc] = dataclasses.field(default_factory=dict)
 
     @property

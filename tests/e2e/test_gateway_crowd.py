@@ -4,7 +4,6 @@ readers of a product page are not refused while inventory, which every product p
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import ssl
 import time
@@ -13,7 +12,7 @@ from collections import Counter
 import httpx
 import pytest
 
-from tests.proctable import descendants
+from tests.proctable import descendants, signal_all
 
 # Envoy's default circuit breakers let 1,024 requests per service through at once; this crowd is twice that.
 CROWD = 2000
@@ -87,18 +86,14 @@ async def test_readers_ride_out_inventory_pausing_for_seconds(suite):
                     answers[f"{type(err).__name__}: {err}"] += 1
                 slowest = max(slowest, time.monotonic() - began)
 
-    def signal_all(signum: int) -> None:
-        for pid in pids:
-            os.kill(pid, signum)
-
     readers = [asyncio.create_task(reader()) for _ in range(READERS)]
     try:
         await asyncio.sleep(2.0)
-        signal_all(signal.SIGSTOP)
+        signal_all(pids, signal.SIGSTOP)
         try:
             await asyncio.sleep(PAUSE)
         finally:
-            signal_all(signal.SIGCONT)
+            signal_all(pids, signal.SIGCONT)
         await asyncio.sleep(3.0)
     finally:
         stop.set()

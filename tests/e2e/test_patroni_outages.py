@@ -23,7 +23,7 @@ from devstack.procs import wait_until
 from devstack.stack import SERVICE_MODULES, http_get, passing_instances
 from tests.e2e.replicated import OnCluster, cluster_suite
 from tests.e2e.sale import EXPECTED, PAYMENT_WINDOW_SECONDS, Sale, paid_orders_kept, restock, settled_and_clean
-from tests.proctable import alive
+from tests.proctable import alive, signal_all
 
 pytestmark = pytest.mark.e2e
 
@@ -103,14 +103,6 @@ def freeze(member: Member) -> list[int]:
         signal_all(new, signal.SIGSTOP)
         frozen += new
     return frozen
-
-
-def signal_all(pids: list[int], sig: signal.Signals) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass  # gone already
 
 
 def db_ctl_dir(suite: OnCluster) -> Path:
